@@ -1,0 +1,243 @@
+//! Per-window aggregation: stacks interned, counts per (stack, label set), bounded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::labels;
+use crate::pprof::{proto::Profile, ProfileBuilder};
+use crate::symbolize::{Symbol, Symbolizer};
+use crate::unwind::Snapshot;
+
+/// Most distinct stacks kept per window; samples with further stacks go to one overflow stack.
+pub const MAX_STACKS: usize = 50_000;
+
+/// Frame keys with this bit set name a frame given by a binding (Python, V8) rather than an
+/// address; the rest is an index into [`FRAMES`].
+const SYMBOLIC: u64 = 1 << 63;
+/// Synthetic frames.
+const OVERFLOW_FRAME: u64 = SYMBOLIC | (1 << 62);
+const LOST_FRAME: u64 = SYMBOLIC | (1 << 62) | 1;
+const TRUNCATED_FRAME: u64 = SYMBOLIC | (1 << 62) | 2;
+
+/// Frames supplied by bindings, interned process-wide.
+static FRAMES: Mutex<Option<(Vec<Symbol>, HashMap<Symbol, u64>)>> = Mutex::new(None);
+const MAX_FRAMES: usize = 1 << 20;
+
+/// A frame from a non-native stack source (a Python or JavaScript function), interned once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameId(u64);
+
+impl FrameId {
+    /// Interns (function, file, line). Returns `None` past the process-wide frame limit.
+    pub fn new(function: &str, file: &str, line: u32) -> Option<FrameId> {
+        let sym = Symbol { function: function.into(), file: file.into(), line };
+        let mut guard = FRAMES.lock();
+        let (list, index) = guard.get_or_insert_with(Default::default);
+        if let Some(id) = index.get(&sym) {
+            return Some(FrameId(*id));
+        }
+        if list.len() >= MAX_FRAMES {
+            return None;
+        }
+        let id = SYMBOLIC | list.len() as u64;
+        list.push(sym.clone());
+        index.insert(sym, id);
+        Some(FrameId(id))
+    }
+
+    pub(crate) fn key(self) -> u64 {
+        self.0
+    }
+}
+
+fn symbolic(key: u64) -> Symbol {
+    let special = |name: &str| Symbol { function: name.into(), file: "".into(), line: 0 };
+    match key {
+        OVERFLOW_FRAME => special("[stack table overflow]"),
+        LOST_FRAME => special("[lost samples]"),
+        TRUNCATED_FRAME => special("[truncated]"),
+        _ => FRAMES
+            .lock()
+            .as_ref()
+            .and_then(|(list, _)| list.get((key & !SYMBOLIC) as usize).cloned())
+            .unwrap_or_else(|| special("[unknown frame]")),
+    }
+}
+
+/// The samples of one window.
+pub(crate) struct Window {
+    pub start: SystemTime,
+    stacks: HashMap<Arc<[u64]>, u32>,
+    stack_list: Vec<Arc<[u64]>>,
+    cpu: HashMap<(u32, u32), u64>,
+    /// Samples put on the overflow stack because the stack table was full.
+    pub overflowed: u64,
+    /// Samples whose stack was cut short.
+    pub truncated: u64,
+    /// Samples recorded in total (weights summed).
+    pub total_weight: u64,
+}
+
+impl Window {
+    pub fn new(start: SystemTime) -> Self {
+        Window {
+            start,
+            stacks: HashMap::new(),
+            stack_list: Vec::new(),
+            cpu: HashMap::new(),
+            overflowed: 0,
+            truncated: 0,
+            total_weight: 0,
+        }
+    }
+
+    fn intern(&mut self, stack: &[u64]) -> u32 {
+        if let Some(id) = self.stacks.get(stack) {
+            return *id;
+        }
+        let stack: Arc<[u64]> = if self.stack_list.len() >= MAX_STACKS {
+            self.overflowed += 1;
+            Arc::from(&[OVERFLOW_FRAME][..])
+        } else {
+            Arc::from(stack)
+        };
+        if let Some(id) = self.stacks.get(&stack) {
+            return *id;
+        }
+        let id = self.stack_list.len() as u32;
+        self.stack_list.push(stack.clone());
+        self.stacks.insert(stack, id);
+        id
+    }
+
+    /// Adds a CPU sample: `stack` leaf first, `weight` in timer periods.
+    pub fn add_cpu(&mut self, stack: &[u64], truncated: bool, label_id: u32, weight: u64) {
+        if truncated {
+            self.truncated += weight;
+            // Mark the cut so the flame graph does not pretend the stack ends there.
+            let mut marked = Vec::with_capacity(stack.len() + 1);
+            marked.extend_from_slice(stack);
+            marked.push(TRUNCATED_FRAME);
+            let id = self.intern(&marked);
+            *self.cpu.entry((id, label_id)).or_default() += weight;
+        } else {
+            let id = self.intern(stack);
+            *self.cpu.entry((id, label_id)).or_default() += weight;
+        }
+        self.total_weight += weight;
+    }
+
+    /// Adds a sample from a binding's own stack source (frames leaf first).
+    pub fn add_cpu_frames(&mut self, frames: &[FrameId], label_id: u32, weight: u64) {
+        let keys: Vec<u64> = frames.iter().map(|f| f.key()).collect();
+        self.add_cpu(&keys, false, label_id, weight);
+    }
+
+    /// Counts samples the ring had to drop as one synthetic stack.
+    pub fn add_lost(&mut self, weight: u64) {
+        if weight > 0 {
+            let id = self.intern(&[LOST_FRAME]);
+            *self.cpu.entry((id, labels::EMPTY)).or_default() += weight;
+            self.total_weight += weight;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn distinct_stacks(&self) -> usize {
+        self.stack_list.len()
+    }
+
+    /// The `process_cpu` profile of this window: `samples/count`, `cpu/nanoseconds`.
+    /// `extra_labels` go on every sample (the file exporter puts static tags there).
+    pub fn cpu_profile(
+        &self,
+        symbolizer: &mut Symbolizer,
+        snapshot: Option<&Snapshot>,
+        period: Duration,
+        end: SystemTime,
+        extra_labels: &[(String, String)],
+    ) -> Profile {
+        let period_ns = period.as_nanos() as i64;
+        let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period_ns);
+        let start_ns = self.start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+        let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
+        b.time(start_ns, len_ns);
+        let mut label_cache: HashMap<u32, Vec<(Arc<str>, Arc<str>)>> = HashMap::new();
+        let mut entries: Vec<_> = self.cpu.iter().collect();
+        entries.sort_unstable_by_key(|(k, _)| **k);
+        for ((stack_id, label_id), weight) in entries {
+            let stack = &self.stack_list[*stack_id as usize];
+            let locs = stack
+                .iter()
+                .map(|&key| {
+                    if key & SYMBOLIC != 0 {
+                        let sym = symbolic(key);
+                        b.location(key, 0, || vec![(&sym.function, &sym.file, sym.line)])
+                    } else {
+                        let syms = symbolizer.symbolize(key, snapshot);
+                        b.location(key, key, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect())
+                    }
+                })
+                .collect();
+            let dynamic = label_cache.entry(*label_id).or_insert_with(|| labels::resolve(*label_id).to_vec());
+            let mut pairs: Vec<(&str, &str)> = dynamic.iter().map(|(k, v)| (&**k, &**v)).collect();
+            for (k, v) in extra_labels {
+                if !pairs.iter().any(|(n, _)| *n == k) {
+                    pairs.push((k, v));
+                }
+            }
+            let w = *weight as i64;
+            b.sample(locs, vec![w, w * period_ns], &pairs);
+        }
+        b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_summed() {
+        let mut w = Window::new(UNIX_EPOCH);
+        w.add_cpu(&[1, 2, 3], false, 0, 1);
+        w.add_cpu(&[1, 2, 3], false, 0, 2);
+        w.add_cpu(&[1, 2], true, 0, 1);
+        assert_eq!(w.cpu.len(), 2);
+        assert_eq!(w.total_weight, 4);
+        assert_eq!(w.truncated, 1);
+        for i in 0..(MAX_STACKS as u64 + 10) {
+            w.add_cpu(&[100 + i], false, 0, 1);
+        }
+        assert_eq!(w.distinct_stacks(), MAX_STACKS + 1);
+        assert!(w.overflowed >= 10);
+    }
+
+    #[test]
+    fn symbolic_frames_become_functions() {
+        let set = crate::LabelSet::new(&[("vehicle", "car")]).unwrap();
+        let f1 = FrameId::new("mutex_lock", "app.py", 10).unwrap();
+        let f2 = FrameId::new("find_nearest_vehicle", "app.py", 3).unwrap();
+        assert_eq!(FrameId::new("mutex_lock", "app.py", 10), Some(f1));
+        let mut w = Window::new(UNIX_EPOCH);
+        w.add_cpu_frames(&[f1, f2], set.id(), 3);
+        w.add_lost(2);
+        let p = w.cpu_profile(&mut Symbolizer::default(), None, Duration::from_millis(10), UNIX_EPOCH + Duration::from_secs(10), &[("region".into(), "eu".into())]);
+        let p = crate::pprof::decode(&crate::pprof::encode_gzip(&p)).unwrap();
+        let s = |i: i64| p.string_table[i as usize].clone();
+        let names: Vec<String> = p.function.iter().map(|f| s(f.name)).collect();
+        assert!(names.contains(&"mutex_lock".to_string()) && names.contains(&"[lost samples]".to_string()));
+        let sample = p.sample.iter().find(|x| x.value[0] == 3).unwrap();
+        assert_eq!(sample.value[1], 30_000_000);
+        let labels: Vec<(String, String)> = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
+        assert_eq!(labels, vec![("vehicle".into(), "car".into()), ("region".into(), "eu".into())]);
+        assert_eq!(p.duration_nanos, 10_000_000_000);
+    }
+}

@@ -1,0 +1,194 @@
+//! Pyroscope over HTTP: the Connect push API (default) or the legacy `/ingest`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+use prost::Message;
+
+use super::{ExportError, Exporter, Upload};
+use crate::config::{Auth, Config, Protocol};
+
+/// The push API messages (`push.v1`, `types.v1`).
+#[allow(missing_docs)]
+pub mod push {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub series: Vec<RawProfileSeries>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawProfileSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<RawSample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+}
+
+pub(crate) const SPY_NAME: &str = "pyroscope-core";
+const USER_AGENT: &str = concat!("pyroscope-core/", env!("CARGO_PKG_VERSION"));
+
+pub(crate) struct HttpExporter {
+    agent: ureq::Agent,
+    base: String,
+    protocol: Protocol,
+    headers: Vec<(String, String)>,
+}
+
+impl HttpExporter {
+    pub fn new(config: &Config, base: &url::Url) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.request_timeout))
+            .timeout_connect(Some(config.request_timeout.min(Duration::from_secs(5))))
+            .http_status_as_error(false)
+            // Redirects would strip Authorization; treat them as errors like pyroscope-go.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(USER_AGENT)
+            .build()
+            .into();
+        let mut headers = Vec::new();
+        match &config.auth {
+            Auth::None => {}
+            Auth::Basic { user, password } => {
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                headers.push(("Authorization".to_owned(), format!("Basic {token}")));
+            }
+            Auth::Bearer(token) => headers.push(("Authorization".to_owned(), format!("Bearer {token}"))),
+        }
+        if let Some(t) = &config.tenant_id {
+            headers.push(("X-Scope-OrgID".to_owned(), t.clone()));
+        }
+        // Extra headers are applied last and may override the ones above.
+        for (k, v) in &config.headers {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            headers.push((k.clone(), v.clone()));
+        }
+        HttpExporter { agent, base: base.as_str().trim_end_matches('/').to_owned(), protocol: config.protocol, headers }
+    }
+
+    /// The labels of the upload's series, per PROTOCOL.md §3.3.
+    pub fn series_labels(upload: &Upload) -> Vec<push::LabelPair> {
+        let pair = |n: &str, v: &str| push::LabelPair { name: n.to_owned(), value: v.to_owned() };
+        let mut labels = vec![
+            pair("__name__", upload.profile_name),
+            pair("service_name", &upload.application_name),
+            pair("pyroscope_spy", SPY_NAME),
+            pair("otel.scope.name", "com.grafana.pyroscope/pyroscope-core"),
+            pair("otel.scope.version", env!("CARGO_PKG_VERSION")),
+        ];
+        if upload.profile_name == "memory" {
+            // Values are per-window deltas already: v1 servers must not diff them again.
+            labels.push(pair("__delta__", "false"));
+        }
+        for (k, v) in upload.tags.iter() {
+            labels.retain(|l| &l.name != k);
+            labels.push(pair(k, v));
+        }
+        labels
+    }
+
+    fn request(&self, upload: &Upload) -> Result<(String, Vec<u8>, Vec<(&'static str, String)>), ExportError> {
+        match self.protocol {
+            Protocol::Push => {
+                let req = push::PushRequest {
+                    series: vec![push::RawProfileSeries {
+                        labels: Self::series_labels(upload),
+                        samples: vec![push::RawSample { raw_profile: upload.pprof.clone(), id: String::new() }],
+                    }],
+                };
+                let body = crate::pprof::gzip(&req.encode_to_vec());
+                let headers = vec![("Content-Type", "application/proto".to_owned()), ("Content-Encoding", "gzip".to_owned())];
+                Ok((format!("{}/push.v1.PusherService/Push", self.base), body, headers))
+            }
+            Protocol::Ingest => {
+                let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let mut name = format!("{}{{", upload.application_name);
+                let tags: Vec<String> = upload.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                name.push_str(&tags.join(","));
+                name.push('}');
+                let mut url = url::Url::parse(&format!("{}/ingest", self.base))
+                    .map_err(|e| ExportError { retryable: false, message: format!("bad ingest URL: {e}") })?;
+                url.query_pairs_mut()
+                    .append_pair("name", &name)
+                    .append_pair("from", &secs(upload.start).to_string())
+                    .append_pair("until", &secs(upload.end).to_string())
+                    .append_pair("format", "pprof")
+                    .append_pair("spyName", SPY_NAME);
+                Ok((url.to_string(), upload.pprof.clone(), vec![("Content-Type", "application/octet-stream".to_owned())]))
+            }
+        }
+    }
+}
+
+/// Whether a failed status is worth retrying (PROTOCOL.md §3.5, §7): 408, 429 (unless the
+/// body says the message is too large), 499 and 5xx.
+pub(crate) fn retryable_status(status: u16, body: &str) -> bool {
+    match status {
+        408 | 499 => true,
+        429 => !body.contains("larger than configured max"),
+        s => s >= 500,
+    }
+}
+
+impl Exporter for HttpExporter {
+    fn export(&self, upload: &Upload) -> Result<(), ExportError> {
+        let (url, body, fixed) = self.request(upload)?;
+        let mut req = self.agent.post(&url);
+        for (k, v) in &fixed {
+            req = req.header(*k, v);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        match req.send(&body[..]) {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                if (200..300).contains(&status) {
+                    return Ok(());
+                }
+                let text = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
+                Err(ExportError {
+                    retryable: retryable_status(status, &text),
+                    message: format!("{} answered {status}: {}", redact(&url), text.chars().take(200).collect::<String>()),
+                })
+            }
+            Err(e) => Err(ExportError { retryable: true, message: format!("sending to {}: {e}", redact(&url)) }),
+        }
+    }
+}
+
+/// The URL without its query (which may carry tags but never credentials; kept short).
+fn redact(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy() {
+        for s in [408, 429, 499, 500, 502, 503, 504] {
+            assert!(retryable_status(s, ""), "{s}");
+        }
+        for s in [400, 401, 403, 404, 413, 422] {
+            assert!(!retryable_status(s, ""), "{s}");
+        }
+        assert!(!retryable_status(429, r#"{"code":"resource_exhausted","message":"message size 9 is larger than configured max 4"}"#));
+    }
+}

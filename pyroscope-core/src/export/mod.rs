@@ -1,0 +1,222 @@
+//! Delivery of finished profiles: the [`Exporter`] trait, the bounded queue and the uploader
+//! thread with retry, exponential backoff and jitter.
+
+pub(crate) mod file;
+pub(crate) mod http;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Condvar, Mutex};
+
+/// One finished profile window, ready to send.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    /// `__name__` of the series: `process_cpu`, `memory`, ...
+    pub profile_name: &'static str,
+    /// Gzipped pprof.
+    pub pprof: Vec<u8>,
+    /// Window start.
+    pub start: SystemTime,
+    /// Window end.
+    pub end: SystemTime,
+    /// Static series labels (application name not included).
+    pub tags: Arc<BTreeMap<String, String>>,
+    /// Application name.
+    pub application_name: Arc<str>,
+    /// Hash of the static tags (file naming).
+    pub tags_hash: u64,
+}
+
+/// How an export attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportError {
+    /// Worth trying again (connection errors, timeouts, 408, 429 rate limits, 5xx).
+    pub retryable: bool,
+    /// What happened (never includes credentials).
+    pub message: String,
+}
+
+/// Somewhere profiles go.
+pub trait Exporter: Send + Sync {
+    /// Delivers one profile, or says whether trying again could help.
+    fn export(&self, upload: &Upload) -> Result<(), ExportError>;
+}
+
+/// Counters of the delivery path.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Profiles delivered.
+    pub sent: AtomicU64,
+    /// Profiles dropped because the queue was full (oldest first).
+    pub dropped_queue_full: AtomicU64,
+    /// Profiles dropped after a non-retryable error or when retries ran out.
+    pub dropped_failed: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Profiles still queued when shutdown's deadline passed.
+    pub dropped_at_shutdown: AtomicU64,
+}
+
+struct QueueState {
+    items: VecDeque<Upload>,
+    closing: Option<Instant>,
+}
+
+/// The bounded queue between the collector and the uploader thread.
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    cv: Condvar,
+    capacity: usize,
+    pub stats: Arc<ExportStats>,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, stats: Arc<ExportStats>) -> Self {
+        Queue { state: Mutex::new(QueueState { items: VecDeque::new(), closing: None }), cv: Condvar::new(), capacity: capacity.max(1), stats }
+    }
+
+    /// Adds an upload; drops the oldest when full. Never blocks on the network.
+    pub fn push(&self, upload: Upload) {
+        let mut s = self.state.lock();
+        while s.items.len() >= self.capacity {
+            s.items.pop_front();
+            self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+        s.items.push_back(upload);
+        self.cv.notify_one();
+    }
+
+    /// Asks the uploader to send what is queued and stop by `deadline`.
+    pub fn close(&self, deadline: Instant) {
+        self.state.lock().closing = Some(deadline);
+        self.cv.notify_all();
+    }
+
+    /// Runs the uploader until closed: sends in order, retrying with backoff. `max_retry`
+    /// bounds how long one upload may be retried before it is dropped.
+    pub fn run(&self, exporter: &dyn Exporter, max_retry: Duration) {
+        let mut rng = seed();
+        loop {
+            let (upload, deadline) = {
+                let mut s = self.state.lock();
+                loop {
+                    if let Some(u) = s.items.pop_front() {
+                        break (u, s.closing);
+                    }
+                    if s.closing.is_some() {
+                        return;
+                    }
+                    self.cv.wait(&mut s);
+                }
+            };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let left = self.state.lock().items.len() as u64 + 1;
+                self.stats.dropped_at_shutdown.fetch_add(left, Ordering::Relaxed);
+                return;
+            }
+            let give_up = Instant::now() + max_retry;
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                match exporter.export(&upload) {
+                    Ok(()) => {
+                        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        let stop_at = self.state.lock().closing.map_or(give_up, |d| d.min(give_up));
+                        // Full jitter: sleep a random time in [backoff/2, backoff].
+                        rng = xorshift(rng);
+                        let sleep = backoff / 2 + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
+                        if !e.retryable || Instant::now() + sleep >= stop_at {
+                            self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
+                            crate::log_once(&e.message);
+                            break;
+                        }
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        // Sleep, but wake early when shutdown starts (its deadline is re-read above).
+                        let mut s = self.state.lock();
+                        if s.closing.is_none() {
+                            self.cv.wait_for(&mut s, sleep);
+                        } else {
+                            drop(s);
+                            std::thread::sleep(sleep.min(stop_at.saturating_duration_since(Instant::now())));
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn seed() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flaky {
+        fail_first: u64,
+        calls: AtomicU64,
+        retryable: bool,
+    }
+    impl Exporter for Flaky {
+        fn export(&self, _: &Upload) -> Result<(), ExportError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                Err(ExportError { retryable: self.retryable, message: "boom".into() })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn upload() -> Upload {
+        Upload {
+            profile_name: "process_cpu",
+            pprof: vec![],
+            start: SystemTime::now(),
+            end: SystemTime::now(),
+            tags: Default::default(),
+            application_name: "a".into(),
+            tags_hash: 0,
+        }
+    }
+
+    #[test]
+    fn retries_then_succeeds_and_drops_oldest_when_full() {
+        let q = Queue::new(2, Default::default());
+        for _ in 0..3 {
+            q.push(upload());
+        }
+        assert_eq!(q.stats.dropped_queue_full.load(Ordering::SeqCst), 1);
+        q.close(Instant::now() + Duration::from_secs(10));
+        let ex = Flaky { fail_first: 2, calls: AtomicU64::new(0), retryable: true };
+        q.run(&ex, Duration::from_secs(10));
+        assert_eq!(q.stats.sent.load(Ordering::SeqCst), 2);
+        assert_eq!(q.stats.retries.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn non_retryable_is_dropped_at_once() {
+        let q = Queue::new(4, Default::default());
+        q.push(upload());
+        q.close(Instant::now() + Duration::from_secs(10));
+        let ex = Flaky { fail_first: 100, calls: AtomicU64::new(0), retryable: false };
+        q.run(&ex, Duration::from_secs(10));
+        assert_eq!(ex.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(q.stats.dropped_failed.load(Ordering::SeqCst), 1);
+    }
+}

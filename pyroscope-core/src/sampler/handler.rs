@@ -1,0 +1,137 @@
+//! The CPU-timer signal handler, and nothing else. ⚠
+//!
+//! Calls made here, each async-signal-safe per signal-safety(7) or a raw syscall:
+//! - `__errno_location` (read/restore errno), atomics, plain loads of preallocated memory;
+//! - `process_vm_readv` (raw syscall) through [`crate::unwind::memory`] when a stack word lies
+//!   outside the thread's known stack mapping;
+//! - the previous handler of the signal, when the signal is not one of our timers.
+//!
+//! Not called: malloc/free, locks (not even try-locks), formatting, thread-locals (a cdylib's
+//! TLS may allocate on first touch), `dladdr`/`dl_iterate_phdr`, libgcc's unwinder.
+
+use std::sync::atomic::Ordering;
+
+use framehop::{FrameAddress, Unwinder};
+
+use super::ring::{Kind, MAX_DEPTH};
+use super::{ThreadState, ENABLED, PREVIOUS, RING};
+use crate::sys::ErrnoGuard;
+use crate::unwind::{self, memory, NativeRegs, HANDLERS_ACTIVE};
+
+/// `si_code` of a signal sent by a POSIX timer.
+const SI_TIMER: i32 = -2;
+
+/// The fields of `siginfo_t` a POSIX timer fills in (kernel `_sigposix_timer` layout).
+#[repr(C)]
+struct TimerInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    timer_id: i32,
+    overrun: i32,
+    value: *mut libc::c_void,
+}
+
+/// The handler installed with `SA_SIGINFO | SA_RESTART`.
+///
+/// # Signal safety
+/// See the module doc: atomics, preallocated memory and raw syscalls only.
+pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
+    let _errno = ErrnoGuard::new();
+    if info.is_null() {
+        return chain(sig, info, ucontext);
+    }
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; its first 32 bytes
+    // always exist and hold these fields for SI_TIMER signals.
+    let timer = unsafe { &*(info as *const TimerInfo) };
+    let Some(slot) = (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten() else {
+        return chain(sig, info, ucontext);
+    };
+    HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
+    if ENABLED.load(Ordering::SeqCst) {
+        let state = super::SLOTS[slot].load(Ordering::SeqCst);
+        // SAFETY: a non-null slot points at a ThreadState that the sampler frees only after
+        // clearing the slot and then seeing HANDLERS_ACTIVE at zero; we are counted in it.
+        if let Some(state) = unsafe { state.as_ref() } {
+            sample(state, 1 + timer.overrun.max(0) as u64, ucontext);
+        }
+    }
+    HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
+    // SAFETY: for SA_SIGINFO handlers the third argument is the interrupted ucontext_t.
+    let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
+    let regs = &uc.uc_mcontext.gregs;
+    let (ip, sp, bp) = (regs[libc::REG_RIP as usize] as u64, regs[libc::REG_RSP as usize] as u64, regs[libc::REG_RBP as usize] as u64);
+    let mut stack = state.stack_bounds();
+    if !(stack.0 <= sp && sp < stack.1) {
+        // Bounds unknown: read through the kernel this time, and tell the collector where this
+        // stack is so it can learn the mapping.
+        stack = (0, 0);
+        state.last_sp.store(sp, Ordering::Relaxed);
+    }
+    let label_id = state.label_id.load(Ordering::Relaxed);
+    let Some(cache) = state.cache() else { return };
+    let snapshot = unwind::current();
+    RING.push(|rec| {
+        rec.kind = Kind::Cpu;
+        rec.tid = state.tid;
+        rec.label_id = label_id;
+        rec.weight = weight;
+        rec.truncated = false;
+        rec.pcs[0] = ip;
+        let mut depth = 1;
+        if let Some(snapshot) = snapshot {
+            let mut read = |addr: u64| memory::read_word(addr, stack);
+            let mut frames = snapshot.unwinder.iter_frames(ip, NativeRegs::new(ip, sp, bp), cache, &mut read);
+            // The first frame is `ip` itself, already stored.
+            let _ = frames.next();
+            loop {
+                match frames.next() {
+                    Ok(Some(addr @ FrameAddress::ReturnAddress(_))) => {
+                        if depth == MAX_DEPTH {
+                            rec.truncated = true;
+                            break;
+                        }
+                        rec.pcs[depth] = addr.address_for_lookup();
+                        depth += 1;
+                    }
+                    Ok(Some(FrameAddress::InstructionPointer(_))) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        rec.truncated = true;
+                        break;
+                    }
+                }
+            }
+        } else {
+            rec.truncated = true;
+        }
+        rec.depth = depth as u16;
+    });
+}
+
+/// Passes a signal that is not ours to whoever had the signal before us.
+fn chain(sig: i32, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
+    let prev = PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: PREVIOUS is either null or points at the sigaction saved (and leaked) when we
+    // installed ours; it is never freed.
+    let Some(prev) = (unsafe { prev.as_ref() }) else { return };
+    let handler = prev.sa_sigaction;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // A stray profiling signal must not terminate the host (SIGPROF's default action).
+        return;
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(handler) };
+        f(sig, info, ucontext);
+    } else {
+        // SAFETY: without SA_SIGINFO the previous handler takes only the signal number.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
+        f(sig);
+    }
+}
+

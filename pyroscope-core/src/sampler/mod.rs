@@ -1,0 +1,394 @@
+//! CPU sampling: one CPU-time timer per thread, a signal handler that unwinds into a ring. ⚠
+//!
+//! Timers are `timer_create(CLOCK_THREAD_CPUTIME_ID of tid, SIGEV_THREAD_ID → tid)`, created by
+//! the collector thread for every thread it finds in `/proc/self/task` (so no code has to run on
+//! the target thread), with a random first expiry so short-lived threads are not missed
+//! systematically, and each sample weighted by `1 + si_overrun`. See DESIGN-FACTS §1 for why
+//! this beats `setitimer(ITIMER_PROF)`: exact per-thread attribution, above CONFIG_HZ too.
+//!
+//! The timer's `sigval` carries `MAGIC << 32 | slot`; the handler maps that to a ThreadState
+//! through the static [`SLOTS`] table, so it never dereferences a pointer it did not publish.
+
+pub(crate) mod handler;
+pub(crate) mod ring;
+
+use std::cell::UnsafeCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
+use ring::Ring;
+
+/// Most threads sampled at once; further threads are counted in `threads_unsampled`.
+pub(crate) const MAX_THREADS: usize = 8192;
+const SIGVAL_MAGIC: u64 = 0x5059_524f; // "PYRO"
+
+/// Sampling on (between start and stop of an agent).
+pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The sigaction that was installed before ours, leaked on install, chained to.
+pub(crate) static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+/// The ring every handler writes to; created by the first agent and kept for the process.
+pub(crate) static RING_CELL: OnceLock<Ring> = OnceLock::new();
+/// Slot -> thread state for live timers.
+pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
+
+/// Stand-in so the handler can write `RING.push(..)`.
+pub(crate) struct RingRef;
+pub(crate) static RING: RingRef = RingRef;
+impl RingRef {
+    /// # Signal safety
+    /// One atomic load, then [`Ring::push`].
+    pub(crate) fn push(&self, fill: impl FnOnce(&mut ring::Record)) -> bool {
+        match RING_CELL.get() {
+            Some(ring) => ring.push(fill),
+            None => false,
+        }
+    }
+}
+
+pub(crate) fn slot_of_sigval(value: u64) -> Option<usize> {
+    let slot = (value & 0xffff_ffff) as usize;
+    (value >> 32 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some(slot)
+}
+
+/// What the profiler knows about one OS thread. The signal handler reads it; the thread itself
+/// writes `label_id`; the collector writes the stack bounds.
+pub struct ThreadState {
+    pub(crate) tid: i32,
+    /// The id of the label set in force on this thread.
+    pub(crate) label_id: AtomicU32,
+    /// The stack mapping, packed so the handler reads it in one load: `lo_page << 29 | pages`.
+    stack: AtomicU64,
+    /// A stack pointer the handler saw outside the known bounds (0 = none): the collector looks
+    /// up its mapping.
+    pub(crate) last_sp: AtomicU64,
+    /// The thread has exited (its thread-local slot was destroyed).
+    pub(crate) exited: AtomicBool,
+    cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
+}
+
+// SAFETY: all fields are atomics or set-once, except the unwind cache, which only the signal
+// handler running on this very thread touches (and the handler cannot nest: no SA_NODEFER).
+unsafe impl Sync for ThreadState {}
+// SAFETY: as above; the cache is plain owned memory.
+unsafe impl Send for ThreadState {}
+
+impl ThreadState {
+    fn new(tid: i32) -> Self {
+        ThreadState {
+            tid,
+            label_id: AtomicU32::new(0),
+            stack: AtomicU64::new(0),
+            last_sp: AtomicU64::new(0),
+            exited: AtomicBool::new(false),
+            cache: OnceLock::new(),
+        }
+    }
+
+    /// A state attached to no thread (used during thread teardown).
+    pub(crate) fn detached() -> Self {
+        Self::new(0)
+    }
+
+    /// The readable mapping holding this thread's stack, or (0, 0) while unknown.
+    ///
+    /// # Signal safety
+    /// Two atomic loads.
+    pub(crate) fn stack_bounds(&self) -> (u64, u64) {
+        let packed = self.stack.load(Ordering::Relaxed);
+        let lo = (packed >> 29) << 12;
+        (lo, lo + ((packed & ((1 << 29) - 1)) << 12))
+    }
+
+    fn set_stack_bounds(&self, lo: u64, hi: u64) {
+        let pages = ((hi - lo) >> 12).min((1 << 29) - 1);
+        self.stack.store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
+    }
+
+    /// The unwinder's rule cache.
+    ///
+    /// # Signal safety
+    /// One atomic load. Only the signal handler on this thread may call it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn cache(&self) -> Option<&mut SignalCache> {
+        // SAFETY: the only caller is the handler on the thread this state belongs to, which does
+        // not nest, so the &mut is unique for its lifetime.
+        self.cache.get().map(|c| unsafe { &mut *c.get() })
+    }
+}
+
+static REGISTRY: Mutex<Option<HashMap<i32, Arc<ThreadState>>>> = Mutex::new(None);
+/// Threads the profiler itself runs; never sampled.
+static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// The state of the calling thread, created on first use.
+pub(crate) fn register_current_thread() -> Arc<ThreadState> {
+    let tid = sys::gettid();
+    let mut reg = REGISTRY.lock();
+    let map = reg.get_or_insert_with(HashMap::new);
+    match map.get(&tid) {
+        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
+        _ => {
+            let s = Arc::new(ThreadState::new(tid));
+            map.insert(tid, s.clone());
+            s
+        }
+    }
+}
+
+/// Marks the calling thread as the profiler's own: it is never sampled.
+pub(crate) fn mark_own_thread() {
+    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
+}
+
+fn state_for(tid: i32) -> Arc<ThreadState> {
+    let mut reg = REGISTRY.lock();
+    let map = reg.get_or_insert_with(HashMap::new);
+    match map.get(&tid) {
+        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
+        _ => {
+            let s = Arc::new(ThreadState::new(tid));
+            map.insert(tid, s.clone());
+            s
+        }
+    }
+}
+
+/// Installs the handler for `signal` once per process, keeping the previous action to chain to.
+fn install_handler(signal: i32) -> Result<()> {
+    static INSTALLED: Mutex<Option<i32>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock();
+    if *installed == Some(signal) {
+        return Ok(());
+    }
+    // SAFETY: zeroed sigaction is a valid "empty" value; every field we rely on is set below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler::on_signal as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() }; // SAFETY: plain C struct, all-zero is valid.
+    // SAFETY: both pointers are valid for the call; `signal` was validated by the config.
+    if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
+        return Err(Error::os("sigaction"));
+    }
+    // Never restore SIG_DFL later: a timer signal still in flight would kill the process.
+    if old.sa_sigaction != handler::on_signal as *const () as usize {
+        PREVIOUS.store(Box::into_raw(Box::new(old)), Ordering::Release);
+    }
+    *installed = Some(signal);
+    Ok(())
+}
+
+struct Timer {
+    id: libc::timer_t,
+    slot: usize,
+    state: Arc<ThreadState>,
+}
+
+/// Per-thread timers of one running agent; owned and driven by the collector thread.
+pub(crate) struct Sampler {
+    signal: i32,
+    period: Duration,
+    timers: HashMap<i32, Timer>,
+    free_slots: Vec<usize>,
+    rng: u64,
+    /// Threads seen but not sampled (table full or timer_create refused).
+    pub threads_unsampled: u64,
+    pub timer_errors: u64,
+}
+
+impl Sampler {
+    pub(crate) fn start(signal: i32, hz: u32, ring_capacity: usize) -> Result<Self> {
+        RING_CELL.get_or_init(|| Ring::new(ring_capacity));
+        install_handler(signal)?;
+        crate::unwind::refresh();
+        ENABLED.store(true, Ordering::SeqCst);
+        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+        let mut s = Sampler {
+            signal,
+            period: Duration::from_nanos(1_000_000_000 / hz as u64),
+            timers: HashMap::new(),
+            free_slots: (0..MAX_THREADS).rev().collect(),
+            rng: seed | 1,
+            threads_unsampled: 0,
+            timer_errors: 0,
+        };
+        s.scan();
+        Ok(s)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: good enough to spread first expiries.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Finds new and exited threads, creates and deletes timers, learns stack bounds.
+    pub(crate) fn scan(&mut self) {
+        // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
+        let dead: Vec<i32> = self
+            .timers
+            .iter()
+            .filter(|(_, t)| {
+                // SAFETY: zeroed itimerspec is valid; `t.id` is a live timer we created.
+                let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+                let rc = unsafe { libc::timer_gettime(t.id, &mut cur) }; // SAFETY: as above.
+                rc != 0 || (cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0)
+            })
+            .map(|(tid, _)| *tid)
+            .collect();
+        let mut retired = Vec::new();
+        for tid in dead {
+            if let Some(t) = self.timers.remove(&tid) {
+                // A new thread reusing this tid must get a fresh state (stack, labels).
+                if let Some(map) = REGISTRY.lock().as_mut() {
+                    if map.get(&tid).is_some_and(|s| Arc::ptr_eq(s, &t.state)) {
+                        map.remove(&tid);
+                    }
+                }
+                retired.push(self.delete(t));
+            }
+        }
+        let Ok(tids) = sys::list_threads() else { return };
+        let own = OWN_THREADS.lock().clone().unwrap_or_default();
+        for tid in tids {
+            if own.contains(&tid) || self.timers.contains_key(&tid) {
+                continue;
+            }
+            let state = state_for(tid);
+            match self.arm(tid, state) {
+                Ok(t) => {
+                    self.timers.insert(tid, t);
+                }
+                Err(_) => self.threads_unsampled += 1,
+            }
+        }
+        self.learn_stacks();
+        wait_for_handlers();
+        drop(retired);
+        // Forget registry entries of threads that are gone.
+        if let Some(map) = REGISTRY.lock().as_mut() {
+            map.retain(|tid, s| self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1));
+        }
+    }
+
+    fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
+        let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
+        state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
+        SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
+        // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = self.signal;
+        sev.sigev_value = libc::sigval { sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void };
+        sev.sigev_notify_thread_id = tid;
+        // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+        let clock = ((!tid) << 3) | 6;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `sev` and `id` are valid for the call; the kernel checks the clock and tid.
+        if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
+            SLOTS[slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+            self.free_slots.push(slot);
+            self.timer_errors += 1;
+            return Err(Error::os("timer_create"));
+        }
+        let period = self.period.as_nanos() as u64;
+        let first = 1 + self.next_random() % period;
+        let its = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: (period / 1_000_000_000) as _, tv_nsec: (period % 1_000_000_000) as _ },
+            it_value: libc::timespec { tv_sec: (first / 1_000_000_000) as _, tv_nsec: (first % 1_000_000_000) as _ },
+        };
+        // SAFETY: `id` was just created; `its` is valid.
+        if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
+            let t = Timer { id, slot, state };
+            drop(self.delete(t));
+            self.timer_errors += 1;
+            return Err(Error::os("timer_settime"));
+        }
+        Ok(Timer { id, slot, state })
+    }
+
+    /// Deletes the timer and clears its slot; the returned state must outlive running handlers.
+    fn delete(&mut self, t: Timer) -> Arc<ThreadState> {
+        // SAFETY: `t.id` is a timer we created and have not deleted.
+        unsafe { libc::timer_delete(t.id) };
+        SLOTS[t.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+        self.free_slots.push(t.slot);
+        t.state
+    }
+
+    fn learn_stacks(&self) {
+        let pending: Vec<&Timer> = self.timers.values().filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0).collect();
+        for t in pending {
+            let sp = t.state.last_sp.swap(0, Ordering::Relaxed);
+            if let Some((lo, hi)) = sys::mapping_containing(sp as usize) {
+                t.state.set_stack_bounds(lo as u64, hi as u64);
+            }
+        }
+    }
+
+    pub(crate) fn sampled_threads(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Stops every timer; after this no handler can reach a state of this sampler.
+    pub(crate) fn stop(&mut self) {
+        ENABLED.store(false, Ordering::SeqCst);
+        let timers: Vec<Timer> = self.timers.drain().map(|(_, t)| t).collect();
+        let states: Vec<_> = timers.into_iter().map(|t| self.delete(t)).collect();
+        wait_for_handlers();
+        drop(states);
+    }
+}
+
+/// Waits (bounded) until no handler is running, so states and snapshots unlinked before this
+/// call can be freed.
+fn wait_for_handlers() {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
+
+pub(crate) fn prepare_fork() {
+    std::mem::forget(REGISTRY.lock());
+    std::mem::forget(OWN_THREADS.lock());
+}
+
+pub(crate) fn after_fork_parent() {
+    // SAFETY: `prepare_fork` took both locks on this thread and forgot the guards.
+    unsafe {
+        REGISTRY.force_unlock();
+        OWN_THREADS.force_unlock();
+    }
+}
+
+pub(crate) fn after_fork_child() {
+    // The child has no timers and only this thread: stop sampling, forget the parent's threads.
+    ENABLED.store(false, Ordering::SeqCst);
+    // SAFETY: `prepare_fork` took both locks on the forking thread, which is this one.
+    unsafe {
+        REGISTRY.force_unlock();
+        OWN_THREADS.force_unlock();
+    }
+    for slot in SLOTS.iter() {
+        slot.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
+    if let Some(ring) = RING_CELL.get() {
+        ring.reset_after_fork();
+    }
+    *OWN_THREADS.lock() = None;
+    let me = sys::gettid();
+    if let Some(map) = REGISTRY.lock().as_mut() {
+        map.retain(|tid, _| *tid == me);
+    }
+}

@@ -1,0 +1,61 @@
+//! Thin wrappers over the few libc calls the profiler needs. ⚠ unsafe lives here.
+
+use std::io;
+
+/// The kernel thread id of the calling thread.
+///
+/// # Signal safety
+/// A raw syscall: async-signal-safe.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments, cannot fail and touches no memory.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The process id.
+pub(crate) fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Saves `errno` on creation and restores it on drop, so a signal handler never changes
+/// what the interrupted code sees.
+///
+/// # Signal safety
+/// Reads and writes the thread's errno location only.
+pub(crate) struct ErrnoGuard(i32);
+
+impl ErrnoGuard {
+    pub(crate) fn new() -> Self {
+        // SAFETY: __errno_location always returns the calling thread's valid errno slot.
+        ErrnoGuard(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for ErrnoGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`; the slot belongs to this thread.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
+/// Thread ids of this process, from `/proc/self/task`.
+pub(crate) fn list_threads() -> io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// The `[start, end)` of the mapping of this process that contains `addr`, from `/proc/self/maps`.
+pub(crate) fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let range = line.split_whitespace().next()?;
+        let (a, b) = range.split_once('-')?;
+        let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
+        (a <= addr && addr < b).then_some((a, b))
+    })
+}

@@ -1,0 +1,206 @@
+//! Stack unwinding inside the signal handler: framehop over each loaded module's
+//! `.eh_frame`, which handles both frame-pointer and frame-pointer-less code.
+//!
+//! The module list is built on the collector thread with `dl_iterate_phdr` (never in the
+//! handler), copied into owned memory (so a `dlclose` cannot pull it away) and published as an
+//! immutable [`Snapshot`] through an atomic pointer. Handlers count themselves in and out of
+//! [`HANDLERS_ACTIVE`]; an old snapshot is freed only once that count has been seen at zero
+//! after the swap, so no handler can still be reading it.
+
+pub(crate) mod memory;
+
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use framehop::{ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, Unwinder};
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use framehop::x86_64::{CacheX86_64 as NativeCache, UnwindRegsX86_64 as NativeRegs, UnwinderX86_64 as NativeUnwinder};
+
+/// Owned unwind section bytes.
+pub(crate) type SectionData = Arc<[u8]>;
+pub(crate) type SignalUnwinder = NativeUnwinder<SectionData, MustNotAllocateDuringUnwind>;
+pub(crate) type SignalCache = NativeCache<MustNotAllocateDuringUnwind>;
+
+/// One loaded object, for the unwinder and the symbolizer.
+#[derive(Clone, Debug)]
+pub(crate) struct ModuleInfo {
+    /// Path on disk; empty for objects without a file (vDSO).
+    pub path: String,
+    /// Runtime address range of its executable segment.
+    pub text: std::ops::Range<u64>,
+    /// Load bias: runtime address minus the address in the file.
+    pub bias: u64,
+}
+
+/// An immutable view of the loaded modules.
+pub(crate) struct Snapshot {
+    pub unwinder: SignalUnwinder,
+    pub modules: Vec<ModuleInfo>,
+    /// `dlpi_adds` and `dlpi_subs` when it was taken, to notice dlopen/dlclose.
+    pub generation: (u64, u64),
+}
+
+impl Snapshot {
+    pub fn module_for(&self, addr: u64) -> Option<&ModuleInfo> {
+        self.modules.iter().find(|m| m.text.contains(&addr))
+    }
+}
+
+static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(std::ptr::null_mut());
+/// Handlers currently between entry and exit (they may hold a snapshot reference).
+pub(crate) static HANDLERS_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Snapshots replaced but possibly still read by a handler that started before the swap.
+static RETIRED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+
+/// The current snapshot, valid while the caller is counted in [`HANDLERS_ACTIVE`] (handler)
+/// or is the collector (which alone frees snapshots).
+pub(crate) fn current() -> Option<&'static Snapshot> {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: non-null pointers in CURRENT come from Box::into_raw in `refresh` and are freed
+    // only by `reclaim` after being swapped out and after HANDLERS_ACTIVE was seen at zero.
+    unsafe { p.as_ref() }
+}
+
+/// `dlpi_adds`/`dlpi_subs` now: changes whenever a library is loaded or unloaded.
+pub(crate) fn loader_generation() -> (u64, u64) {
+    let mut gen = (0u64, 0u64);
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
+        // SAFETY: dl_iterate_phdr passes a valid info and our `data` pointer to a (u64, u64).
+        unsafe {
+            let out = &mut *(data as *mut (u64, u64));
+            *out = ((*info).dlpi_adds, (*info).dlpi_subs);
+        }
+        1
+    }
+    // SAFETY: the callback matches dl_iterate_phdr's contract and `gen` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut gen as *mut (u64, u64)).cast()) };
+    gen
+}
+
+/// Rebuilds the snapshot if libraries were loaded or unloaded since the last one, then frees
+/// retired snapshots no handler can see. Collector thread only.
+pub(crate) fn refresh() {
+    let gen = loader_generation();
+    if current().is_some_and(|s| s.generation == gen) {
+        reclaim();
+        return;
+    }
+    let modules = collect_modules();
+    let mut unwinder = SignalUnwinder::new();
+    let mut infos = Vec::with_capacity(modules.len());
+    for (info, module) in modules {
+        if let Some(module) = module {
+            unwinder.add_module(module);
+        }
+        infos.push(info);
+    }
+    let fresh = Box::into_raw(Box::new(Snapshot { unwinder, modules: infos, generation: gen }));
+    let old = CURRENT.swap(fresh, Ordering::AcqRel);
+    if !old.is_null() {
+        RETIRED.lock().push(old as usize);
+    }
+    reclaim();
+}
+
+/// Frees retired snapshots if no handler is running now. A handler that starts after this
+/// check loads CURRENT after the swap, so it cannot see a retired snapshot.
+fn reclaim() {
+    let mut retired = RETIRED.lock();
+    if retired.is_empty() || HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 {
+        return;
+    }
+    for p in retired.drain(..) {
+        // SAFETY: `p` came from Box::into_raw, was swapped out of CURRENT before this point,
+        // and no handler that could have loaded it is still running (count seen at zero).
+        drop(unsafe { Box::from_raw(p as *mut Snapshot) });
+    }
+}
+
+struct Found {
+    path: String,
+    bias: u64,
+    text: Option<std::ops::Range<u64>>,
+    eh_frame_hdr: Option<(u64, u64)>,
+    /// The PT_LOAD segments, to bound the copy of `.eh_frame`.
+    loads: Vec<(u64, u64)>,
+}
+
+fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
+        // SAFETY: dl_iterate_phdr passes a valid info whose phdr array has dlpi_phnum entries,
+        // and our `data` pointer to a Vec<Found>.
+        unsafe {
+            let out = &mut *(data as *mut Vec<Found>);
+            let info = &*info;
+            let name = if info.dlpi_name.is_null() { "" } else { CStr::from_ptr(info.dlpi_name).to_str().unwrap_or("") };
+            let bias = info.dlpi_addr;
+            let mut found = Found { path: name.to_owned(), bias, text: None, eh_frame_hdr: None, loads: Vec::new() };
+            for i in 0..info.dlpi_phnum as usize {
+                let ph = &*info.dlpi_phdr.add(i);
+                let start = bias.wrapping_add(ph.p_vaddr);
+                let end = start + ph.p_memsz;
+                match ph.p_type {
+                    libc::PT_LOAD => {
+                        found.loads.push((start, end));
+                        if ph.p_flags & libc::PF_X != 0 && found.text.is_none() {
+                            found.text = Some(start..end);
+                        }
+                    }
+                    libc::PT_GNU_EH_FRAME => found.eh_frame_hdr = Some((start, ph.p_memsz)),
+                    _ => {}
+                }
+            }
+            out.push(found);
+        }
+        0
+    }
+    let mut found: Vec<Found> = Vec::new();
+    // SAFETY: the callback matches dl_iterate_phdr's contract and `found` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut found as *mut Vec<Found>).cast()) };
+
+    let mut out = Vec::new();
+    for (i, f) in found.into_iter().enumerate() {
+        let Some(text) = f.text.clone() else { continue };
+        let path = if i == 0 && f.path.is_empty() {
+            std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+        } else if f.path.starts_with('/') {
+            f.path.clone()
+        } else {
+            String::new() // the vDSO has no file
+        };
+        let info = ModuleInfo { path: path.clone(), text: text.clone(), bias: f.bias };
+        out.push((info, unwind_module(&f, &path, text)));
+    }
+    out
+}
+
+/// Copies the module's `.eh_frame_hdr` and `.eh_frame` (while it is certainly mapped: we are
+/// inside the loader's module list right after dl_iterate_phdr) and wraps them for framehop.
+fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Module<SectionData>> {
+    let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
+    // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of a loaded object.
+    let hdr: &[u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
+    // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
+    if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
+        return None;
+    }
+    let rel = i32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as i64;
+    let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
+    let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
+    // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of a loaded object.
+    let eh: &[u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
+    let bias = f.bias;
+    let section_info = ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma: Some(text.start - bias..text.end - bias),
+        eh_frame_hdr_svma: Some(hdr_addr - bias..hdr_addr - bias + hdr_len),
+        eh_frame_hdr: Some(SectionData::from(hdr)),
+        eh_frame_svma: Some(eh_addr - bias..seg_end - bias),
+        eh_frame: Some(SectionData::from(eh)),
+        ..Default::default()
+    };
+    Some(Module::new(path.to_owned(), text, bias, section_info))
+}
