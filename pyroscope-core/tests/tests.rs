@@ -1,0 +1,13 @@
+//! Integration tests: one binary, one file per area. Each test that starts an agent takes the
+//! process-wide agent slot, so they serialize on AGENT_LOCK.
+
+mod util;
+
+mod cpu;
+mod export;
+
+pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn agent_lock() -> std::sync::MutexGuard<'static, ()> {
+    AGENT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
