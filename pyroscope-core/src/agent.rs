@@ -90,7 +90,11 @@ impl AgentBuilder {
         if let Some(v) = var(env::SAMPLE_RATE) {
             match v.trim().parse::<u32>() {
                 Ok(r) => b2.sample_rate = r,
-                Err(_) => fail(Error::InvalidEnv { var: env::SAMPLE_RATE, value: v, reason: "not a whole number of Hz".into() }),
+                Err(_) => fail(Error::InvalidEnv {
+                    var: env::SAMPLE_RATE,
+                    value: v,
+                    reason: "not a whole number of Hz".into(),
+                }),
             }
         }
         if let Some(v) = var(env::UPLOAD_INTERVAL) {
@@ -106,7 +110,10 @@ impl AgentBuilder {
             if matches!(b2.auth, Auth::Bearer(_)) {
                 fail(Error::ConflictingAuth);
             }
-            b2.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
+            b2.auth = Auth::Basic {
+                user,
+                password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default(),
+            };
         }
         if let Some(t) = var(env::TENANT_ID) {
             b2.tenant_id = Some(t);
@@ -138,7 +145,10 @@ impl AgentBuilder {
         self
     }
     /// Adds static tags.
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn tags<K: Into<String>, V: Into<String>>(
+        mut self,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         for (k, v) in tags {
             self = self.tag(k, v);
         }
@@ -156,7 +166,10 @@ impl AgentBuilder {
     }
     /// HTTP basic auth.
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.auth = Auth::Basic { user: user.into(), password: password.into() };
+        self.auth = Auth::Basic {
+            user: user.into(),
+            password: password.into(),
+        };
         self
     }
     /// Bearer token.
@@ -204,7 +217,11 @@ impl AgentBuilder {
         config::validate_application_name(&self.application_name)?;
         let destination = match &self.server_address {
             Some(s) => Destination::Server(config::parse_server_address(s)?),
-            None => Destination::Directory(self.export_dir.clone().unwrap_or_else(|| PathBuf::from("./profiles"))),
+            None => Destination::Directory(
+                self.export_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("./profiles")),
+            ),
         };
         let mut tags = BTreeMap::new();
         for (k, v) in &self.tags {
@@ -213,25 +230,43 @@ impl AgentBuilder {
         }
         // The server allows 30 label names per series; we add up to 6 of our own.
         if tags.len() > 24 {
-            return Err(Error::TooManyLabels { count: tags.len(), max: 24 });
+            return Err(Error::TooManyLabels {
+                count: tags.len(),
+                max: 24,
+            });
         }
         if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
-            return Err(Error::InvalidSampleRate { rate: self.sample_rate, max: MAX_SAMPLE_RATE });
+            return Err(Error::InvalidSampleRate {
+                rate: self.sample_rate,
+                max: MAX_SAMPLE_RATE,
+            });
         }
-        if self.upload_interval < Duration::from_secs(1) || self.upload_interval > Duration::from_secs(3600) {
-            return Err(Error::InvalidUploadInterval { interval: self.upload_interval });
+        if self.upload_interval < Duration::from_secs(1)
+            || self.upload_interval > Duration::from_secs(3600)
+        {
+            return Err(Error::InvalidUploadInterval {
+                interval: self.upload_interval,
+            });
         }
         if self.request_timeout.is_zero() {
-            return Err(Error::InvalidTimeout { timeout: self.request_timeout });
+            return Err(Error::InvalidTimeout {
+                timeout: self.request_timeout,
+            });
         }
         for (k, v) in &self.headers {
-            let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            let name_ok = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
             if !name_ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
                 return Err(Error::InvalidHeader { name: k.clone() });
             }
         }
-        if self.signal != libc::SIGPROF && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal) {
-            return Err(Error::InvalidSignal { signal: self.signal });
+        if self.signal != libc::SIGPROF
+            && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal)
+        {
+            return Err(Error::InvalidSignal {
+                signal: self.signal,
+            });
         }
         Ok(Config {
             application_name: self.application_name,
@@ -303,7 +338,9 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -335,7 +372,10 @@ impl Agent {
         let exporter: Box<dyn Exporter> = match &config.destination {
             Destination::Server(url) => Box::new(HttpExporter::new(&config, url)),
             Destination::Directory(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::ExportDir { path: dir.display().to_string(), reason: e.to_string() })?;
+                std::fs::create_dir_all(dir).map_err(|e| Error::ExportDir {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
                 Box::new(FileExporter { dir: dir.clone() })
             }
         };
@@ -365,7 +405,10 @@ impl Agent {
                 q.run(&*exporter, max_retry);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::Os { what: "spawning the upload thread", errno: e.to_string() })?;
+            .map_err(|e| Error::Os {
+                what: "spawning the upload thread",
+                errno: e.to_string(),
+            })?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let (sh, q, cfg) = (shared.clone(), queue.clone(), config.clone());
@@ -376,10 +419,20 @@ impl Agent {
                 let _ = ready_tx.send(());
                 collect(cfg, sampler, sh, q);
             })
-            .map_err(|e| Error::Os { what: "spawning the collector thread", errno: e.to_string() })?;
+            .map_err(|e| Error::Os {
+                what: "spawning the collector thread",
+                errno: e.to_string(),
+            })?;
         // The collector's first scan must not sample the collector itself.
         let _ = ready_rx.recv_timeout(Duration::from_secs(1));
-        Ok(Agent { config, shared, collector: Some(collector), uploader_done: Some(done_rx), queue, pid: sys::getpid() })
+        Ok(Agent {
+            config,
+            shared,
+            collector: Some(collector),
+            uploader_done: Some(done_rx),
+            queue,
+            pid: sys::getpid(),
+        })
     }
 
     /// The validated configuration.
@@ -430,7 +483,9 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
-        let Some(collector) = self.collector.take() else { return };
+        let Some(collector) = self.collector.take() else {
+            return;
+        };
         if sys::getpid() != self.pid {
             // A forked child: the parent's threads do not exist here and its samples are not
             // ours to send. Forget them.
@@ -476,7 +531,11 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
     let hash = tags_hash(&config.application_name, &config.tags);
     // Files are standalone: they carry the static tags on every sample.
     let extra: Vec<(String, String)> = match config.destination {
-        Destination::Directory(_) => config.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Destination::Directory(_) => config
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         Destination::Server(_) => Vec::new(),
     };
     let mut symbolizer = Symbolizer::default();
@@ -507,7 +566,9 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
         if last_scan.elapsed() >= SCAN_EVERY && !stopping {
             unwind::refresh();
             sampler.scan();
-            shared.threads.store(sampler.sampled_threads() as u64, Ordering::Relaxed);
+            shared
+                .threads
+                .store(sampler.sampled_threads() as u64, Ordering::Relaxed);
             last_scan = Instant::now();
         }
         let flush = shared.flush_now.swap(false, Ordering::SeqCst);
@@ -516,17 +577,24 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
                 // Stop the timers first, then take what they wrote.
                 sampler.stop();
                 if let Some(r) = ring {
-                    r.drain(|rec| window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight));
+                    r.drain(|rec| {
+                        window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight)
+                    });
                 }
             }
             let end = SystemTime::now();
             let closed = std::mem::replace(&mut window, Window::new(end));
             window_end = Instant::now() + config.upload_interval;
-            shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
-            shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
+            shared
+                .samples
+                .fetch_add(closed.total_weight, Ordering::Relaxed);
+            shared
+                .truncated
+                .fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
             if !closed.is_empty() {
-                let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                let profile =
+                    closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 queue.push(Upload {
                     profile_name: "process_cpu",
                     pprof: pprof::encode_gzip(&profile),

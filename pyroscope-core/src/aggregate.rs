@@ -23,7 +23,8 @@ const LOST_FRAME: u64 = SYMBOLIC | (1 << 62) | 1;
 const TRUNCATED_FRAME: u64 = SYMBOLIC | (1 << 62) | 2;
 
 /// Frames supplied by bindings, interned process-wide.
-static FRAMES: Mutex<Option<(Vec<Symbol>, HashMap<Symbol, u64>)>> = Mutex::new(None);
+type FrameTable = (Vec<Symbol>, HashMap<Symbol, u64>);
+static FRAMES: Mutex<Option<FrameTable>> = Mutex::new(None);
 const MAX_FRAMES: usize = 1 << 20;
 
 /// A frame from a non-native stack source (a Python or JavaScript function), interned once.
@@ -33,7 +34,11 @@ pub struct FrameId(u64);
 impl FrameId {
     /// Interns (function, file, line). Returns `None` past the process-wide frame limit.
     pub fn new(function: &str, file: &str, line: u32) -> Option<FrameId> {
-        let sym = Symbol { function: function.into(), file: file.into(), line };
+        let sym = Symbol {
+            function: function.into(),
+            file: file.into(),
+            line,
+        };
         let mut guard = FRAMES.lock();
         let (list, index) = guard.get_or_insert_with(Default::default);
         if let Some(id) = index.get(&sym) {
@@ -54,7 +59,11 @@ impl FrameId {
 }
 
 fn symbolic(key: u64) -> Symbol {
-    let special = |name: &str| Symbol { function: name.into(), file: "".into(), line: 0 };
+    let special = |name: &str| Symbol {
+        function: name.into(),
+        file: "".into(),
+        line: 0,
+    };
     match key {
         OVERFLOW_FRAME => special("[stack table overflow]"),
         LOST_FRAME => special("[lost samples]"),
@@ -165,11 +174,22 @@ impl Window {
         extra_labels: &[(String, String)],
     ) -> Profile {
         let period_ns = period.as_nanos() as i64;
-        let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period_ns);
-        let start_ns = self.start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
-        let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
+        let mut b = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            period_ns,
+        );
+        let start_ns = self
+            .start
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        let len_ns = end
+            .duration_since(self.start)
+            .unwrap_or_default()
+            .as_nanos() as i64;
         b.time(start_ns, len_ns);
-        let mut label_cache: HashMap<u32, Vec<(Arc<str>, Arc<str>)>> = HashMap::new();
+        let mut label_cache: HashMap<u32, Vec<labels::Label>> = HashMap::new();
         let mut entries: Vec<_> = self.cpu.iter().collect();
         entries.sort_unstable_by_key(|(k, _)| **k);
         for ((stack_id, label_id), weight) in entries {
@@ -182,11 +202,17 @@ impl Window {
                         b.location(key, 0, || vec![(&sym.function, &sym.file, sym.line)])
                     } else {
                         let syms = symbolizer.symbolize(key, snapshot);
-                        b.location(key, key, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect())
+                        b.location(key, key, || {
+                            syms.iter()
+                                .map(|s| (&*s.function, &*s.file, s.line))
+                                .collect()
+                        })
                     }
                 })
                 .collect();
-            let dynamic = label_cache.entry(*label_id).or_insert_with(|| labels::resolve(*label_id).to_vec());
+            let dynamic = label_cache
+                .entry(*label_id)
+                .or_insert_with(|| labels::resolve(*label_id).to_vec());
             let mut pairs: Vec<(&str, &str)> = dynamic.iter().map(|(k, v)| (&**k, &**v)).collect();
             for (k, v) in extra_labels {
                 if !pairs.iter().any(|(n, _)| *n == k) {
@@ -229,15 +255,31 @@ mod tests {
         let mut w = Window::new(UNIX_EPOCH);
         w.add_cpu_frames(&[f1, f2], set.id(), 3);
         w.add_lost(2);
-        let p = w.cpu_profile(&mut Symbolizer::default(), None, Duration::from_millis(10), UNIX_EPOCH + Duration::from_secs(10), &[("region".into(), "eu".into())]);
+        let p = w.cpu_profile(
+            &mut Symbolizer::default(),
+            None,
+            Duration::from_millis(10),
+            UNIX_EPOCH + Duration::from_secs(10),
+            &[("region".into(), "eu".into())],
+        );
         let p = crate::pprof::decode(&crate::pprof::encode_gzip(&p)).unwrap();
         let s = |i: i64| p.string_table[i as usize].clone();
         let names: Vec<String> = p.function.iter().map(|f| s(f.name)).collect();
-        assert!(names.contains(&"mutex_lock".to_string()) && names.contains(&"[lost samples]".to_string()));
+        assert!(
+            names.contains(&"mutex_lock".to_string())
+                && names.contains(&"[lost samples]".to_string())
+        );
         let sample = p.sample.iter().find(|x| x.value[0] == 3).unwrap();
         assert_eq!(sample.value[1], 30_000_000);
-        let labels: Vec<(String, String)> = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
-        assert_eq!(labels, vec![("vehicle".into(), "car".into()), ("region".into(), "eu".into())]);
+        let labels: Vec<(String, String)> =
+            sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("vehicle".into(), "car".into()),
+                ("region".into(), "eu".into())
+            ]
+        );
         assert_eq!(p.duration_nanos, 10_000_000_000);
     }
 }

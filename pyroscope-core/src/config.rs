@@ -52,7 +52,9 @@ impl std::fmt::Debug for Auth {
         // Credentials are never printed.
         match self {
             Auth::None => f.write_str("None"),
-            Auth::Basic { user, .. } => write!(f, "Basic {{ user: {user:?}, password: <redacted> }}"),
+            Auth::Basic { user, .. } => {
+                write!(f, "Basic {{ user: {user:?}, password: <redacted> }}")
+            }
             Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
     }
@@ -118,15 +120,24 @@ pub fn validate_application_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::EmptyApplicationName);
     }
-    if name.len() > 2048 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b)) {
-        return Err(Error::InvalidApplicationName { name: name.to_owned() });
+    if name.len() > 2048
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+    {
+        return Err(Error::InvalidApplicationName {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Parses and checks a server address: absolute `http`/`https` URL with a host, no query.
 pub fn parse_server_address(s: &str) -> Result<url::Url> {
-    let bad = |reason: &str| Error::InvalidServerAddress { url: s.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| Error::InvalidServerAddress {
+        url: s.to_owned(),
+        reason: reason.to_owned(),
+    };
     let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("scheme must be http or https"));
@@ -138,7 +149,9 @@ pub fn parse_server_address(s: &str) -> Result<url::Url> {
         return Err(bad("must not have a query or fragment"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("put credentials in basic auth settings, not in the URL"));
+        return Err(bad(
+            "put credentials in basic auth settings, not in the URL",
+        ));
     }
     Ok(url)
 }
@@ -153,7 +166,11 @@ pub fn validate_tag(name: &str, value: &str) -> Result<()> {
 pub fn parse_tags(s: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| Error::InvalidTagString { input: s.to_owned() })?;
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidTagString {
+                input: s.to_owned(),
+            })?;
         let (k, v) = (k.trim(), v.trim());
         validate_tag(k, v)?;
         out.push((k.to_owned(), v.to_owned()));
@@ -163,9 +180,17 @@ pub fn parse_tags(s: &str) -> Result<Vec<(String, String)>> {
 
 /// Parses seconds with an optional fraction (`10`, `0.5`).
 pub fn parse_seconds(var: &'static str, s: &str) -> Result<Duration> {
-    let secs: f64 = s.trim().parse().map_err(|_| Error::InvalidEnv { var, value: s.to_owned(), reason: "not a number of seconds".into() })?;
+    let secs: f64 = s.trim().parse().map_err(|_| Error::InvalidEnv {
+        var,
+        value: s.to_owned(),
+        reason: "not a number of seconds".into(),
+    })?;
     if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
-        return Err(Error::InvalidEnv { var, value: s.to_owned(), reason: "must be above 0 and at most 3600".into() });
+        return Err(Error::InvalidEnv {
+            var,
+            value: s.to_owned(),
+            reason: "must be above 0 and at most 3600".into(),
+        });
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -178,21 +203,56 @@ mod tests {
     fn addresses() {
         assert!(parse_server_address("http://localhost:4040").is_ok());
         assert!(parse_server_address("https://profiles-prod.grafana.net/").is_ok());
-        for bad in ["", "localhost:4040", "ftp://x", "http://", "http://u:p@h", "http://h?x=1", "not a url"] {
-            assert!(matches!(parse_server_address(bad), Err(Error::InvalidServerAddress { .. })), "{bad}");
+        for bad in [
+            "",
+            "localhost:4040",
+            "ftp://x",
+            "http://",
+            "http://u:p@h",
+            "http://h?x=1",
+            "not a url",
+        ] {
+            assert!(
+                matches!(
+                    parse_server_address(bad),
+                    Err(Error::InvalidServerAddress { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn tags_and_names() {
-        assert_eq!(parse_tags(" region=eu-north, az=1 ").unwrap(), vec![("region".into(), "eu-north".into()), ("az".into(), "1".into())]);
+        assert_eq!(
+            parse_tags(" region=eu-north, az=1 ").unwrap(),
+            vec![
+                ("region".into(), "eu-north".into()),
+                ("az".into(), "1".into())
+            ]
+        );
         assert_eq!(parse_tags("").unwrap(), vec![]);
-        assert!(matches!(parse_tags("region"), Err(Error::InvalidTagString { .. })));
-        assert!(matches!(parse_tags("re gion=x"), Err(Error::InvalidLabelName { .. })));
-        assert!(matches!(validate_application_name(""), Err(Error::EmptyApplicationName)));
-        assert!(matches!(validate_application_name("my app"), Err(Error::InvalidApplicationName { .. })));
+        assert!(matches!(
+            parse_tags("region"),
+            Err(Error::InvalidTagString { .. })
+        ));
+        assert!(matches!(
+            parse_tags("re gion=x"),
+            Err(Error::InvalidLabelName { .. })
+        ));
+        assert!(matches!(
+            validate_application_name(""),
+            Err(Error::EmptyApplicationName)
+        ));
+        assert!(matches!(
+            validate_application_name("my app"),
+            Err(Error::InvalidApplicationName { .. })
+        ));
         assert!(validate_application_name("ride-share/api.v2").is_ok());
-        assert_eq!(parse_seconds("X", "0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_seconds("X", "0.5").unwrap(),
+            Duration::from_millis(500)
+        );
         assert!(parse_seconds("X", "0").is_err());
         assert!(parse_seconds("X", "abc").is_err());
     }

@@ -37,7 +37,9 @@ pub enum Error {
         name: String,
     },
     /// A label value is empty, too long, or contains `,` `}` `{` `=` (which `/ingest` cannot carry).
-    #[error("invalid value {value:?} for label {name:?}: must be 1-2048 chars without `, {{ }} =`")]
+    #[error(
+        "invalid value {value:?} for label {name:?}: must be 1-2048 chars without `, {{ }} =`"
+    )]
     InvalidLabelValue {
         /// The label's name.
         name: String,
@@ -138,7 +140,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn os(what: &'static str) -> Self {
-        Error::Os { what, errno: std::io::Error::last_os_error().to_string() }
+        Error::Os {
+            what,
+            errno: std::io::Error::last_os_error().to_string(),
+        }
     }
 }
 

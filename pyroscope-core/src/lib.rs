@@ -39,7 +39,10 @@
 //!   [`Agent`] in the child sends nothing. Start a new agent in the child to profile it.
 
 #![deny(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod agent;
 mod aggregate;
@@ -59,7 +62,9 @@ pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPL
 pub use error::{Error, Result};
 pub use export::http::push;
 pub use export::{ExportError, Exporter, Upload};
-pub use labels::{current as current_labels, push as push_labels, tag_wrapper, LabelGuard, LabelSet, WithLabels};
+pub use labels::{
+    current as current_labels, push as push_labels, tag_wrapper, LabelGuard, LabelSet, WithLabels,
+};
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
 

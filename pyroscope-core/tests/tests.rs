@@ -5,6 +5,7 @@ mod util;
 
 mod cpu;
 mod export;
+mod fork;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -36,7 +36,8 @@ pub(crate) static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr
 /// The ring every handler writes to; created by the first agent and kept for the process.
 pub(crate) static RING_CELL: OnceLock<Ring> = OnceLock::new();
 /// Slot -> thread state for live timers.
-pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
+pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
 
 /// Stand-in so the handler can write `RING.push(..)`.
 pub(crate) struct RingRef;
@@ -108,7 +109,8 @@ impl ThreadState {
 
     fn set_stack_bounds(&self, lo: u64, hi: u64) {
         let pages = ((hi - lo) >> 12).min((1 << 29) - 1);
-        self.stack.store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
+        self.stack
+            .store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
     }
 
     /// The unwinder's rule cache.
@@ -144,7 +146,10 @@ pub(crate) fn register_current_thread() -> Arc<ThreadState> {
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
 pub(crate) fn mark_own_thread() {
-    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
+    OWN_THREADS
+        .lock()
+        .get_or_insert_with(HashSet::new)
+        .insert(sys::gettid());
 }
 
 fn state_for(tid: i32) -> Arc<ThreadState> {
@@ -173,7 +178,8 @@ fn install_handler(signal: i32) -> Result<()> {
     action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa_mask is a valid sigset_t to initialise.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() }; // SAFETY: plain C struct, all-zero is valid.
+    // SAFETY: plain C struct; all-zero is a valid value for sigaction to overwrite.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; `signal` was validated by the config.
     if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
         return Err(Error::os("sigaction"));
@@ -210,7 +216,9 @@ impl Sampler {
         install_handler(signal)?;
         crate::unwind::refresh();
         ENABLED.store(true, Ordering::SeqCst);
-        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ (sys::getpid() as u64).rotate_left(32)
+            ^ 0x9e37_79b9_7f4a_7c15;
         let mut s = Sampler {
             signal,
             period: Duration::from_nanos(1_000_000_000 / hz as u64),
@@ -241,7 +249,8 @@ impl Sampler {
             .filter(|(_, t)| {
                 // SAFETY: zeroed itimerspec is valid; `t.id` is a live timer we created.
                 let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
-                let rc = unsafe { libc::timer_gettime(t.id, &mut cur) }; // SAFETY: as above.
+                // SAFETY: as above.
+                let rc = unsafe { libc::timer_gettime(t.id, &mut cur) };
                 rc != 0 || (cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0)
             })
             .map(|(tid, _)| *tid)
@@ -258,7 +267,9 @@ impl Sampler {
                 retired.push(self.delete(t));
             }
         }
-        let Ok(tids) = sys::list_threads() else { return };
+        let Ok(tids) = sys::list_threads() else {
+            return;
+        };
         let own = OWN_THREADS.lock().clone().unwrap_or_default();
         for tid in tids {
             if own.contains(&tid) || self.timers.contains_key(&tid) {
@@ -277,19 +288,29 @@ impl Sampler {
         drop(retired);
         // Forget registry entries of threads that are gone.
         if let Some(map) = REGISTRY.lock().as_mut() {
-            map.retain(|tid, s| self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1));
+            map.retain(|tid, s| {
+                self.timers.contains_key(tid)
+                    || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
+            });
         }
     }
 
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
-        let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
-        state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
+        let slot = self.free_slots.pop().ok_or(Error::Os {
+            what: "thread table",
+            errno: "full".into(),
+        })?;
+        state
+            .cache
+            .get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
         sev.sigev_signo = self.signal;
-        sev.sigev_value = libc::sigval { sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void };
+        sev.sigev_value = libc::sigval {
+            sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void,
+        };
         sev.sigev_notify_thread_id = tid;
         // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
         let clock = ((!tid) << 3) | 6;
@@ -304,8 +325,14 @@ impl Sampler {
         let period = self.period.as_nanos() as u64;
         let first = 1 + self.next_random() % period;
         let its = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: (period / 1_000_000_000) as _, tv_nsec: (period % 1_000_000_000) as _ },
-            it_value: libc::timespec { tv_sec: (first / 1_000_000_000) as _, tv_nsec: (first % 1_000_000_000) as _ },
+            it_interval: libc::timespec {
+                tv_sec: (period / 1_000_000_000) as _,
+                tv_nsec: (period % 1_000_000_000) as _,
+            },
+            it_value: libc::timespec {
+                tv_sec: (first / 1_000_000_000) as _,
+                tv_nsec: (first % 1_000_000_000) as _,
+            },
         };
         // SAFETY: `id` was just created; `its` is valid.
         if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
@@ -327,7 +354,11 @@ impl Sampler {
     }
 
     fn learn_stacks(&self) {
-        let pending: Vec<&Timer> = self.timers.values().filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0).collect();
+        let pending: Vec<&Timer> = self
+            .timers
+            .values()
+            .filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0)
+            .collect();
         for t in pending {
             let sp = t.state.last_sp.swap(0, Ordering::Relaxed);
             if let Some((lo, hi)) = sys::mapping_containing(sp as usize) {

@@ -39,7 +39,15 @@ pub struct Record {
 
 impl Record {
     pub const fn zeroed() -> Self {
-        Record { kind: Kind::Cpu, truncated: false, depth: 0, tid: 0, label_id: 0, weight: 0, pcs: [0; MAX_DEPTH] }
+        Record {
+            kind: Kind::Cpu,
+            truncated: false,
+            depth: 0,
+            tid: 0,
+            label_id: 0,
+            weight: 0,
+            pcs: [0; MAX_DEPTH],
+        }
     }
 
     pub fn stack(&self) -> &[u64] {
@@ -73,9 +81,19 @@ impl Ring {
     /// here so that the pages are resident before a signal handler touches them.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
-        let slots: Box<[Slot]> =
-            (0..capacity).map(|i| Slot { seq: AtomicUsize::new(i), record: UnsafeCell::new(Record::zeroed()) }).collect();
-        Ring { slots, mask: capacity - 1, enqueue: AtomicUsize::new(0), dequeue: AtomicUsize::new(0), dropped: AtomicU64::new(0) }
+        let slots: Box<[Slot]> = (0..capacity)
+            .map(|i| Slot {
+                seq: AtomicUsize::new(i),
+                record: UnsafeCell::new(Record::zeroed()),
+            })
+            .collect();
+        Ring {
+            slots,
+            mask: capacity - 1,
+            enqueue: AtomicUsize::new(0),
+            dequeue: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// Claims a slot, lets `fill` write the record, publishes it. Returns false (and counts a
@@ -90,7 +108,12 @@ impl Ring {
             let seq = slot.seq.load(Ordering::Acquire);
             let diff = seq as isize - pos as isize;
             if diff == 0 {
-                match self.enqueue.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                match self.enqueue.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => {
                         // SAFETY: winning the CAS for ticket `pos` gives this writer exclusive
                         // access to the slot until it stores `seq = pos + 1` below.
@@ -185,7 +208,9 @@ mod tests {
         while writers.iter().any(|w| !w.is_finished()) || count + ring.dropped() < 4000 {
             count += ring.drain(|r| total += r.weight) as u64;
         }
-        let expected: u64 = (0..4).map(|t| (0..1000).map(|i| t * 10_000 + i).sum::<u64>()).sum();
+        let expected: u64 = (0..4)
+            .map(|t| (0..1000).map(|i| t * 10_000 + i).sum::<u64>())
+            .sum();
         assert_eq!(ring.dropped(), 0);
         assert_eq!(total, expected);
     }

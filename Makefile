@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
+SHELL := /bin/bash
+.PHONY: all demo test test-rust lint bench setup
+
+all: test
+
+setup:
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
+	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+
+demo: setup
+	./scripts/demo.sh
+
+test: setup lint test-rust
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+
+test-rust:
+	cargo test --workspace -q
+	./scripts/check-go-pprof.sh
+
+bench: setup
+	./scripts/bench.sh

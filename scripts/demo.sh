@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# make demo: the rideshare story on the embedded default (no server), then the top tables.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+secs="${DEMO_SECONDS:-45}"
+out="$root/demo/profiles"
+rm -rf "$out"; mkdir -p "$out"
+
+echo "==> building (release)"
+cargo build --release -q -p rideshare -p pyroscope-cli
+bin="$root/target/release"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+port=5001
+for region in us-east eu-north ap-south; do
+  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$out" PYROSCOPE_UPLOAD_INTERVAL=5 \
+    "$bin/rideshare" 2>"$root/demo/rideshare-$region.log" &
+  pids+=($!)
+  port=$((port + 1))
+done
+sleep 1
+echo "==> load on all three regions for ${secs}s (5 req/s each)"
+"$bin/rideshare-load" "$secs" 5 http://127.0.0.1:5001 http://127.0.0.1:5002 http://127.0.0.1:5003
+echo "==> stopping services (each flushes its last window)"
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do wait "$p" || true; done
+pids=()
+echo "==> $(ls "$out" | wc -l) profiles in $out"
+for region in eu-north ap-south us-east; do
+  echo
+  echo "==> top functions, region=$region"
+  "$bin/pyroscope" top "$out" --where region=$region --sort total --limit 12
+done
