@@ -1,0 +1,172 @@
+//! Signal-safety stress test. At 1 kHz (tick-bound) per-thread CPU timers, for
+//! `STRESS_SECONDS` (default 20): dozens of short-lived threads, allocation storms, lock storms,
+//! dlopen/dlclose of a C library in a loop, and C code without frame pointers. Passes when
+//! nothing crashes or deadlocks (a watchdog aborts), and stacks stay correct: samples in
+//! `c_leaf_spin` carry `c_middle` and `c_outer` above them.
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pyroscope_core::{AgentBuilder, LabelSet};
+
+extern "C" {
+    fn c_outer(ns: u64) -> u64;
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn main() {
+    let secs: u64 = std::env::var("STRESS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let dir = std::env::temp_dir().join(format!("pyroscope-stress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Watchdog: a deadlock anywhere ends the run with a failure instead of hanging CI.
+    let deadline = secs + 30;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(deadline));
+        eprintln!("stress: watchdog fired after {deadline} s: deadlock?");
+        std::process::abort();
+    });
+    let agent = AgentBuilder::new("stress")
+        .export_dir(&dir)
+        .sample_rate(1000)
+        .upload_interval(Duration::from_secs(5))
+        .start()
+        .expect("start agent");
+    let labels: Vec<LabelSet> = (0..8).map(|i| LabelSet::new(&[("worker", format!("w{i}"))]).expect("labels")).collect();
+    let threads_made = Arc::new(AtomicU64::new(0));
+    let dl_cycles = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+
+    // Thread churn: short-lived threads, each doing a little work with labels.
+    for _ in 0..2 {
+        let (made, labels) = (threads_made.clone(), labels.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !STOP.load(Ordering::Relaxed) {
+                let batch: Vec<_> = (0..24)
+                    .map(|k| {
+                        let set = labels[(i + k) % labels.len()];
+                        std::thread::spawn(move || {
+                            let _g = set.enter().expect("enter");
+                            // SAFETY: plain C function, no preconditions.
+                            unsafe { c_outer(300_000) }
+                        })
+                    })
+                    .collect();
+                for b in batch {
+                    let _ = b.join();
+                }
+                made.fetch_add(24, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    // Allocation storm: the handler interrupts malloc/free constantly.
+    for t in 0..2 {
+        let set = labels[t];
+        handles.push(std::thread::spawn(move || {
+            let _g = set.enter().expect("enter");
+            let mut keep: Vec<Vec<u8>> = Vec::new();
+            let mut n = 0usize;
+            while !STOP.load(Ordering::Relaxed) {
+                keep.push(vec![n as u8; 16 + (n * 7919) % 4096]);
+                if keep.len() > 512 {
+                    keep.drain(..256);
+                }
+                n += 1;
+            }
+            std::hint::black_box(keep.len());
+        }));
+    }
+    // Lock storm: heavy contention on one mutex.
+    let lock = Arc::new(Mutex::new(0u64));
+    for _ in 0..3 {
+        let lock = lock.clone();
+        handles.push(std::thread::spawn(move || {
+            while !STOP.load(Ordering::Relaxed) {
+                let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                *g = g.wrapping_add(1);
+            }
+        }));
+    }
+    // dlopen/dlclose loop calling into the library between.
+    {
+        let cycles = dl_cycles.clone();
+        handles.push(std::thread::spawn(move || {
+            let path = CString::new(env!("CWORK_SO")).expect("path");
+            let sym = CString::new("c_outer").expect("sym");
+            while !STOP.load(Ordering::Relaxed) {
+                // SAFETY: loading our own test library; the symbol has the declared signature.
+                unsafe {
+                    let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                    assert!(!h.is_null(), "dlopen failed");
+                    let f = libc::dlsym(h, sym.as_ptr());
+                    assert!(!f.is_null(), "dlsym failed");
+                    let f: extern "C" fn(u64) -> u64 = std::mem::transmute(f);
+                    std::hint::black_box(f(2_000_000));
+                    libc::dlclose(h);
+                }
+                cycles.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Steady C workers for the stack-correctness check.
+    for _ in 0..2 {
+        handles.push(std::thread::spawn(move || {
+            while !STOP.load(Ordering::Relaxed) {
+                // SAFETY: plain C function, no preconditions.
+                std::hint::black_box(unsafe { c_outer(5_000_000) });
+            }
+        }));
+    }
+
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        eprint!("\rstress: {:>3}/{secs} s, {} threads made, {} dlopen cycles", start.elapsed().as_secs(), threads_made.load(Ordering::Relaxed), dl_cycles.load(Ordering::Relaxed));
+    }
+    eprintln!();
+    STOP.store(true, Ordering::SeqCst);
+    for h in handles {
+        let _ = h.join();
+    }
+    let stats = agent.stop();
+    eprintln!("stress: {stats:?}");
+
+    // Check the stacks.
+    let (mut leaf, mut full, mut total) = (0i64, 0i64, 0i64);
+    for entry in std::fs::read_dir(&dir).expect("profiles dir") {
+        let path = entry.expect("entry").path();
+        let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read")).expect("decode our own profile");
+        let name = |id: u64| {
+            let f = p.function.iter().find(|f| f.id == id).expect("function");
+            p.string_table[f.name as usize].clone()
+        };
+        for s in &p.sample {
+            total += s.value[0];
+            let stack: Vec<String> = s
+                .location_id
+                .iter()
+                .flat_map(|l| p.location.iter().find(|x| x.id == *l).expect("location").line.iter().map(|ln| name(ln.function_id)))
+                .collect();
+            if stack.first().is_some_and(|f| f == "c_leaf_spin") {
+                leaf += s.value[0];
+                if stack.get(1).is_some_and(|f| f == "c_middle") && stack.get(2).is_some_and(|f| f == "c_outer") {
+                    full += s.value[0];
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ratio = full as f64 / leaf.max(1) as f64;
+    eprintln!("stress: {total} samples, {leaf} in c_leaf_spin, {:.1}% with the full C chain", ratio * 100.0);
+    let ok = total > 1000 && leaf > 200 && ratio >= 0.95 && threads_made.load(Ordering::Relaxed) > 100 && dl_cycles.load(Ordering::Relaxed) > 10;
+    if ok {
+        println!("1 passed, 0 failed");
+    } else {
+        println!("0 passed, 1 failed");
+        std::process::exit(1);
+    }
+}
