@@ -1,0 +1,77 @@
+//! The benchmark workload: `threads` threads each run `switches` slices of `iters` hash
+//! iterations, switching labels (through the caller's `switch` hook) before every slice.
+//! Fixed work, so CPU time with and without a profiler compares like for like.
+
+use std::time::{Duration, Instant};
+
+/// One run's measurements.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Process CPU time (user + system, all threads), seconds.
+    pub cpu: f64,
+    /// Wall time, seconds.
+    pub wall: f64,
+    /// Peak RSS, KiB.
+    pub max_rss_kib: i64,
+}
+
+#[inline(never)]
+pub fn slice(iters: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for i in 0..iters {
+        x = std::hint::black_box(x.rotate_left(7) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    x
+}
+
+/// Iterations of [`slice`] per microsecond on this machine.
+pub fn calibrate() -> f64 {
+    slice(1_000_000, 1);
+    let t = Instant::now();
+    let n = 20_000_000;
+    slice(n, 2);
+    n as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+fn cpu_seconds() -> (f64, i64) {
+    // SAFETY: zeroed rusage is valid for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss)
+}
+
+/// Runs the workload; `switch(thread, i)` is called before slice `i` of each thread and
+/// returns a guard dropped after the slice.
+pub fn run<G>(threads: usize, switches: u64, iters: u64, switch: impl Fn(usize, u64) -> G + Sync) -> Measured {
+    let (cpu0, _) = cpu_seconds();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for th in 0..threads {
+            let switch = &switch;
+            s.spawn(move || {
+                let mut acc = 0u64;
+                for i in 0..switches {
+                    let _g = switch(th, i);
+                    acc ^= slice(iters, i);
+                }
+                std::hint::black_box(acc);
+            });
+        }
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let (cpu1, rss) = cpu_seconds();
+    Measured { cpu: cpu1 - cpu0, wall, max_rss_kib: rss }
+}
+
+/// Median of a list.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Keeps a process alive a moment so a profiler's background threads settle.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(200));
+}

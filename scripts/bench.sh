@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make bench: builds the benchmark (release) and, when it builds, the same workload under the
+# `pyroscope` crate 2.x; runs them side by side and writes BENCHMARKS.md.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+echo "==> building benchmarks (release)"
+cargo build --release -q -p pyroscope-bench
+export CARGO_TARGET_DIR="$root/target"
+if cargo build --release -q --manifest-path benches/vs-pyroscope-rs/Cargo.toml; then
+  export PYROSCOPE_RS_BENCH="$root/target/release/vs-pyroscope-rs"
+else
+  echo "warning: the pyroscope crate comparison did not build; measuring ours only" >&2
+fi
+out="$root/BENCHMARKS.md"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`make bench\` on $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d). Rerun it to refresh."
+  echo
+  target/release/pyroscope-bench
+} > "$out.tmp"
+mv "$out.tmp" "$out"
+cat "$out"
