@@ -217,3 +217,75 @@ fn only_one_agent_at_a_time() {
         .unwrap()
         .stop();
 }
+
+#[test]
+fn settings_come_from_the_environment() {
+    let _g = crate::agent_lock();
+    let vars = [
+        ("PYROSCOPE_APPLICATION_NAME", "env-app"),
+        ("PYROSCOPE_SERVER_ADDRESS", "http://127.0.0.1:4040"),
+        ("PYROSCOPE_TAGS", "region=eu-north,az=b"),
+        ("PYROSCOPE_SAMPLE_RATE", "250"),
+        ("PYROSCOPE_UPLOAD_INTERVAL", "2.5"),
+        ("PYROSCOPE_BASIC_AUTH_USER", "u"),
+        ("PYROSCOPE_BASIC_AUTH_PASSWORD", "p"),
+        ("PYROSCOPE_TENANT_ID", "t1"),
+    ];
+    for (k, v) in vars {
+        std::env::set_var(k, v);
+    }
+    let c = AgentBuilder::from_env().build();
+    std::env::set_var("PYROSCOPE_SAMPLE_RATE", "fast");
+    let bad = AgentBuilder::from_env().build();
+    std::env::set_var("PYROSCOPE_SAMPLE_RATE", "250");
+    std::env::set_var("PYROSCOPE_TAGS", "region");
+    let bad_tags = AgentBuilder::from_env().build();
+    for (k, _) in vars {
+        std::env::remove_var(k);
+    }
+    let c = c.unwrap();
+    assert_eq!(c.application_name, "env-app");
+    assert_eq!(c.sample_rate, 250);
+    assert_eq!(c.upload_interval, Duration::from_millis(2500));
+    assert_eq!(c.tags.get("region").map(String::as_str), Some("eu-north"));
+    assert_eq!(c.tenant_id.as_deref(), Some("t1"));
+    assert!(matches!(c.auth, pyroscope_core::Auth::Basic { .. }));
+    assert!(
+        !format!("{c:?}").contains("\"p\""),
+        "password must not be printed: {c:?}"
+    );
+    assert!(matches!(
+        bad,
+        Err(Error::InvalidEnv {
+            var: "PYROSCOPE_SAMPLE_RATE",
+            ..
+        })
+    ));
+    assert!(matches!(bad_tags, Err(Error::InvalidTagString { .. })));
+}
+
+#[test]
+fn bindings_can_feed_their_own_frames() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("frames");
+    let agent = AgentBuilder::new("py-app")
+        .export_dir(&dir)
+        .start()
+        .unwrap();
+    let leaf = pyroscope_core::FrameId::new("mutex_lock", "rideshare/server.py", 21).unwrap();
+    let root =
+        pyroscope_core::FrameId::new("find_nearest_vehicle", "rideshare/server.py", 9).unwrap();
+    let car = LabelSet::new(&[("vehicle", "car")]).unwrap();
+    agent.add_cpu_sample(&[leaf, root], car, 7);
+    agent.stop();
+    let flat: Vec<Flat> = read_profiles(&dir)
+        .iter()
+        .flat_map(|(_, p)| flatten(p))
+        .collect();
+    let f = flat
+        .iter()
+        .find(|f| f.stack == ["find_nearest_vehicle", "mutex_lock"])
+        .expect("fed sample");
+    assert_eq!(f.values, vec![7, 70_000_000]);
+    assert_eq!(f.labels.get("vehicle").map(String::as_str), Some("car"));
+}

@@ -13,6 +13,8 @@ pub struct Measured {
     pub wall: f64,
     /// Peak RSS, KiB.
     pub max_rss_kib: i64,
+    /// Time the profiler's stop/shutdown blocked, seconds (0 without a profiler).
+    pub stop: f64,
 }
 
 #[inline(never)]
@@ -44,7 +46,12 @@ fn cpu_seconds() -> (f64, i64) {
 
 /// Runs the workload; `switch(thread, i)` is called before slice `i` of each thread and
 /// returns a guard dropped after the slice.
-pub fn run<G>(threads: usize, switches: u64, iters: u64, switch: impl Fn(usize, u64) -> G + Sync) -> Measured {
+pub fn run<G>(
+    threads: usize,
+    switches: u64,
+    iters: u64,
+    switch: impl Fn(usize, u64) -> G + Sync,
+) -> Measured {
     let (cpu0, _) = cpu_seconds();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -62,7 +69,12 @@ pub fn run<G>(threads: usize, switches: u64, iters: u64, switch: impl Fn(usize, 
     });
     let wall = t.elapsed().as_secs_f64();
     let (cpu1, rss) = cpu_seconds();
-    Measured { cpu: cpu1 - cpu0, wall, max_rss_kib: rss }
+    Measured {
+        cpu: cpu1 - cpu0,
+        wall,
+        max_rss_kib: rss,
+        stop: 0.0,
+    }
 }
 
 /// Median of a list.

@@ -131,17 +131,7 @@ static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
 /// The state of the calling thread, created on first use.
 pub(crate) fn register_current_thread() -> Arc<ThreadState> {
-    let tid = sys::gettid();
-    let mut reg = REGISTRY.lock();
-    let map = reg.get_or_insert_with(HashMap::new);
-    match map.get(&tid) {
-        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
-        _ => {
-            let s = Arc::new(ThreadState::new(tid));
-            map.insert(tid, s.clone());
-            s
-        }
-    }
+    state_for(sys::gettid())
 }
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
@@ -152,6 +142,8 @@ pub(crate) fn mark_own_thread() {
         .insert(sys::gettid());
 }
 
+/// The live state of thread `tid`, created if there is none (or only that of an exited thread
+/// whose tid was reused).
 fn state_for(tid: i32) -> Arc<ThreadState> {
     let mut reg = REGISTRY.lock();
     let map = reg.get_or_insert_with(HashMap::new);
@@ -267,10 +259,14 @@ impl Sampler {
                 retired.push(self.delete(t));
             }
         }
-        let Ok(tids) = sys::list_threads() else {
-            return;
-        };
+        let tids = sys::list_threads().unwrap_or_default();
         let own = OWN_THREADS.lock().clone().unwrap_or_default();
+        // A profiler thread may have been armed before it marked itself as ours.
+        for tid in own.iter() {
+            if let Some(t) = self.timers.remove(tid) {
+                retired.push(self.delete(t));
+            }
+        }
         for tid in tids {
             if own.contains(&tid) || self.timers.contains_key(&tid) {
                 continue;

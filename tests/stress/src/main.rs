@@ -18,7 +18,10 @@ extern "C" {
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() {
-    let secs: u64 = std::env::var("STRESS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("STRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let dir = std::env::temp_dir().join(format!("pyroscope-stress-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // Watchdog: a deadlock anywhere ends the run with a failure instead of hanging CI.
@@ -34,7 +37,9 @@ fn main() {
         .upload_interval(Duration::from_secs(5))
         .start()
         .expect("start agent");
-    let labels: Vec<LabelSet> = (0..8).map(|i| LabelSet::new(&[("worker", format!("w{i}"))]).expect("labels")).collect();
+    let labels: Vec<LabelSet> = (0..8)
+        .map(|i| LabelSet::new(&[("worker", format!("w{i}"))]).expect("labels"))
+        .collect();
     let threads_made = Arc::new(AtomicU64::new(0));
     let dl_cycles = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
@@ -64,8 +69,7 @@ fn main() {
         }));
     }
     // Allocation storm: the handler interrupts malloc/free constantly.
-    for t in 0..2 {
-        let set = labels[t];
+    for &set in labels.iter().take(2) {
         handles.push(std::thread::spawn(move || {
             let _g = set.enter().expect("enter");
             let mut keep: Vec<Vec<u8>> = Vec::new();
@@ -125,7 +129,12 @@ fn main() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(1));
-        eprint!("\rstress: {:>3}/{secs} s, {} threads made, {} dlopen cycles", start.elapsed().as_secs(), threads_made.load(Ordering::Relaxed), dl_cycles.load(Ordering::Relaxed));
+        eprint!(
+            "\rstress: {:>3}/{secs} s, {} threads made, {} dlopen cycles",
+            start.elapsed().as_secs(),
+            threads_made.load(Ordering::Relaxed),
+            dl_cycles.load(Ordering::Relaxed)
+        );
     }
     eprintln!();
     STOP.store(true, Ordering::SeqCst);
@@ -139,7 +148,8 @@ fn main() {
     let (mut leaf, mut full, mut total) = (0i64, 0i64, 0i64);
     for entry in std::fs::read_dir(&dir).expect("profiles dir") {
         let path = entry.expect("entry").path();
-        let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read")).expect("decode our own profile");
+        let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read"))
+            .expect("decode our own profile");
         let name = |id: u64| {
             let f = p.function.iter().find(|f| f.id == id).expect("function");
             p.string_table[f.name as usize].clone()
@@ -149,11 +159,21 @@ fn main() {
             let stack: Vec<String> = s
                 .location_id
                 .iter()
-                .flat_map(|l| p.location.iter().find(|x| x.id == *l).expect("location").line.iter().map(|ln| name(ln.function_id)))
+                .flat_map(|l| {
+                    p.location
+                        .iter()
+                        .find(|x| x.id == *l)
+                        .expect("location")
+                        .line
+                        .iter()
+                        .map(|ln| name(ln.function_id))
+                })
                 .collect();
             if stack.first().is_some_and(|f| f == "c_leaf_spin") {
                 leaf += s.value[0];
-                if stack.get(1).is_some_and(|f| f == "c_middle") && stack.get(2).is_some_and(|f| f == "c_outer") {
+                if stack.get(1).is_some_and(|f| f == "c_middle")
+                    && stack.get(2).is_some_and(|f| f == "c_outer")
+                {
                     full += s.value[0];
                 }
             }
@@ -161,8 +181,15 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = full as f64 / leaf.max(1) as f64;
-    eprintln!("stress: {total} samples, {leaf} in c_leaf_spin, {:.1}% with the full C chain", ratio * 100.0);
-    let ok = total > 1000 && leaf > 200 && ratio >= 0.95 && threads_made.load(Ordering::Relaxed) > 100 && dl_cycles.load(Ordering::Relaxed) > 10;
+    eprintln!(
+        "stress: {total} samples, {leaf} in c_leaf_spin, {:.1}% with the full C chain",
+        ratio * 100.0
+    );
+    let ok = total > 1000
+        && leaf > 200
+        && ratio >= 0.95
+        && threads_made.load(Ordering::Relaxed) > 100
+        && dl_cycles.load(Ordering::Relaxed) > 10;
     if ok {
         println!("1 passed, 0 failed");
     } else {
