@@ -41,6 +41,30 @@ fn child(mode: &str, switch_us: u64, iters_per_us: f64) -> Measured {
     }
 }
 
+/// CPU cost per sample: the same work at 1000 Hz requested (tick-bound) vs no profiler, in
+/// one process each, alternating; (extra CPU) / samples. Includes the collector's share.
+fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64) {
+    let iters = (5000.0 * ipu) as u64;
+    let switches = (SECONDS * 1e6 / 5000.0) as u64;
+    let (mut none, mut ours, mut samples) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        none.push(run(THREADS, switches, iters, |_, _| ()).cpu);
+        let dir = std::env::temp_dir().join(format!("pyroscope-bench-ps-{}", std::process::id()));
+        let agent = AgentBuilder::new("bench")
+            .export_dir(&dir)
+            .sample_rate(1000)
+            .start()
+            .expect("start");
+        let m = run(THREADS, switches, iters, |_, _| ());
+        let stats = agent.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        ours.push(m.cpu);
+        samples.push(stats.samples as f64);
+    }
+    let (n, o, k) = (median(none), median(ours), median(samples));
+    ((o - n) / k * 1e6, k / (SECONDS * THREADS as f64))
+}
+
 fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
     let out = Command::new(bin)
         .args(["--child", mode, &switch_us.to_string(), &ipu.to_string()])
@@ -136,7 +160,8 @@ fn main() {
     println!("## Overhead (2 threads x {SECONDS} s of fixed CPU work, labels switched every slice; medians of {runs} runs)\n");
     println!("| label switch every | profiler | CPU s | wall s | CPU ratio | wall ratio | peak RSS MiB | stop blocks s |");
     println!("|---|---|---|---|---|---|---|---|");
-    for switch_us in [5000u64, 100] {
+    let only_micro = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "micro");
+    for switch_us in [5000u64, 100].into_iter().filter(|_| !only_micro) {
         let mut modes = vec![("none", me.clone()), ("ours", me.clone())];
         if let Some(o) = &other {
             modes.push(("pyroscope-rs", o.clone()));
@@ -179,4 +204,6 @@ fn main() {
         "| pprof build + gzip, 10,000 distinct stacks x 20 frames | {:.2} ms |",
         encode_ms()
     );
+    let (us, hz) = per_sample_us(ipu, runs);
+    println!("| CPU per sample (signal + unwind + ring + collector), 1 kHz requested, {hz:.0} Hz delivered per thread | {us:.2} µs |");
 }
