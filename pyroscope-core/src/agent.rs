@@ -310,6 +310,10 @@ pub struct Stats {
     pub upload_retries: u64,
     /// Threads with a CPU timer now.
     pub threads_sampled: u64,
+    /// Signal handler runs for our timers since the process started (all agents).
+    pub handler_runs: u64,
+    /// Nanoseconds spent in those runs, in all.
+    pub handler_ns: u64,
 }
 
 struct Shared {
@@ -455,6 +459,8 @@ impl Agent {
                 + e.dropped_at_shutdown.load(Ordering::Relaxed),
             upload_retries: e.retries.load(Ordering::Relaxed),
             threads_sampled: s.threads.load(Ordering::Relaxed),
+            handler_runs: sampler::HANDLER_RUNS.load(Ordering::Relaxed),
+            handler_ns: sampler::HANDLER_NS.load(Ordering::Relaxed),
         }
     }
 
@@ -563,8 +569,11 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
             window.add_cpu_frames(&frames, label, weight);
         }
-        if last_scan.elapsed() >= SCAN_EVERY && !stopping {
+        if !stopping {
+            // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
             unwind::refresh();
+        }
+        if last_scan.elapsed() >= SCAN_EVERY && !stopping {
             sampler.scan();
             shared
                 .threads

@@ -68,6 +68,10 @@ pub use labels::{
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
 
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use sampler::in_signal_handler;
+
 use std::collections::HashSet;
 
 /// Logs a background failure once per kind (its first 48 characters), never from a hot path.

@@ -13,7 +13,7 @@ fn main() {
     let so = format!("{out}/libcwork_dl.so");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(flags)
-        .args(["-shared", "-fPIC", "-o", &so, "c/cwork.c"])
+        .args(["-shared", "-fPIC", "-DPREFIX=d_", "-o", &so, "c/cwork.c"])
         .status()
         .expect("run the C compiler");
     assert!(status.success(), "building {so}");

@@ -43,10 +43,11 @@ fn child(mode: &str, switch_us: u64, iters_per_us: f64) -> Measured {
 
 /// CPU cost per sample: the same work at 1000 Hz requested (tick-bound) vs no profiler, in
 /// one process each, alternating; (extra CPU) / samples. Includes the collector's share.
-fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64) {
+fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64, f64) {
     let iters = (5000.0 * ipu) as u64;
     let switches = (SECONDS * 1e6 / 5000.0) as u64;
-    let (mut none, mut ours, mut samples) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut none, mut ours, mut samples, mut handler) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         none.push(run(THREADS, switches, iters, |_, _| ()).cpu);
         let dir = std::env::temp_dir().join(format!("pyroscope-bench-ps-{}", std::process::id()));
@@ -60,9 +61,14 @@ fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64) {
         let _ = std::fs::remove_dir_all(&dir);
         ours.push(m.cpu);
         samples.push(stats.samples as f64);
+        handler.push(stats.handler_ns as f64 / stats.handler_runs.max(1) as f64 / 1e3);
     }
     let (n, o, k) = (median(none), median(ours), median(samples));
-    ((o - n) / k * 1e6, k / (SECONDS * THREADS as f64))
+    (
+        (o - n) / k * 1e6,
+        k / (SECONDS * THREADS as f64),
+        median(handler),
+    )
 }
 
 fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
@@ -204,6 +210,7 @@ fn main() {
         "| pprof build + gzip, 10,000 distinct stacks x 20 frames | {:.2} ms |",
         encode_ms()
     );
-    let (us, hz) = per_sample_us(ipu, runs);
+    let (us, hz, handler_us) = per_sample_us(ipu, runs);
+    println!("| time inside the signal handler per run (timed in the handler, unwind included), mean | {handler_us:.2} µs |");
     println!("| CPU per sample (signal + unwind + ring + collector), 1 kHz requested, {hz:.0} Hz delivered per thread | {us:.2} µs |");
 }

@@ -4,6 +4,7 @@
 //! - `__errno_location` (read/restore errno), atomics, plain loads of preallocated memory;
 //! - `process_vm_readv` (raw syscall) through [`crate::unwind::memory`] when a stack word lies
 //!   outside the thread's known stack mapping;
+//! - `clock_gettime(CLOCK_MONOTONIC)` (listed in signal-safety(7)) to time the handler;
 //! - the previous handler of the signal, when the signal is not one of our timers.
 //!
 //! Not called: malloc/free, locks (not even try-locks), formatting, thread-locals (a cdylib's
@@ -56,6 +57,9 @@ pub(super) extern "C" fn on_signal(
         return chain(sig, info, ucontext);
     };
     HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
+    let t0 = monotonic_ns();
+    #[cfg(feature = "test-hooks")]
+    super::IN_HANDLER.with(|f| f.set(true));
     if ENABLED.load(Ordering::SeqCst) {
         let state = super::SLOTS[slot].load(Ordering::SeqCst);
         // SAFETY: a non-null slot points at a ThreadState that the sampler frees only after
@@ -64,6 +68,10 @@ pub(super) extern "C" fn on_signal(
             sample(state, 1 + timer.overrun.max(0) as u64, ucontext);
         }
     }
+    #[cfg(feature = "test-hooks")]
+    super::IN_HANDLER.with(|f| f.set(false));
+    super::HANDLER_NS.fetch_add(monotonic_ns().saturating_sub(t0), Ordering::Relaxed);
+    super::HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
     HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -125,6 +133,20 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
         }
         rec.depth = depth as u16;
     });
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+///
+/// # Signal safety
+/// `clock_gettime` is async-signal-safe (and a vDSO call on Linux).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Passes a signal that is not ours to whoever had the signal before us.

@@ -39,6 +39,24 @@ pub(crate) static RING_CELL: OnceLock<Ring> = OnceLock::new();
 pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
 
+/// Nanoseconds spent in the handler for our timer signals, and how many ran (for Stats).
+pub(crate) static HANDLER_NS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cfg(feature = "test-hooks")]
+thread_local! {
+    /// Set while this thread runs our signal handler (test builds only: a tripwire allocator
+    /// in the stress test reads it).
+    pub(crate) static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside the profiler's signal handler right now. Only with
+/// the `test-hooks` feature; for allocation tripwires in tests.
+#[cfg(feature = "test-hooks")]
+pub fn in_signal_handler() -> bool {
+    IN_HANDLER.try_with(|f| f.get()).unwrap_or(false)
+}
+
 /// Stand-in so the handler can write `RING.push(..)`.
 pub(crate) struct RingRef;
 pub(crate) static RING: RingRef = RingRef;
