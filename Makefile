@@ -19,7 +19,7 @@ lint:
 
 test-rust:
 	cargo test --workspace -q
-	./scripts/check-go-pprof.sh
+	./scripts/check-rideshare.sh
 	STRESS_SECONDS=$${STRESS_SECONDS:-20} cargo run -q -p pyroscope-stress
 
 bench: setup

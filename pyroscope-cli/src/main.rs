@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use pyroscope_core::proto::Profile;
 
-const USAGE: &str = "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total]";
+const USAGE: &str = "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--tsv]";
 
 struct Args {
     inputs: Vec<PathBuf>,
@@ -19,6 +19,7 @@ struct Args {
     filters: Vec<(String, String)>,
     limit: usize,
     sort_total: bool,
+    tsv: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -28,6 +29,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         filters: Vec::new(),
         limit: 20,
         sort_total: false,
+        tsv: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -57,6 +59,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     other => return Err(format!("--sort takes self or total, got {other:?}")),
                 }
             }
+            "--tsv" => a.tsv = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             s => a.inputs.push(PathBuf::from(s)),
         }
@@ -223,6 +226,14 @@ fn top(args: &Args) -> Result<(), String> {
         .then(a.0.cmp(b.0))
     });
     let pct = |v: i64| 100.0 * v as f64 / table.sum as f64;
+    if args.tsv {
+        // Machine-readable: base units, every function.
+        println!("#total\t{}\t{}\t{}", table.sum, table.unit, matched);
+        for (name, s, t) in rows {
+            println!("{name}\t{s}\t{t}");
+        }
+        return Ok(());
+    }
     println!(
         "{} profiles, {} {} in all{}",
         matched,

@@ -6,6 +6,7 @@ mod util;
 mod cpu;
 mod export;
 mod fork;
+mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# End-to-end story check (run by `make test`): the Rust rideshare in three regions under equal
+# load, profiles on the embedded default, then from the profiles alone:
+#  - eu-north uses the most CPU per request;
+#  - only eu-north has mutex_lock;
+#  - find_nearest_vehicle's total contains check_driver_availability's;
+#  - every sample inside find_nearest_vehicle carries a vehicle label;
+#  - `go tool pprof` (an independent decoder) reads the files and sees the same.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+dir="$(mktemp -d)"
+prof="$dir/profiles"
+mkdir -p "$prof"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+fail() { echo "check-rideshare: FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
+
+cargo build -q -p rideshare -p pyroscope-cli
+bin=target/debug
+port=5201
+urls=()
+for region in us-east eu-north ap-south; do
+  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$prof" PYROSCOPE_UPLOAD_INTERVAL=2 \
+    PYROSCOPE_APPLICATION_NAME=rideshare-check "$bin/rideshare" 2>"$dir/$region.log" &
+  pids+=($!)
+  urls+=("http://127.0.0.1:$port")
+  port=$((port + 1))
+done
+sleep 0.5
+"$bin/rideshare-load" 8 10 "${urls[@]}" 2>"$dir/load.txt"
+for p in "${pids[@]}"; do kill -TERM "$p"; done
+for p in "${pids[@]}"; do wait "$p" || fail "a service exited with an error"; done
+pids=()
+
+requests() { grep -F "$1:" "$dir/load.txt" | sed -E 's/.*: ([0-9]+) ok.*/\1/'; }
+top() { "$bin/pyroscope" top "$prof" --tsv --where "$@"; }
+value() { awk -F'\t' -v f="$2" '$1 ~ f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$1"; }
+total() { head -1 <<<"$1" | cut -f2; }
+
+declare -A per_req
+port=5201
+for region in us-east eu-north ap-south; do
+  t="$(top region=$region)"
+  n="$(requests "http://127.0.0.1:$port")"
+  [ "${n:-0}" -gt 20 ] || fail "$region served only ${n:-0} requests"
+  per_req[$region]=$(( $(total "$t") / n ))
+  mutex=$(value "$t" '^(.*::)?mutex_lock$')
+  if [ "$region" = eu-north ]; then
+    [ "$mutex" -gt 0 ] || fail "eu-north has no mutex_lock"
+    fnv=$(value "$t" 'find_nearest_vehicle$'); cda=$(value "$t" 'check_driver_availability$')
+    [ "$cda" -gt 0 ] && [ "$fnv" -ge "$cda" ] || fail "find_nearest_vehicle ($fnv) does not contain check_driver_availability ($cda)"
+    labelled=0
+    for v in car bike scooter; do
+      labelled=$(( labelled + $(value "$(top region=$region --where vehicle=$v)" 'find_nearest_vehicle$') ))
+    done
+    [ "$labelled" -eq "$fnv" ] || fail "find_nearest_vehicle: $fnv ns in all but $labelled ns carry a vehicle label"
+  else
+    [ "$mutex" -eq 0 ] || fail "$region has mutex_lock ($mutex ns)"
+  fi
+  port=$((port + 1))
+done
+echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-north]} ap-south=${per_req[ap-south]}"
+[ "${per_req[eu-north]}" -gt "${per_req[us-east]}" ] && [ "${per_req[eu-north]}" -gt "${per_req[ap-south]}" ] \
+  || fail "eu-north is not the region with the most CPU per request"
+
+if command -v go >/dev/null; then
+  f=$(ls "$prof"/*.pb.gz | head -1)
+  go tool pprof -raw "$prof"/*.pb.gz > "$dir/raw.txt" 2>/dev/null || fail "go tool pprof cannot read our files"
+  go tool pprof -top -tagfocus=region=eu-north "$prof"/*.pb.gz > "$dir/top-eu.txt" 2>/dev/null
+  go tool pprof -top -tagfocus=region=ap-south "$prof"/*.pb.gz > "$dir/top-ap.txt" 2>/dev/null
+  grep -q "mutex_lock" "$dir/raw.txt" || fail "go tool pprof: mutex_lock missing"
+  grep -q "mutex_lock" "$dir/top-eu.txt" || fail "go tool pprof: mutex_lock missing for eu-north"
+  ! grep -q "mutex_lock" "$dir/top-ap.txt" || fail "go tool pprof: mutex_lock for ap-south"
+  grep -q "vehicle:\[car\]" "$dir/raw.txt" || fail "go tool pprof: vehicle label missing"
+fi
+echo "1 passed, 0 failed: the rideshare story holds ($(ls "$prof"/*.pb.gz | wc -l) profiles; go tool pprof agrees)"
