@@ -78,7 +78,7 @@ fn tokio_tasks_keep_labels_across_await_and_threads() {
     let mut checked = 0;
     for f in &flat {
         for n in 0..4 {
-            if find(&f.stack, &&format!("task_work_{n}")).is_some() {
+            if find(&f.stack, &format!("task_work_{n}")).is_some() {
                 assert_eq!(f.labels.get("task"), Some(&n.to_string()), "{f:?}");
                 checked += f.values[0];
             }
