@@ -5,6 +5,8 @@
 #  - only eu-north has mutex_lock;
 #  - find_nearest_vehicle's total contains check_driver_availability's;
 #  - every sample inside find_nearest_vehicle carries a vehicle label;
+#  - us-east has the most alloc_space, inside do_work, and its inuse_space grows window after
+#    window while eu-north's and ap-south's stay flat;
 #  - `go tool pprof` (an independent decoder) reads the files and sees the same.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +24,7 @@ bin=target/debug
 port=5201
 urls=()
 for region in us-east eu-north ap-south; do
-  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$prof" PYROSCOPE_UPLOAD_INTERVAL=2 \
+  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$prof" PYROSCOPE_UPLOAD_INTERVAL=2 PYROSCOPE_ALLOC_SAMPLE_BYTES=65536 \
     PYROSCOPE_APPLICATION_NAME=rideshare-check "$bin/rideshare" 2>"$dir/$region.log" &
   pids+=($!)
   urls+=("http://127.0.0.1:$port")
@@ -65,14 +67,40 @@ echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-no
 [ "${per_req[eu-north]}" -gt "${per_req[us-east]}" ] && [ "${per_req[eu-north]}" -gt "${per_req[ap-south]}" ] \
   || fail "eu-north is not the region with the most CPU per request"
 
+# Memory: alloc_space per region inside do_work, and in-use growth per window.
+declare -A alloc
+for region in us-east eu-north ap-south; do
+  alloc[$region]=$(value "$("$bin/pyroscope" top "$prof" --tsv --type alloc_space --where region=$region)" 'do_work$')
+done
+echo "alloc_space in do_work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
+[ "${alloc[us-east]}" -gt "${alloc[eu-north]}" ] && [ "${alloc[us-east]}" -gt "${alloc[ap-south]}" ] \
+  || fail "us-east is not the region with the most alloc_space in do_work"
+inuse_series() {  # inuse_space of each memory window of a region, oldest first
+  for f in $(ls "$prof"/*.memory.*.pb.gz | sort -t. -k3 -n); do
+    t="$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=$1 2>/dev/null)" || continue
+    total "$t"
+  done
+}
+east=($(inuse_series us-east))
+north=($(inuse_series eu-north))
+echo "inuse_space per window (bytes): us-east=${east[*]} eu-north=${north[*]}"
+[ "${#east[@]}" -ge 3 ] || fail "too few us-east memory windows (${#east[@]})"
+[ "${east[-1]}" -gt $(( ${east[0]} * 2 )) ] || fail "us-east inuse_space does not grow: ${east[*]}"
+for v in "${north[@]}"; do
+  [ "$v" -lt $(( ${east[-1]} / 4 )) ] || fail "eu-north inuse_space is not flat: ${north[*]}"
+done
+
 if command -v go >/dev/null; then
   f=$(ls "$prof"/*.pb.gz | head -1)
-  go tool pprof -raw "$prof"/*.pb.gz > "$dir/raw.txt" 2>/dev/null || fail "go tool pprof cannot read our files"
-  go tool pprof -top -tagfocus=region=eu-north "$prof"/*.pb.gz > "$dir/top-eu.txt" 2>/dev/null
-  go tool pprof -top -tagfocus=region=ap-south "$prof"/*.pb.gz > "$dir/top-ap.txt" 2>/dev/null
+  go tool pprof -raw "$prof"/*.process_cpu.*.pb.gz > "$dir/raw.txt" 2>/dev/null || fail "go tool pprof cannot read our files"
+  go tool pprof -top -tagfocus=region=eu-north "$prof"/*.process_cpu.*.pb.gz > "$dir/top-eu.txt" 2>/dev/null
+  go tool pprof -top -tagfocus=region=ap-south "$prof"/*.process_cpu.*.pb.gz > "$dir/top-ap.txt" 2>/dev/null
   grep -q "mutex_lock" "$dir/raw.txt" || fail "go tool pprof: mutex_lock missing"
   grep -q "mutex_lock" "$dir/top-eu.txt" || fail "go tool pprof: mutex_lock missing for eu-north"
   ! grep -q "mutex_lock" "$dir/top-ap.txt" || fail "go tool pprof: mutex_lock for ap-south"
   grep -q "vehicle:\[car\]" "$dir/raw.txt" || fail "go tool pprof: vehicle label missing"
+  go tool pprof -top -sample_index=alloc_space -tagfocus=region=us-east "$prof"/*.memory.*.pb.gz > "$dir/mem.txt" 2>/dev/null \
+    || fail "go tool pprof cannot read our memory profiles"
+  grep -q "do_work" "$dir/mem.txt" || fail "go tool pprof: do_work missing from us-east alloc_space"
 fi
 echo "1 passed, 0 failed: the rideshare story holds ($(ls "$prof"/*.pb.gz | wc -l) profiles; go tool pprof agrees)"

@@ -31,6 +31,18 @@ pids=()
 echo "==> $(ls "$out" | wc -l) profiles in $out"
 for region in eu-north ap-south us-east; do
   echo
-  echo "==> top functions, region=$region"
-  "$bin/pyroscope" top "$out" --where region=$region --sort total --limit 12
+  echo "==> CPU, top functions by total, region=$region"
+  "$bin/pyroscope" top "$out" --type cpu --where region=$region --sort total --limit 12
+done
+for region in us-east eu-north; do
+  echo
+  echo "==> memory allocated (alloc_space), region=$region"
+  "$bin/pyroscope" top "$out" --type alloc_space --where region=$region --sort total --limit 6
+done
+echo
+echo "==> memory in use at the end of each window (inuse_space), us-east vs eu-north"
+for f in $(ls "$out"/*.memory.*.pb.gz | sort -t. -k3 -n); do
+  e=$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=us-east 2>/dev/null | head -1 | cut -f2)
+  n=$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=eu-north 2>/dev/null | head -1 | cut -f2)
+  [ -n "$e$n" ] && printf '  %s  us-east=%s eu-north=%s\n' "$(basename "$f" | cut -d. -f3)" "${e:--}" "${n:--}"
 done

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use pyroscope_core::proto::Profile;
 
-const USAGE: &str = "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--tsv]";
+const USAGE: &str =
+    "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--tsv]";
 
 struct Args {
     inputs: Vec<PathBuf>,
@@ -33,25 +34,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
         match arg.as_str() {
             "--type" => a.sample_type = value("--type")?,
             "--where" => {
                 let v = value("--where")?;
-                let (k, val) = v
-                    .split_once('=')
-                    .ok_or_else(|| format!("--where takes key=value, got {v:?}"))?;
+                let (k, val) = v.split_once('=').ok_or_else(|| format!("--where takes key=value, got {v:?}"))?;
                 a.filters.push((k.to_owned(), val.to_owned()));
             }
-            "--limit" => {
-                a.limit = value("--limit")?
-                    .parse()
-                    .map_err(|_| "--limit takes a whole number".to_string())?
-            }
+            "--limit" => a.limit = value("--limit")?.parse().map_err(|_| "--limit takes a whole number".to_string())?,
             "--sort" => {
                 a.sort_total = match value("--sort")?.as_str() {
                     "self" => false,
@@ -75,17 +66,13 @@ fn load(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Profile)>, String> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            let entries =
-                std::fs::read_dir(input).map_err(|e| format!("{}: {e}", input.display()))?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
+            let entries = std::fs::read_dir(input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let mut found: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
             found.sort();
-            files.extend(found.into_iter().filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            }));
+            files.extend(
+                found.into_iter().filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))),
+            );
         } else if input.is_file() {
             files.push(input.clone());
         } else {
@@ -105,11 +92,7 @@ fn load(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Profile)>, String> {
     if out.is_empty() {
         return Err(format!(
             "no profiles found in {}",
-            inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(out)
@@ -123,23 +106,9 @@ struct Table {
     unit: String,
 }
 
-fn accumulate(
-    table: &mut Table,
-    p: &Profile,
-    sample_type: &str,
-    filters: &[(String, String)],
-) -> bool {
-    let s = |i: i64| {
-        p.string_table
-            .get(i as usize)
-            .map(String::as_str)
-            .unwrap_or("")
-    };
-    let Some(idx) = p
-        .sample_type
-        .iter()
-        .position(|t| s(t.r#type) == sample_type)
-    else {
+fn accumulate(table: &mut Table, p: &Profile, sample_type: &str, filters: &[(String, String)]) -> bool {
+    let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
+    let Some(idx) = p.sample_type.iter().position(|t| s(t.r#type) == sample_type) else {
         return false;
     };
     table.unit = s(p.sample_type[idx].unit).to_owned();
@@ -147,30 +116,16 @@ fn accumulate(
     let locs: HashMap<u64, Vec<&str>> = p
         .location
         .iter()
-        .map(|l| {
-            (
-                l.id,
-                l.line
-                    .iter()
-                    .map(|ln| funcs.get(&ln.function_id).copied().unwrap_or("?"))
-                    .collect(),
-            )
-        })
+        .map(|l| (l.id, l.line.iter().map(|ln| funcs.get(&ln.function_id).copied().unwrap_or("?")).collect()))
         .collect();
     for smp in &p.sample {
         let labels: BTreeMap<&str, &str> = smp.label.iter().map(|l| (s(l.key), s(l.str))).collect();
-        if !filters
-            .iter()
-            .all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str()))
-        {
+        if !filters.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str())) {
             continue;
         }
         let v = smp.value[idx];
-        let names: Vec<&str> = smp
-            .location_id
-            .iter()
-            .flat_map(|id| locs.get(id).cloned().unwrap_or_default())
-            .collect();
+        let names: Vec<&str> =
+            smp.location_id.iter().flat_map(|id| locs.get(id).cloned().unwrap_or_default()).collect();
         if let Some(leaf) = names.first() {
             *table.self_.entry((*leaf).to_owned()).or_default() += v;
         }
@@ -211,19 +166,10 @@ fn top(args: &Args) -> Result<(), String> {
     if table.sum == 0 {
         return Err("no samples match the selection".into());
     }
-    let mut rows: Vec<(&String, i64, i64)> = table
-        .total
-        .iter()
-        .map(|(n, t)| (n, table.self_.get(n).copied().unwrap_or(0), *t))
-        .collect();
+    let mut rows: Vec<(&String, i64, i64)> =
+        table.total.iter().map(|(n, t)| (n, table.self_.get(n).copied().unwrap_or(0), *t)).collect();
     rows.sort_by(|a, b| {
-        if args.sort_total {
-            b.2.cmp(&a.2)
-        } else {
-            b.1.cmp(&a.1)
-        }
-        .then(b.2.cmp(&a.2))
-        .then(a.0.cmp(b.0))
+        if args.sort_total { b.2.cmp(&a.2) } else { b.1.cmp(&a.1) }.then(b.2.cmp(&a.2)).then(a.0.cmp(b.0))
     });
     let pct = |v: i64| 100.0 * v as f64 / table.sum as f64;
     if args.tsv {
@@ -241,10 +187,7 @@ fn top(args: &Args) -> Result<(), String> {
         args.sample_type,
         where_text(&args.filters)
     );
-    println!(
-        "{:>12} {:>7} {:>12} {:>7}  function",
-        "self", "self%", "total", "total%"
-    );
+    println!("{:>12} {:>7} {:>12} {:>7}  function", "self", "self%", "total", "total%");
     for (name, s, t) in rows.into_iter().take(args.limit) {
         println!(
             "{:>12} {:>6.2}% {:>12} {:>6.2}%  {}",
@@ -262,13 +205,7 @@ fn where_text(f: &[(String, String)]) -> String {
     if f.is_empty() {
         String::new()
     } else {
-        format!(
-            " where {}",
-            f.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+        format!(" where {}", f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::aggregate::{FrameId, Window};
+use crate::aggregate::{AllocWindow, FrameId, Window};
 use crate::config::{self, env, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 use crate::error::{Error, Result};
 use crate::export::{file::FileExporter, http::HttpExporter, ExportStats, Exporter, Queue, Upload};
@@ -39,6 +39,9 @@ pub struct AgentBuilder {
     signal: i32,
     shutdown_timeout: Duration,
     queue_capacity: usize,
+    memory: bool,
+    alloc_sample_bytes: u64,
+    alloc_seed: Option<u64>,
     env_error: Option<Error>,
 }
 
@@ -60,6 +63,9 @@ impl AgentBuilder {
             signal: libc::SIGPROF,
             shutdown_timeout: Duration::from_secs(2),
             queue_capacity: 32,
+            memory: true,
+            alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
+            alloc_seed: None,
             env_error: None,
         }
     }
@@ -110,13 +116,27 @@ impl AgentBuilder {
             if matches!(b2.auth, Auth::Bearer(_)) {
                 fail(Error::ConflictingAuth);
             }
-            b2.auth = Auth::Basic {
-                user,
-                password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default(),
-            };
+            b2.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
         }
         if let Some(t) = var(env::TENANT_ID) {
             b2.tenant_id = Some(t);
+        }
+        if let Some(v) = var(env::ALLOC_SAMPLE_BYTES) {
+            match v.trim().parse::<u64>() {
+                Ok(n) => b2.alloc_sample_bytes = n,
+                Err(_) => fail(Error::InvalidEnv {
+                    var: env::ALLOC_SAMPLE_BYTES,
+                    value: v,
+                    reason: "not a whole number of bytes".into(),
+                }),
+            }
+        }
+        if let Some(v) = var(env::MEMORY) {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => b2.memory = true,
+                "0" | "false" | "no" | "off" => b2.memory = false,
+                _ => fail(Error::InvalidEnv { var: env::MEMORY, value: v, reason: "use true or false".into() }),
+            }
         }
         b2.env_error = env_error;
         b2
@@ -145,10 +165,7 @@ impl AgentBuilder {
         self
     }
     /// Adds static tags.
-    pub fn tags<K: Into<String>, V: Into<String>>(
-        mut self,
-        tags: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
         for (k, v) in tags {
             self = self.tag(k, v);
         }
@@ -166,10 +183,7 @@ impl AgentBuilder {
     }
     /// HTTP basic auth.
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.auth = Auth::Basic {
-            user: user.into(),
-            password: password.into(),
-        };
+        self.auth = Auth::Basic { user: user.into(), password: password.into() };
         self
     }
     /// Bearer token.
@@ -209,6 +223,23 @@ impl AgentBuilder {
         self
     }
 
+    /// Memory profiles on (default) or off. They need a [`crate::SamplingAllocator`] as the
+    /// global allocator, or the preload library.
+    pub fn memory(mut self, enabled: bool) -> Self {
+        self.memory = enabled;
+        self
+    }
+    /// Mean bytes between allocation samples (default 512 KiB).
+    pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
+        self.alloc_sample_bytes = bytes;
+        self
+    }
+    /// Fixes the allocation sampling RNG's seed, for reproducible tests.
+    pub fn alloc_seed(mut self, seed: u64) -> Self {
+        self.alloc_seed = Some(seed);
+        self
+    }
+
     /// Validates every setting.
     pub fn build(self) -> Result<Config> {
         if let Some(e) = self.env_error {
@@ -217,11 +248,7 @@ impl AgentBuilder {
         config::validate_application_name(&self.application_name)?;
         let destination = match &self.server_address {
             Some(s) => Destination::Server(config::parse_server_address(s)?),
-            None => Destination::Directory(
-                self.export_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("./profiles")),
-            ),
+            None => Destination::Directory(self.export_dir.clone().unwrap_or_else(|| PathBuf::from("./profiles"))),
         };
         let mut tags = BTreeMap::new();
         for (k, v) in &self.tags {
@@ -230,45 +257,33 @@ impl AgentBuilder {
         }
         // The server allows 30 label names per series; we add up to 6 of our own.
         if tags.len() > 24 {
-            return Err(Error::TooManyLabels {
-                count: tags.len(),
-                max: 24,
-            });
+            return Err(Error::TooManyLabels { count: tags.len(), max: 24 });
         }
         if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
-            return Err(Error::InvalidSampleRate {
-                rate: self.sample_rate,
-                max: MAX_SAMPLE_RATE,
-            });
+            return Err(Error::InvalidSampleRate { rate: self.sample_rate, max: MAX_SAMPLE_RATE });
         }
-        if self.upload_interval < Duration::from_secs(1)
-            || self.upload_interval > Duration::from_secs(3600)
-        {
-            return Err(Error::InvalidUploadInterval {
-                interval: self.upload_interval,
-            });
+        if self.upload_interval < Duration::from_secs(1) || self.upload_interval > Duration::from_secs(3600) {
+            return Err(Error::InvalidUploadInterval { interval: self.upload_interval });
         }
         if self.request_timeout.is_zero() {
-            return Err(Error::InvalidTimeout {
-                timeout: self.request_timeout,
-            });
+            return Err(Error::InvalidTimeout { timeout: self.request_timeout });
         }
         for (k, v) in &self.headers {
-            let name_ok = !k.is_empty()
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
             if !name_ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
                 return Err(Error::InvalidHeader { name: k.clone() });
             }
         }
-        if self.signal != libc::SIGPROF
-            && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal)
-        {
-            return Err(Error::InvalidSignal {
-                signal: self.signal,
-            });
+        if self.signal != libc::SIGPROF && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal) {
+            return Err(Error::InvalidSignal { signal: self.signal });
+        }
+        if self.alloc_sample_bytes == 0 {
+            return Err(Error::InvalidAllocSampleBytes { bytes: 0 });
         }
         Ok(Config {
+            memory: self.memory,
+            alloc_sample_bytes: self.alloc_sample_bytes,
+            alloc_seed: self.alloc_seed,
             application_name: self.application_name,
             destination,
             tags,
@@ -314,6 +329,10 @@ pub struct Stats {
     pub handler_runs: u64,
     /// Nanoseconds spent in those runs, in all.
     pub handler_ns: u64,
+    /// Distinct (stack, labels) allocation sample groups aggregated (sum over windows).
+    pub alloc_sample_groups: u64,
+    /// Sampled allocations not tracked as live because the live map was full.
+    pub live_overflow: u64,
 }
 
 struct Shared {
@@ -325,6 +344,7 @@ struct Shared {
     truncated: AtomicU64,
     windows: AtomicU64,
     threads: AtomicU64,
+    alloc_samples: AtomicU64,
     external: Mutex<Vec<(Vec<FrameId>, u32, u64)>>,
     export: Arc<ExportStats>,
 }
@@ -342,9 +362,7 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Agent").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -376,10 +394,8 @@ impl Agent {
         let exporter: Box<dyn Exporter> = match &config.destination {
             Destination::Server(url) => Box::new(HttpExporter::new(&config, url)),
             Destination::Directory(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::ExportDir {
-                    path: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::ExportDir { path: dir.display().to_string(), reason: e.to_string() })?;
                 Box::new(FileExporter { dir: dir.clone() })
             }
         };
@@ -394,10 +410,19 @@ impl Agent {
             truncated: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            alloc_samples: AtomicU64::new(0),
             external: Mutex::new(Vec::new()),
             export: stats,
         });
         let sampler = SendSampler(Sampler::start(config.signal, config.sample_rate, 4096)?);
+        if config.memory {
+            crate::alloc::reset_live();
+            crate::alloc::SAMPLE_BYTES.store(config.alloc_sample_bytes, Ordering::SeqCst);
+            if let Some(seed) = config.alloc_seed {
+                crate::alloc::SEED.store(seed, Ordering::SeqCst);
+            }
+            crate::alloc::ENABLED.store(true, Ordering::SeqCst);
+        }
 
         let (done_tx, done_rx) = mpsc::channel();
         let q = queue.clone();
@@ -409,10 +434,7 @@ impl Agent {
                 q.run(&*exporter, max_retry);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::Os {
-                what: "spawning the upload thread",
-                errno: e.to_string(),
-            })?;
+            .map_err(|e| Error::Os { what: "spawning the upload thread", errno: e.to_string() })?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let (sh, q, cfg) = (shared.clone(), queue.clone(), config.clone());
@@ -423,10 +445,7 @@ impl Agent {
                 let _ = ready_tx.send(());
                 collect(cfg, sampler, sh, q);
             })
-            .map_err(|e| Error::Os {
-                what: "spawning the collector thread",
-                errno: e.to_string(),
-            })?;
+            .map_err(|e| Error::Os { what: "spawning the collector thread", errno: e.to_string() })?;
         // The collector's first scan must not sample the collector itself.
         let _ = ready_rx.recv_timeout(Duration::from_secs(1));
         Ok(Agent {
@@ -461,6 +480,8 @@ impl Agent {
             threads_sampled: s.threads.load(Ordering::Relaxed),
             handler_runs: sampler::HANDLER_RUNS.load(Ordering::Relaxed),
             handler_ns: sampler::HANDLER_NS.load(Ordering::Relaxed),
+            alloc_sample_groups: s.alloc_samples.load(Ordering::Relaxed),
+            live_overflow: crate::alloc::LIVE_OVERFLOW.load(Ordering::Relaxed),
         }
     }
 
@@ -532,23 +553,38 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
         r.drain(|_| {});
     }
     let period = Duration::from_nanos(1_000_000_000 / config.sample_rate as u64);
+    let rate = config.alloc_sample_bytes;
     let tags = Arc::new(config.tags.clone());
     let app: Arc<str> = config.application_name.as_str().into();
     let hash = tags_hash(&config.application_name, &config.tags);
     // Files are standalone: they carry the static tags on every sample.
     let extra: Vec<(String, String)> = match config.destination {
-        Destination::Directory(_) => config
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        Destination::Directory(_) => config.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         Destination::Server(_) => Vec::new(),
+    };
+    let upload = |name: &'static str, profile: &crate::proto::Profile, start: SystemTime, end: SystemTime| Upload {
+        profile_name: name,
+        pprof: pprof::encode_gzip(profile),
+        start,
+        end,
+        tags: tags.clone(),
+        application_name: app.clone(),
+        tags_hash: hash,
     };
     let mut symbolizer = Symbolizer::default();
     let mut window = Window::new(SystemTime::now());
+    let mut allocs = AllocWindow::default();
     let mut window_end = Instant::now() + config.upload_interval;
     let mut last_scan = Instant::now();
     let mut lost_seen = ring.map_or(0, |r| r.dropped());
+    let drain = |window: &mut Window, allocs: &mut AllocWindow| {
+        if let Some(r) = ring {
+            r.drain(|rec| match rec.kind {
+                Kind::Cpu => window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight),
+                Kind::Alloc => allocs.add(rec.stack(), rec.aux, rec.label_id, rec.weight, rate),
+            });
+        }
+    };
     loop {
         let stopping = {
             let mut stop = shared.stop.lock();
@@ -557,10 +593,8 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
             }
             *stop
         };
+        drain(&mut window, &mut allocs);
         if let Some(r) = ring {
-            r.drain(|rec| match rec.kind {
-                Kind::Cpu => window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight),
-            });
             let lost = r.dropped();
             window.add_lost(lost - lost_seen);
             shared.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
@@ -575,44 +609,42 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
         }
         if last_scan.elapsed() >= SCAN_EVERY && !stopping {
             sampler.scan();
-            shared
-                .threads
-                .store(sampler.sampled_threads() as u64, Ordering::Relaxed);
+            shared.threads.store(sampler.sampled_threads() as u64, Ordering::Relaxed);
             last_scan = Instant::now();
         }
         let flush = shared.flush_now.swap(false, Ordering::SeqCst);
         if stopping || flush || Instant::now() >= window_end {
             if stopping {
-                // Stop the timers first, then take what they wrote.
+                // Stop the timers and allocation sampling first, then take what they wrote.
                 sampler.stop();
-                if let Some(r) = ring {
-                    r.drain(|rec| {
-                        window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight)
-                    });
-                }
+                crate::alloc::ENABLED.store(false, Ordering::SeqCst);
+                drain(&mut window, &mut allocs);
             }
             let end = SystemTime::now();
             let closed = std::mem::replace(&mut window, Window::new(end));
             window_end = Instant::now() + config.upload_interval;
-            shared
-                .samples
-                .fetch_add(closed.total_weight, Ordering::Relaxed);
-            shared
-                .truncated
-                .fetch_add(closed.truncated, Ordering::Relaxed);
+            shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
+            shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
             if !closed.is_empty() {
-                let profile =
-                    closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
-                queue.push(Upload {
-                    profile_name: "process_cpu",
-                    pprof: pprof::encode_gzip(&profile),
-                    start: closed.start,
-                    end,
-                    tags: tags.clone(),
-                    application_name: app.clone(),
-                    tags_hash: hash,
-                });
+                let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                queue.push(upload("process_cpu", &profile, closed.start, end));
+            }
+            if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
+                let live = crate::alloc::live_snapshot();
+                if !allocs.is_empty() || !live.is_empty() {
+                    shared.alloc_samples.fetch_add(allocs.sampled.len() as u64, Ordering::Relaxed);
+                    let profile = allocs.memory_profile(
+                        &live,
+                        &mut symbolizer,
+                        unwind::current(),
+                        rate,
+                        closed.start,
+                        end,
+                        &extra,
+                    );
+                    queue.push(upload("memory", &profile, closed.start, end));
+                }
             }
             if stopping {
                 return;
@@ -626,12 +658,15 @@ fn install_fork_handlers() {
     extern "C" fn prepare() {
         crate::labels::prepare_fork();
         sampler::prepare_fork();
+        crate::alloc::prepare_fork();
     }
     extern "C" fn parent() {
+        crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
         crate::labels::after_fork_parent();
     }
     extern "C" fn child() {
+        crate::alloc::after_fork_child();
         sampler::after_fork_child();
         crate::labels::after_fork_child();
         // The parent's agent does not run here; a new one may be started.

@@ -21,6 +21,7 @@ const SYMBOLIC: u64 = 1 << 63;
 const OVERFLOW_FRAME: u64 = SYMBOLIC | (1 << 62);
 const LOST_FRAME: u64 = SYMBOLIC | (1 << 62) | 1;
 const TRUNCATED_FRAME: u64 = SYMBOLIC | (1 << 62) | 2;
+const UNKNOWN_STACK_FRAME: u64 = SYMBOLIC | (1 << 62) | 3;
 
 /// Frames supplied by bindings, interned process-wide.
 type FrameTable = (Vec<Symbol>, HashMap<Symbol, u64>);
@@ -34,11 +35,7 @@ pub struct FrameId(u64);
 impl FrameId {
     /// Interns (function, file, line). Returns `None` past the process-wide frame limit.
     pub fn new(function: &str, file: &str, line: u32) -> Option<FrameId> {
-        let sym = Symbol {
-            function: function.into(),
-            file: file.into(),
-            line,
-        };
+        let sym = Symbol { function: function.into(), file: file.into(), line };
         let mut guard = FRAMES.lock();
         let (list, index) = guard.get_or_insert_with(Default::default);
         if let Some(id) = index.get(&sym) {
@@ -59,15 +56,12 @@ impl FrameId {
 }
 
 fn symbolic(key: u64) -> Symbol {
-    let special = |name: &str| Symbol {
-        function: name.into(),
-        file: "".into(),
-        line: 0,
-    };
+    let special = |name: &str| Symbol { function: name.into(), file: "".into(), line: 0 };
     match key {
         OVERFLOW_FRAME => special("[stack table overflow]"),
         LOST_FRAME => special("[lost samples]"),
         TRUNCATED_FRAME => special("[truncated]"),
+        UNKNOWN_STACK_FRAME => special("[stack not recorded]"),
         _ => FRAMES
             .lock()
             .as_ref()
@@ -174,20 +168,10 @@ impl Window {
         extra_labels: &[(String, String)],
     ) -> Profile {
         let period_ns = period.as_nanos() as i64;
-        let mut b = ProfileBuilder::new(
-            &[("samples", "count"), ("cpu", "nanoseconds")],
-            ("cpu", "nanoseconds"),
-            period_ns,
-        );
-        let start_ns = self
-            .start
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i64;
-        let len_ns = end
-            .duration_since(self.start)
-            .unwrap_or_default()
-            .as_nanos() as i64;
+        let mut b =
+            ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period_ns);
+        let start_ns = self.start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+        let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
         b.time(start_ns, len_ns);
         let mut label_cache: HashMap<u32, Vec<labels::Label>> = HashMap::new();
         let mut entries: Vec<_> = self.cpu.iter().collect();
@@ -202,17 +186,11 @@ impl Window {
                         b.location(key, 0, || vec![(&sym.function, &sym.file, sym.line)])
                     } else {
                         let syms = symbolizer.symbolize(key, snapshot);
-                        b.location(key, key, || {
-                            syms.iter()
-                                .map(|s| (&*s.function, &*s.file, s.line))
-                                .collect()
-                        })
+                        b.location(key, key, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect())
                     }
                 })
                 .collect();
-            let dynamic = label_cache
-                .entry(*label_id)
-                .or_insert_with(|| labels::resolve(*label_id).to_vec());
+            let dynamic = label_cache.entry(*label_id).or_insert_with(|| labels::resolve(*label_id).to_vec());
             let mut pairs: Vec<(&str, &str)> = dynamic.iter().map(|(k, v)| (&**k, &**v)).collect();
             for (k, v) in extra_labels {
                 if !pairs.iter().any(|(n, _)| *n == k) {
@@ -222,6 +200,149 @@ impl Window {
             let w = *weight as i64;
             b.sample(locs, vec![w, w * period_ns], &pairs);
         }
+        b.build()
+    }
+}
+
+/// Function names of the allocation plumbing between the user's code and the hook: dropped
+/// from the leaf end of memory stacks.
+fn is_alloc_plumbing(name: &str) -> bool {
+    name.starts_with("pyroscope_core::alloc")
+        || name.starts_with("<pyroscope_core::alloc")
+        || name.starts_with("pyroscope_preload")
+        || name.starts_with("__rust_alloc")
+        || name.starts_with("__rust_realloc")
+        || name.starts_with("__rust_dealloc")
+        || name.starts_with("__rdl_")
+        || name.starts_with("__rg_")
+        || name.starts_with("alloc::alloc::")
+        || name.starts_with("<alloc::alloc::Global")
+        || name.starts_with("std::alloc::")
+        || name.starts_with("<std::alloc::System")
+        || name.starts_with("core::ptr::")
+        || matches!(
+            name,
+            "malloc"
+                | "calloc"
+                | "realloc"
+                | "free"
+                | "posix_memalign"
+                | "aligned_alloc"
+                | "memalign"
+                | "valloc"
+                | "pvalloc"
+                | "reallocarray"
+        )
+}
+
+/// Allocation samples of one window, keyed by (stack hash, label set): (objects, bytes),
+/// unbiased.
+#[derive(Default)]
+pub(crate) struct AllocWindow {
+    pub sampled: HashMap<(u64, u32), [f64; 2]>,
+    /// Stacks by hash, for this window's samples and every live sampled allocation.
+    pub stacks: HashMap<u64, Arc<[u64]>>,
+}
+
+/// The unbiasing factor for an allocation of `size` bytes sampled with mean interval `rate`.
+pub(crate) fn unbias(size: u64, rate: u64) -> f64 {
+    let p = 1.0 - (-(size as f64) / rate.max(1) as f64).exp();
+    if p <= 0.0 {
+        1.0
+    } else {
+        1.0 / p
+    }
+}
+
+impl AllocWindow {
+    pub fn add(&mut self, stack: &[u64], hash: u64, label_id: u32, size: u64, rate: u64) {
+        self.stacks.entry(hash).or_insert_with(|| Arc::from(stack));
+        let scale = unbias(size, rate);
+        let e = self.sampled.entry((hash, label_id)).or_default();
+        e[0] += scale;
+        e[1] += scale * size as f64;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sampled.is_empty()
+    }
+
+    /// The `memory` profile: alloc_objects, alloc_space for this window, inuse_objects and
+    /// inuse_space from `live` (sizes per (stack hash, label set)). Forgets this window's
+    /// samples and stacks no live allocation needs any more.
+    #[allow(clippy::too_many_arguments)]
+    pub fn memory_profile(
+        &mut self,
+        live: &HashMap<(u64, u32), Vec<u64>>,
+        symbolizer: &mut Symbolizer,
+        snapshot: Option<&Snapshot>,
+        rate: u64,
+        start: SystemTime,
+        end: SystemTime,
+        extra_labels: &[(String, String)],
+    ) -> Profile {
+        let mut b = ProfileBuilder::new(
+            &[
+                ("alloc_objects", "count"),
+                ("alloc_space", "bytes"),
+                ("inuse_objects", "count"),
+                ("inuse_space", "bytes"),
+            ],
+            ("space", "bytes"),
+            rate as i64,
+        );
+        let start_ns = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+        b.time(start_ns, end.duration_since(start).unwrap_or_default().as_nanos() as i64);
+        let mut values: HashMap<(u64, u32), [f64; 4]> = HashMap::new();
+        for (k, v) in &self.sampled {
+            let e = values.entry(*k).or_default();
+            e[0] += v[0];
+            e[1] += v[1];
+        }
+        for (k, sizes) in live {
+            let e = values.entry(*k).or_default();
+            for s in sizes {
+                let scale = unbias(*s, rate);
+                e[2] += scale;
+                e[3] += scale * *s as f64;
+            }
+        }
+        let mut keys: Vec<_> = values.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let v = values[&key];
+            let stack: Arc<[u64]> =
+                self.stacks.get(&key.0).cloned().unwrap_or_else(|| Arc::from(&[UNKNOWN_STACK_FRAME][..]));
+            let mut locs = Vec::with_capacity(stack.len());
+            let mut trimming = true;
+            for &pc in stack.iter() {
+                if pc & SYMBOLIC != 0 {
+                    trimming = false;
+                    let sym = symbolic(pc);
+                    locs.push(b.location(pc, 0, || vec![(&sym.function, &sym.file, sym.line)]));
+                    continue;
+                }
+                let syms = symbolizer.symbolize(pc, snapshot);
+                if trimming && syms.iter().all(|s| is_alloc_plumbing(&s.function)) {
+                    continue;
+                }
+                trimming = false;
+                locs.push(b.location(pc, pc, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect()));
+            }
+            let dynamic = labels::resolve(key.1);
+            let mut pairs: Vec<(&str, &str)> = dynamic.iter().map(|(k, v)| (&**k, &**v)).collect();
+            for (k, v) in extra_labels {
+                if !pairs.iter().any(|(n, _)| *n == k) {
+                    pairs.push((k, v));
+                }
+            }
+            b.sample(locs, v.iter().map(|x| x.round() as i64).collect(), &pairs);
+        }
+        // Keep the stacks of live allocations, and of this window's samples: an allocation is
+        // put in the ring before it enters the live map, so it may join the live set later.
+        let needed: std::collections::HashSet<u64> = live.keys().chain(self.sampled.keys()).map(|(h, _)| *h).collect();
+        self.stacks.retain(|h, _| needed.contains(h));
+        self.sampled.clear();
         b.build()
     }
 }
@@ -265,21 +386,11 @@ mod tests {
         let p = crate::pprof::decode(&crate::pprof::encode_gzip(&p)).unwrap();
         let s = |i: i64| p.string_table[i as usize].clone();
         let names: Vec<String> = p.function.iter().map(|f| s(f.name)).collect();
-        assert!(
-            names.contains(&"mutex_lock".to_string())
-                && names.contains(&"[lost samples]".to_string())
-        );
+        assert!(names.contains(&"mutex_lock".to_string()) && names.contains(&"[lost samples]".to_string()));
         let sample = p.sample.iter().find(|x| x.value[0] == 3).unwrap();
         assert_eq!(sample.value[1], 30_000_000);
-        let labels: Vec<(String, String)> =
-            sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
-        assert_eq!(
-            labels,
-            vec![
-                ("vehicle".into(), "car".into()),
-                ("region".into(), "eu".into())
-            ]
-        );
+        let labels: Vec<(String, String)> = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
+        assert_eq!(labels, vec![("vehicle".into(), "car".into()), ("region".into(), "eu".into())]);
         assert_eq!(p.duration_nanos, 10_000_000_000);
     }
 }

@@ -89,6 +89,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most profiles waiting for upload; when full the oldest is dropped (and counted).
     pub queue_capacity: usize,
+    /// Memory profiles (when a sampling allocator or the preload library is in place).
+    pub memory: bool,
+    /// Mean bytes between allocation samples.
+    pub alloc_sample_bytes: u64,
+    /// Seed of the allocation sampling RNG (fixed for reproducible tests).
+    pub alloc_seed: Option<u64>,
 }
 
 /// The environment variables every binding understands.
@@ -113,6 +119,10 @@ pub mod env {
     pub const TENANT_ID: &str = "PYROSCOPE_TENANT_ID";
     /// Folder of the embedded default (default `./profiles`).
     pub const EXPORT_DIR: &str = "PYROSCOPE_EXPORT_DIR";
+    /// Mean bytes between allocation samples (default 524288).
+    pub const ALLOC_SAMPLE_BYTES: &str = "PYROSCOPE_ALLOC_SAMPLE_BYTES";
+    /// `false` turns memory profiles off.
+    pub const MEMORY: &str = "PYROSCOPE_MEMORY";
 }
 
 /// Checks an application name: non-empty, `[A-Za-z0-9_.\-/]`.
@@ -120,24 +130,15 @@ pub fn validate_application_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::EmptyApplicationName);
     }
-    if name.len() > 2048
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
-    {
-        return Err(Error::InvalidApplicationName {
-            name: name.to_owned(),
-        });
+    if name.len() > 2048 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b)) {
+        return Err(Error::InvalidApplicationName { name: name.to_owned() });
     }
     Ok(())
 }
 
 /// Parses and checks a server address: absolute `http`/`https` URL with a host, no query.
 pub fn parse_server_address(s: &str) -> Result<url::Url> {
-    let bad = |reason: &str| Error::InvalidServerAddress {
-        url: s.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| Error::InvalidServerAddress { url: s.to_owned(), reason: reason.to_owned() };
     let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("scheme must be http or https"));
@@ -149,9 +150,7 @@ pub fn parse_server_address(s: &str) -> Result<url::Url> {
         return Err(bad("must not have a query or fragment"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "put credentials in basic auth settings, not in the URL",
-        ));
+        return Err(bad("put credentials in basic auth settings, not in the URL"));
     }
     Ok(url)
 }
@@ -166,11 +165,7 @@ pub fn validate_tag(name: &str, value: &str) -> Result<()> {
 pub fn parse_tags(s: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| Error::InvalidTagString {
-                input: s.to_owned(),
-            })?;
+        let (k, v) = item.split_once('=').ok_or_else(|| Error::InvalidTagString { input: s.to_owned() })?;
         let (k, v) = (k.trim(), v.trim());
         validate_tag(k, v)?;
         out.push((k.to_owned(), v.to_owned()));
@@ -186,11 +181,7 @@ pub fn parse_seconds(var: &'static str, s: &str) -> Result<Duration> {
         reason: "not a number of seconds".into(),
     })?;
     if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
-        return Err(Error::InvalidEnv {
-            var,
-            value: s.to_owned(),
-            reason: "must be above 0 and at most 3600".into(),
-        });
+        return Err(Error::InvalidEnv { var, value: s.to_owned(), reason: "must be above 0 and at most 3600".into() });
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -203,22 +194,8 @@ mod tests {
     fn addresses() {
         assert!(parse_server_address("http://localhost:4040").is_ok());
         assert!(parse_server_address("https://profiles-prod.grafana.net/").is_ok());
-        for bad in [
-            "",
-            "localhost:4040",
-            "ftp://x",
-            "http://",
-            "http://u:p@h",
-            "http://h?x=1",
-            "not a url",
-        ] {
-            assert!(
-                matches!(
-                    parse_server_address(bad),
-                    Err(Error::InvalidServerAddress { .. })
-                ),
-                "{bad}"
-            );
+        for bad in ["", "localhost:4040", "ftp://x", "http://", "http://u:p@h", "http://h?x=1", "not a url"] {
+            assert!(matches!(parse_server_address(bad), Err(Error::InvalidServerAddress { .. })), "{bad}");
         }
     }
 
@@ -226,33 +203,15 @@ mod tests {
     fn tags_and_names() {
         assert_eq!(
             parse_tags(" region=eu-north, az=1 ").unwrap(),
-            vec![
-                ("region".into(), "eu-north".into()),
-                ("az".into(), "1".into())
-            ]
+            vec![("region".into(), "eu-north".into()), ("az".into(), "1".into())]
         );
         assert_eq!(parse_tags("").unwrap(), vec![]);
-        assert!(matches!(
-            parse_tags("region"),
-            Err(Error::InvalidTagString { .. })
-        ));
-        assert!(matches!(
-            parse_tags("re gion=x"),
-            Err(Error::InvalidLabelName { .. })
-        ));
-        assert!(matches!(
-            validate_application_name(""),
-            Err(Error::EmptyApplicationName)
-        ));
-        assert!(matches!(
-            validate_application_name("my app"),
-            Err(Error::InvalidApplicationName { .. })
-        ));
+        assert!(matches!(parse_tags("region"), Err(Error::InvalidTagString { .. })));
+        assert!(matches!(parse_tags("re gion=x"), Err(Error::InvalidLabelName { .. })));
+        assert!(matches!(validate_application_name(""), Err(Error::EmptyApplicationName)));
+        assert!(matches!(validate_application_name("my app"), Err(Error::InvalidApplicationName { .. })));
         assert!(validate_application_name("ride-share/api.v2").is_ok());
-        assert_eq!(
-            parse_seconds("X", "0.5").unwrap(),
-            Duration::from_millis(500)
-        );
+        assert_eq!(parse_seconds("X", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_seconds("X", "0").is_err());
         assert!(parse_seconds("X", "abc").is_err());
     }

@@ -25,7 +25,9 @@ pub enum Error {
         reason: String,
     },
     /// A label name is empty, too long or has characters outside `[A-Za-z0-9_.]`.
-    #[error("invalid label name {name:?}: must be 1-1024 chars of letters, digits, `_` or `.`, and not start with `__`")]
+    #[error(
+        "invalid label name {name:?}: must be 1-1024 chars of letters, digits, `_` or `.`, and not start with `__`"
+    )]
     InvalidLabelName {
         /// The rejected name.
         name: String,
@@ -37,9 +39,7 @@ pub enum Error {
         name: String,
     },
     /// A label value is empty, too long, or contains `,` `}` `{` `=` (which `/ingest` cannot carry).
-    #[error(
-        "invalid value {value:?} for label {name:?}: must be 1-2048 chars without `, {{ }} =`"
-    )]
+    #[error("invalid value {value:?} for label {name:?}: must be 1-2048 chars without `, {{ }} =`")]
     InvalidLabelValue {
         /// The label's name.
         name: String,
@@ -79,6 +79,12 @@ pub enum Error {
     InvalidUploadInterval {
         /// The rejected interval.
         interval: Duration,
+    },
+    /// The allocation sampling interval is zero.
+    #[error("invalid allocation sampling interval {bytes} bytes: must be above zero")]
+    InvalidAllocSampleBytes {
+        /// The rejected interval.
+        bytes: u64,
     },
     /// The request timeout is zero.
     #[error("invalid request timeout {timeout:?}: must be above zero")]
@@ -140,10 +146,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn os(what: &'static str) -> Self {
-        Error::Os {
-            what,
-            errno: std::io::Error::last_os_error().to_string(),
-        }
+        Error::Os { what, errno: std::io::Error::last_os_error().to_string() }
     }
 }
 

@@ -45,11 +45,7 @@ fn with_interner<R>(f: impl FnOnce(&mut Interner) -> R) -> R {
         let empty: Arc<[Label]> = Arc::from(Vec::new());
         let mut index = HashMap::new();
         index.insert(empty.clone(), EMPTY);
-        Interner {
-            sets: vec![empty],
-            index,
-            merged: HashMap::new(),
-        }
+        Interner { sets: vec![empty], index, merged: HashMap::new() }
     });
     f(interner)
 }
@@ -67,11 +63,7 @@ pub(crate) fn resolve(id: u32) -> Arc<[Label]> {
 fn intern(mut labels: Vec<Label>) -> Result<u32> {
     labels.sort();
     let key: Arc<[Label]> = Arc::from(labels);
-    if let Some(id) = INTERNER
-        .read()
-        .as_ref()
-        .and_then(|i| i.index.get(&key).copied())
-    {
+    if let Some(id) = INTERNER.read().as_ref().and_then(|i| i.index.get(&key).copied()) {
         return Ok(id);
     }
     with_interner(|i| {
@@ -79,9 +71,7 @@ fn intern(mut labels: Vec<Label>) -> Result<u32> {
             return Ok(*id);
         }
         if i.sets.len() >= MAX_LABEL_SETS {
-            return Err(Error::LabelSetLimit {
-                limit: MAX_LABEL_SETS,
-            });
+            return Err(Error::LabelSetLimit { limit: MAX_LABEL_SETS });
         }
         let id = i.sets.len() as u32;
         i.sets.push(key.clone());
@@ -98,25 +88,14 @@ fn merge(outer: u32, inner: u32) -> Result<u32> {
     if inner == EMPTY {
         return Ok(outer);
     }
-    if let Some(id) = INTERNER
-        .read()
-        .as_ref()
-        .and_then(|i| i.merged.get(&(outer, inner)).copied())
-    {
+    if let Some(id) = INTERNER.read().as_ref().and_then(|i| i.merged.get(&(outer, inner)).copied()) {
         return Ok(id);
     }
     let (a, b) = (resolve(outer), resolve(inner));
-    let mut labels: Vec<Label> = a
-        .iter()
-        .filter(|(n, _)| !b.iter().any(|(m, _)| m == n))
-        .cloned()
-        .collect();
+    let mut labels: Vec<Label> = a.iter().filter(|(n, _)| !b.iter().any(|(m, _)| m == n)).cloned().collect();
     labels.extend(b.iter().cloned());
     if labels.len() > MAX_SAMPLE_LABELS {
-        return Err(Error::TooManyLabels {
-            count: labels.len(),
-            max: MAX_SAMPLE_LABELS,
-        });
+        return Err(Error::TooManyLabels { count: labels.len(), max: MAX_SAMPLE_LABELS });
     }
     let id = intern(labels)?;
     with_interner(|i| i.merged.insert((outer, inner), id));
@@ -126,21 +105,15 @@ fn merge(outer: u32, inner: u32) -> Result<u32> {
 /// Checks a label name: 1..=1024 chars of `[A-Za-z0-9_.]`, not starting with `__`.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.starts_with("__") {
-        return Err(Error::ReservedLabelName {
-            name: name.to_owned(),
-        });
+        return Err(Error::ReservedLabelName { name: name.to_owned() });
     }
     let ok = !name.is_empty()
         && name.len() <= 1024
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidLabelName {
-            name: name.to_owned(),
-        })
+        Err(Error::InvalidLabelName { name: name.to_owned() })
     }
 }
 
@@ -153,10 +126,7 @@ pub fn validate_value(name: &str, value: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidLabelValue {
-            name: name.to_owned(),
-            value: value.to_owned(),
-        })
+        Err(Error::InvalidLabelValue { name: name.to_owned(), value: value.to_owned() })
     }
 }
 
@@ -173,10 +143,7 @@ pub(crate) fn validate_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> 
         out.push((Arc::from(k), Arc::from(v)));
     }
     if out.len() > MAX_SAMPLE_LABELS {
-        return Err(Error::TooManyLabels {
-            count: out.len(),
-            max: MAX_SAMPLE_LABELS,
-        });
+        return Err(Error::TooManyLabels { count: out.len(), max: MAX_SAMPLE_LABELS });
     }
     Ok(out)
 }
@@ -191,9 +158,7 @@ pub struct LabelSet {
 impl LabelSet {
     /// Validates and interns `pairs`. Errors name the offending label.
     pub fn new<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Result<Self> {
-        Ok(LabelSet {
-            id: intern(validate_pairs(pairs)?)?,
-        })
+        Ok(LabelSet { id: intern(validate_pairs(pairs)?)? })
     }
 
     /// The empty set.
@@ -203,10 +168,7 @@ impl LabelSet {
 
     /// The labels, sorted by name.
     pub fn labels(&self) -> Vec<(String, String)> {
-        resolve(self.id)
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        resolve(self.id).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// The interned id (stable for the life of the process).
@@ -221,20 +183,13 @@ impl LabelSet {
         let prev = slot.label_id.load(Ordering::Relaxed);
         let next = merge(prev, self.id)?;
         slot.label_id.store(next, Ordering::Relaxed);
-        Ok(LabelGuard {
-            slot,
-            prev,
-            _not_send: PhantomData,
-        })
+        Ok(LabelGuard { slot, prev, _not_send: PhantomData })
     }
 
     /// Wraps a future so that these labels are in force whenever it is polled, on whichever
     /// thread polls it (tokio tasks keep their labels across `.await`).
     pub fn wrap<F: Future>(self, future: F) -> WithLabels<F> {
-        WithLabels {
-            set: self,
-            inner: future,
-        }
+        WithLabels { set: self, inner: future }
     }
 }
 
@@ -259,19 +214,23 @@ pub fn push<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Result<LabelGuard
 
 /// Runs `f` with `pairs` added to this thread's labels; every sample taken meanwhile carries
 /// them. Bad labels are reported before `f` runs.
-pub fn tag_wrapper<K: AsRef<str>, V: AsRef<str>, R>(
-    pairs: &[(K, V)],
-    f: impl FnOnce() -> R,
-) -> Result<R> {
+pub fn tag_wrapper<K: AsRef<str>, V: AsRef<str>, R>(pairs: &[(K, V)], f: impl FnOnce() -> R) -> Result<R> {
     let _guard = push(pairs)?;
     Ok(f())
 }
 
 /// The labels in force on this thread now.
 pub fn current() -> LabelSet {
-    LabelSet {
-        id: current_slot().label_id.load(Ordering::Relaxed),
-    }
+    LabelSet { id: current_slot().label_id.load(Ordering::Relaxed) }
+}
+
+/// The label id in force on this thread, without creating its slot or blocking (for the
+/// allocation hook, which may run inside the slot's own creation).
+pub(crate) fn current_id_nonblocking() -> u32 {
+    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id.load(Ordering::Relaxed))))
+        .ok()
+        .flatten()
+        .unwrap_or(EMPTY)
 }
 
 /// A future that carries its own labels; see [`LabelSet::wrap`].
@@ -313,9 +272,7 @@ thread_local! {
 fn current_slot() -> Arc<ThreadState> {
     SLOT.try_with(|s| {
         let mut s = s.borrow_mut();
-        s.get_or_insert_with(|| Slot(sampler::register_current_thread()))
-            .0
-            .clone()
+        s.get_or_insert_with(|| Slot(sampler::register_current_thread())).0.clone()
     })
     // During thread teardown the TLS is gone: hand out a detached slot nobody samples.
     .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
@@ -346,13 +303,7 @@ mod tests {
         let a = LabelSet::new(&[("vehicle", "car"), ("region", "eu")]).unwrap();
         let b = LabelSet::new(&[("region", "eu"), ("vehicle", "car")]).unwrap();
         assert_eq!(a, b);
-        assert_eq!(
-            a.labels(),
-            vec![
-                ("region".into(), "eu".into()),
-                ("vehicle".into(), "car".into())
-            ]
-        );
+        assert_eq!(a.labels(), vec![("region".into(), "eu".into()), ("vehicle".into(), "car".into())]);
     }
 
     #[test]
@@ -360,51 +311,21 @@ mod tests {
         let outer = push(&[("endpoint", "/car"), ("vehicle", "bike")]).unwrap();
         {
             let _inner = push(&[("vehicle", "car")]).unwrap();
-            assert_eq!(
-                current().labels(),
-                vec![
-                    ("endpoint".into(), "/car".into()),
-                    ("vehicle".into(), "car".into())
-                ]
-            );
+            assert_eq!(current().labels(), vec![("endpoint".into(), "/car".into()), ("vehicle".into(), "car".into())]);
         }
-        assert_eq!(
-            current().labels(),
-            vec![
-                ("endpoint".into(), "/car".into()),
-                ("vehicle".into(), "bike".into())
-            ]
-        );
+        assert_eq!(current().labels(), vec![("endpoint".into(), "/car".into()), ("vehicle".into(), "bike".into())]);
         drop(outer);
         assert!(current().labels().is_empty());
     }
 
     #[test]
     fn bad_labels_are_typed_errors() {
-        assert!(matches!(
-            push(&[("", "x")]),
-            Err(Error::InvalidLabelName { .. })
-        ));
-        assert!(matches!(
-            push(&[("a-b", "x")]),
-            Err(Error::InvalidLabelName { .. })
-        ));
-        assert!(matches!(
-            push(&[("__name__", "x")]),
-            Err(Error::ReservedLabelName { .. })
-        ));
-        assert!(matches!(
-            push(&[("k", "a,b")]),
-            Err(Error::InvalidLabelValue { .. })
-        ));
-        assert!(matches!(
-            push(&[("k", "")]),
-            Err(Error::InvalidLabelValue { .. })
-        ));
-        assert!(matches!(
-            push(&[("k", "1"), ("k", "2")]),
-            Err(Error::DuplicateLabel { .. })
-        ));
+        assert!(matches!(push(&[("", "x")]), Err(Error::InvalidLabelName { .. })));
+        assert!(matches!(push(&[("a-b", "x")]), Err(Error::InvalidLabelName { .. })));
+        assert!(matches!(push(&[("__name__", "x")]), Err(Error::ReservedLabelName { .. })));
+        assert!(matches!(push(&[("k", "a,b")]), Err(Error::InvalidLabelValue { .. })));
+        assert!(matches!(push(&[("k", "")]), Err(Error::InvalidLabelValue { .. })));
+        assert!(matches!(push(&[("k", "1"), ("k", "2")]), Err(Error::DuplicateLabel { .. })));
         let ran = tag_wrapper(&[("k", "}")], || true);
         assert!(ran.is_err());
     }

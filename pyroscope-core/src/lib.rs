@@ -39,13 +39,11 @@
 //!   [`Agent`] in the child sends nothing. Start a new agent in the child to profile it.
 
 #![deny(missing_docs)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod agent;
 mod aggregate;
+mod alloc;
 mod config;
 mod error;
 mod export;
@@ -58,13 +56,12 @@ mod unwind;
 
 pub use agent::{Agent, AgentBuilder, Stats};
 pub use aggregate::FrameId;
+pub use alloc::{on_alloc, on_free, SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
 pub use export::http::push;
 pub use export::{ExportError, Exporter, Upload};
-pub use labels::{
-    current as current_labels, push as push_labels, tag_wrapper, LabelGuard, LabelSet, WithLabels,
-};
+pub use labels::{current as current_labels, push as push_labels, tag_wrapper, LabelGuard, LabelSet, WithLabels};
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
 

@@ -148,16 +148,10 @@ impl ProfileBuilder {
         };
         b.string("");
         for (t, u) in sample_types {
-            let vt = ValueType {
-                r#type: b.string(t),
-                unit: b.string(u),
-            };
+            let vt = ValueType { r#type: b.string(t), unit: b.string(u) };
             b.profile.sample_type.push(vt);
         }
-        b.profile.period_type = Some(ValueType {
-            r#type: b.string(period_type.0),
-            unit: b.string(period_type.1),
-        });
+        b.profile.period_type = Some(ValueType { r#type: b.string(period_type.0), unit: b.string(period_type.1) });
         b.profile.period = period;
         b
     }
@@ -179,13 +173,7 @@ impl ProfileBuilder {
             return *id;
         }
         let id = self.profile.function.len() as u64 + 1;
-        self.profile.function.push(Function {
-            id,
-            name: key.0,
-            system_name: key.0,
-            filename: key.1,
-            start_line: 0,
-        });
+        self.profile.function.push(Function { id, name: key.0, system_name: key.0, filename: key.1, start_line: 0 });
         self.functions.insert(key, id);
         id
     }
@@ -203,20 +191,10 @@ impl ProfileBuilder {
         }
         let lines = frames()
             .into_iter()
-            .map(|(name, file, line)| Line {
-                function_id: self.function(name, file),
-                line: line as i64,
-                column: 0,
-            })
+            .map(|(name, file, line)| Line { function_id: self.function(name, file), line: line as i64, column: 0 })
             .collect();
         let id = self.profile.location.len() as u64 + 1;
-        self.profile.location.push(Location {
-            id,
-            mapping_id: 0,
-            address,
-            line: lines,
-            is_folded: false,
-        });
+        self.profile.location.push(Location { id, mapping_id: 0, address, line: lines, is_folded: false });
         self.locations.insert(key, id);
         id
     }
@@ -225,18 +203,9 @@ impl ProfileBuilder {
     pub fn sample(&mut self, locations: Vec<u64>, values: Vec<i64>, labels: &[(&str, &str)]) {
         let label = labels
             .iter()
-            .map(|(k, v)| Label {
-                key: self.string(k),
-                str: self.string(v),
-                num: 0,
-                num_unit: 0,
-            })
+            .map(|(k, v)| Label { key: self.string(k), str: self.string(v), num: 0, num_unit: 0 })
             .collect();
-        self.profile.sample.push(Sample {
-            location_id: locations,
-            value: values,
-            label,
-        });
+        self.profile.sample.push(Sample { location_id: locations, value: values, label });
     }
 
     /// Sets the window: start and length in nanoseconds.
@@ -264,10 +233,7 @@ pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
 
 /// Gzips bytes (fast level: profiles are small and we run every window).
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4),
-        flate2::Compression::fast(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(bytes);
     enc.finish().unwrap_or_default()
@@ -294,9 +260,7 @@ pub fn decode(bytes: &[u8]) -> Result<Profile, DecodeError> {
     let raw;
     let data = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| DecodeError::Gzip(e.to_string()))?;
+        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| DecodeError::Gzip(e.to_string()))?;
         raw = out;
         &raw[..]
     } else {
@@ -353,14 +317,9 @@ mod tests {
 
     #[test]
     fn round_trip_with_inlined_frames() {
-        let mut b = ProfileBuilder::new(
-            &[("samples", "count"), ("cpu", "nanoseconds")],
-            ("cpu", "nanoseconds"),
-            10_000_000,
-        );
-        let leaf = b.location(0x10, 0x10, || {
-            vec![("inlined", "a.rs", 3), ("outer", "a.rs", 9)]
-        });
+        let mut b =
+            ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), 10_000_000);
+        let leaf = b.location(0x10, 0x10, || vec![("inlined", "a.rs", 3), ("outer", "a.rs", 9)]);
         let root = b.location(0x20, 0x20, || vec![("main", "m.rs", 1)]);
         assert_eq!(b.location(0x10, 0x10, Vec::new), leaf);
         b.sample(vec![leaf, root], vec![2, 20_000_000], &[("vehicle", "car")]);
@@ -372,30 +331,15 @@ mod tests {
         assert_eq!(s(p.sample[0].label[0].key), "vehicle");
         let loc = &p.location[0];
         assert_eq!(loc.line.len(), 2);
-        assert_eq!(
-            s(p.function[(loc.line[0].function_id - 1) as usize].name),
-            "inlined"
-        );
-        assert_eq!(
-            (p.time_nanos, p.duration_nanos, p.period),
-            (1, 2, 10_000_000)
-        );
+        assert_eq!(s(p.function[(loc.line[0].function_id - 1) as usize].name), "inlined");
+        assert_eq!((p.time_nanos, p.duration_nanos, p.period), (1, 2, 10_000_000));
     }
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(
-            decode(b"\x1f\x8bnot gzip"),
-            Err(DecodeError::Gzip(_))
-        ));
+        assert!(matches!(decode(b"\x1f\x8bnot gzip"), Err(DecodeError::Gzip(_))));
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
-        let bad = Profile {
-            string_table: vec!["x".into()],
-            ..Default::default()
-        };
-        assert!(matches!(
-            decode(&bad.encode_to_vec()),
-            Err(DecodeError::Malformed(_))
-        ));
+        let bad = Profile { string_table: vec!["x".into()], ..Default::default() };
+        assert!(matches!(decode(&bad.encode_to_vec()), Err(DecodeError::Malformed(_))));
     }
 }

@@ -50,16 +50,8 @@ impl Symbolizer {
     fn lookup(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> Symbols {
         let unknown = |file: &str, addr: u64| -> Symbols {
             let base = file.rsplit('/').next().unwrap_or(file);
-            let function = if base.is_empty() {
-                format!("0x{addr:x}")
-            } else {
-                format!("{base}+0x{addr:x}")
-            };
-            Arc::from(vec![Symbol {
-                function: function.into(),
-                file: file.into(),
-                line: 0,
-            }])
+            let function = if base.is_empty() { format!("0x{addr:x}") } else { format!("{base}+0x{addr:x}") };
+            Arc::from(vec![Symbol { function: function.into(), file: file.into(), line: 0 }])
         };
         let Some(module) = snapshot.and_then(|s| s.module_for(pc)) else {
             return unknown("", pc);
@@ -68,10 +60,8 @@ impl Symbolizer {
         if module.path.is_empty() {
             return unknown("[vdso]", probe);
         }
-        let loader = self
-            .loaders
-            .entry(module.path.clone())
-            .or_insert_with(|| addr2line::Loader::new(&module.path).ok());
+        let loader =
+            self.loaders.entry(module.path.clone()).or_insert_with(|| addr2line::Loader::new(&module.path).ok());
         let Some(loader) = loader.as_ref() else {
             self.open_errors += 1;
             return unknown(&module.path, probe);
@@ -82,26 +72,16 @@ impl Symbolizer {
                 let Some(name) = frame.function.as_ref().and_then(|f| f.demangle().ok()) else {
                     continue;
                 };
-                let (file, line) = frame
-                    .location
-                    .map(|l| (l.file.unwrap_or(""), l.line.unwrap_or(0)))
-                    .unwrap_or(("", 0));
-                out.push(Symbol {
-                    function: clean(&name).into(),
-                    file: file.into(),
-                    line,
-                });
+                let (file, line) =
+                    frame.location.map(|l| (l.file.unwrap_or(""), l.line.unwrap_or(0))).unwrap_or(("", 0));
+                out.push(Symbol { function: clean(&name).into(), file: file.into(), line });
             }
         }
         if out.is_empty() {
             match loader.find_symbol(probe) {
                 Some(raw) => {
                     let name = addr2line::demangle_auto(raw.into(), None);
-                    out.push(Symbol {
-                        function: clean(&name).into(),
-                        file: module.path.as_str().into(),
-                        line: 0,
-                    });
+                    out.push(Symbol { function: clean(&name).into(), file: module.path.as_str().into(), line: 0 });
                 }
                 None => return unknown(&module.path, probe),
             }
@@ -113,9 +93,7 @@ impl Symbolizer {
 /// Drops the `::h0123456789abcdef` hash that legacy Rust mangling leaves on names.
 fn clean(name: &str) -> String {
     match name.rfind("::h") {
-        Some(i) if name.len() - i == 19 && name[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => {
-            name[..i].to_owned()
-        }
+        Some(i) if name.len() - i == 19 && name[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => name[..i].to_owned(),
         _ => name.to_owned(),
     }
 }
@@ -136,10 +114,7 @@ mod tests {
         let mut s = Symbolizer::default();
         let frames = s.symbolize(pc, crate::unwind::current());
         let top = frames.last().unwrap();
-        assert!(
-            top.function.ends_with("marker_function_for_symbolizer"),
-            "{frames:?}"
-        );
+        assert!(top.function.ends_with("marker_function_for_symbolizer"), "{frames:?}");
         assert!(top.file.ends_with("symbolize.rs"), "{frames:?}");
         assert!(top.line > 0);
     }

@@ -55,10 +55,7 @@ pub(crate) fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
     maps.lines().find_map(|line| {
         let range = line.split_whitespace().next()?;
         let (a, b) = range.split_once('-')?;
-        let (a, b) = (
-            usize::from_str_radix(a, 16).ok()?,
-            usize::from_str_radix(b, 16).ok()?,
-        );
+        let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
         (a <= addr && addr < b).then_some((a, b))
     })
 }

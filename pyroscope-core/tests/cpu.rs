@@ -18,10 +18,8 @@ fn check_driver_availability(d: Duration) -> u64 {
 
 #[inline(never)]
 fn find_nearest_vehicle(vehicle: &str, d: Duration) -> u64 {
-    pyroscope_core::tag_wrapper(&[("vehicle", vehicle)], || {
-        std::hint::black_box(check_driver_availability(d)) + 1
-    })
-    .unwrap()
+    pyroscope_core::tag_wrapper(&[("vehicle", vehicle)], || std::hint::black_box(check_driver_availability(d)) + 1)
+        .unwrap()
 }
 
 #[inline(never)]
@@ -56,19 +54,12 @@ fn cpu_profile_on_disk_has_functions_values_and_labels() {
     let stats = agent.stop();
     assert!(stats.samples > 80, "{stats:?}");
 
-    let profiles = read_profiles(&dir);
+    let profiles: Vec<_> = read_profiles(&dir).into_iter().filter(|(n, _)| n.contains(".process_cpu.")).collect();
     assert_eq!(profiles.len(), 1, "one window: {profiles:?}");
     let (name, p) = &profiles[0];
-    assert!(
-        name.starts_with("rideshare-test.process_cpu.") && name.ends_with(".pb.gz"),
-        "{name}"
-    );
+    assert!(name.starts_with("rideshare-test.process_cpu.") && name.ends_with(".pb.gz"), "{name}");
     let s = |i: i64| p.string_table[i as usize].as_str();
-    let types: Vec<_> = p
-        .sample_type
-        .iter()
-        .map(|t| (s(t.r#type), s(t.unit)))
-        .collect();
+    let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
     assert_eq!(types, vec![("samples", "count"), ("cpu", "nanoseconds")]);
     assert_eq!(p.period, 10_000_000);
     assert!(p.duration_nanos > 0 && p.time_nanos > 0);
@@ -79,56 +70,32 @@ fn cpu_profile_on_disk_has_functions_values_and_labels() {
     let mut total = 0;
     for f in &flat {
         assert_eq!(f.values[1], f.values[0] * 10_000_000);
-        assert_eq!(
-            f.labels.get("region").map(String::as_str),
-            Some("eu-north"),
-            "static tag on every sample"
-        );
+        assert_eq!(f.labels.get("region").map(String::as_str), Some("eu-north"), "static tag on every sample");
         total += f.values[0];
         if let Some(i) = find(&f.stack, "find_nearest_vehicle") {
             in_fnv += f.values[0];
-            let v = f
-                .labels
-                .get("vehicle")
-                .expect("every sample inside find_nearest_vehicle carries vehicle");
+            let v = f.labels.get("vehicle").expect("every sample inside find_nearest_vehicle carries vehicle");
             assert!(v == "car" || v == "bike");
-            if let (Some(j), Some(k)) = (
-                find(&f.stack, "check_driver_availability"),
-                find(&f.stack, "mutex_lock"),
-            ) {
+            if let (Some(j), Some(k)) = (find(&f.stack, "check_driver_availability"), find(&f.stack, "mutex_lock")) {
                 assert!(i < j && j < k, "root-first order: {:?}", f.stack);
                 chained += f.values[0];
             }
         }
         if find(&f.stack, "unlabelled_work").is_some() {
-            assert!(
-                !f.labels.contains_key("vehicle"),
-                "labels must not leak past tag_wrapper: {f:?}"
-            );
+            assert!(!f.labels.contains_key("vehicle"), "labels must not leak past tag_wrapper: {f:?}");
         }
     }
     // 2 threads x 10 x 60 ms = 1.2 s in find_nearest_vehicle, 0.4 s elsewhere: ~120 vs ~40 samples.
-    assert!(
-        in_fnv >= 80,
-        "samples in find_nearest_vehicle: {in_fnv} of {total}"
-    );
-    assert!(
-        chained as f64 >= 0.95 * in_fnv as f64,
-        "complete chains: {chained} of {in_fnv}"
-    );
+    assert!(in_fnv >= 80, "samples in find_nearest_vehicle: {in_fnv} of {total}");
+    assert!(chained as f64 >= 0.95 * in_fnv as f64, "complete chains: {chained} of {in_fnv}");
 }
 
 #[test]
 fn labels_switch_without_losing_samples() {
     let _g = crate::agent_lock();
     let dir = temp_dir("switch");
-    let agent = AgentBuilder::new("switch")
-        .export_dir(&dir)
-        .start()
-        .unwrap();
-    let sets: Vec<LabelSet> = (0..4)
-        .map(|i| LabelSet::new(&[("endpoint", format!("e{i}"))]).unwrap())
-        .collect();
+    let agent = AgentBuilder::new("switch").export_dir(&dir).start().unwrap();
+    let sets: Vec<LabelSet> = (0..4).map(|i| LabelSet::new(&[("endpoint", format!("e{i}"))]).unwrap()).collect();
     let start = cpu_time();
     let mut i = 0;
     while cpu_time() - start < Duration::from_millis(800) {
@@ -137,10 +104,7 @@ fn labels_switch_without_losing_samples() {
         i += 1;
     }
     agent.stop();
-    let flat: Vec<Flat> = read_profiles(&dir)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
+    let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     let mut per = std::collections::BTreeMap::<String, i64>::new();
     for f in &flat {
         if let Some(e) = f.labels.get("endpoint") {
@@ -160,38 +124,14 @@ fn labels_switch_without_losing_samples() {
 fn bad_settings_are_typed_errors() {
     let e = |b: AgentBuilder| b.build().unwrap_err();
     assert_eq!(e(AgentBuilder::new("")), Error::EmptyApplicationName);
-    assert!(matches!(
-        e(AgentBuilder::new("a").server_address("localhost:4040")),
-        Error::InvalidServerAddress { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").sample_rate(0)),
-        Error::InvalidSampleRate { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").tag("bad-name", "x")),
-        Error::InvalidLabelName { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").tag("__name__", "x")),
-        Error::ReservedLabelName { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").tag("k", "a,b")),
-        Error::InvalidLabelValue { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").upload_interval(Duration::ZERO)),
-        Error::InvalidUploadInterval { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").header("Bad Header", "x")),
-        Error::InvalidHeader { .. }
-    ));
-    assert!(matches!(
-        e(AgentBuilder::new("a").signal(libc_sigint())),
-        Error::InvalidSignal { .. }
-    ));
+    assert!(matches!(e(AgentBuilder::new("a").server_address("localhost:4040")), Error::InvalidServerAddress { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").sample_rate(0)), Error::InvalidSampleRate { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").tag("bad-name", "x")), Error::InvalidLabelName { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").tag("__name__", "x")), Error::ReservedLabelName { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").tag("k", "a,b")), Error::InvalidLabelValue { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").upload_interval(Duration::ZERO)), Error::InvalidUploadInterval { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").header("Bad Header", "x")), Error::InvalidHeader { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").signal(libc_sigint())), Error::InvalidSignal { .. }));
 }
 
 fn libc_sigint() -> i32 {
@@ -203,19 +143,9 @@ fn only_one_agent_at_a_time() {
     let _g = crate::agent_lock();
     let dir = temp_dir("one");
     let a = AgentBuilder::new("one").export_dir(&dir).start().unwrap();
-    assert_eq!(
-        AgentBuilder::new("two")
-            .export_dir(&dir)
-            .start()
-            .unwrap_err(),
-        Error::AlreadyRunning
-    );
+    assert_eq!(AgentBuilder::new("two").export_dir(&dir).start().unwrap_err(), Error::AlreadyRunning);
     drop(a);
-    AgentBuilder::new("three")
-        .export_dir(&dir)
-        .start()
-        .unwrap()
-        .stop();
+    AgentBuilder::new("three").export_dir(&dir).start().unwrap().stop();
 }
 
 #[test]
@@ -250,17 +180,8 @@ fn settings_come_from_the_environment() {
     assert_eq!(c.tags.get("region").map(String::as_str), Some("eu-north"));
     assert_eq!(c.tenant_id.as_deref(), Some("t1"));
     assert!(matches!(c.auth, pyroscope_core::Auth::Basic { .. }));
-    assert!(
-        !format!("{c:?}").contains("\"p\""),
-        "password must not be printed: {c:?}"
-    );
-    assert!(matches!(
-        bad,
-        Err(Error::InvalidEnv {
-            var: "PYROSCOPE_SAMPLE_RATE",
-            ..
-        })
-    ));
+    assert!(!format!("{c:?}").contains("\"p\""), "password must not be printed: {c:?}");
+    assert!(matches!(bad, Err(Error::InvalidEnv { var: "PYROSCOPE_SAMPLE_RATE", .. })));
     assert!(matches!(bad_tags, Err(Error::InvalidTagString { .. })));
 }
 
@@ -268,24 +189,14 @@ fn settings_come_from_the_environment() {
 fn bindings_can_feed_their_own_frames() {
     let _g = crate::agent_lock();
     let dir = temp_dir("frames");
-    let agent = AgentBuilder::new("py-app")
-        .export_dir(&dir)
-        .start()
-        .unwrap();
+    let agent = AgentBuilder::new("py-app").export_dir(&dir).start().unwrap();
     let leaf = pyroscope_core::FrameId::new("mutex_lock", "rideshare/server.py", 21).unwrap();
-    let root =
-        pyroscope_core::FrameId::new("find_nearest_vehicle", "rideshare/server.py", 9).unwrap();
+    let root = pyroscope_core::FrameId::new("find_nearest_vehicle", "rideshare/server.py", 9).unwrap();
     let car = LabelSet::new(&[("vehicle", "car")]).unwrap();
     agent.add_cpu_sample(&[leaf, root], car, 7);
     agent.stop();
-    let flat: Vec<Flat> = read_profiles(&dir)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
-    let f = flat
-        .iter()
-        .find(|f| f.stack == ["find_nearest_vehicle", "mutex_lock"])
-        .expect("fed sample");
+    let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    let f = flat.iter().find(|f| f.stack == ["find_nearest_vehicle", "mutex_lock"]).expect("fed sample");
     assert_eq!(f.values, vec![7, 70_000_000]);
     assert_eq!(f.labels.get("vehicle").map(String::as_str), Some("car"));
 }

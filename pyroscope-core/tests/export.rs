@@ -13,10 +13,7 @@ fn serve_request(d: Duration) -> u64 {
 }
 
 fn run_labelled_work(ms: u64) {
-    pyroscope_core::tag_wrapper(&[("vehicle", "scooter")], || {
-        serve_request(Duration::from_millis(ms))
-    })
-    .unwrap();
+    pyroscope_core::tag_wrapper(&[("vehicle", "scooter")], || serve_request(Duration::from_millis(ms))).unwrap();
 }
 
 #[test]
@@ -33,38 +30,27 @@ fn push_api_carries_series_labels_auth_and_sample_labels() {
         .unwrap();
     run_labelled_work(300);
     let stats = agent.stop();
-    assert_eq!(stats.uploads_sent, 1, "{stats:?}");
+    assert_eq!(stats.uploads_sent, 2, "cpu and memory: {stats:?}");
     let got = rx.received();
-    assert_eq!(got.len(), 1);
-    let r = &got[0];
+    assert_eq!(got.len(), 2);
+    let mem = got.iter().find(|r| r.labels["__name__"] == "memory").expect("memory series");
+    assert_eq!(mem.labels.get("__delta__").map(String::as_str), Some("false"), "memory values are per-window deltas");
+    assert_eq!(mem.labels["region"], "ap-south");
+    let r = got.iter().find(|r| r.labels["__name__"] == "process_cpu").expect("cpu series");
     assert_eq!(r.endpoint, "push");
     assert_eq!(r.labels["__name__"], "process_cpu");
     assert_eq!(r.labels["service_name"], "push-app");
     assert_eq!(r.labels["region"], "ap-south");
-    assert!(
-        !r.labels.contains_key("__delta__"),
-        "CPU series are not memory series"
-    );
+    assert!(!r.labels.contains_key("__delta__"), "CPU series are not memory series");
     assert_eq!(r.headers["authorization"], "Basic MTIzOnNlY3JldC10b2tlbg==");
     assert_eq!(r.headers["x-scope-orgid"], "team-a");
     assert_eq!(r.headers["x-extra"], "1");
     assert_eq!(r.headers["content-encoding"], "gzip");
     let flat = flatten(&r.profile);
-    let in_fn: Vec<_> = flat
-        .iter()
-        .filter(|f| find(&f.stack, "serve_request").is_some())
-        .collect();
-    assert!(
-        in_fn.iter().map(|f| f.values[0]).sum::<i64>() >= 20,
-        "{flat:?}"
-    );
-    assert!(in_fn
-        .iter()
-        .all(|f| f.labels.get("vehicle").map(String::as_str) == Some("scooter")));
-    assert!(
-        flat.iter().all(|f| !f.labels.contains_key("region")),
-        "static tags go on the series, not samples"
-    );
+    let in_fn: Vec<_> = flat.iter().filter(|f| find(&f.stack, "serve_request").is_some()).collect();
+    assert!(in_fn.iter().map(|f| f.values[0]).sum::<i64>() >= 20, "{flat:?}");
+    assert!(in_fn.iter().all(|f| f.labels.get("vehicle").map(String::as_str) == Some("scooter")));
+    assert!(flat.iter().all(|f| !f.labels.contains_key("region")), "static tags go on the series, not samples");
 }
 
 #[test]
@@ -72,6 +58,7 @@ fn ingest_endpoint_gets_name_with_tags() {
     let _g = crate::agent_lock();
     let rx = Receiver::start(Mode::Normal);
     let agent = AgentBuilder::new("ingest-app")
+        .memory(false)
         .server_address(rx.url())
         .protocol(Protocol::Ingest)
         .tag("region", "us-east")
@@ -99,6 +86,7 @@ fn retries_503_then_delivers() {
     let _g = crate::agent_lock();
     let rx = Receiver::start(Mode::FailFirst(2, 503));
     let agent = AgentBuilder::new("retry-app")
+        .memory(false)
         .server_address(rx.url())
         .shutdown_timeout(Duration::from_secs(5))
         .start()
@@ -106,11 +94,7 @@ fn retries_503_then_delivers() {
     run_labelled_work(100);
     let stats = agent.stop();
     assert_eq!(rx.requests(), 3);
-    assert_eq!(
-        (stats.uploads_sent, stats.upload_retries),
-        (1, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.uploads_sent, stats.upload_retries), (1, 2), "{stats:?}");
     assert_eq!(rx.received().len(), 1);
 }
 
@@ -118,26 +102,13 @@ fn retries_503_then_delivers() {
 fn does_not_retry_400_or_oversize_429() {
     let _g = crate::agent_lock();
     let rx = Receiver::start(Mode::Status(400, "invalid_argument"));
-    let agent = AgentBuilder::new("no-retry")
-        .server_address(rx.url())
-        .start()
-        .unwrap();
+    let agent = AgentBuilder::new("no-retry").memory(false).server_address(rx.url()).start().unwrap();
     run_labelled_work(100);
     let stats = agent.stop();
-    assert_eq!(
-        (rx.requests(), stats.uploads_dropped, stats.upload_retries),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_eq!((rx.requests(), stats.uploads_dropped, stats.upload_retries), (1, 1, 0), "{stats:?}");
 
-    let rx = Receiver::start(Mode::Status(
-        429,
-        "message size 99 is larger than configured max 10",
-    ));
-    let agent = AgentBuilder::new("no-retry")
-        .server_address(rx.url())
-        .start()
-        .unwrap();
+    let rx = Receiver::start(Mode::Status(429, "message size 99 is larger than configured max 10"));
+    let agent = AgentBuilder::new("no-retry").memory(false).server_address(rx.url()).start().unwrap();
     run_labelled_work(100);
     let stats = agent.stop();
     assert_eq!((rx.requests(), stats.upload_retries), (1, 0), "{stats:?}");
@@ -154,31 +125,21 @@ fn stop_is_bounded_when_server_is_down_slow_or_broken() {
     let garbage = Receiver::start(Mode::Garbage);
     let busy = Receiver::start(Mode::Status(429, "push rate limit exceeded"));
     for server in [url, slow.url(), garbage.url(), busy.url()] {
-        let agent = AgentBuilder::new("down")
-            .server_address(&server)
-            .start()
-            .unwrap();
+        let agent = AgentBuilder::new("down").memory(false).server_address(&server).start().unwrap();
         run_labelled_work(50);
         let t = Instant::now();
         let stats = agent.stop();
         let took = t.elapsed();
-        assert!(
-            took < Duration::from_millis(2500),
-            "{server}: stop took {took:?}"
-        );
+        assert!(took < Duration::from_millis(2500), "{server}: stop took {took:?}");
         assert_eq!(stats.uploads_sent, 0, "{server}");
     }
 }
 
 #[test]
 fn peer_sdk_uploads_are_accepted_and_decoded() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peer-uploads");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peer-uploads");
     for (req, bin) in [
-        (
-            "pyroscope-io-1.4.0-push.request",
-            "pyroscope-io-1.4.0-push.bin",
-        ),
+        ("pyroscope-io-1.4.0-push.request", "pyroscope-io-1.4.0-push.bin"),
         ("nodejs-0.6.4-ingest.request", "nodejs-0.6.4-ingest.bin"),
     ] {
         let head = std::fs::read_to_string(dir.join(req)).unwrap();
@@ -187,24 +148,17 @@ fn peer_sdk_uploads_are_accepted_and_decoded() {
         let mut first = lines.next().unwrap().split(' ');
         let (method, path) = (first.next().unwrap(), first.next().unwrap());
         let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(": ")).collect();
-        let got =
-            Receiver::check_replay(method, &format!("http://127.0.0.1{path}"), &headers, &body)
-                .unwrap_or_else(|e| panic!("{req}: {e:?}"));
-        let cpu_like: Vec<_> = got
-            .iter()
-            .filter(|r| r.labels.get("__name__").is_none_or(|n| n == "process_cpu"))
-            .collect();
+        let got = Receiver::check_replay(method, &format!("http://127.0.0.1{path}"), &headers, &body)
+            .unwrap_or_else(|e| panic!("{req}: {e:?}"));
+        let cpu_like: Vec<_> =
+            got.iter().filter(|r| r.labels.get("__name__").is_none_or(|n| n == "process_cpu")).collect();
         assert!(!cpu_like.is_empty(), "{req}");
         let mut found = false;
         for r in cpu_like {
             assert_eq!(r.labels["region"], "eu-north", "{req}");
             for f in flatten(&r.profile) {
                 // Python names are snake_case, JavaScript ones camelCase.
-                let norm: Vec<String> = f
-                    .stack
-                    .iter()
-                    .map(|n| n.to_lowercase().replace('_', ""))
-                    .collect();
+                let norm: Vec<String> = f.stack.iter().map(|n| n.to_lowercase().replace('_', "")).collect();
                 let pos = |name: &str| norm.iter().position(|n| n.contains(name));
                 if let (Some(i), Some(j)) = (pos("checkdriveravailability"), pos("mutexlock")) {
                     assert!(f.labels.contains_key("vehicle"), "{req}: {f:?}");
@@ -221,20 +175,11 @@ fn peer_sdk_uploads_are_accepted_and_decoded() {
 fn receiver_rejects_what_the_server_rejects() {
     let bad_names = ["", "my app{}", "app{bad-key=1}", "{region=x}"];
     for name in bad_names {
-        let url = format!(
-            "http://127.0.0.1/ingest?format=pprof&name={}",
-            urlencode(name)
-        );
+        let url = format!("http://127.0.0.1/ingest?format=pprof&name={}", urlencode(name));
         let e = Receiver::check("POST", &url, &[], b"x").unwrap_err();
         assert_eq!(e.0, 400, "{name}: {e:?}");
     }
-    let e = Receiver::check(
-        "POST",
-        "http://127.0.0.1/ingest?format=pprof&name=app",
-        &[],
-        b"not a pprof",
-    )
-    .unwrap_err();
+    let e = Receiver::check("POST", "http://127.0.0.1/ingest?format=pprof&name=app", &[], b"not a pprof").unwrap_err();
     assert_eq!(e.0, 422);
     let e = Receiver::check(
         "POST",
@@ -247,13 +192,5 @@ fn receiver_rejects_what_the_server_rejects() {
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }

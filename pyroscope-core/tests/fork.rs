@@ -21,20 +21,15 @@ fn forked_child_is_silent_then_can_profile_itself() {
     let _g = crate::agent_lock();
     let parent_dir = temp_dir("fork-parent");
     let child_dir = temp_dir("fork-child");
-    let agent = AgentBuilder::new("forker")
-        .export_dir(&parent_dir)
-        .start()
-        .unwrap();
+    let agent = AgentBuilder::new("forker").export_dir(&parent_dir).start().unwrap();
     // Keep label and sampler locks busy on other threads while we fork.
     let busy: Vec<_> = (0..3)
         .map(|i| {
             std::thread::spawn(move || {
                 for j in 0..200 {
                     let v = format!("v{}", (i * 1000 + j) % 50);
-                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || {
-                        parent_work(Duration::from_millis(1))
-                    })
-                    .unwrap();
+                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || parent_work(Duration::from_millis(1)))
+                        .unwrap();
                 }
             })
         })
@@ -46,10 +41,7 @@ fn forked_child_is_silent_then_can_profile_itself() {
         // Child: the parent's agent must not flush here.
         drop(agent);
         let ok = pyroscope_core::tag_wrapper(&[("in", "child")], || {
-            let a = AgentBuilder::new("forked-child")
-                .export_dir(&child_dir)
-                .start()
-                .unwrap();
+            let a = AgentBuilder::new("forked-child").export_dir(&child_dir).start().unwrap();
             child_work(Duration::from_millis(300));
             a.stop().samples
         });
@@ -71,35 +63,13 @@ fn forked_child_is_silent_then_can_profile_itself() {
         panic!("forked child hung");
     }
     assert_eq!(status, 0, "child failed: status {status:#x}");
-    let child: Vec<_> = read_profiles(&child_dir)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
-    assert!(
-        child.iter().any(|f| find(&f.stack, "child_work").is_some()),
-        "child profiled itself"
-    );
-    assert!(
-        child
-            .iter()
-            .all(|f| find(&f.stack, "parent_work").is_none()),
-        "child sent parent samples"
-    );
-    let names: Vec<String> = read_profiles(&child_dir)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    assert!(
-        names.iter().all(|n| n.starts_with("forked-child.")),
-        "{names:?}"
-    );
-    let parent: Vec<_> = read_profiles(&parent_dir)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
-    assert!(parent
-        .iter()
-        .any(|f| find(&f.stack, "parent_work").is_some()));
+    let child: Vec<_> = read_profiles(&child_dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    assert!(child.iter().any(|f| find(&f.stack, "child_work").is_some()), "child profiled itself");
+    assert!(child.iter().all(|f| find(&f.stack, "parent_work").is_none()), "child sent parent samples");
+    let names: Vec<String> = read_profiles(&child_dir).into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().all(|n| n.starts_with("forked-child.")), "{names:?}");
+    let parent: Vec<_> = read_profiles(&parent_dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    assert!(parent.iter().any(|f| find(&f.stack, "parent_work").is_some()));
 }
 
 extern "C" {

@@ -32,15 +32,8 @@ fn work(i: usize) -> u64 {
 fn tokio_tasks_keep_labels_across_await_and_threads() {
     let _g = crate::agent_lock();
     let dir = temp_dir("tokio");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    let agent = AgentBuilder::new("tokio-app")
-        .export_dir(&dir)
-        .start()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let agent = AgentBuilder::new("tokio-app").export_dir(&dir).start().unwrap();
     let threads: Arc<Mutex<BTreeMap<usize, HashSet<std::thread::ThreadId>>>> = Arc::default();
     rt.block_on(async {
         let handles: Vec<_> = (0..4)
@@ -49,12 +42,7 @@ fn tokio_tasks_keep_labels_across_await_and_threads() {
                 let threads = threads.clone();
                 tokio::spawn(set.wrap(async move {
                     for _ in 0..50 {
-                        threads
-                            .lock()
-                            .unwrap()
-                            .entry(i)
-                            .or_default()
-                            .insert(std::thread::current().id());
+                        threads.lock().unwrap().entry(i).or_default().insert(std::thread::current().id());
                         work(i);
                         tokio::task::yield_now().await;
                     }
@@ -67,14 +55,8 @@ fn tokio_tasks_keep_labels_across_await_and_threads() {
     });
     agent.stop();
     drop(rt);
-    assert!(
-        threads.lock().unwrap().values().any(|t| t.len() > 1),
-        "no task moved between workers: {threads:?}"
-    );
-    let flat: Vec<Flat> = read_profiles(&dir)
-        .iter()
-        .flat_map(|(_, p)| flatten(p))
-        .collect();
+    assert!(threads.lock().unwrap().values().any(|t| t.len() > 1), "no task moved between workers: {threads:?}");
+    let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     let mut checked = 0;
     for f in &flat {
         for n in 0..4 {
@@ -84,20 +66,10 @@ fn tokio_tasks_keep_labels_across_await_and_threads() {
             }
         }
         if f.stack.iter().any(|s| s.contains("task_work")) {
-            assert!(
-                f.labels.contains_key("task"),
-                "unlabelled task sample: {f:?}"
-            );
+            assert!(f.labels.contains_key("task"), "unlabelled task sample: {f:?}");
         }
     }
-    let names: HashSet<&String> = flat
-        .iter()
-        .flat_map(|f| f.stack.iter())
-        .filter(|s| s.contains("task"))
-        .collect();
+    let names: HashSet<&String> = flat.iter().flat_map(|f| f.stack.iter()).filter(|s| s.contains("task")).collect();
     // 4 tasks x 50 x 4 ms = 0.8 s of CPU: about 80 samples.
-    assert!(
-        checked >= 50,
-        "only {checked} samples in task_work: {names:?}"
-    );
+    assert!(checked >= 50, "only {checked} samples in task_work: {names:?}");
 }

@@ -3,9 +3,15 @@
 
 mod util;
 
+/// Every integration test runs under the sampling allocator.
+#[global_allocator]
+static GLOBAL: pyroscope_core::SamplingAllocator<std::alloc::System> =
+    pyroscope_core::SamplingAllocator::new(std::alloc::System);
+
 mod cpu;
 mod export;
 mod fork;
+mod memory;
 mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

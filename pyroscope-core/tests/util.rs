@@ -50,10 +50,7 @@ pub fn read_profiles(dir: &Path) -> Vec<(String, Profile)> {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".pb.gz") {
-            out.push((
-                name,
-                pyroscope_core::decode_pprof(&std::fs::read(&path).unwrap()).unwrap(),
-            ));
+            out.push((name, pyroscope_core::decode_pprof(&std::fs::read(&path).unwrap()).unwrap()));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -70,13 +67,7 @@ pub struct Flat {
 
 pub fn flatten(p: &Profile) -> Vec<Flat> {
     let s = |i: i64| p.string_table[i as usize].clone();
-    let func = |id: u64| {
-        p.function
-            .iter()
-            .find(|f| f.id == id)
-            .map(|f| s(f.name))
-            .unwrap()
-    };
+    let func = |id: u64| p.function.iter().find(|f| f.id == id).map(|f| s(f.name)).unwrap();
     p.sample
         .iter()
         .map(|smp| {
@@ -88,11 +79,7 @@ pub fn flatten(p: &Profile) -> Vec<Flat> {
                 }
             }
             stack.reverse();
-            Flat {
-                stack,
-                values: smp.value.clone(),
-                labels: smp.label.iter().map(|l| (s(l.key), s(l.str))).collect(),
-            }
+            Flat { stack, values: smp.value.clone(), labels: smp.label.iter().map(|l| (s(l.key), s(l.str))).collect() }
         })
         .collect()
 }

@@ -16,21 +16,15 @@ const SECONDS: f64 = 5.0;
 fn child(mode: &str, switch_us: u64, iters_per_us: f64) -> Measured {
     let iters = (switch_us as f64 * iters_per_us) as u64;
     let switches = (SECONDS * 1e6 / switch_us as f64) as u64;
-    let sets: Vec<LabelSet> = (0..4)
-        .map(|i| LabelSet::new(&[("endpoint", format!("/e{i}"))]).expect("labels"))
-        .collect();
+    let sets: Vec<LabelSet> =
+        (0..4).map(|i| LabelSet::new(&[("endpoint", format!("/e{i}"))]).expect("labels")).collect();
     match mode {
         "none" => run(THREADS, switches, iters, |_, i| sets[(i % 4) as usize].id()),
         "ours" => {
             let dir = std::env::temp_dir().join(format!("pyroscope-bench-{}", std::process::id()));
-            let agent = AgentBuilder::new("bench")
-                .export_dir(&dir)
-                .start()
-                .expect("start");
+            let agent = AgentBuilder::new("bench").export_dir(&dir).start().expect("start");
             settle();
-            let mut m = run(THREADS, switches, iters, |_, i| {
-                sets[(i % 4) as usize].enter().expect("enter")
-            });
+            let mut m = run(THREADS, switches, iters, |_, i| sets[(i % 4) as usize].enter().expect("enter"));
             let t = Instant::now();
             agent.stop();
             m.stop = t.elapsed().as_secs_f64();
@@ -46,16 +40,11 @@ fn child(mode: &str, switch_us: u64, iters_per_us: f64) -> Measured {
 fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64, f64) {
     let iters = (5000.0 * ipu) as u64;
     let switches = (SECONDS * 1e6 / 5000.0) as u64;
-    let (mut none, mut ours, mut samples, mut handler) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut none, mut ours, mut samples, mut handler) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         none.push(run(THREADS, switches, iters, |_, _| ()).cpu);
         let dir = std::env::temp_dir().join(format!("pyroscope-bench-ps-{}", std::process::id()));
-        let agent = AgentBuilder::new("bench")
-            .export_dir(&dir)
-            .sample_rate(1000)
-            .start()
-            .expect("start");
+        let agent = AgentBuilder::new("bench").export_dir(&dir).sample_rate(1000).start().expect("start");
         let m = run(THREADS, switches, iters, |_, _| ());
         let stats = agent.stop();
         let _ = std::fs::remove_dir_all(&dir);
@@ -64,33 +53,18 @@ fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64, f64) {
         handler.push(stats.handler_ns as f64 / stats.handler_runs.max(1) as f64 / 1e3);
     }
     let (n, o, k) = (median(none), median(ours), median(samples));
-    (
-        (o - n) / k * 1e6,
-        k / (SECONDS * THREADS as f64),
-        median(handler),
-    )
+    ((o - n) / k * 1e6, k / (SECONDS * THREADS as f64), median(handler))
 }
 
 fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
-    let out = Command::new(bin)
-        .args(["--child", mode, &switch_us.to_string(), &ipu.to_string()])
-        .output()
-        .ok()?;
+    let out = Command::new(bin).args(["--child", mode, &switch_us.to_string(), &ipu.to_string()]).output().ok()?;
     if !out.status.success() {
         eprintln!("  {mode}: failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
     let s = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = s
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    (v.len() == 4).then(|| Measured {
-        cpu: v[0],
-        wall: v[1],
-        max_rss_kib: v[2] as i64,
-        stop: v[3],
-    })
+    let v: Vec<f64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: v[2] as i64, stop: v[3] })
 }
 
 fn label_switch_ns() -> (f64, f64) {
@@ -104,8 +78,7 @@ fn label_switch_ns() -> (f64, f64) {
     let enter = t.elapsed().as_nanos() as f64 / n as f64;
     let t = Instant::now();
     for _ in 0..n / 10 {
-        pyroscope_core::tag_wrapper(&[("vehicle", "car")], || std::hint::black_box(1))
-            .expect("tag");
+        pyroscope_core::tag_wrapper(&[("vehicle", "car")], || std::hint::black_box(1)).expect("tag");
     }
     let wrapper = t.elapsed().as_nanos() as f64 / (n / 10) as f64;
     (enter, wrapper)
@@ -115,23 +88,16 @@ fn encode_ms() -> f64 {
     let mut times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let mut b = ProfileBuilder::new(
-            &[("samples", "count"), ("cpu", "nanoseconds")],
-            ("cpu", "nanoseconds"),
-            10_000_000,
-        );
-        let names: Vec<String> = (0..2000)
-            .map(|i| format!("crate::module::function_{i}"))
-            .collect();
+        let mut b =
+            ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), 10_000_000);
+        let names: Vec<String> = (0..2000).map(|i| format!("crate::module::function_{i}")).collect();
         for s in 0..10_000u64 {
             let locs: Vec<u64> = (0..20u64)
                 .map(|d| {
                     let f = ((s * 31 + d * 977) % 2000) as usize;
                     // Stacks are distinct, frames are shared: 2,000 code addresses in all.
                     let key = 0x1000 + f as u64;
-                    b.location(key, key, || {
-                        vec![(names[f].as_str(), "src/lib.rs", f as u32)]
-                    })
+                    b.location(key, key, || vec![(names[f].as_str(), "src/lib.rs", f as u32)])
                 })
                 .collect();
             b.sample(locs, vec![1, 10_000_000], &[("endpoint", "/e1")]);
@@ -146,25 +112,18 @@ fn encode_ms() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        let m = child(
-            &args[2],
-            args[3].parse().expect("switch"),
-            args[4].parse().expect("ipu"),
-        );
+        let m = child(&args[2], args[3].parse().expect("switch"), args[4].parse().expect("ipu"));
         println!("{} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop);
         return;
     }
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let me = args[0].clone();
-    let other = std::env::var("PYROSCOPE_RS_BENCH")
-        .ok()
-        .filter(|p| std::path::Path::new(p).exists());
+    let other = std::env::var("PYROSCOPE_RS_BENCH").ok().filter(|p| std::path::Path::new(p).exists());
     let ipu = calibrate();
     println!("## Overhead (2 threads x {SECONDS} s of fixed CPU work, labels switched every slice; medians of {runs} runs)\n");
-    println!("| label switch every | profiler | CPU s | wall s | CPU ratio | wall ratio | peak RSS MiB | stop blocks s |");
+    println!(
+        "| label switch every | profiler | CPU s | wall s | CPU ratio | wall ratio | peak RSS MiB | stop blocks s |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let only_micro = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "micro");
     for switch_us in [5000u64, 100].into_iter().filter(|_| !only_micro) {
@@ -191,26 +150,23 @@ fn main() {
             let wall = median(results[i].iter().map(|m| m.wall).collect());
             let rss = median(results[i].iter().map(|m| m.max_rss_kib as f64).collect()) / 1024.0;
             let stop = median(results[i].iter().map(|m| m.stop).collect());
-            let label = if switch_us >= 1000 {
-                format!("{} ms", switch_us / 1000)
-            } else {
-                format!("{switch_us} µs")
-            };
-            println!("| {label} | {mode} | {cpu:.3} | {wall:.3} | {:.4} | {:.4} | {rss:.1} | {stop:.3} |", cpu / base_cpu, wall / base_wall);
+            let label = if switch_us >= 1000 { format!("{} ms", switch_us / 1000) } else { format!("{switch_us} µs") };
+            println!(
+                "| {label} | {mode} | {cpu:.3} | {wall:.3} | {:.4} | {:.4} | {rss:.1} | {stop:.3} |",
+                cpu / base_cpu,
+                wall / base_wall
+            );
         }
     }
     let (enter, wrapper) = label_switch_ns();
     println!("\n## Micro-benchmarks (medians)\n");
     println!("| what | figure |\n|---|---|");
     println!("| label switch, pre-built `LabelSet::enter` + guard drop | {enter:.1} ns |");
-    println!(
-        "| `tag_wrapper(&[(k, v)], f)` (validate + intern lookup + switch) | {wrapper:.1} ns |"
-    );
-    println!(
-        "| pprof build + gzip, 10,000 distinct stacks x 20 frames | {:.2} ms |",
-        encode_ms()
-    );
+    println!("| `tag_wrapper(&[(k, v)], f)` (validate + intern lookup + switch) | {wrapper:.1} ns |");
+    println!("| pprof build + gzip, 10,000 distinct stacks x 20 frames | {:.2} ms |", encode_ms());
     let (us, hz, handler_us) = per_sample_us(ipu, runs);
-    println!("| time inside the signal handler per run (timed in the handler, unwind included), mean | {handler_us:.2} µs |");
+    println!(
+        "| time inside the signal handler per run (timed in the handler, unwind included), mean | {handler_us:.2} µs |"
+    );
     println!("| CPU per sample (signal + unwind + ring + collector), 1 kHz requested, {hz:.0} Hz delivered per thread | {us:.2} µs |");
 }

@@ -46,12 +46,7 @@ fn cpu_seconds() -> (f64, i64) {
 
 /// Runs the workload; `switch(thread, i)` is called before slice `i` of each thread and
 /// returns a guard dropped after the slice.
-pub fn run<G>(
-    threads: usize,
-    switches: u64,
-    iters: u64,
-    switch: impl Fn(usize, u64) -> G + Sync,
-) -> Measured {
+pub fn run<G>(threads: usize, switches: u64, iters: u64, switch: impl Fn(usize, u64) -> G + Sync) -> Measured {
     let (cpu0, _) = cpu_seconds();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -69,12 +64,7 @@ pub fn run<G>(
     });
     let wall = t.elapsed().as_secs_f64();
     let (cpu1, rss) = cpu_seconds();
-    Measured {
-        cpu: cpu1 - cpu0,
-        wall,
-        max_rss_kib: rss,
-        stop: 0.0,
-    }
+    Measured { cpu: cpu1 - cpu0, wall, max_rss_kib: rss, stop: 0.0 }
 }
 
 /// Median of a list.

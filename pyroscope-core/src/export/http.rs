@@ -68,13 +68,10 @@ impl HttpExporter {
         match &config.auth {
             Auth::None => {}
             Auth::Basic { user, password } => {
-                let token =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 headers.push(("Authorization".to_owned(), format!("Basic {token}")));
             }
-            Auth::Bearer(token) => {
-                headers.push(("Authorization".to_owned(), format!("Bearer {token}")))
-            }
+            Auth::Bearer(token) => headers.push(("Authorization".to_owned(), format!("Bearer {token}"))),
         }
         if let Some(t) = &config.tenant_id {
             headers.push(("X-Scope-OrgID".to_owned(), t.clone()));
@@ -84,20 +81,12 @@ impl HttpExporter {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             headers.push((k.clone(), v.clone()));
         }
-        HttpExporter {
-            agent,
-            base: base.as_str().trim_end_matches('/').to_owned(),
-            protocol: config.protocol,
-            headers,
-        }
+        HttpExporter { agent, base: base.as_str().trim_end_matches('/').to_owned(), protocol: config.protocol, headers }
     }
 
     /// The labels of the upload's series, per PROTOCOL.md §3.3.
     pub fn series_labels(upload: &Upload) -> Vec<push::LabelPair> {
-        let pair = |n: &str, v: &str| push::LabelPair {
-            name: n.to_owned(),
-            value: v.to_owned(),
-        };
+        let pair = |n: &str, v: &str| push::LabelPair { name: n.to_owned(), value: v.to_owned() };
         let mut labels = vec![
             pair("__name__", upload.profile_name),
             pair("service_name", &upload.application_name),
@@ -122,40 +111,22 @@ impl HttpExporter {
                 let req = push::PushRequest {
                     series: vec![push::RawProfileSeries {
                         labels: Self::series_labels(upload),
-                        samples: vec![push::RawSample {
-                            raw_profile: upload.pprof.clone(),
-                            id: String::new(),
-                        }],
+                        samples: vec![push::RawSample { raw_profile: upload.pprof.clone(), id: String::new() }],
                     }],
                 };
                 let body = crate::pprof::gzip(&req.encode_to_vec());
-                let headers = vec![
-                    ("Content-Type", "application/proto".to_owned()),
-                    ("Content-Encoding", "gzip".to_owned()),
-                ];
-                Ok((
-                    format!("{}/push.v1.PusherService/Push", self.base),
-                    body,
-                    headers,
-                ))
+                let headers =
+                    vec![("Content-Type", "application/proto".to_owned()), ("Content-Encoding", "gzip".to_owned())];
+                Ok((format!("{}/push.v1.PusherService/Push", self.base), body, headers))
             }
             Protocol::Ingest => {
-                let secs = |t: std::time::SystemTime| {
-                    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-                };
+                let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
                 let mut name = format!("{}{{", upload.application_name);
-                let tags: Vec<String> = upload
-                    .tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
+                let tags: Vec<String> = upload.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 name.push_str(&tags.join(","));
                 name.push('}');
-                let mut url =
-                    url::Url::parse(&format!("{}/ingest", self.base)).map_err(|e| ExportError {
-                        retryable: false,
-                        message: format!("bad ingest URL: {e}"),
-                    })?;
+                let mut url = url::Url::parse(&format!("{}/ingest", self.base))
+                    .map_err(|e| ExportError { retryable: false, message: format!("bad ingest URL: {e}") })?;
                 url.query_pairs_mut()
                     .append_pair("name", &name)
                     .append_pair("from", &secs(upload.start).to_string())
@@ -198,12 +169,7 @@ impl Exporter for HttpExporter {
                 if (200..300).contains(&status) {
                     return Ok(());
                 }
-                let text = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(4096)
-                    .read_to_string()
-                    .unwrap_or_default();
+                let text = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
                 Err(ExportError {
                     retryable: retryable_status(status, &text),
                     message: format!(
@@ -213,10 +179,7 @@ impl Exporter for HttpExporter {
                     ),
                 })
             }
-            Err(e) => Err(ExportError {
-                retryable: true,
-                message: format!("sending to {}: {e}", redact(&url)),
-            }),
+            Err(e) => Err(ExportError { retryable: true, message: format!("sending to {}: {e}", redact(&url)) }),
         }
     }
 }

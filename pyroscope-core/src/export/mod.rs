@@ -76,10 +76,7 @@ pub(crate) struct Queue {
 impl Queue {
     pub fn new(capacity: usize, stats: Arc<ExportStats>) -> Self {
         Queue {
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                closing: None,
-            }),
+            state: Mutex::new(QueueState { items: VecDeque::new(), closing: None }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
             stats,
@@ -91,9 +88,7 @@ impl Queue {
         let mut s = self.state.lock();
         while s.items.len() >= self.capacity {
             s.items.pop_front();
-            self.stats
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
         }
         s.items.push_back(upload);
         self.cv.notify_one();
@@ -124,9 +119,7 @@ impl Queue {
             };
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let left = self.state.lock().items.len() as u64 + 1;
-                self.stats
-                    .dropped_at_shutdown
-                    .fetch_add(left, Ordering::Relaxed);
+                self.stats.dropped_at_shutdown.fetch_add(left, Ordering::Relaxed);
                 return;
             }
             let give_up = Instant::now() + max_retry;
@@ -138,15 +131,10 @@ impl Queue {
                         break;
                     }
                     Err(e) => {
-                        let stop_at = self
-                            .state
-                            .lock()
-                            .closing
-                            .map_or(give_up, |d| d.min(give_up));
+                        let stop_at = self.state.lock().closing.map_or(give_up, |d| d.min(give_up));
                         // Full jitter: sleep a random time in [backoff/2, backoff].
                         rng = xorshift(rng);
-                        let sleep = backoff / 2
-                            + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
+                        let sleep = backoff / 2 + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
                         if !e.retryable || Instant::now() + sleep >= stop_at {
                             self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
                             crate::log_once(&e.message);
@@ -159,9 +147,7 @@ impl Queue {
                             self.cv.wait_for(&mut s, sleep);
                         } else {
                             drop(s);
-                            std::thread::sleep(
-                                sleep.min(stop_at.saturating_duration_since(Instant::now())),
-                            );
+                            std::thread::sleep(sleep.min(stop_at.saturating_duration_since(Instant::now())));
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
@@ -172,10 +158,7 @@ impl Queue {
 }
 
 fn seed() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
 }
 
 fn xorshift(mut x: u64) -> u64 {
@@ -198,10 +181,7 @@ mod tests {
         fn export(&self, _: &Upload) -> Result<(), ExportError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail_first {
-                Err(ExportError {
-                    retryable: self.retryable,
-                    message: "boom".into(),
-                })
+                Err(ExportError { retryable: self.retryable, message: "boom".into() })
             } else {
                 Ok(())
             }
@@ -228,11 +208,7 @@ mod tests {
         }
         assert_eq!(q.stats.dropped_queue_full.load(Ordering::SeqCst), 1);
         q.close(Instant::now() + Duration::from_secs(10));
-        let ex = Flaky {
-            fail_first: 2,
-            calls: AtomicU64::new(0),
-            retryable: true,
-        };
+        let ex = Flaky { fail_first: 2, calls: AtomicU64::new(0), retryable: true };
         q.run(&ex, Duration::from_secs(10));
         assert_eq!(q.stats.sent.load(Ordering::SeqCst), 2);
         assert_eq!(q.stats.retries.load(Ordering::SeqCst), 2);
@@ -243,11 +219,7 @@ mod tests {
         let q = Queue::new(4, Default::default());
         q.push(upload());
         q.close(Instant::now() + Duration::from_secs(10));
-        let ex = Flaky {
-            fail_first: 100,
-            calls: AtomicU64::new(0),
-            retryable: false,
-        };
+        let ex = Flaky { fail_first: 100, calls: AtomicU64::new(0), retryable: false };
         q.run(&ex, Duration::from_secs(10));
         assert_eq!(ex.calls.load(Ordering::SeqCst), 1);
         assert_eq!(q.stats.dropped_failed.load(Ordering::SeqCst), 1);

@@ -38,11 +38,7 @@ struct TimerInfo {
 ///
 /// # Signal safety
 /// See the module doc: atomics, preallocated memory and raw syscalls only.
-pub(super) extern "C" fn on_signal(
-    sig: i32,
-    info: *mut libc::siginfo_t,
-    ucontext: *mut libc::c_void,
-) {
+pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
     let _errno = ErrnoGuard::new();
     if info.is_null() {
         return chain(sig, info, ucontext);
@@ -50,10 +46,7 @@ pub(super) extern "C" fn on_signal(
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; its first 32 bytes
     // always exist and hold these fields for SI_TIMER signals.
     let timer = unsafe { &*(info as *const TimerInfo) };
-    let Some(slot) = (timer.code == SI_TIMER)
-        .then(|| super::slot_of_sigval(timer.value as u64))
-        .flatten()
-    else {
+    let Some(slot) = (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten() else {
         return chain(sig, info, ucontext);
     };
     HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
@@ -79,11 +72,8 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     // SAFETY: for SA_SIGINFO handlers the third argument is the interrupted ucontext_t.
     let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
     let regs = &uc.uc_mcontext.gregs;
-    let (ip, sp, bp) = (
-        regs[libc::REG_RIP as usize] as u64,
-        regs[libc::REG_RSP as usize] as u64,
-        regs[libc::REG_RBP as usize] as u64,
-    );
+    let (ip, sp, bp) =
+        (regs[libc::REG_RIP as usize] as u64, regs[libc::REG_RSP as usize] as u64, regs[libc::REG_RBP as usize] as u64);
     let mut stack = state.stack_bounds();
     if !(stack.0 <= sp && sp < stack.1) {
         // Bounds unknown: read through the kernel this time, and tell the collector where this
@@ -104,10 +94,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
         let mut depth = 1;
         if let Some(snapshot) = snapshot {
             let mut read = |addr: u64| memory::read_word(addr, stack);
-            let mut frames =
-                snapshot
-                    .unwinder
-                    .iter_frames(ip, NativeRegs::new(ip, sp, bp), cache, &mut read);
+            let mut frames = snapshot.unwinder.iter_frames(ip, NativeRegs::new(ip, sp, bp), cache, &mut read);
             // The first frame is `ip` itself, already stored.
             let _ = frames.next();
             loop {
@@ -140,10 +127,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
 /// # Signal safety
 /// `clock_gettime` is async-signal-safe (and a vDSO call on Linux).
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -164,8 +148,7 @@ fn chain(sig: i32, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
     }
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
-        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(handler) };
         f(sig, info, ucontext);
     } else {
         // SAFETY: without SA_SIGINFO the previous handler takes only the signal number.

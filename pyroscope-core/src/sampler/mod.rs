@@ -127,8 +127,7 @@ impl ThreadState {
 
     fn set_stack_bounds(&self, lo: u64, hi: u64) {
         let pages = ((hi - lo) >> 12).min((1 << 29) - 1);
-        self.stack
-            .store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
+        self.stack.store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
     }
 
     /// The unwinder's rule cache.
@@ -154,10 +153,8 @@ pub(crate) fn register_current_thread() -> Arc<ThreadState> {
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
 pub(crate) fn mark_own_thread() {
-    OWN_THREADS
-        .lock()
-        .get_or_insert_with(HashSet::new)
-        .insert(sys::gettid());
+    crate::alloc::mark_own_thread();
+    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
 }
 
 /// The live state of thread `tid`, created if there is none (or only that of an exited thread
@@ -226,9 +223,8 @@ impl Sampler {
         install_handler(signal)?;
         crate::unwind::refresh();
         ENABLED.store(true, Ordering::SeqCst);
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ (sys::getpid() as u64).rotate_left(32)
-            ^ 0x9e37_79b9_7f4a_7c15;
+        let seed =
+            Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
         let mut s = Sampler {
             signal,
             period: Duration::from_nanos(1_000_000_000 / hz as u64),
@@ -303,28 +299,20 @@ impl Sampler {
         // Forget registry entries of threads that are gone.
         if let Some(map) = REGISTRY.lock().as_mut() {
             map.retain(|tid, s| {
-                self.timers.contains_key(tid)
-                    || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
+                self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
             });
         }
     }
 
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
-        let slot = self.free_slots.pop().ok_or(Error::Os {
-            what: "thread table",
-            errno: "full".into(),
-        })?;
-        state
-            .cache
-            .get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
+        let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
+        state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
         sev.sigev_signo = self.signal;
-        sev.sigev_value = libc::sigval {
-            sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void,
-        };
+        sev.sigev_value = libc::sigval { sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void };
         sev.sigev_notify_thread_id = tid;
         // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
         let clock = ((!tid) << 3) | 6;
@@ -343,10 +331,7 @@ impl Sampler {
                 tv_sec: (period / 1_000_000_000) as _,
                 tv_nsec: (period % 1_000_000_000) as _,
             },
-            it_value: libc::timespec {
-                tv_sec: (first / 1_000_000_000) as _,
-                tv_nsec: (first % 1_000_000_000) as _,
-            },
+            it_value: libc::timespec { tv_sec: (first / 1_000_000_000) as _, tv_nsec: (first % 1_000_000_000) as _ },
         };
         // SAFETY: `id` was just created; `its` is valid.
         if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
@@ -368,11 +353,8 @@ impl Sampler {
     }
 
     fn learn_stacks(&self) {
-        let pending: Vec<&Timer> = self
-            .timers
-            .values()
-            .filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0)
-            .collect();
+        let pending: Vec<&Timer> =
+            self.timers.values().filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0).collect();
         for t in pending {
             let sp = t.state.last_sp.swap(0, Ordering::Relaxed);
             if let Some((lo, hi)) = sys::mapping_containing(sp as usize) {

@@ -21,6 +21,8 @@ pub const MAX_DEPTH: usize = 128;
 pub enum Kind {
     /// A CPU-time sample; `weight` is the number of timer periods it stands for.
     Cpu = 0,
+    /// A sampled allocation; `weight` is its size in bytes, `aux` the hash of its stack.
+    Alloc = 1,
 }
 
 /// One sample as the handler saw it. `pcs[0]` is the leaf; every address is already the one
@@ -34,6 +36,8 @@ pub struct Record {
     pub tid: i32,
     pub label_id: u32,
     pub weight: u64,
+    /// Kind-specific: the stack hash for `Alloc`.
+    pub aux: u64,
     pub pcs: [u64; MAX_DEPTH],
 }
 
@@ -46,6 +50,7 @@ impl Record {
             tid: 0,
             label_id: 0,
             weight: 0,
+            aux: 0,
             pcs: [0; MAX_DEPTH],
         }
     }
@@ -82,10 +87,7 @@ impl Ring {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
         let slots: Box<[Slot]> = (0..capacity)
-            .map(|i| Slot {
-                seq: AtomicUsize::new(i),
-                record: UnsafeCell::new(Record::zeroed()),
-            })
+            .map(|i| Slot { seq: AtomicUsize::new(i), record: UnsafeCell::new(Record::zeroed()) })
             .collect();
         Ring {
             slots,
@@ -108,12 +110,7 @@ impl Ring {
             let seq = slot.seq.load(Ordering::Acquire);
             let diff = seq as isize - pos as isize;
             if diff == 0 {
-                match self.enqueue.compare_exchange_weak(
-                    pos,
-                    pos + 1,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                match self.enqueue.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: winning the CAS for ticket `pos` gives this writer exclusive
                         // access to the slot until it stores `seq = pos + 1` below.
@@ -208,9 +205,7 @@ mod tests {
         while writers.iter().any(|w| !w.is_finished()) || count + ring.dropped() < 4000 {
             count += ring.drain(|r| total += r.weight) as u64;
         }
-        let expected: u64 = (0..4)
-            .map(|t| (0..1000).map(|i| t * 10_000 + i).sum::<u64>())
-            .sum();
+        let expected: u64 = (0..4).map(|t| (0..1000).map(|i| t * 10_000 + i).sum::<u64>()).sum();
         assert_eq!(ring.dropped(), 0);
         assert_eq!(total, expected);
     }

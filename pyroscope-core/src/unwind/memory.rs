@@ -29,14 +29,8 @@ pub(crate) fn read_word(addr: u64, stack: (u64, u64)) -> Result<u64, ()> {
 /// One raw syscall.
 pub(crate) fn read_word_checked(addr: u64) -> Result<u64, ()> {
     let mut out: u64 = 0;
-    let local = libc::iovec {
-        iov_base: (&mut out as *mut u64).cast(),
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: 8,
-    };
+    let local = libc::iovec { iov_base: (&mut out as *mut u64).cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 8 };
     // SAFETY: `local` points at our own 8-byte variable; the kernel validates `remote` and
     // reports EFAULT instead of faulting. process_vm_readv on our own pid needs no privilege.
     let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };

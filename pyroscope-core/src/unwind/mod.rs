@@ -69,11 +69,7 @@ pub(crate) fn current() -> Option<&'static Snapshot> {
 /// `dlpi_adds`/`dlpi_subs` now: changes whenever a library is loaded or unloaded.
 pub(crate) fn loader_generation() -> (u64, u64) {
     let mut gen = (0u64, 0u64);
-    unsafe extern "C" fn cb(
-        info: *mut libc::dl_phdr_info,
-        _size: usize,
-        data: *mut libc::c_void,
-    ) -> i32 {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes a valid info and our `data` pointer to a (u64, u64).
         unsafe {
             let out = &mut *(data as *mut (u64, u64));
@@ -103,11 +99,7 @@ pub(crate) fn refresh() {
         }
         infos.push(info);
     }
-    let fresh = Box::into_raw(Box::new(Snapshot {
-        unwinder,
-        modules: infos,
-        generation: gen,
-    }));
+    let fresh = Box::into_raw(Box::new(Snapshot { unwinder, modules: infos, generation: gen }));
     let old = CURRENT.swap(fresh, Ordering::AcqRel);
     if !old.is_null() {
         RETIRED.lock().push(old as usize);
@@ -139,29 +131,16 @@ struct Found {
 }
 
 fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
-    unsafe extern "C" fn cb(
-        info: *mut libc::dl_phdr_info,
-        _size: usize,
-        data: *mut libc::c_void,
-    ) -> i32 {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes a valid info whose phdr array has dlpi_phnum entries,
         // and our `data` pointer to a Vec<Found>.
         unsafe {
             let out = &mut *(data as *mut Vec<Found>);
             let info = &*info;
-            let name = if info.dlpi_name.is_null() {
-                ""
-            } else {
-                CStr::from_ptr(info.dlpi_name).to_str().unwrap_or("")
-            };
+            let name =
+                if info.dlpi_name.is_null() { "" } else { CStr::from_ptr(info.dlpi_name).to_str().unwrap_or("") };
             let bias = info.dlpi_addr;
-            let mut found = Found {
-                path: name.to_owned(),
-                bias,
-                text: None,
-                eh_frame_hdr: None,
-                loads: Vec::new(),
-            };
+            let mut found = Found { path: name.to_owned(), bias, text: None, eh_frame_hdr: None, loads: Vec::new() };
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
                 let start = bias.wrapping_add(ph.p_vaddr);
@@ -189,19 +168,13 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
     for (i, f) in found.into_iter().enumerate() {
         let Some(text) = f.text.clone() else { continue };
         let path = if i == 0 && f.path.is_empty() {
-            std::fs::read_link("/proc/self/exe")
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
         } else if f.path.starts_with('/') {
             f.path.clone()
         } else {
             String::new() // the vDSO has no file
         };
-        let info = ModuleInfo {
-            path: path.clone(),
-            text: text.clone(),
-            bias: f.bias,
-        };
+        let info = ModuleInfo { path: path.clone(), text: text.clone(), bias: f.bias };
         out.push((info, unwind_module(&f, &path, text)));
     }
     out
@@ -219,13 +192,9 @@ fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Mo
     }
     let rel = i32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as i64;
     let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
-    let (_, seg_end) = *f
-        .loads
-        .iter()
-        .find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
+    let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
     // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of a loaded object.
-    let eh: &[u8] =
-        unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
+    let eh: &[u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
     let bias = f.bias;
     let section_info = ExplicitModuleSectionInfo {
         base_svma: 0,

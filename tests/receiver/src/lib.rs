@@ -89,12 +89,7 @@ impl Receiver {
                 }
             }
         });
-        Receiver {
-            addr,
-            server,
-            thread: Some(thread),
-            state,
-        }
+        Receiver { addr, server, thread: Some(thread), state }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -130,10 +125,8 @@ impl Receiver {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<Received>, (u16, String)> {
-        let headers: BTreeMap<String, String> = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
+        let headers: BTreeMap<String, String> =
+            headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
         validate(method, url, &headers, body, true)
     }
 
@@ -145,10 +138,8 @@ impl Receiver {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<Received>, (u16, String)> {
-        let headers: BTreeMap<String, String> = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
+        let headers: BTreeMap<String, String> =
+            headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
         validate(method, url, &headers, body, false)
     }
 }
@@ -171,10 +162,7 @@ fn connect_error(status: u16, message: &str) -> String {
         503 => "unavailable",
         _ => "internal",
     };
-    format!(
-        r#"{{"code":"{code}","message":"{}"}}"#,
-        message.replace('"', "'")
-    )
+    format!(r#"{{"code":"{code}","message":"{}"}}"#, message.replace('"', "'"))
 }
 
 fn handle(st: &State, mut req: tiny_http::Request) {
@@ -188,9 +176,7 @@ fn handle(st: &State, mut req: tiny_http::Request) {
     };
     match mode {
         Mode::Status(code, msg) => return respond(req, code, connect_error(code, msg)),
-        Mode::FailFirst(k, code) if n < k => {
-            return respond(req, code, connect_error(code, "try again"))
-        }
+        Mode::FailFirst(k, code) if n < k => return respond(req, code, connect_error(code, "try again")),
         Mode::Slow(d) => std::thread::sleep(d),
         Mode::Garbage => {
             let mut w = req.into_writer();
@@ -202,12 +188,7 @@ fn handle(st: &State, mut req: tiny_http::Request) {
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_owned(),
-            )
-        })
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
         .collect();
     let url = format!("http://127.0.0.1{}", req.url());
     match validate(req.method().as_str(), &url, &headers, &body, true) {
@@ -246,36 +227,22 @@ fn validate(
 fn gunzip_if(body: &[u8]) -> Result<Vec<u8>, String> {
     if body.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(body)
-            .read_to_end(&mut out)
-            .map_err(|e| e.to_string())?;
+        flate2::read::MultiGzDecoder::new(body).read_to_end(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
     } else {
         Ok(body.to_vec())
     }
 }
 
-fn push(
-    headers: &BTreeMap<String, String>,
-    body: &[u8],
-    window: bool,
-) -> Result<Vec<Received>, (u16, String)> {
-    let ct = headers
-        .get("content-type")
-        .map(String::as_str)
-        .unwrap_or("");
+fn push(headers: &BTreeMap<String, String>, body: &[u8], window: bool) -> Result<Vec<Received>, (u16, String)> {
+    let ct = headers.get("content-type").map(String::as_str).unwrap_or("");
     if ct != "application/proto" {
-        return Err((
-            415,
-            format!("unsupported content type {ct:?} (this receiver speaks application/proto)"),
-        ));
+        return Err((415, format!("unsupported content type {ct:?} (this receiver speaks application/proto)")));
     }
     let raw = match headers.get("content-encoding").map(String::as_str) {
         Some("gzip") => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .read_to_end(&mut out)
-                .map_err(|e| (400, format!("bad gzip: {e}")))?;
+            flate2::read::GzDecoder::new(body).read_to_end(&mut out).map_err(|e| (400, format!("bad gzip: {e}")))?;
             out
         }
         None | Some("identity") => body.to_vec(),
@@ -306,14 +273,11 @@ fn push(
             return Err((400, "invalid metric name".into()));
         }
         if labels.len() > 30 {
-            return Err((
-                400,
-                format!("max label names per series exceeded: {}", labels.len()),
-            ));
+            return Err((400, format!("max label names per series exceeded: {}", labels.len())));
         }
         for s in &series.samples {
-            let profile = pyroscope_core::decode_pprof(&s.raw_profile)
-                .map_err(|e| (400, format!("malformed_profile: {e}")))?;
+            let profile =
+                pyroscope_core::decode_pprof(&s.raw_profile).map_err(|e| (400, format!("malformed_profile: {e}")))?;
             if window {
                 check_window(&profile).map_err(|m| (400, m))?;
             }
@@ -334,10 +298,7 @@ fn check_window(p: &Profile) -> Result<(), String> {
         return Err("too many samples".into());
     }
     if p.time_nanos != 0 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
         let hour = 3_600_000_000_000i64;
         if p.time_nanos < now - hour || p.time_nanos > now + hour / 6 {
             return Err("profile outside ingestion window".into());
@@ -355,10 +316,7 @@ pub fn parse_name(name: &str) -> Result<(String, BTreeMap<String, String>), Stri
     if app.is_empty() {
         return Err("service name is required".into());
     }
-    if !app
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
-    {
+    if !app.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b)) {
         return Err("invalid service name".into());
     }
     let inner = rest.strip_suffix('}').ok_or("missing closing brace")?;
@@ -368,11 +326,7 @@ pub fn parse_name(name: &str) -> Result<(String, BTreeMap<String, String>), Stri
             continue;
         }; // dangling key: dropped
         let (k, v) = (k.trim(), v.trim());
-        if k.is_empty()
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-        {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
             return Err(format!("invalid label name {k:?}"));
         }
         if k.starts_with("__") {
@@ -383,31 +337,16 @@ pub fn parse_name(name: &str) -> Result<(String, BTreeMap<String, String>), Stri
     Ok((app.to_owned(), labels))
 }
 
-fn ingest(
-    url: &url::Url,
-    headers: &BTreeMap<String, String>,
-    body: &[u8],
-) -> Result<Vec<Received>, (u16, String)> {
-    let query: BTreeMap<String, String> = url
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let name = query
-        .get("name")
-        .ok_or((400, "service name is required".to_string()))?;
+fn ingest(url: &url::Url, headers: &BTreeMap<String, String>, body: &[u8]) -> Result<Vec<Received>, (u16, String)> {
+    let query: BTreeMap<String, String> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let name = query.get("name").ok_or((400, "service name is required".to_string()))?;
     let (app, mut labels) = parse_name(name).map_err(|m| (400, m))?;
-    let ct = headers
-        .get("content-type")
-        .map(String::as_str)
-        .unwrap_or("");
+    let ct = headers.get("content-type").map(String::as_str).unwrap_or("");
     let profile_bytes = if query.get("format").map(String::as_str) == Some("pprof") {
         body.to_vec()
     } else if ct.contains("multipart/form-data") {
         let parts = multipart(ct, body).map_err(|m| (422, m))?;
-        if parts
-            .iter()
-            .any(|(n, d)| n == "prev_profile" && !d.is_empty())
-        {
+        if parts.iter().any(|(n, d)| n == "prev_profile" && !d.is_empty()) {
             return Err((422, "unsupported client version".into()));
         }
         match parts.into_iter().find(|(n, _)| n == "profile") {
@@ -415,10 +354,7 @@ fn ingest(
             None => return Err((422, "no profile part".into())),
         }
     } else {
-        return Err((
-            422,
-            "this receiver only takes pprof bodies (format=pprof or multipart)".into(),
-        ));
+        return Err((422, "this receiver only takes pprof bodies (format=pprof or multipart)".into()));
     };
     if profile_bytes.is_empty() {
         return Ok(Vec::new());
@@ -426,27 +362,14 @@ fn ingest(
     gunzip_if(&profile_bytes).map_err(|e| (422, e))?;
     let profile = pyroscope_core::decode_pprof(&profile_bytes).map_err(|e| (422, e.to_string()))?;
     labels.entry("service_name".into()).or_insert(app);
-    let spy = query
-        .get("spyName")
-        .cloned()
-        .unwrap_or_else(|| "unknown".into());
+    let spy = query.get("spyName").cloned().unwrap_or_else(|| "unknown".into());
     labels.insert("pyroscope_spy".into(), spy);
-    Ok(vec![Received {
-        endpoint: "ingest",
-        labels,
-        headers: headers.clone(),
-        query,
-        profile,
-    }])
+    Ok(vec![Received { endpoint: "ingest", labels, headers: headers.clone(), query, profile }])
 }
 
 /// Minimal multipart/form-data reader: (field name, bytes) per part.
 fn multipart(ct: &str, body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let boundary = ct
-        .split("boundary=")
-        .nth(1)
-        .ok_or("no boundary")?
-        .trim_matches('"');
+    let boundary = ct.split("boundary=").nth(1).ok_or("no boundary")?.trim_matches('"');
     let delim = format!("--{boundary}");
     let mut parts = Vec::new();
     let mut rest = body;
@@ -459,15 +382,9 @@ fn multipart(ct: &str, body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
         let data_start = head_end + 4;
         let next = find(&rest[data_start..], delim.as_bytes()).ok_or("unterminated part")?;
-        let data = rest[data_start..data_start + next]
-            .strip_suffix(b"\r\n")
-            .unwrap_or(&rest[data_start..data_start + next]);
-        let name = head
-            .split("name=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or("")
-            .to_owned();
+        let data =
+            rest[data_start..data_start + next].strip_suffix(b"\r\n").unwrap_or(&rest[data_start..data_start + next]);
+        let name = head.split("name=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_owned();
         parts.push((name, data.to_vec()));
         rest = &rest[data_start..];
     }

@@ -53,10 +53,7 @@ unsafe impl std::alloc::GlobalAlloc for Tripwire {
 static GLOBAL: Tripwire = Tripwire;
 
 fn main() {
-    let secs: u64 = std::env::var("STRESS_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let secs: u64 = std::env::var("STRESS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = std::env::temp_dir().join(format!("pyroscope-stress-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // Watchdog: a deadlock anywhere ends the run with a failure instead of hanging CI.
@@ -72,9 +69,8 @@ fn main() {
         .upload_interval(Duration::from_secs(5))
         .start()
         .expect("start agent");
-    let labels: Vec<LabelSet> = (0..8)
-        .map(|i| LabelSet::new(&[("worker", format!("w{i}"))]).expect("labels"))
-        .collect();
+    let labels: Vec<LabelSet> =
+        (0..8).map(|i| LabelSet::new(&[("worker", format!("w{i}"))]).expect("labels")).collect();
     let threads_made = Arc::new(AtomicU64::new(0));
     let dl_cycles = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
@@ -184,8 +180,7 @@ fn main() {
     let (mut dl_leaf, mut dl_full) = (0i64, 0i64);
     for entry in std::fs::read_dir(&dir).expect("profiles dir") {
         let path = entry.expect("entry").path();
-        let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read"))
-            .expect("decode our own profile");
+        let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read")).expect("decode our own profile");
         let name = |id: u64| {
             let f = p.function.iter().find(|f| f.id == id).expect("function");
             p.string_table[f.name as usize].clone()
@@ -196,28 +191,18 @@ fn main() {
                 .location_id
                 .iter()
                 .flat_map(|l| {
-                    p.location
-                        .iter()
-                        .find(|x| x.id == *l)
-                        .expect("location")
-                        .line
-                        .iter()
-                        .map(|ln| name(ln.function_id))
+                    p.location.iter().find(|x| x.id == *l).expect("location").line.iter().map(|ln| name(ln.function_id))
                 })
                 .collect();
             if stack.first().is_some_and(|f| f == "d_leaf_spin") {
                 dl_leaf += s.value[0];
-                if stack.get(1).is_some_and(|f| f == "d_middle")
-                    && stack.get(2).is_some_and(|f| f == "d_outer")
-                {
+                if stack.get(1).is_some_and(|f| f == "d_middle") && stack.get(2).is_some_and(|f| f == "d_outer") {
                     dl_full += s.value[0];
                 }
             }
             if stack.first().is_some_and(|f| f == "c_leaf_spin") {
                 leaf += s.value[0];
-                if stack.get(1).is_some_and(|f| f == "c_middle")
-                    && stack.get(2).is_some_and(|f| f == "c_outer")
-                {
+                if stack.get(1).is_some_and(|f| f == "c_middle") && stack.get(2).is_some_and(|f| f == "c_outer") {
                     full += s.value[0];
                 }
             }
@@ -232,10 +217,7 @@ fn main() {
         stats.handler_ns as f64 / stats.handler_runs.max(1) as f64 / 1e3,
         ALLOCS.load(Ordering::Relaxed)
     );
-    eprintln!(
-        "stress: {total} samples, {leaf} in c_leaf_spin, {:.1}% with the full C chain",
-        ratio * 100.0
-    );
+    eprintln!("stress: {total} samples, {leaf} in c_leaf_spin, {:.1}% with the full C chain", ratio * 100.0);
     // The dlopen'ed copy moves every cycle; samples taken before the collector notices a new
     // load (at most one 50 ms tick) are cut short, by design, never wrong.
     eprintln!(

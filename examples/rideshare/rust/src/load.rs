@@ -55,9 +55,7 @@ fn main() {
         .collect();
     let start = Instant::now();
     while Instant::now() < end {
-        std::thread::sleep(
-            Duration::from_secs(5).min(end.saturating_duration_since(Instant::now())),
-        );
+        std::thread::sleep(Duration::from_secs(5).min(end.saturating_duration_since(Instant::now())));
         eprint!("\rload: {:>3}/{secs} s", start.elapsed().as_secs());
     }
     eprintln!();

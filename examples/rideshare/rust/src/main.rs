@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyroscope_core::AgentBuilder;
+use pyroscope_core::{AgentBuilder, SamplingAllocator};
+
+/// Memory profiles: every allocation goes through the sampling allocator.
+#[global_allocator]
+static GLOBAL: SamplingAllocator<std::alloc::System> = SamplingAllocator::new(std::alloc::System);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -54,45 +58,38 @@ fn find_nearest_vehicle(region: &str, vehicle: &str, d: Duration) -> u64 {
     .unwrap_or(0)
 }
 
-/// One unit of background work; in us-east it forgets to free what it allocates.
+/// One unit of background work: a scratch buffer in every region; in us-east it also keeps
+/// a copy of each job's result that nobody ever frees.
 #[inline(never)]
-fn do_work(region: &str, leak: &mut Vec<Vec<u8>>) -> u64 {
-    let buf = vec![7u8; 64 * 1024];
-    let x = burn(Duration::from_millis(2)) ^ buf[100] as u64;
+fn do_work(region: &str) -> u64 {
+    let scratch = vec![7u8; 16 * 1024];
+    let x = burn(Duration::from_millis(2)) ^ scratch[100] as u64;
     if region == "us-east" {
-        leak.push(buf);
+        RESULTS.lock().unwrap_or_else(|e| e.into_inner()).push(vec![x as u8; 32 * 1024]);
     }
     x
 }
 
+/// The leak: results kept "for later", never read, never freed.
+static RESULTS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 fn worker_pool(region: String) {
     for i in 0..2 {
         let region = region.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("worker-{i}"))
-            .spawn(move || {
-                let mut leak = Vec::new();
-                while !STOP.load(Ordering::Relaxed) {
-                    std::hint::black_box(do_work(&region, &mut leak));
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
+        let _ = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
+            while !STOP.load(Ordering::Relaxed) {
+                std::hint::black_box(do_work(&region));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
     }
 }
 
 fn main() {
     let region = std::env::var("REGION").unwrap_or_else(|_| "us-east".into());
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5000);
-    let app =
-        std::env::var("PYROSCOPE_APPLICATION_NAME").unwrap_or_else(|_| "ride-sharing-app".into());
-    let agent = match AgentBuilder::from_env()
-        .application_name(app)
-        .tag("region", &region)
-        .start()
-    {
+    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5000);
+    let app = std::env::var("PYROSCOPE_APPLICATION_NAME").unwrap_or_else(|_| "ride-sharing-app".into());
+    let agent = match AgentBuilder::from_env().application_name(app).tag("region", &region).start() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("rideshare: cannot start profiling: {e}");
@@ -124,22 +121,13 @@ fn main() {
                     let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let vehicle = req
-                        .url()
-                        .trim_start_matches('/')
-                        .split('?')
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
+                    let vehicle = req.url().trim_start_matches('/').split('?').next().unwrap_or("").to_owned();
                     let resp = match vehicle.as_str() {
                         "car" | "bike" | "scooter" => {
                             find_nearest_vehicle(&region, &vehicle, Duration::from_millis(10));
-                            tiny_http::Response::from_string(format!(
-                                "{vehicle} found in {region}\n"
-                            ))
+                            tiny_http::Response::from_string(format!("{vehicle} found in {region}\n"))
                         }
-                        _ => tiny_http::Response::from_string("try /car, /bike or /scooter\n")
-                            .with_status_code(404),
+                        _ => tiny_http::Response::from_string("try /car, /bike or /scooter\n").with_status_code(404),
                     };
                     let _ = req.respond(resp);
                 }

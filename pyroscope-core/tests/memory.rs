@@ -1,0 +1,117 @@
+//! Memory profiles: the four types, unbiased estimates within 10% of the truth, labels.
+
+use std::time::Duration;
+
+use pyroscope_core::AgentBuilder;
+
+use crate::util::*;
+
+const BIG: usize = 64 * 1024;
+const SMALL: usize = 1024;
+
+#[inline(never)]
+fn alloc_big(n: usize) -> Vec<Vec<u8>> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        v.push(std::hint::black_box(vec![i as u8; BIG]));
+    }
+    v
+}
+
+#[inline(never)]
+fn alloc_small_temporary(n: usize) -> usize {
+    let mut total = 0;
+    for i in 0..n {
+        let v = std::hint::black_box(vec![i as u8; SMALL]);
+        total += v.len();
+    }
+    total
+}
+
+/// Sums the four values of every sample whose stack contains `function`.
+fn sums(flat: &[Flat], function: &str) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for f in flat.iter().filter(|f| find(&f.stack, function).is_some()) {
+        for (o, v) in out.iter_mut().zip(&f.values) {
+            *o += *v as f64;
+        }
+    }
+    out
+}
+
+fn within(estimate: f64, truth: f64, what: &str) {
+    let err = (estimate - truth).abs() / truth;
+    eprintln!("{what}: estimate {estimate:.0}, truth {truth:.0}, {:+.2}%", (estimate - truth) / truth * 100.0);
+    assert!(err <= 0.10, "{what}: estimate {estimate:.0} vs truth {truth:.0} ({:.1}% off)", err * 100.0);
+}
+
+#[test]
+fn memory_estimates_are_within_ten_percent() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("memory");
+    let agent = AgentBuilder::new("mem-app")
+        .export_dir(&dir)
+        .alloc_sample_bytes(64 * 1024)
+        .alloc_seed(42)
+        .tag("region", "us-east")
+        .start()
+        .unwrap();
+    let (n_big, n_small) = (1600, 51_200);
+    let kept = std::thread::spawn(move || {
+        pyroscope_core::tag_wrapper(&[("job", "leak")], || {
+            let kept = alloc_big(n_big);
+            alloc_small_temporary(n_small);
+            kept
+        })
+        .unwrap()
+    })
+    .join()
+    .unwrap();
+    // Freed on another thread than the one that allocated it: half of the big blocks.
+    let (kept, freed): (Vec<_>, Vec<_>) = kept.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    std::thread::spawn(move || drop(freed)).join().unwrap();
+    let stats = agent.stop();
+    let profiles = read_profiles(&dir);
+    let mem: Vec<_> = profiles.iter().filter(|(n, _)| n.contains(".memory.")).collect();
+    assert_eq!(mem.len(), 1, "{:?} {stats:?}", profiles.iter().map(|p| &p.0).collect::<Vec<_>>());
+    let p = &mem[0].1;
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+    assert_eq!(
+        types,
+        vec![
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes")
+        ]
+    );
+    assert_eq!((s(p.period_type.unwrap().r#type), p.period), ("space", 64 * 1024));
+    let flat = flatten(p);
+    let big = sums(&flat, "alloc_big");
+    within(big[0], n_big as f64, "alloc_objects in alloc_big");
+    within(big[1], (n_big * BIG) as f64, "alloc_space in alloc_big");
+    within(big[2], (n_big / 2) as f64, "inuse_objects in alloc_big");
+    within(big[3], (n_big / 2 * BIG) as f64, "inuse_space in alloc_big");
+    let small = sums(&flat, "alloc_small_temporary");
+    within(small[0], n_small as f64, "alloc_objects in alloc_small_temporary");
+    within(small[1], (n_small * SMALL) as f64, "alloc_space in alloc_small_temporary");
+    assert!(small[3] < 0.02 * (n_small * SMALL) as f64, "freed memory counted as in use: {small:?}");
+    for f in flat.iter().filter(|f| find(&f.stack, "alloc_big").is_some()) {
+        assert_eq!(f.labels.get("job").map(String::as_str), Some("leak"), "{f:?}");
+        assert_eq!(f.labels.get("region").map(String::as_str), Some("us-east"));
+        assert!(!f.stack.last().unwrap().contains("pyroscope_core::alloc"), "plumbing frames left: {:?}", f.stack);
+    }
+    drop(kept);
+}
+
+#[test]
+fn memory_can_be_turned_off() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("memory-off");
+    let agent = AgentBuilder::new("mem-off").export_dir(&dir).memory(false).start().unwrap();
+    std::hint::black_box(alloc_big(64));
+    std::thread::sleep(Duration::from_millis(10));
+    agent.stop();
+    assert!(read_profiles(&dir).iter().all(|(n, _)| !n.contains(".memory.")));
+}
