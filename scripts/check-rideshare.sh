@@ -75,17 +75,13 @@ done
 echo "alloc_space in do_work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
 [ "${alloc[us-east]}" -gt "${alloc[eu-north]}" ] && [ "${alloc[us-east]}" -gt "${alloc[ap-south]}" ] \
   || fail "us-east is not the region with the most alloc_space in do_work"
-inuse_series() {  # inuse_space of each memory window of a region, oldest first
-  for f in $(ls "$prof"/*.memory.*.pb.gz | sort -t. -k3 -n); do
-    t="$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=$1 2>/dev/null)" || continue
-    total "$t"
-  done
-}
-east=($(inuse_series us-east))
-north=($(inuse_series eu-north))
+source "$root/scripts/lib.sh"
+east=($(inuse_series "$prof" us-east))
+north=($(inuse_series "$prof" eu-north))
 echo "inuse_space per window (bytes): us-east=${east[*]} eu-north=${north[*]}"
 [ "${#east[@]}" -ge 3 ] || fail "too few us-east memory windows (${#east[@]})"
 [ "${east[-1]}" -gt $(( ${east[0]} * 2 )) ] || fail "us-east inuse_space does not grow: ${east[*]}"
+[ "${#north[@]}" -ge 3 ] || fail "too few eu-north memory windows (${#north[@]})"
 for v in "${north[@]}"; do
   [ "$v" -lt $(( ${east[-1]} / 4 )) ] || fail "eu-north inuse_space is not flat: ${north[*]}"
 done

@@ -40,9 +40,12 @@ for region in us-east eu-north; do
   "$bin/pyroscope" top "$out" --type alloc_space --where region=$region --sort total --limit 6
 done
 echo
-echo "==> memory in use at the end of each window (inuse_space), us-east vs eu-north"
-for f in $(ls "$out"/*.memory.*.pb.gz | sort -t. -k3 -n); do
-  e=$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=us-east 2>/dev/null | head -1 | cut -f2)
-  n=$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region=eu-north 2>/dev/null | head -1 | cut -f2)
-  [ -n "$e$n" ] && printf '  %s  us-east=%s eu-north=%s\n' "$(basename "$f" | cut -d. -f3)" "${e:--}" "${n:--}"
+echo "==> memory in use at the end of each window (inuse_space, MiB): us-east leaks, the others stay flat"
+source "$root/scripts/lib.sh"
+for region in us-east eu-north ap-south; do
+  series=""
+  for v in $(inuse_series "$out" $region); do
+    series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
+  done
+  echo "  $region:$series"
 done

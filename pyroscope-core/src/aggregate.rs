@@ -207,32 +207,27 @@ impl Window {
 /// Function names of the allocation plumbing between the user's code and the hook: dropped
 /// from the leaf end of memory stacks.
 fn is_alloc_plumbing(name: &str) -> bool {
+    const ENTRY_POINTS: [&str; 10] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "free",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "reallocarray",
+    ];
     name.starts_with("pyroscope_core::alloc")
         || name.starts_with("<pyroscope_core::alloc")
         || name.starts_with("pyroscope_preload")
-        || name.starts_with("__rust_alloc")
-        || name.starts_with("__rust_realloc")
-        || name.starts_with("__rust_dealloc")
-        || name.starts_with("__rdl_")
-        || name.starts_with("__rg_")
-        || name.starts_with("alloc::alloc::")
-        || name.starts_with("<alloc::alloc::Global")
-        || name.starts_with("std::alloc::")
-        || name.starts_with("<std::alloc::System")
-        || name.starts_with("core::ptr::")
-        || matches!(
-            name,
-            "malloc"
-                | "calloc"
-                | "realloc"
-                | "free"
-                | "posix_memalign"
-                | "aligned_alloc"
-                | "memalign"
-                | "valloc"
-                | "pvalloc"
-                | "reallocarray"
-        )
+        || name.contains("__rust_alloc")
+        || name.contains("__rust_realloc")
+        || name.contains("__rust_dealloc")
+        || name.contains("__rdl_")
+        || name.contains("__rg_")
+        || ENTRY_POINTS.contains(&name)
 }
 
 /// Allocation samples of one window, keyed by (stack hash, label set): (objects, bytes),
@@ -322,10 +317,12 @@ impl AllocWindow {
                     locs.push(b.location(pc, 0, || vec![(&sym.function, &sym.file, sym.line)]));
                     continue;
                 }
-                let syms = symbolizer.symbolize(pc, snapshot);
-                if trimming && syms.iter().all(|s| is_alloc_plumbing(&s.function)) {
+                // Drop the hook and allocator entry frames at the leaf, judged by the function
+                // that physically holds the address (inlined names are too short to tell).
+                if trimming && symbolizer.physical_name(pc, snapshot).is_some_and(|n| is_alloc_plumbing(&n)) {
                     continue;
                 }
+                let syms = symbolizer.symbolize(pc, snapshot);
                 trimming = false;
                 locs.push(b.location(pc, pc, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect()));
             }

@@ -30,6 +30,7 @@ pub type Symbols = Arc<[Symbol]>;
 pub(crate) struct Symbolizer {
     loaders: HashMap<String, Option<addr2line::Loader>>,
     cache: HashMap<u64, Symbols>,
+    physical: HashMap<u64, Option<Arc<str>>>,
     /// Lookups that failed to open a module's file, per module (each is tried once).
     pub open_errors: u64,
 }
@@ -45,6 +46,28 @@ impl Symbolizer {
         let symbols = self.lookup(pc, snapshot);
         self.cache.insert(pc, symbols.clone());
         symbols
+    }
+
+    /// The name of the function that physically contains `pc`, from the symbol table
+    /// (reliable in release builds, where inlined frames carry short names only).
+    pub fn physical_name(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> Option<Arc<str>> {
+        if let Some(n) = self.physical.get(&pc) {
+            return n.clone();
+        }
+        if self.physical.len() >= CACHE_CAP {
+            self.physical.clear();
+        }
+        let name = snapshot.and_then(|s| s.module_for(pc)).and_then(|module| {
+            if module.path.is_empty() {
+                return None;
+            }
+            let loader =
+                self.loaders.entry(module.path.clone()).or_insert_with(|| addr2line::Loader::new(&module.path).ok());
+            let raw = loader.as_ref()?.find_symbol(pc.wrapping_sub(module.bias))?;
+            Some(Arc::from(clean(&addr2line::demangle_auto(raw.into(), None))))
+        });
+        self.physical.insert(pc, name.clone());
+        name
     }
 
     fn lookup(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> Symbols {

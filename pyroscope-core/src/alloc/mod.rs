@@ -170,8 +170,18 @@ fn next_interval() -> i64 {
 fn slow_alloc(ptr: *mut u8, size: usize) {
     HOOKED.store(true, Ordering::Relaxed);
     guarded(|| {
+        // A thread's first trip here only draws its first interval: starting every thread's
+        // countdown at zero would sample (and inflate) each thread's first allocation.
+        let first = RNG.try_with(|r| r.get() == 0).unwrap_or(false);
         let next = next_interval();
-        let _ = COUNTDOWN.try_with(|c| c.set(next));
+        if first {
+            let _ = COUNTDOWN.try_with(|c| c.set(next - size as i64));
+            if next > size as i64 {
+                return;
+            }
+        } else {
+            let _ = COUNTDOWN.try_with(|c| c.set(next));
+        }
         if !ENABLED.load(Ordering::Relaxed) || ptr.is_null() {
             return;
         }
