@@ -20,6 +20,7 @@ lint:
 test-rust:
 	cargo test --workspace -q
 	./scripts/check-rideshare.sh
+	./tests/preload/check.sh
 	STRESS_SECONDS=$${STRESS_SECONDS:-20} cargo run -q -p pyroscope-stress
 
 bench: setup

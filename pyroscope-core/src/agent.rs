@@ -372,7 +372,7 @@ struct SendSampler(Sampler);
 unsafe impl Send for SendSampler {}
 
 const TICK: Duration = Duration::from_millis(50);
-const SCAN_EVERY: Duration = Duration::from_millis(200);
+const SCAN_EVERY: Duration = Duration::from_millis(100);
 
 impl Agent {
     /// Starts profiling with a validated config. Only one agent may run per process.

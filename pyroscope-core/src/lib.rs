@@ -18,7 +18,7 @@
 //!
 //! ## How it works, and what it guarantees
 //! - One CPU-time timer per thread (`timer_create` on the thread's CPU clock), found by a scan
-//!   of `/proc/self/task` every 200 ms; samples weighted by timer overruns, so attribution per
+//!   of `/proc/self/task` every 100 ms; samples weighted by timer overruns, so attribution per
 //!   thread is exact even above the kernel tick rate.
 //! - The signal handler allocates nothing, takes no lock and formats nothing: it reads the
 //!   thread's label id (one atomic load), unwinds with framehop over `.eh_frame` (code without

@@ -26,10 +26,13 @@ fn push_api_carries_series_labels_auth_and_sample_labels() {
         .basic_auth("123", "secret-token")
         .tenant_id("team-a")
         .header("X-Extra", "1")
+        .alloc_sample_bytes(4096)
         .start()
         .unwrap();
     run_labelled_work(300);
+    let kept: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 8192]).collect();
     let stats = agent.stop();
+    drop(kept);
     assert_eq!(stats.uploads_sent, 2, "cpu and memory: {stats:?}");
     let got = rx.received();
     assert_eq!(got.len(), 2);

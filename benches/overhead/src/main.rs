@@ -67,6 +67,62 @@ fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
     (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: v[2] as i64, stop: v[3] })
 }
 
+/// The allocation-heavy workload: plain system allocator vs `SamplingAllocator` with an agent
+/// vs the plain binary under the preload library; alternating runs, medians.
+fn alloc_section(runs: usize) {
+    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf())).unwrap_or_default();
+    let (plain, sampled, preload) =
+        (dir.join("alloc-bench-plain"), dir.join("alloc-bench-sampled"), dir.join("libpyroscope_preload.so"));
+    if !plain.exists() || !sampled.exists() || !preload.exists() {
+        eprintln!("alloc benchmark binaries missing in {}; skipping", dir.display());
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("alloc-bench-preload-{}", std::process::id()));
+    let modes: [(&str, &std::path::Path, bool); 3] = [
+        ("system allocator, no profiler", &plain, false),
+        ("SamplingAllocator + agent", &sampled, false),
+        ("LD_PRELOAD library", &plain, true),
+    ];
+    let mut results: Vec<Vec<[f64; 5]>> = vec![Vec::new(); 3];
+    for r in 0..runs {
+        for (i, (name, bin, preload_it)) in modes.iter().enumerate() {
+            eprintln!("alloc run {}/{runs}: {name}", r + 1);
+            let mut cmd = Command::new(bin);
+            if *preload_it {
+                cmd.env("LD_PRELOAD", &preload)
+                    .env("PYROSCOPE_APPLICATION_NAME", "alloc-bench")
+                    .env("PYROSCOPE_EXPORT_DIR", &tmp);
+            }
+            let Ok(out) = cmd.output() else { continue };
+            let v: Vec<f64> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 5 {
+                results[i].push([v[0], v[1], v[2], v[3], v[4]]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    if results.iter().any(Vec::is_empty) {
+        return;
+    }
+    let med = |i: usize, k: usize| median(results[i].iter().map(|m| m[k]).collect());
+    let allocs = results[0][0][4];
+    println!("\n## Allocation-heavy workload (2 threads x 40 M allocations of 16-1,024 B, 1,024 live per thread; medians of {runs} runs)\n");
+    println!("| mode | CPU s | wall s | CPU ratio | wall ratio | CPU ns per allocation | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    for (i, (name, _, _)) in modes.iter().enumerate() {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.4} | {:.4} | {:.2} | {:.1} |",
+            med(i, 0),
+            med(i, 1),
+            med(i, 0) / med(0, 0),
+            med(i, 1) / med(0, 1),
+            med(i, 0) / allocs * 1e9,
+            med(i, 2) / 1024.0
+        );
+    }
+}
+
 fn label_switch_ns() -> (f64, f64) {
     let set = LabelSet::new(&[("vehicle", "car")]).expect("labels");
     let n = 5_000_000u32;
@@ -158,6 +214,7 @@ fn main() {
             );
         }
     }
+    alloc_section(runs);
     let (enter, wrapper) = label_switch_ns();
     println!("\n## Micro-benchmarks (medians)\n");
     println!("| what | figure |\n|---|---|");

@@ -17,7 +17,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use framehop::{FrameAddress, Unwinder};
 use parking_lot::Mutex;
@@ -29,7 +29,7 @@ use crate::unwind::{self, memory, NativeRegs, SignalCache};
 /// Default mean bytes between samples.
 pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
 /// Most sampled allocations tracked as live; beyond it new ones are counted, not tracked.
-pub const MAX_LIVE: usize = 1 << 20;
+pub const MAX_LIVE: usize = 1 << 17;
 
 /// Memory profiling on (an agent with memory enabled is running).
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -65,14 +65,68 @@ pub(crate) struct Live {
 
 static LIVE: Mutex<Option<HashMap<usize, Live>>> = Mutex::new(None);
 
-/// Counting filter over addresses in LIVE: a zero counter proves an address is not there.
-const FILTER_SIZE: usize = 1 << 16;
+/// First check on the free path: a counter per 256-byte granule (address / 256, modulo the
+/// size, no hashing) of the live samples starting in it. A cache line of counters covers 16 KiB
+/// of neighbouring addresses, so this load is mostly a cache hit; zero proves the address is
+/// not a live sample, and few other objects share a sample's granule.
+const FILTER_SIZE: usize = 1 << 14;
 static FILTER: [AtomicU8; FILTER_SIZE] = [const { AtomicU8::new(0) }; FILTER_SIZE];
 
 fn filter_slot(addr: usize) -> usize {
-    // Allocations are at least 16-byte aligned; mix the bits above that.
-    let x = (addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 48) as usize & (FILTER_SIZE - 1)
+    (addr >> 8) & (FILTER_SIZE - 1)
+}
+
+/// Second check, only for frees on a flagged page: the exact set of live sampled addresses,
+/// open addressing with lock-free reads. Written only under the LIVE lock.
+const SET_SIZE: usize = 1 << 18;
+const SET_PROBES: usize = 32;
+const TOMBSTONE: usize = 1;
+static KEYS: [AtomicUsize; SET_SIZE] = [const { AtomicUsize::new(0) }; SET_SIZE];
+
+fn set_start(addr: usize) -> usize {
+    ((addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 46) as usize & (SET_SIZE - 1)
+}
+
+fn set_contains(addr: usize) -> bool {
+    let start = set_start(addr);
+    for i in 0..SET_PROBES {
+        match KEYS[(start + i) & (SET_SIZE - 1)].load(Ordering::Acquire) {
+            0 => return false,
+            k if k == addr => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Under the LIVE lock. False when no slot is free within the probe bound.
+fn set_insert(addr: usize) -> bool {
+    let start = set_start(addr);
+    for i in 0..SET_PROBES {
+        let slot = &KEYS[(start + i) & (SET_SIZE - 1)];
+        let k = slot.load(Ordering::Relaxed);
+        if k == 0 || k == TOMBSTONE || k == addr {
+            slot.store(addr, Ordering::Release);
+            return true;
+        }
+    }
+    false
+}
+
+/// Under the LIVE lock.
+fn set_remove(addr: usize) {
+    let start = set_start(addr);
+    for i in 0..SET_PROBES {
+        let slot = &KEYS[(start + i) & (SET_SIZE - 1)];
+        match slot.load(Ordering::Relaxed) {
+            0 => return,
+            k if k == addr => {
+                slot.store(TOMBSTONE, Ordering::Release);
+                return;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Runs `f` with the re-entrancy guard set; returns None if already inside (or during thread
@@ -104,7 +158,7 @@ fn busy<R>(f: impl FnOnce() -> R) -> R {
 /// Called after every successful allocation of `size` bytes at `ptr`.
 ///
 /// The fast path: one thread-local subtraction and compare.
-#[inline]
+#[inline(always)]
 pub fn on_alloc(ptr: *mut u8, size: usize) {
     let left = COUNTDOWN.try_with(|c| {
         let v = c.get() - size as i64;
@@ -119,21 +173,30 @@ pub fn on_alloc(ptr: *mut u8, size: usize) {
 }
 
 /// Called before every free of `ptr`.
-#[inline]
+#[inline(always)]
 pub fn on_free(ptr: *mut u8) {
-    if ptr.is_null() || FILTER[filter_slot(ptr as usize)].load(Ordering::Relaxed) == 0 {
-        return;
+    if may_be_sampled(ptr) {
+        slow_free(ptr);
     }
-    slow_free(ptr);
+}
+
+/// One load from a small, hot table: false means `ptr` is certainly not a live sample.
+#[inline(always)]
+fn may_be_sampled(ptr: *mut u8) -> bool {
+    FILTER[filter_slot(ptr as usize)].load(Ordering::Relaxed) != 0
 }
 
 #[cold]
 #[inline(never)]
 fn slow_free(ptr: *mut u8) {
+    if ptr.is_null() || !set_contains(ptr as usize) {
+        return;
+    }
     guarded(|| {
         let mut live = LIVE.lock();
         if let Some(map) = live.as_mut() {
             if map.remove(&(ptr as usize)).is_some() {
+                set_remove(ptr as usize);
                 let slot = &FILTER[filter_slot(ptr as usize)];
                 // Saturated counters stay put (they only cost a lookup).
                 let _ = slot
@@ -242,7 +305,7 @@ fn record(ptr: *mut u8, size: usize) {
     }
     let mut live = LIVE.lock();
     let map = live.get_or_insert_with(HashMap::new);
-    if map.len() >= MAX_LIVE {
+    if map.len() >= MAX_LIVE || !set_insert(ptr as usize) {
         LIVE_OVERFLOW.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -323,6 +386,11 @@ pub(crate) fn reset_live() {
         }
         for f in FILTER.iter() {
             f.store(0, Ordering::Relaxed);
+        }
+        for k in KEYS.iter() {
+            if k.load(Ordering::Relaxed) != 0 {
+                k.store(0, Ordering::Relaxed);
+            }
         }
     });
 }

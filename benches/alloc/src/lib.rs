@@ -1,0 +1,50 @@
+//! The allocation-heavy workload: `THREADS` threads each make `ALLOCS` allocations of 16 to
+//! 1,024 bytes, keeping the last 1,024 of each thread alive (so frees interleave), and the
+//! driver's measurements. Both binaries run exactly this; only their global allocator differs.
+
+use std::time::Instant;
+
+/// Threads allocating at once.
+pub const THREADS: usize = 2;
+/// Allocations per thread.
+pub const ALLOCS: u64 = 40_000_000;
+
+/// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations` on stdout.
+pub fn main_with(profile: bool) {
+    let agent = profile.then(|| {
+        let dir = std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id()));
+        pyroscope_core::AgentBuilder::from_env()
+            .application_name("alloc-bench")
+            .export_dir(&dir)
+            .start()
+            .expect("start agent")
+    });
+    bench_workload::settle();
+    // One slice per thread: `work` runs as the per-slice hook, the slice itself is empty.
+    let mut m = bench_workload::run(THREADS, 1, 0, |_, _| work());
+    let t = Instant::now();
+    if let Some(a) = agent {
+        a.stop();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id())));
+    }
+    m.stop = t.elapsed().as_secs_f64();
+    println!("{} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * ALLOCS);
+}
+
+/// One thread's share.
+fn work() {
+    let mut ring: Vec<Vec<u8>> = Vec::with_capacity(1024);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..ALLOCS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = vec![i as u8; 16 + (x % 1009) as usize];
+        if ring.len() < 1024 {
+            ring.push(v);
+        } else {
+            ring[(i % 1024) as usize] = v;
+        }
+    }
+    std::hint::black_box(ring.len());
+}

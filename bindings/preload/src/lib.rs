@@ -1,0 +1,165 @@
+//! `libpyroscope_preload.so`: profiles a native program that never calls our API.
+//!
+//! ```sh
+//! LD_PRELOAD=target/release/libpyroscope_preload.so PYROSCOPE_APPLICATION_NAME=my-app ./my-program
+//! ```
+//! At load time a constructor starts an agent from the `PYROSCOPE_*` variables (CPU and memory
+//! profiles; the application name defaults to the executable's name); at exit the last window
+//! is flushed. The allocation functions below interpose the C library's and forward to glibc's
+//! own entry points (`__libc_malloc` and friends), reporting each call to the sampler, so
+//! `new`/`delete` and every library that uses malloc are covered. glibc only.
+//!
+//! Bad settings never break the host: the error is printed once to stderr and the program runs
+//! unprofiled.
+
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use pyroscope_core::{on_alloc, on_free, Agent, AgentBuilder};
+
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(p: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+    fn __libc_valloc(size: usize) -> *mut c_void;
+    fn __libc_pvalloc(size: usize) -> *mut c_void;
+}
+
+fn seen(p: *mut c_void, size: usize) -> *mut c_void {
+    if !p.is_null() {
+        on_alloc(p.cast(), size);
+    }
+    p
+}
+
+/// # Safety
+/// The C `malloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    seen(unsafe { __libc_malloc(size) }, size)
+}
+
+/// # Safety
+/// The C `calloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded unchanged to glibc's implementation (which checks the overflow).
+    seen(unsafe { __libc_calloc(n, size) }, n.saturating_mul(size))
+}
+
+/// # Safety
+/// The C `realloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    on_free(p.cast());
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    seen(unsafe { __libc_realloc(p, size) }, size)
+}
+
+/// # Safety
+/// The C `reallocarray` contract.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    let Some(total) = n.checked_mul(size) else {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+        return std::ptr::null_mut();
+    };
+    // SAFETY: same contract as realloc with the checked product.
+    unsafe { realloc(p, total) }
+}
+
+/// # Safety
+/// The C `free` contract.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    on_free(p.cast());
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    unsafe { __libc_free(p) }
+}
+
+/// # Safety
+/// The C `memalign` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    seen(unsafe { __libc_memalign(align, size) }, size)
+}
+
+/// # Safety
+/// The C `aligned_alloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    // SAFETY: glibc implements aligned_alloc as memalign.
+    unsafe { memalign(align, size) }
+}
+
+/// # Safety
+/// The C `posix_memalign` contract: `out` is a valid pointer.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    if align % std::mem::size_of::<usize>() != 0 || !align.is_power_of_two() {
+        return libc::EINVAL;
+    }
+    // SAFETY: forwarded to glibc's memalign with a checked alignment.
+    let p = seen(unsafe { __libc_memalign(align, size) }, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller passes a valid `out`.
+    unsafe { *out = p };
+    0
+}
+
+/// # Safety
+/// The C `valloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    seen(unsafe { __libc_valloc(size) }, size)
+}
+
+/// # Safety
+/// The C `pvalloc` contract.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded unchanged to glibc's implementation.
+    seen(unsafe { __libc_pvalloc(size) }, size)
+}
+
+static AGENT: Mutex<Option<Agent>> = Mutex::new(None);
+
+extern "C" fn start() {
+    let mut builder = AgentBuilder::from_env();
+    if std::env::var_os(pyroscope_core::env::APPLICATION_NAME).is_none() {
+        let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let name: String = exe
+            .unwrap_or_else(|| "native-app".into())
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+            .collect();
+        builder = builder.application_name(name);
+    }
+    match builder.start() {
+        Ok(agent) => {
+            *AGENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(agent);
+            // SAFETY: `stop` is a plain extern "C" function that lives as long as the process.
+            unsafe { libc::atexit(stop) };
+        }
+        Err(e) => eprintln!("pyroscope-preload: profiling disabled: {e}"),
+    }
+}
+
+extern "C" fn stop() {
+    if let Some(agent) = AGENT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        agent.stop();
+    }
+}
+
+/// Runs `start` when the library is loaded, before the program's `main`.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = start;
