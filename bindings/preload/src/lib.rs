@@ -101,7 +101,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 /// The C `posix_memalign` contract: `out` is a valid pointer.
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    if align % std::mem::size_of::<usize>() != 0 || !align.is_power_of_two() {
+    if !align.is_multiple_of(std::mem::size_of::<usize>()) || !align.is_power_of_two() {
         return libc::EINVAL;
     }
     // SAFETY: forwarded to glibc's memalign with a checked alignment.
