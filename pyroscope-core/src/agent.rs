@@ -655,17 +655,28 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
 
 fn install_fork_handlers() {
     static ONCE: Once = Once::new();
+    // Every lock the profiler's threads take is held across fork, so the child never inherits
+    // one held by a thread that does not exist there. Fixed order, reversed on release.
     extern "C" fn prepare() {
         crate::labels::prepare_fork();
         sampler::prepare_fork();
         crate::alloc::prepare_fork();
+        crate::aggregate::prepare_fork();
+        unwind::prepare_fork();
+        crate::log_prepare_fork();
     }
     extern "C" fn parent() {
+        crate::log_after_fork();
+        unwind::after_fork();
+        crate::aggregate::after_fork();
         crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
         crate::labels::after_fork_parent();
     }
     extern "C" fn child() {
+        crate::log_after_fork();
+        unwind::after_fork();
+        crate::aggregate::after_fork();
         crate::alloc::after_fork_child();
         sampler::after_fork_child();
         crate::labels::after_fork_child();

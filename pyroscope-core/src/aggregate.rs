@@ -55,6 +55,15 @@ impl FrameId {
     }
 }
 
+pub(crate) fn prepare_fork() {
+    std::mem::forget(FRAMES.lock());
+}
+
+pub(crate) fn after_fork() {
+    // SAFETY: `prepare_fork` took the lock on this (the forking) thread and forgot the guard.
+    unsafe { FRAMES.force_unlock() };
+}
+
 fn symbolic(key: u64) -> Symbol {
     let special = |name: &str| Symbol { function: name.into(), file: "".into(), line: 0 };
     match key {

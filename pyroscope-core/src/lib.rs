@@ -72,8 +72,18 @@ pub use sampler::in_signal_handler;
 use std::collections::HashSet;
 
 /// Logs a background failure once per kind (its first 48 characters), never from a hot path.
+static SEEN: parking_lot::Mutex<Option<HashSet<String>>> = parking_lot::Mutex::new(None);
+
+pub(crate) fn log_prepare_fork() {
+    std::mem::forget(SEEN.lock());
+}
+
+pub(crate) fn log_after_fork() {
+    // SAFETY: `log_prepare_fork` took the lock on this (the forking) thread and forgot the guard.
+    unsafe { SEEN.force_unlock() };
+}
+
 pub(crate) fn log_once(message: &str) {
-    static SEEN: parking_lot::Mutex<Option<HashSet<String>>> = parking_lot::Mutex::new(None);
     let key: String = message.chars().take(48).collect();
     if SEEN.lock().get_or_insert_with(HashSet::new).insert(key) {
         log::warn!("pyroscope: {message}");

@@ -48,14 +48,3 @@ pub(crate) fn list_threads() -> io::Result<Vec<i32>> {
     }
     Ok(tids)
 }
-
-/// The `[start, end)` of the mapping of this process that contains `addr`, from `/proc/self/maps`.
-pub(crate) fn mapping_containing(addr: usize) -> Option<(usize, usize)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let range = line.split_whitespace().next()?;
-        let (a, b) = range.split_once('-')?;
-        let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
-        (a <= addr && addr < b).then_some((a, b))
-    })
-}

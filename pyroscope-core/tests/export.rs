@@ -30,7 +30,8 @@ fn push_api_carries_series_labels_auth_and_sample_labels() {
         .start()
         .unwrap();
     run_labelled_work(300);
-    let kept: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 8192]).collect();
+    // More than any interval left over from before the agent (mean 512 KiB) plus a few samples.
+    let kept: Vec<Vec<u8>> = (0..1024).map(|i| vec![i as u8; 8192]).collect();
     let stats = agent.stop();
     drop(kept);
     assert_eq!(stats.uploads_sent, 2, "cpu and memory: {stats:?}");

@@ -49,8 +49,6 @@ thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
     /// xorshift state (0 = not seeded yet).
     static RNG: Cell<u64> = const { Cell::new(0) };
-    /// This thread's stack mapping, for direct reads while unwinding.
-    static STACK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
     static CACHE: Cell<*mut SignalCache> = const { Cell::new(std::ptr::null_mut()) };
 }
@@ -65,15 +63,16 @@ pub(crate) struct Live {
 
 static LIVE: Mutex<Option<HashMap<usize, Live>>> = Mutex::new(None);
 
-/// First check on the free path: a counter per 256-byte granule (address / 256, modulo the
-/// size, no hashing) of the live samples starting in it. A cache line of counters covers 16 KiB
-/// of neighbouring addresses, so this load is mostly a cache hit; zero proves the address is
-/// not a live sample, and few other objects share a sample's granule.
+/// First check on the free path: a counter per 1 KiB granule (address / 1024, modulo the size,
+/// no hashing) of the live samples starting in it. A cache line of counters covers 64 KiB of
+/// neighbouring addresses, so a busy heap's counters stay in L1 and this load is a hit; zero
+/// proves the address is not a live sample, and only the few objects sharing a sample's
+/// granule go on to the exact set.
 const FILTER_SIZE: usize = 1 << 14;
 static FILTER: [AtomicU8; FILTER_SIZE] = [const { AtomicU8::new(0) }; FILTER_SIZE];
 
 fn filter_slot(addr: usize) -> usize {
-    (addr >> 8) & (FILTER_SIZE - 1)
+    (addr >> 10) & (FILTER_SIZE - 1)
 }
 
 /// Second check, only for frees on a flagged page: the exact set of live sampled addresses,
@@ -255,10 +254,13 @@ fn slow_alloc(ptr: *mut u8, size: usize) {
 /// Unwinds the calling thread from here and records the allocation. Runs under the guard.
 #[inline(never)]
 fn record(ptr: *mut u8, size: usize) {
-    let (pc, sp, bp) = current_regs();
-    let stack = stack_bounds();
-    let label_id = crate::labels::current_id_nonblocking();
     let Some(cache) = thread_cache() else { return };
+    let (pc, sp, bp) = current_regs();
+    // Counted like a signal handler, so the snapshot and maps we read are not freed meanwhile.
+    // (Never ask pthread for the stack here: pthread_getattr_np may hold a lock up-stack.)
+    unwind::HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
+    let stack = unwind::stack_window(sp);
+    let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let pushed = RING.push(|rec| {
@@ -300,6 +302,7 @@ fn record(ptr: *mut u8, size: usize) {
         hash ^= rec.truncated as u64;
         rec.aux = hash;
     });
+    unwind::HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
     if !pushed {
         return;
     }
@@ -323,33 +326,6 @@ fn current_regs() -> (u64, u64, u64) {
         std::arch::asm!("lea {0}, [rip]", "mov {1}, rsp", "mov {2}, rbp", out(reg) pc, out(reg) sp, out(reg) bp, options(nomem, nostack, preserves_flags));
     }
     (pc, sp, bp)
-}
-
-fn stack_bounds() -> (u64, u64) {
-    STACK
-        .try_with(|s| {
-            if s.get().1 == 0 {
-                s.set(own_stack().unwrap_or((0, 0)));
-            }
-            s.get()
-        })
-        .unwrap_or((0, 0))
-}
-
-/// This thread's stack range from pthread (may allocate for the main thread; we are guarded).
-fn own_stack() -> Option<(u64, u64)> {
-    // SAFETY: zeroed pthread_attr_t is filled by pthread_getattr_np before use and destroyed.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return None;
-        }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: usize = 0;
-        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
-        libc::pthread_attr_destroy(&mut attr);
-        (rc == 0).then(|| (addr as u64, addr as u64 + size as u64))
-    }
 }
 
 fn thread_cache() -> Option<&'static mut SignalCache> {

@@ -74,13 +74,8 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let regs = &uc.uc_mcontext.gregs;
     let (ip, sp, bp) =
         (regs[libc::REG_RIP as usize] as u64, regs[libc::REG_RSP as usize] as u64, regs[libc::REG_RBP as usize] as u64);
-    let mut stack = state.stack_bounds();
-    if !(stack.0 <= sp && sp < stack.1) {
-        // Bounds unknown: read through the kernel this time, and tell the collector where this
-        // stack is so it can learn the mapping.
-        stack = (0, 0);
-        state.last_sp.store(sp, Ordering::Relaxed);
-    }
+    // Between sp and the end of its mapping reads are plain loads; elsewhere through the kernel.
+    let stack = unwind::stack_window(sp);
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();

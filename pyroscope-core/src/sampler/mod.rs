@@ -82,11 +82,6 @@ pub struct ThreadState {
     pub(crate) tid: i32,
     /// The id of the label set in force on this thread.
     pub(crate) label_id: AtomicU32,
-    /// The stack mapping, packed so the handler reads it in one load: `lo_page << 29 | pages`.
-    stack: AtomicU64,
-    /// A stack pointer the handler saw outside the known bounds (0 = none): the collector looks
-    /// up its mapping.
-    pub(crate) last_sp: AtomicU64,
     /// The thread has exited (its thread-local slot was destroyed).
     pub(crate) exited: AtomicBool,
     cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
@@ -100,34 +95,12 @@ unsafe impl Send for ThreadState {}
 
 impl ThreadState {
     fn new(tid: i32) -> Self {
-        ThreadState {
-            tid,
-            label_id: AtomicU32::new(0),
-            stack: AtomicU64::new(0),
-            last_sp: AtomicU64::new(0),
-            exited: AtomicBool::new(false),
-            cache: OnceLock::new(),
-        }
+        ThreadState { tid, label_id: AtomicU32::new(0), exited: AtomicBool::new(false), cache: OnceLock::new() }
     }
 
     /// A state attached to no thread (used during thread teardown).
     pub(crate) fn detached() -> Self {
         Self::new(0)
-    }
-
-    /// The readable mapping holding this thread's stack, or (0, 0) while unknown.
-    ///
-    /// # Signal safety
-    /// Two atomic loads.
-    pub(crate) fn stack_bounds(&self) -> (u64, u64) {
-        let packed = self.stack.load(Ordering::Relaxed);
-        let lo = (packed >> 29) << 12;
-        (lo, lo + ((packed & ((1 << 29) - 1)) << 12))
-    }
-
-    fn set_stack_bounds(&self, lo: u64, hi: u64) {
-        let pages = ((hi - lo) >> 12).min((1 << 29) - 1);
-        self.stack.store(((lo >> 12) << 29) | pages, Ordering::Relaxed);
     }
 
     /// The unwinder's rule cache.
@@ -173,8 +146,9 @@ fn state_for(tid: i32) -> Arc<ThreadState> {
 }
 
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
+static INSTALLED: Mutex<Option<i32>> = Mutex::new(None);
+
 fn install_handler(signal: i32) -> Result<()> {
-    static INSTALLED: Mutex<Option<i32>> = Mutex::new(None);
     let mut installed = INSTALLED.lock();
     if *installed == Some(signal) {
         return Ok(());
@@ -222,6 +196,7 @@ impl Sampler {
         RING_CELL.get_or_init(|| Ring::new(ring_capacity));
         install_handler(signal)?;
         crate::unwind::refresh();
+        crate::unwind::refresh_maps();
         ENABLED.store(true, Ordering::SeqCst);
         let seed =
             Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
@@ -293,7 +268,7 @@ impl Sampler {
                 Err(_) => self.threads_unsampled += 1,
             }
         }
-        self.learn_stacks();
+        crate::unwind::refresh_maps();
         wait_for_handlers();
         drop(retired);
         // Forget registry entries of threads that are gone.
@@ -352,17 +327,6 @@ impl Sampler {
         t.state
     }
 
-    fn learn_stacks(&self) {
-        let pending: Vec<&Timer> =
-            self.timers.values().filter(|t| t.state.last_sp.load(Ordering::Relaxed) != 0).collect();
-        for t in pending {
-            let sp = t.state.last_sp.swap(0, Ordering::Relaxed);
-            if let Some((lo, hi)) = sys::mapping_containing(sp as usize) {
-                t.state.set_stack_bounds(lo as u64, hi as u64);
-            }
-        }
-    }
-
     pub(crate) fn sampled_threads(&self) -> usize {
         self.timers.len()
     }
@@ -387,25 +351,28 @@ fn wait_for_handlers() {
 }
 
 pub(crate) fn prepare_fork() {
+    std::mem::forget(INSTALLED.lock());
     std::mem::forget(REGISTRY.lock());
     std::mem::forget(OWN_THREADS.lock());
 }
 
 pub(crate) fn after_fork_parent() {
-    // SAFETY: `prepare_fork` took both locks on this thread and forgot the guards.
+    // SAFETY: `prepare_fork` took the three locks on this thread and forgot the guards.
     unsafe {
-        REGISTRY.force_unlock();
         OWN_THREADS.force_unlock();
+        REGISTRY.force_unlock();
+        INSTALLED.force_unlock();
     }
 }
 
 pub(crate) fn after_fork_child() {
     // The child has no timers and only this thread: stop sampling, forget the parent's threads.
     ENABLED.store(false, Ordering::SeqCst);
-    // SAFETY: `prepare_fork` took both locks on the forking thread, which is this one.
+    // SAFETY: `prepare_fork` took the three locks on the forking thread, which is this one.
     unsafe {
-        REGISTRY.force_unlock();
         OWN_THREADS.force_unlock();
+        REGISTRY.force_unlock();
+        INSTALLED.force_unlock();
     }
     for slot in SLOTS.iter() {
         slot.store(std::ptr::null_mut(), Ordering::SeqCst);

@@ -51,8 +51,53 @@ impl Snapshot {
 }
 
 static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(std::ptr::null_mut());
-/// Handlers currently between entry and exit (they may hold a snapshot reference).
+/// Signal handlers and allocation hooks currently between entry and exit: they may hold a
+/// reference to a snapshot or a maps table. Both are freed only once this was seen at zero.
 pub(crate) static HANDLERS_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The process's memory mappings, sorted, so a handler or hook can find the mapping that holds
+/// its stack pointer without a syscall: reads between the stack pointer and the end of that
+/// mapping are plain loads (the stack cannot go away while its own thread runs on it).
+pub(crate) struct Maps {
+    ranges: Vec<(u64, u64)>,
+}
+
+static MAPS: AtomicPtr<Maps> = AtomicPtr::new(std::ptr::null_mut());
+static RETIRED_MAPS: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+
+/// `[sp, end of its mapping)`, or `(0, 0)` when unknown (a thread newer than the last refresh).
+/// The caller must be counted in [`HANDLERS_ACTIVE`].
+///
+/// # Signal safety
+/// One atomic load and a binary search over preallocated memory.
+pub(crate) fn stack_window(sp: u64) -> (u64, u64) {
+    // SAFETY: non-null pointers in MAPS come from Box::into_raw in `refresh_maps` and are freed
+    // only after being swapped out and HANDLERS_ACTIVE was seen at zero; the caller is counted.
+    let Some(maps) = (unsafe { MAPS.load(Ordering::Acquire).as_ref() }) else { return (0, 0) };
+    let i = maps.ranges.partition_point(|(start, _)| *start <= sp);
+    match i.checked_sub(1).map(|i| maps.ranges[i]) {
+        Some((start, end)) if start <= sp && sp < end => (sp, end),
+        _ => (0, 0),
+    }
+}
+
+/// Re-reads /proc/self/maps and publishes it. Collector thread only.
+pub(crate) fn refresh_maps() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let mut ranges: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let old = MAPS.swap(Box::into_raw(Box::new(Maps { ranges })), Ordering::AcqRel);
+    if !old.is_null() {
+        RETIRED_MAPS.lock().push(old as usize);
+    }
+    reclaim();
+}
 
 /// Snapshots replaced but possibly still read by a handler that started before the swap.
 static RETIRED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
@@ -111,13 +156,18 @@ pub(crate) fn refresh() {
 /// check loads CURRENT after the swap, so it cannot see a retired snapshot.
 fn reclaim() {
     let mut retired = RETIRED.lock();
-    if retired.is_empty() || HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 {
+    let mut retired_maps = RETIRED_MAPS.lock();
+    if (retired.is_empty() && retired_maps.is_empty()) || HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 {
         return;
     }
     for p in retired.drain(..) {
         // SAFETY: `p` came from Box::into_raw, was swapped out of CURRENT before this point,
         // and no handler that could have loaded it is still running (count seen at zero).
         drop(unsafe { Box::from_raw(p as *mut Snapshot) });
+    }
+    for p in retired_maps.drain(..) {
+        // SAFETY: as above, for MAPS.
+        drop(unsafe { Box::from_raw(p as *mut Maps) });
     }
 }
 
@@ -206,4 +256,17 @@ fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Mo
         ..Default::default()
     };
     Some(Module::new(path.to_owned(), text, bias, section_info))
+}
+
+pub(crate) fn prepare_fork() {
+    std::mem::forget(RETIRED.lock());
+    std::mem::forget(RETIRED_MAPS.lock());
+}
+
+pub(crate) fn after_fork() {
+    // SAFETY: `prepare_fork` took both locks on this (the forking) thread and forgot the guards.
+    unsafe {
+        RETIRED_MAPS.force_unlock();
+        RETIRED.force_unlock();
+    }
 }
