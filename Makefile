@@ -21,6 +21,8 @@ test-rust:
 	cargo test --workspace -q
 	./scripts/check-rideshare.sh
 	./tests/preload/check.sh
+	./bindings/c/tests/check.sh
+	./examples/cgo/check.sh
 	STRESS_SECONDS=$${STRESS_SECONDS:-20} cargo run -q -p pyroscope-stress
 
 bench: setup

@@ -37,6 +37,7 @@ pub struct AgentBuilder {
     request_timeout: Duration,
     protocol: Protocol,
     signal: i32,
+    signal_on_alt_stack: bool,
     shutdown_timeout: Duration,
     queue_capacity: usize,
     memory: bool,
@@ -61,6 +62,7 @@ impl AgentBuilder {
             request_timeout: Duration::from_secs(10),
             protocol: Protocol::Push,
             signal: libc::SIGPROF,
+            signal_on_alt_stack: false,
             shutdown_timeout: Duration::from_secs(2),
             queue_capacity: 32,
             memory: true,
@@ -217,6 +219,13 @@ impl AgentBuilder {
         self.signal = signal;
         self
     }
+    /// Runs the CPU signal handler on the thread's alternate signal stack (`SA_ONSTACK`), as Go
+    /// requires of every handler in a cgo program. Only for hosts whose alternate stacks have
+    /// 32 KiB or more (Go's have); Rust's own are smaller, so the default is off.
+    pub fn signal_on_alt_stack(mut self, on: bool) -> Self {
+        self.signal_on_alt_stack = on;
+        self
+    }
     /// Longest `stop()`/drop may take (default 2 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -295,6 +304,7 @@ impl AgentBuilder {
             request_timeout: self.request_timeout,
             protocol: self.protocol,
             signal: self.signal,
+            signal_on_alt_stack: self.signal_on_alt_stack,
             shutdown_timeout: self.shutdown_timeout,
             queue_capacity: self.queue_capacity,
         })
@@ -414,7 +424,7 @@ impl Agent {
             external: Mutex::new(Vec::new()),
             export: stats,
         });
-        let sampler = SendSampler(Sampler::start(config.signal, config.sample_rate, 4096)?);
+        let sampler = SendSampler(Sampler::start(config.signal, config.signal_on_alt_stack, config.sample_rate, 4096)?);
         if config.memory {
             crate::alloc::reset_live();
             crate::alloc::SAMPLE_BYTES.store(config.alloc_sample_bytes, Ordering::SeqCst);

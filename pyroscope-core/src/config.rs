@@ -85,6 +85,10 @@ pub struct Config {
     pub protocol: Protocol,
     /// Signal used for CPU samples.
     pub signal: i32,
+    /// Run the signal handler on the thread's alternate signal stack (`SA_ONSTACK`): required
+    /// inside Go programs (cgo), whose goroutine stacks are too small; the alternate stack must
+    /// have 32 KiB or more.
+    pub signal_on_alt_stack: bool,
     /// Upper bound on `stop()`/drop: flushing the last window never takes longer.
     pub shutdown_timeout: Duration,
     /// Most profiles waiting for upload; when full the oldest is dropped (and counted).

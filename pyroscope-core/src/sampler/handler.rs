@@ -58,7 +58,17 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
         // SAFETY: a non-null slot points at a ThreadState that the sampler frees only after
         // clearing the slot and then seeing HANDLERS_ACTIVE at zero; we are counted in it.
         if let Some(state) = unsafe { state.as_ref() } {
-            sample(state, 1 + timer.overrun.max(0) as u64, ucontext);
+            let weight = 1 + timer.overrun.max(0) as u64;
+            match state.handler_stack.get() {
+                Some(stack) => {
+                    let mut job = Job { state, weight, ucontext };
+                    // SAFETY: the stack is this thread's own (only its handler uses it, and the
+                    // handler does not nest), 64 KiB, alive while the state is; `run_job` is an
+                    // extern "C" fn taking the job pointer, which outlives the call.
+                    unsafe { call_on_stack(stack.top(), run_job, (&mut job as *mut Job).cast()) };
+                }
+                None => sample(state, weight, ucontext),
+            }
         }
     }
     #[cfg(feature = "test-hooks")]
@@ -66,6 +76,47 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     super::HANDLER_NS.fetch_add(monotonic_ns().saturating_sub(t0), Ordering::Relaxed);
     super::HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
     HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// What the handler hands to the code it runs on its own stack.
+struct Job<'a> {
+    state: &'a ThreadState,
+    weight: u64,
+    ucontext: *mut libc::c_void,
+}
+
+extern "C" fn run_job(job: *mut libc::c_void) {
+    // SAFETY: `call_on_stack` passes the `Job` the handler built on its own stack frame.
+    let job = unsafe { &*(job as *const Job) };
+    sample(job.state, job.weight, job.ucontext);
+}
+
+/// Calls `f(arg)` with the stack pointer moved to `top`, then restores it.
+///
+/// # Safety
+/// `top` is the 16-byte aligned end of a writable region large enough for `f`, which no one
+/// else uses meanwhile; `f` must not unwind.
+///
+/// # Signal safety
+/// A few register moves and a call.
+#[cfg(target_arch = "x86_64")]
+unsafe fn call_on_stack(top: *mut u8, f: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) {
+    // SAFETY: per the function's contract. The old stack pointer is saved on the new stack
+    // (keeping 16-byte alignment at the call) and restored after; every caller-saved register
+    // is declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "xchg rsp, r12",
+            "sub rsp, 16",
+            "mov [rsp], r12",
+            "call {f}",
+            "mov rsp, [rsp]",
+            f = in(reg) f,
+            inout("r12") top => _,
+            in("rdi") arg,
+            clobber_abi("C"),
+        );
+    }
 }
 
 fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {

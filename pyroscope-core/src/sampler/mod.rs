@@ -85,6 +85,28 @@ pub struct ThreadState {
     /// The thread has exited (its thread-local slot was destroyed).
     pub(crate) exited: AtomicBool,
     cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
+    /// A stack of our own for the handler's work, so that neither a small thread stack nor a
+    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use.
+    pub(crate) handler_stack: OnceLock<HandlerStack>,
+}
+
+/// Size of the per-thread handler stack. The unwinder needs up to ~25 KiB on a rule-cache miss
+/// (gimli's on-stack rule rows); pages never touched cost no memory.
+pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
+
+/// A heap block the handler switches its stack pointer to.
+pub(crate) struct HandlerStack(Box<[UnsafeCell<u8>]>);
+
+impl HandlerStack {
+    fn new() -> Self {
+        HandlerStack((0..HANDLER_STACK_SIZE).map(|_| UnsafeCell::new(0)).collect())
+    }
+
+    /// The 16-byte aligned top (stacks grow down).
+    pub(crate) fn top(&self) -> *mut u8 {
+        let end = self.0.as_ptr() as usize + self.0.len();
+        (end & !15) as *mut u8
+    }
 }
 
 // SAFETY: all fields are atomics or set-once, except the unwind cache, which only the signal
@@ -95,7 +117,13 @@ unsafe impl Send for ThreadState {}
 
 impl ThreadState {
     fn new(tid: i32) -> Self {
-        ThreadState { tid, label_id: AtomicU32::new(0), exited: AtomicBool::new(false), cache: OnceLock::new() }
+        ThreadState {
+            tid,
+            label_id: AtomicU32::new(0),
+            exited: AtomicBool::new(false),
+            cache: OnceLock::new(),
+            handler_stack: OnceLock::new(),
+        }
     }
 
     /// A state attached to no thread (used during thread teardown).
@@ -146,17 +174,17 @@ fn state_for(tid: i32) -> Arc<ThreadState> {
 }
 
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
-static INSTALLED: Mutex<Option<i32>> = Mutex::new(None);
+static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
 
-fn install_handler(signal: i32) -> Result<()> {
+fn install_handler(signal: i32, on_alt_stack: bool) -> Result<()> {
     let mut installed = INSTALLED.lock();
-    if *installed == Some(signal) {
+    if *installed == Some((signal, on_alt_stack)) {
         return Ok(());
     }
     // SAFETY: zeroed sigaction is a valid "empty" value; every field we rely on is set below.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler::on_signal as *const () as usize;
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | if on_alt_stack { libc::SA_ONSTACK } else { 0 };
     // SAFETY: sa_mask is a valid sigset_t to initialise.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
     // SAFETY: plain C struct; all-zero is a valid value for sigaction to overwrite.
@@ -169,7 +197,7 @@ fn install_handler(signal: i32) -> Result<()> {
     if old.sa_sigaction != handler::on_signal as *const () as usize {
         PREVIOUS.store(Box::into_raw(Box::new(old)), Ordering::Release);
     }
-    *installed = Some(signal);
+    *installed = Some((signal, on_alt_stack));
     Ok(())
 }
 
@@ -192,9 +220,9 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    pub(crate) fn start(signal: i32, hz: u32, ring_capacity: usize) -> Result<Self> {
+    pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, ring_capacity: usize) -> Result<Self> {
         RING_CELL.get_or_init(|| Ring::new(ring_capacity));
-        install_handler(signal)?;
+        install_handler(signal, on_alt_stack)?;
         crate::unwind::refresh();
         crate::unwind::refresh_maps();
         ENABLED.store(true, Ordering::SeqCst);
@@ -282,6 +310,7 @@ impl Sampler {
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
         state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
+        state.handler_stack.get_or_init(HandlerStack::new);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };

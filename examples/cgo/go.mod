@@ -1,0 +1,3 @@
+module example.com/pyroscope-cgo
+
+go 1.21
