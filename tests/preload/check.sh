@@ -10,7 +10,7 @@ fail() { echo "preload: FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
 cargo build -q -p pyroscope-preload -p pyroscope-cli
 bin=target/debug
 cc -O2 -g -fomit-frame-pointer -fno-inline -pthread -o "$dir/cprog" tests/preload/cprog.c
-LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=65536 \
+LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=32768 \
   PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" || fail "the program failed under the preload library"
 grep -q "cprog done" "$dir/out.txt" || fail "no output"
 ls "$dir/p"/cprog.process_cpu.*.pb.gz >/dev/null 2>&1 || fail "no CPU profile (app name should default to cprog)"
