@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust lint bench setup
+.PHONY: all demo test test-rust lint bench setup c-lib
 
 all: test
 
@@ -19,7 +19,8 @@ lint:
 
 test-rust:
 	cargo test --workspace -q
-	./scripts/check-rideshare.sh
+	./scripts/check-rideshare.sh rust
+	./scripts/check-rideshare.sh c
 	./tests/preload/check.sh
 	./bindings/c/tests/check.sh
 	./examples/cgo/check.sh
@@ -27,3 +28,12 @@ test-rust:
 
 bench: setup
 	./scripts/bench.sh
+
+# libpyroscope.so/.a in target/release plus target/release/pyroscope.pc for pkg-config.
+c-lib:
+	cargo build --release -p pyroscope-ffi -p pyroscope-preload
+	sed -e "s|@PREFIX@|$(CURDIR)|" -e "s|@LIBDIR@|$(CURDIR)/target/release|" \
+	    -e "s|@INCLUDEDIR@|$(CURDIR)/bindings/c/include|" \
+	    -e "s|@VERSION@|$$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)|" \
+	    bindings/c/pyroscope.pc.in > target/release/pyroscope.pc
+	@echo "PKG_CONFIG_PATH=$(CURDIR)/target/release pkg-config --cflags --libs pyroscope"

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use pyroscope_core::proto::Profile;
 
 const USAGE: &str =
-    "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--tsv]";
+    "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--ignore SUBSTRING]... [--tsv]";
 
 struct Args {
     inputs: Vec<PathBuf>,
@@ -21,6 +21,8 @@ struct Args {
     limit: usize,
     sort_total: bool,
     tsv: bool,
+    /// Samples with a frame whose name contains one of these are left out.
+    ignore: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -31,6 +33,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         limit: 20,
         sort_total: false,
         tsv: false,
+        ignore: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -51,6 +54,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 }
             }
             "--tsv" => a.tsv = true,
+            "--ignore" => a.ignore.push(value("--ignore")?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             s => a.inputs.push(PathBuf::from(s)),
         }
@@ -106,7 +110,13 @@ struct Table {
     unit: String,
 }
 
-fn accumulate(table: &mut Table, p: &Profile, sample_type: &str, filters: &[(String, String)]) -> bool {
+fn accumulate(
+    table: &mut Table,
+    p: &Profile,
+    sample_type: &str,
+    filters: &[(String, String)],
+    ignore: &[String],
+) -> bool {
     let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
     let Some(idx) = p.sample_type.iter().position(|t| s(t.r#type) == sample_type) else {
         return false;
@@ -156,7 +166,7 @@ fn top(args: &Args) -> Result<(), String> {
     let mut table = Table::default();
     let mut matched = 0;
     for (_, p) in &profiles {
-        if accumulate(&mut table, p, &args.sample_type, &args.filters) {
+        if accumulate(&mut table, p, &args.sample_type, &args.filters, &args.ignore) {
             matched += 1;
         }
     }

@@ -104,6 +104,13 @@ enum pyroscope_status pyroscope_config_set_auth_token(struct pyroscope_config *c
 enum pyroscope_status pyroscope_config_set_tenant_id(struct pyroscope_config *cfg,
                                                      const char *value);
 
+// Application (service) name, replacing the one given at creation or from the environment.
+//
+// # Safety
+// `cfg` is a live config; the string is NUL-terminated.
+enum pyroscope_status pyroscope_config_set_application_name(struct pyroscope_config *cfg,
+                                                            const char *value);
+
 // Static tags "k=v,k2=v2", added to those already set.
 //
 // # Safety

@@ -246,6 +246,19 @@ pub unsafe extern "C" fn pyroscope_config_set_tenant_id(
     unsafe { set_string(cfg, value, "tenant_id", |b, v| b.tenant_id(v)) }
 }
 
+/// Application (service) name, replacing the one given at creation or from the environment.
+///
+/// # Safety
+/// `cfg` is a live config; the string is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn pyroscope_config_set_application_name(
+    cfg: *mut pyroscope_config,
+    value: *const c_char,
+) -> pyroscope_status {
+    // SAFETY: per the contract.
+    unsafe { set_string(cfg, value, "application_name", |b, v| b.application_name(v)) }
+}
+
 /// Static tags "k=v,k2=v2", added to those already set.
 ///
 /// # Safety

@@ -11,6 +11,14 @@
 //!
 //! Bad settings never break the host: the error is printed once to stderr and the program runs
 //! unprofiled.
+//!
+//! The library also exports the whole C API of `libpyroscope.so` (`pyroscope.h`): a program
+//! linked against it and run with this library preloaded calls into this copy, so its labels
+//! and its allocations meet in one profiler. Such a program starts its own agent: set
+//! `PYROSCOPE_PRELOAD_START=0` so the preload does not start one first.
+
+// Keep the C API's symbols in this library.
+pub use pyroscope::*;
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -133,6 +141,9 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 static AGENT: Mutex<Option<Agent>> = Mutex::new(None);
 
 extern "C" fn start() {
+    if std::env::var("PYROSCOPE_PRELOAD_START").is_ok_and(|v| v == "0" || v.eq_ignore_ascii_case("false")) {
+        return;
+    }
     let mut builder = AgentBuilder::from_env();
     if std::env::var_os(pyroscope_core::env::APPLICATION_NAME).is_none() {
         let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
