@@ -136,6 +136,9 @@ fn accumulate(
         let v = smp.value[idx];
         let names: Vec<&str> =
             smp.location_id.iter().flat_map(|id| locs.get(id).cloned().unwrap_or_default()).collect();
+        if names.iter().any(|n| ignore.iter().any(|i| n.contains(i.as_str()))) {
+            continue;
+        }
         if let Some(leaf) = names.first() {
             *table.self_.entry((*leaf).to_owned()).or_default() += v;
         }
