@@ -185,8 +185,11 @@ fn install_handler(signal: i32, on_alt_stack: bool) -> Result<()> {
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler::on_signal as *const () as usize;
     action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | if on_alt_stack { libc::SA_ONSTACK } else { 0 };
+    // Block every other signal while the handler runs: it moves off the alternate signal stack
+    // onto its own, and a nested signal delivered meanwhile (Go's SIGURG preemption) would be put
+    // at the top of the alternate stack, over our frame. Blocked signals wait a microsecond.
     // SAFETY: sa_mask is a valid sigset_t to initialise.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    unsafe { libc::sigfillset(&mut action.sa_mask) };
     // SAFETY: plain C struct; all-zero is a valid value for sigaction to overwrite.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; `signal` was validated by the config.
