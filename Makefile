@@ -24,6 +24,7 @@ test-rust:
 	./tests/preload/check.sh
 	./bindings/c/tests/check.sh
 	./examples/cgo/check.sh
+	./scripts/check-report.sh
 	STRESS_SECONDS=$${STRESS_SECONDS:-20} cargo run -q -p pyroscope-stress
 
 bench: setup

@@ -5,7 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 echo "==> building benchmarks (release)"
-cargo build --release -q -p pyroscope-bench -p alloc-bench -p pyroscope-preload
+cargo build --release -q -p pyroscope-bench -p alloc-bench -p pyroscope-preload -p pyroscope-cli
 export CARGO_TARGET_DIR="$root/target"
 if cargo build --release -q --manifest-path benches/vs-pyroscope-rs/Cargo.toml; then
   export PYROSCOPE_RS_BENCH="$root/target/release/vs-pyroscope-rs"

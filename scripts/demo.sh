@@ -29,11 +29,14 @@ for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" || true; done
 pids=()
 echo "==> $(ls "$out" | wc -l) profiles in $out"
-for region in eu-north ap-south us-east; do
-  echo
-  echo "==> CPU, top functions by total, region=$region"
-  "$bin/pyroscope" top "$out" --type cpu --where region=$region --sort total --limit 12
-done
+report="$root/demo/report.html"
+"$bin/pyroscope" report "$out" --by region --out "$report" >/dev/null
+echo
+echo "==> CPU, top functions by total, region=eu-north"
+"$bin/pyroscope" top "$out" --type cpu --where region=eu-north --sort total --limit 12
+echo
+echo "==> CPU, eu-north vs ap-south (mutex_lock runs only in eu-north)"
+"$bin/pyroscope" diff "$out" --left region=eu-north --right region=ap-south --limit 12
 for region in us-east eu-north; do
   echo
   echo "==> memory allocated (alloc_space), region=$region"
@@ -49,3 +52,5 @@ for region in us-east eu-north ap-south; do
   done
   echo "  $region:$series"
 done
+echo
+echo "==> report (flame graphs, tables, tag comparison): $report"

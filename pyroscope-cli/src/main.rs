@@ -1,51 +1,74 @@
-//! `pyroscope`: reads profiles written by the embedded default (or any pprof files) and
-//! prints the self/total table.
+//! `pyroscope`: answers from profiles on disk (the embedded default's folder, or any pprof).
 //!
 //! ```text
-//! pyroscope top DIR|FILE... [--type cpu|samples|alloc_space|...] [--where k=v]... [--limit N] [--sort self|total]
+//! pyroscope top DIR|FILE... [--type T] [--where k=v]... [--from T] [--until T] [--limit N] [--sort self|total] [--ignore S]... [--tsv]
+//! pyroscope diff DIR|FILE... --left k=v[,k=v] --right k=v[,k=v] [--type T] [--limit N]
+//! pyroscope flamegraph DIR|FILE... --out FILE.svg [--type T] [--where k=v]...
+//! pyroscope report DIR|FILE... --out FILE.html [--type T]... [--by TAG] [--where k=v]...
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod data;
+mod flame;
+mod report;
+mod table;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pyroscope_core::proto::Profile;
+use data::Selection;
+use table::{human, pct, Table};
 
-const USAGE: &str =
-    "usage: pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--limit N] [--sort self|total] [--ignore SUBSTRING]... [--tsv]";
+const USAGE: &str = "usage:
+  pyroscope top DIR|FILE... [--type TYPE] [--where key=value]... [--from T] [--until T]
+                [--limit N] [--sort self|total] [--ignore SUBSTRING]... [--tsv]
+  pyroscope diff DIR|FILE... --left k=v[,k=v] --right k=v[,k=v] [--type TYPE] [--limit N] [--tsv]
+  pyroscope flamegraph DIR|FILE... --out FILE.svg [--type TYPE] [--where key=value]...
+  pyroscope report DIR|FILE... --out FILE.html [--type TYPE]... [--by TAG] [--where key=value]...
 
+TYPE: cpu (default), alloc_space, alloc_objects, inuse_space, inuse_objects, or any sample
+type in the files. T: unix seconds, unix milliseconds, or -15m / -1h / -2d from now.";
+
+#[derive(Default)]
 struct Args {
-    inputs: Vec<PathBuf>,
-    sample_type: String,
-    filters: Vec<(String, String)>,
+    sel: Selection,
+    types: Vec<String>,
     limit: usize,
     sort_total: bool,
     tsv: bool,
-    /// Samples with a frame whose name contains one of these are left out.
-    ignore: Vec<String>,
+    out: Option<PathBuf>,
+    left: Vec<(String, String)>,
+    right: Vec<(String, String)>,
+    by: Option<String>,
+}
+
+fn pairs(s: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{what} takes key=value[,key=value], got {s:?}"))
+        })
+        .collect()
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        inputs: Vec::new(),
-        sample_type: "cpu".into(),
-        filters: Vec::new(),
-        limit: 20,
-        sort_total: false,
-        tsv: false,
-        ignore: Vec::new(),
-    };
+    let mut a = Args { limit: 20, ..Default::default() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
         match arg.as_str() {
-            "--type" => a.sample_type = value("--type")?,
-            "--where" => {
-                let v = value("--where")?;
-                let (k, val) = v.split_once('=').ok_or_else(|| format!("--where takes key=value, got {v:?}"))?;
-                a.filters.push((k.to_owned(), val.to_owned()));
-            }
+            "--type" => a.types.push(value("--type")?),
+            "--where" => a.sel.filters.extend(pairs(&value("--where")?, "--where")?),
+            "--left" => a.left = pairs(&value("--left")?, "--left")?,
+            "--right" => a.right = pairs(&value("--right")?, "--right")?,
+            "--by" => a.by = Some(value("--by")?),
+            "--out" => a.out = Some(PathBuf::from(value("--out")?)),
+            "--from" => a.sel.from = Some(data::parse_time(&value("--from")?)?),
+            "--until" => a.sel.until = Some(data::parse_time(&value("--until")?)?),
             "--limit" => a.limit = value("--limit")?.parse().map_err(|_| "--limit takes a whole number".to_string())?,
+            "--ignore" => a.sel.ignore.push(value("--ignore")?),
+            "--tsv" => a.tsv = true,
             "--sort" => {
                 a.sort_total = match value("--sort")?.as_str() {
                     "self" => false,
@@ -53,180 +76,136 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     other => return Err(format!("--sort takes self or total, got {other:?}")),
                 }
             }
-            "--tsv" => a.tsv = true,
-            "--ignore" => a.ignore.push(value("--ignore")?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
-            s => a.inputs.push(PathBuf::from(s)),
+            s => a.sel.inputs.push(PathBuf::from(s)),
         }
     }
-    if a.inputs.is_empty() {
-        return Err(USAGE.into());
+    if a.sel.inputs.is_empty() {
+        return Err(format!("no folder or file given\n{USAGE}"));
     }
+    a.sel.sample_type = a.types.first().cloned().unwrap_or_else(|| "cpu".into());
     Ok(a)
 }
 
-/// Every profile under the inputs; unreadable or foreign files are skipped with a warning.
-fn load(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Profile)>, String> {
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let entries = std::fs::read_dir(input).map_err(|e| format!("{}: {e}", input.display()))?;
-            let mut found: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
-            found.sort();
-            files.extend(
-                found.into_iter().filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))),
-            );
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            return Err(format!("{}: no such file or folder", input.display()));
-        }
-    }
-    let mut out = Vec::new();
-    for f in files {
-        match std::fs::read(&f)
-            .map_err(|e| e.to_string())
-            .and_then(|b| pyroscope_core::decode_pprof(&b).map_err(|e| e.to_string()))
-        {
-            Ok(p) => out.push((f, p)),
-            Err(e) => eprintln!("warning: skipping {}: {e}", f.display()),
-        }
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "no profiles found in {}",
-            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ));
-    }
-    Ok(out)
+fn where_text(f: &[(String, String)]) -> String {
+    f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-#[derive(Default)]
-struct Table {
-    self_: HashMap<String, i64>,
-    total: HashMap<String, i64>,
-    sum: i64,
-    unit: String,
-}
-
-fn accumulate(
-    table: &mut Table,
-    p: &Profile,
-    sample_type: &str,
-    filters: &[(String, String)],
-    ignore: &[String],
-) -> bool {
-    let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
-    let Some(idx) = p.sample_type.iter().position(|t| s(t.r#type) == sample_type) else {
-        return false;
-    };
-    table.unit = s(p.sample_type[idx].unit).to_owned();
-    let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
-    let locs: HashMap<u64, Vec<&str>> = p
-        .location
-        .iter()
-        .map(|l| (l.id, l.line.iter().map(|ln| funcs.get(&ln.function_id).copied().unwrap_or("?")).collect()))
-        .collect();
-    for smp in &p.sample {
-        let labels: BTreeMap<&str, &str> = smp.label.iter().map(|l| (s(l.key), s(l.str))).collect();
-        if !filters.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str())) {
-            continue;
-        }
-        let v = smp.value[idx];
-        let names: Vec<&str> =
-            smp.location_id.iter().flat_map(|id| locs.get(id).cloned().unwrap_or_default()).collect();
-        if names.iter().any(|n| ignore.iter().any(|i| n.contains(i.as_str()))) {
-            continue;
-        }
-        if let Some(leaf) = names.first() {
-            *table.self_.entry((*leaf).to_owned()).or_default() += v;
-        }
-        let mut seen = HashSet::new();
-        for n in names {
-            if seen.insert(n) {
-                *table.total.entry(n.to_owned()).or_default() += v;
-            }
-        }
-        table.sum += v;
-    }
-    true
-}
-
-fn human(v: i64, unit: &str) -> String {
-    let f = v as f64;
-    match unit {
-        "nanoseconds" if f >= 1e9 => format!("{:.2} s", f / 1e9),
-        "nanoseconds" => format!("{:.0} ms", f / 1e6),
-        "bytes" if f >= 1048576.0 => format!("{:.1} MiB", f / 1048576.0),
-        "bytes" => format!("{:.1} KiB", f / 1024.0),
-        _ => format!("{v}"),
-    }
-}
-
-fn top(args: &Args) -> Result<(), String> {
-    let profiles = load(&args.inputs)?;
-    let mut table = Table::default();
-    let mut matched = 0;
-    for (_, p) in &profiles {
-        if accumulate(&mut table, p, &args.sample_type, &args.filters, &args.ignore) {
-            matched += 1;
-        }
-    }
-    if matched == 0 {
-        return Err(format!("no profile has sample type {:?}", args.sample_type));
-    }
-    if table.sum == 0 {
+fn top(a: &Args) -> Result<(), String> {
+    let profiles = data::load(&a.sel.inputs)?;
+    let samples = data::extract(&profiles, &a.sel)?;
+    let t = Table::new(&samples, a.sort_total);
+    if t.sum == 0 {
         return Err("no samples match the selection".into());
     }
-    let mut rows: Vec<(&String, i64, i64)> =
-        table.total.iter().map(|(n, t)| (n, table.self_.get(n).copied().unwrap_or(0), *t)).collect();
-    rows.sort_by(|a, b| {
-        if args.sort_total { b.2.cmp(&a.2) } else { b.1.cmp(&a.1) }.then(b.2.cmp(&a.2)).then(a.0.cmp(b.0))
-    });
-    let pct = |v: i64| 100.0 * v as f64 / table.sum as f64;
-    if args.tsv {
-        // Machine-readable: base units, every function.
-        println!("#total\t{}\t{}\t{}", table.sum, table.unit, matched);
-        for (name, s, t) in rows {
-            println!("{name}\t{s}\t{t}");
+    if a.tsv {
+        println!("#total\t{}\t{}\t{}", t.sum, t.unit, samples.profiles);
+        for (name, s, tot) in &t.rows {
+            println!("{name}\t{s}\t{tot}");
         }
         return Ok(());
     }
-    println!(
-        "{} profiles, {} {} in all{}",
-        matched,
-        human(table.sum, &table.unit),
-        args.sample_type,
-        where_text(&args.filters)
-    );
+    let w = if a.sel.filters.is_empty() { String::new() } else { format!(" where {}", where_text(&a.sel.filters)) };
+    println!("{} profiles, {} {} in all{w}", samples.profiles, human(t.sum, &t.unit), a.sel.sample_type);
     println!("{:>12} {:>7} {:>12} {:>7}  function", "self", "self%", "total", "total%");
-    for (name, s, t) in rows.into_iter().take(args.limit) {
+    for (name, s, tot) in t.rows.iter().take(a.limit) {
         println!(
             "{:>12} {:>6.2}% {:>12} {:>6.2}%  {}",
-            human(s, &table.unit),
-            pct(s),
-            human(t, &table.unit),
-            pct(t),
+            human(*s, &t.unit),
+            pct(*s, t.sum),
+            human(*tot, &t.unit),
+            pct(*tot, t.sum),
             name
         );
     }
     Ok(())
 }
 
-fn where_text(f: &[(String, String)]) -> String {
-    if f.is_empty() {
-        String::new()
-    } else {
-        format!(" where {}", f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+fn diff(a: &Args) -> Result<(), String> {
+    if a.left.is_empty() || a.right.is_empty() {
+        return Err(format!("diff needs --left and --right\n{USAGE}"));
     }
+    let profiles = data::load(&a.sel.inputs)?;
+    let side = |f: &[(String, String)]| -> Result<Table, String> {
+        let mut s = a.sel.clone();
+        s.filters.extend(f.iter().cloned());
+        let t = Table::new(&data::extract(&profiles, &s)?, true);
+        if t.sum == 0 {
+            return Err(format!("no samples match {}", where_text(f)));
+        }
+        Ok(t)
+    };
+    let (l, r) = (side(&a.left)?, side(&a.right)?);
+    let rows = table::diff(&l, &r);
+    let (ln, rn) = (where_text(&a.left), where_text(&a.right));
+    if a.tsv {
+        println!("#total\t{}\t{}\t{}", l.sum, r.sum, l.unit);
+        for d in &rows {
+            println!("{}\t{}\t{}\t{:.4}", d.function, d.left, d.right, d.delta_points);
+        }
+        return Ok(());
+    }
+    println!(
+        "{} ({}) vs {} ({}), total per function, by change in share",
+        ln,
+        human(l.sum, &l.unit),
+        rn,
+        human(r.sum, &r.unit)
+    );
+    println!("{:>12} {:>7} {:>12} {:>7} {:>8}  function", "left", "left%", "right", "right%", "Δ pts");
+    for d in rows.iter().take(a.limit) {
+        println!(
+            "{:>12} {:>6.2}% {:>12} {:>6.2}% {:>+8.2}  {}",
+            human(d.left, &l.unit),
+            pct(d.left, l.sum),
+            human(d.right, &r.unit),
+            pct(d.right, r.sum),
+            d.delta_points,
+            d.function
+        );
+    }
+    Ok(())
+}
+
+fn write_out(a: &Args, content: &str) -> Result<(), String> {
+    let out = a.out.as_ref().ok_or_else(|| format!("--out FILE is required\n{USAGE}"))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(out, content).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn flamegraph(a: &Args) -> Result<(), String> {
+    let profiles = data::load(&a.sel.inputs)?;
+    let samples = data::extract(&profiles, &a.sel)?;
+    let title = format!("{} {}", a.sel.sample_type, where_text(&a.sel.filters));
+    write_out(a, &flame::svg(&samples, title.trim())?)
+}
+
+fn report(a: &Args) -> Result<(), String> {
+    let profiles = data::load(&a.sel.inputs)?;
+    let types = if a.types.is_empty() {
+        let present = data::sample_types(&profiles);
+        let mut t: Vec<String> = report::ordered_types(&present);
+        t.retain(|x| x != "samples" || present.len() == 1);
+        t
+    } else {
+        a.types.clone()
+    };
+    write_out(a, &report::html(&profiles, &a.sel, &types, a.by.as_deref(), a.limit)?)
 }
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    let run = |f: fn(&Args) -> Result<(), String>| parse(&argv[1..]).and_then(|a| f(&a));
     let result = match argv.first().map(String::as_str) {
-        Some("top") => parse(&argv[1..]).and_then(|a| top(&a)),
-        Some("-h" | "--help") | None => {
+        Some("top") => run(top),
+        Some("diff") => run(diff),
+        Some("flamegraph") => run(flamegraph),
+        Some("report") => run(report),
+        Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }

@@ -123,6 +123,58 @@ fn alloc_section(runs: usize) {
     }
 }
 
+/// `pyroscope top` over one hour of 10 s windows for one app (360 files), as written by the
+/// agent: each window 400 distinct stacks of 25 frames from 600 functions, two tags.
+fn top_360_files_ms(runs: usize) -> Option<f64> {
+    let cli = std::env::current_exe().ok()?.parent()?.join("pyroscope");
+    if !cli.exists() {
+        eprintln!("{} missing; skipping the top benchmark", cli.display());
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("pyroscope-bench-top-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let names: Vec<String> = (0..600).map(|i| format!("rideshare::module_{}::function_{i}", i % 17)).collect();
+    let regions = ["us-east", "eu-north", "ap-south"];
+    for w in 0..360u64 {
+        let mut b =
+            ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), 10_000_000);
+        for s in 0..400u64 {
+            let locs: Vec<u64> = (0..25u64)
+                .map(|d| {
+                    let f = ((s * 7 + d * 131 + w) % 600) as usize;
+                    b.location(f as u64 + 1, f as u64 + 1, || vec![(names[f].as_str(), "src/main.rs", d as u32)])
+                })
+                .collect();
+            let region = regions[(s % 3) as usize];
+            b.sample(
+                locs,
+                vec![3, 30_000_000],
+                &[("region", region), ("vehicle", ["car", "bike", "scooter"][(s % 7 % 3) as usize])],
+            );
+        }
+        b.time((1_795_600_000 + w as i64 * 10) * 1_000_000_000, 10_000_000_000);
+        let name = format!("rideshare.process_cpu.{}.0000000000000001.pb.gz", 1_795_600_000_000u64 + w * 10_000);
+        let _ = std::fs::write(dir.join(name), pyroscope_core::encode_gzip(&b.build()));
+    }
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let ok = Command::new(&cli)
+            .args(["top"])
+            .arg(&dir)
+            .args(["--where", "region=eu-north"])
+            .output()
+            .ok()?
+            .status
+            .success();
+        if ok {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (!times.is_empty()).then(|| median(times))
+}
+
 fn label_switch_ns() -> (f64, f64) {
     let set = LabelSet::new(&[("vehicle", "car")]).expect("labels");
     let n = 5_000_000u32;
@@ -221,6 +273,9 @@ fn main() {
     println!("| label switch, pre-built `LabelSet::enter` + guard drop | {enter:.1} ns |");
     println!("| `tag_wrapper(&[(k, v)], f)` (validate + intern lookup + switch) | {wrapper:.1} ns |");
     println!("| pprof build + gzip, 10,000 distinct stacks x 20 frames | {:.2} ms |", encode_ms());
+    if let Some(ms) = top_360_files_ms(runs) {
+        println!("| `pyroscope top` over 360 window files (one hour of 10 s windows), `--where region=eu-north` | {ms:.0} ms |");
+    }
     let (us, hz, handler_us) = per_sample_us(ipu, runs);
     println!(
         "| time inside the signal handler per run (timed in the handler, unwind included), mean | {handler_us:.2} µs |"
