@@ -75,7 +75,7 @@ fn tag_breakdown(samples: &Samples) -> String {
     let mut h = String::new();
     for (k, values) in by_key {
         let mut values: Vec<_> = values.into_iter().collect();
-        values.sort_by(|a, b| b.1.cmp(&a.1));
+        values.sort_by_key(|v| std::cmp::Reverse(v.1));
         let _ =
             writeln!(h, "<table class=\"tags\"><tr><th>{}</th><th>total</th><th>share</th><th></th></tr>", escape(k));
         for (v, n) in values {
