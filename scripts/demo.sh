@@ -40,7 +40,7 @@ echo "==> CPU, eu-north vs ap-south (mutex_lock runs only in eu-north)"
 for region in us-east eu-north; do
   echo
   echo "==> memory allocated (alloc_space), region=$region"
-  "$bin/pyroscope" top "$out" --type alloc_space --where region=$region --sort total --limit 6
+  "$bin/pyroscope" top "$out" --type alloc_space --where region=$region --sort total --limit 10
 done
 echo
 echo "==> memory in use at the end of each window (inuse_space, MiB): us-east leaks, the others stay flat"
