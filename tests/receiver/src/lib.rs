@@ -125,9 +125,7 @@ impl Receiver {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<Received>, (u16, String)> {
-        let headers: BTreeMap<String, String> =
-            headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
-        validate(method, url, &headers, body, true)
+        validate(method, url, &lower_headers(headers), body, true)
     }
 
     /// As [`check`](Self::check) for a recorded request replayed later: every rule except the
@@ -138,10 +136,12 @@ impl Receiver {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<Received>, (u16, String)> {
-        let headers: BTreeMap<String, String> =
-            headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
-        validate(method, url, &headers, body, false)
+        validate(method, url, &lower_headers(headers), body, false)
     }
+}
+
+fn lower_headers(headers: &[(&str, &str)]) -> BTreeMap<String, String> {
+    headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect()
 }
 
 impl Drop for Receiver {
