@@ -86,6 +86,19 @@ echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-no
 [ "${per_req[eu-north]}" -gt "${per_req[us-east]}" ] && [ "${per_req[eu-north]}" -gt "${per_req[ap-south]}" ] \
   || fail "eu-north is not the region with the most CPU per request"
 
+# The comparison: mutex_lock on the eu-north side only.
+d="$("$bin/pyroscope" diff "$prof" --tsv --left region=eu-north --right region=ap-south)"
+row=$(awk -F'\t' '$1 ~ /(^|::)mutex_lock$/ { print $2, $3; exit }' <<<"$d")
+[ -n "$row" ] || fail "diff: no mutex_lock row"
+read -r left right <<<"$row"
+[ "$left" -gt 0 ] && [ "$right" -eq 0 ] || fail "diff: mutex_lock eu-north=$left ap-south=$right"
+# The report: both memory views name the leaking function.
+"$bin/pyroscope" report "$prof" --by region --out "$dir/report.html" >/dev/null || fail "report"
+for section in alloc_space inuse_space; do
+  awk -v s="id=\"$section\"" 'index($0, s) { on = 1 } on && /<\/section>/ { exit } on' "$dir/report.html" \
+    | grep -q "<td class=\"fn\">[^<]*do_work</td>" || fail "report: do_work missing from the $section section"
+done
+
 # Memory: alloc_space per region inside do_work, and in-use growth per window.
 declare -A alloc
 for region in us-east eu-north ap-south; do

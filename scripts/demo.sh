@@ -3,7 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-secs="${DEMO_SECONDS:-45}"
+secs="${DEMO_SECONDS:-60}"
 out="$root/demo/profiles"
 rm -rf "$out"; mkdir -p "$out"
 

@@ -78,16 +78,19 @@ fn alloc_section(runs: usize) {
         return;
     }
     let tmp = std::env::temp_dir().join(format!("alloc-bench-preload-{}", std::process::id()));
-    let modes: [(&str, &std::path::Path, bool); 3] = [
-        ("system allocator, no profiler", &plain, false),
-        ("SamplingAllocator + agent", &sampled, false),
-        ("LD_PRELOAD library", &plain, true),
+    // (name, binary, preload it, PYROSCOPE_MEMORY)
+    let modes: [(&str, &std::path::Path, bool, &str); 4] = [
+        ("system allocator, no profiler", &plain, false, "true"),
+        ("SamplingAllocator + agent, memory off (fast path only)", &sampled, false, "false"),
+        ("SamplingAllocator + agent", &sampled, false, "true"),
+        ("LD_PRELOAD library", &plain, true, "true"),
     ];
-    let mut results: Vec<Vec<[f64; 5]>> = vec![Vec::new(); 3];
+    let mut results: Vec<Vec<[f64; 5]>> = vec![Vec::new(); modes.len()];
     for r in 0..runs {
-        for (i, (name, bin, preload_it)) in modes.iter().enumerate() {
+        for (i, (name, bin, preload_it, memory)) in modes.iter().enumerate() {
             eprintln!("alloc run {}/{runs}: {name}", r + 1);
             let mut cmd = Command::new(bin);
+            cmd.env("PYROSCOPE_MEMORY", memory);
             if *preload_it {
                 cmd.env("LD_PRELOAD", &preload)
                     .env("PYROSCOPE_APPLICATION_NAME", "alloc-bench")
@@ -110,7 +113,7 @@ fn alloc_section(runs: usize) {
     println!("\n## Allocation-heavy workload (2 threads x 40 M allocations of 16-1,024 B, 1,024 live per thread; medians of {runs} runs)\n");
     println!("| mode | CPU s | wall s | CPU ratio | wall ratio | CPU ns per allocation | peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|");
-    for (i, (name, _, _)) in modes.iter().enumerate() {
+    for (i, (name, _, _, _)) in modes.iter().enumerate() {
         println!(
             "| {name} | {:.3} | {:.3} | {:.4} | {:.4} | {:.2} | {:.1} |",
             med(i, 0),
