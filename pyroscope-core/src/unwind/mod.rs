@@ -178,6 +178,35 @@ struct Found {
     eh_frame_hdr: Option<(u64, u64)>,
     /// The PT_LOAD segments, to bound the copy of `.eh_frame`.
     loads: Vec<(u64, u64)>,
+    /// Copies of the unwind sections, taken inside dl_iterate_phdr's callback: the loader's
+    /// lock is held there, so no dlclose can unmap them while we read.
+    sections: Option<Sections>,
+}
+
+struct Sections {
+    hdr_addr: u64,
+    hdr: SectionData,
+    eh_addr: u64,
+    eh: SectionData,
+}
+
+/// Copies `.eh_frame_hdr` and `.eh_frame`. Only inside dl_iterate_phdr's callback.
+fn copy_sections(f: &Found) -> Option<Sections> {
+    let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
+    // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of an object that cannot be
+    // unloaded while the loader runs our dl_iterate_phdr callback.
+    let hdr: &[u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
+    // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
+    if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
+        return None;
+    }
+    let rel = i32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as i64;
+    let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
+    let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
+    // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of the same object, mapped for
+    // the duration of the callback as above.
+    let eh: &[u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
+    Some(Sections { hdr_addr, hdr: SectionData::from(hdr), eh_addr, eh: SectionData::from(eh) })
 }
 
 fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
@@ -190,7 +219,14 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
             let name =
                 if info.dlpi_name.is_null() { "" } else { CStr::from_ptr(info.dlpi_name).to_str().unwrap_or("") };
             let bias = info.dlpi_addr;
-            let mut found = Found { path: name.to_owned(), bias, text: None, eh_frame_hdr: None, loads: Vec::new() };
+            let mut found = Found {
+                path: name.to_owned(),
+                bias,
+                text: None,
+                eh_frame_hdr: None,
+                loads: Vec::new(),
+                sections: None,
+            };
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
                 let start = bias.wrapping_add(ph.p_vaddr);
@@ -206,6 +242,7 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                     _ => {}
                 }
             }
+            found.sections = copy_sections(&found);
             out.push(found);
         }
         0
@@ -230,29 +267,17 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
     out
 }
 
-/// Copies the module's `.eh_frame_hdr` and `.eh_frame` (while it is certainly mapped: we are
-/// inside the loader's module list right after dl_iterate_phdr) and wraps them for framehop.
+/// Wraps a module's copied unwind sections for framehop.
 fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Module<SectionData>> {
-    let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
-    // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of a loaded object.
-    let hdr: &[u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
-    // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
-    if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
-        return None;
-    }
-    let rel = i32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as i64;
-    let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
-    let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
-    // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of a loaded object.
-    let eh: &[u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
+    let sec = f.sections.as_ref()?;
     let bias = f.bias;
     let section_info = ExplicitModuleSectionInfo {
         base_svma: 0,
         text_svma: Some(text.start - bias..text.end - bias),
-        eh_frame_hdr_svma: Some(hdr_addr - bias..hdr_addr - bias + hdr_len),
-        eh_frame_hdr: Some(SectionData::from(hdr)),
-        eh_frame_svma: Some(eh_addr - bias..seg_end - bias),
-        eh_frame: Some(SectionData::from(eh)),
+        eh_frame_hdr_svma: Some(sec.hdr_addr - bias..sec.hdr_addr - bias + sec.hdr.len() as u64),
+        eh_frame_hdr: Some(sec.hdr.clone()),
+        eh_frame_svma: Some(sec.eh_addr - bias..sec.eh_addr - bias + sec.eh.len() as u64),
+        eh_frame: Some(sec.eh.clone()),
         ..Default::default()
     };
     Some(Module::new(path.to_owned(), text, bias, section_info))
