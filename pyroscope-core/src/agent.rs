@@ -95,15 +95,10 @@ impl AgentBuilder {
                 Err(e) => fail(e),
             }
         }
-        if let Some(v) = var(env::SAMPLE_RATE) {
-            match v.trim().parse::<u32>() {
-                Ok(r) => b2.sample_rate = r,
-                Err(_) => fail(Error::InvalidEnv {
-                    var: env::SAMPLE_RATE,
-                    value: v,
-                    reason: "not a whole number of Hz".into(),
-                }),
-            }
+        match env_number::<u32>(env::SAMPLE_RATE, "not a whole number of Hz") {
+            Ok(Some(r)) => b2.sample_rate = r,
+            Ok(None) => {}
+            Err(e) => fail(e),
         }
         if let Some(v) = var(env::UPLOAD_INTERVAL) {
             match config::parse_seconds(env::UPLOAD_INTERVAL, &v) {
@@ -123,15 +118,10 @@ impl AgentBuilder {
         if let Some(t) = var(env::TENANT_ID) {
             b2.tenant_id = Some(t);
         }
-        if let Some(v) = var(env::ALLOC_SAMPLE_BYTES) {
-            match v.trim().parse::<u64>() {
-                Ok(n) => b2.alloc_sample_bytes = n,
-                Err(_) => fail(Error::InvalidEnv {
-                    var: env::ALLOC_SAMPLE_BYTES,
-                    value: v,
-                    reason: "not a whole number of bytes".into(),
-                }),
-            }
+        match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, "not a whole number of bytes") {
+            Ok(Some(n)) => b2.alloc_sample_bytes = n,
+            Ok(None) => {}
+            Err(e) => fail(e),
         }
         if let Some(v) = var(env::MEMORY) {
             match v.trim().to_ascii_lowercase().as_str() {
@@ -313,6 +303,16 @@ impl AgentBuilder {
     /// Validates and starts profiling every thread of the process.
     pub fn start(self) -> Result<Agent> {
         Agent::start(self.build()?)
+    }
+}
+
+/// A whole number from the environment: None when unset or blank, a typed error when malformed.
+fn env_number<T: std::str::FromStr>(var: &'static str, reason: &str) -> Result<Option<T>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).map_err(|_| Error::InvalidEnv { var, value: v, reason: reason.into() })
+        }
+        _ => Ok(None),
     }
 }
 
