@@ -23,7 +23,9 @@ pub use pyroscope::*;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use pyroscope_core::{on_alloc, on_free, Agent, AgentBuilder};
+use pyroscope_core::{
+    alloc_is_sampled, free_is_tracked, on_alloc, on_free, record_alloc, record_free, Agent, AgentBuilder,
+};
 
 extern "C" {
     fn __libc_malloc(size: usize) -> *mut c_void;
@@ -46,8 +48,22 @@ fn seen(p: *mut c_void, size: usize) -> *mut c_void {
 /// The C `malloc` contract.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    if alloc_is_sampled(size) {
+        return malloc_sampled(size);
+    }
+    // SAFETY: forwarded unchanged to glibc's implementation; a tail call on the hot path.
+    unsafe { __libc_malloc(size) }
+}
+
+#[cold]
+#[inline(never)]
+fn malloc_sampled(size: usize) -> *mut c_void {
     // SAFETY: forwarded unchanged to glibc's implementation.
-    seen(unsafe { __libc_malloc(size) }, size)
+    let p = unsafe { __libc_malloc(size) };
+    if !p.is_null() {
+        record_alloc(p.cast(), size);
+    }
+    p
 }
 
 /// # Safety
@@ -84,7 +100,9 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 /// The C `free` contract.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    on_free(p.cast());
+    if free_is_tracked(p.cast()) {
+        record_free(p.cast());
+    }
     // SAFETY: forwarded unchanged to glibc's implementation.
     unsafe { __libc_free(p) }
 }

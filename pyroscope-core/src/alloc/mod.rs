@@ -156,33 +156,55 @@ fn busy<R>(f: impl FnOnce() -> R) -> R {
 
 /// Called after every successful allocation of `size` bytes at `ptr`.
 ///
-/// The fast path: one thread-local subtraction and compare.
+/// The fast path: one thread-local subtraction and compare. Allocators that can decide before
+/// allocating should use [`alloc_is_sampled`] and [`record_alloc`] instead, which keep their
+/// hot path a tail call.
 #[inline(always)]
 pub fn on_alloc(ptr: *mut u8, size: usize) {
-    let left = COUNTDOWN.try_with(|c| {
-        let v = c.get() - size as i64;
-        c.set(v);
-        v
-    });
-    if let Ok(v) = left {
-        if v <= 0 {
-            slow_alloc(ptr, size);
-        }
+    if alloc_is_sampled(size) {
+        record_alloc(ptr, size);
     }
+}
+
+/// Counts `size` bytes against this thread's countdown; true when this allocation must go
+/// through [`record_alloc`] (sampled, or the countdown needs a new draw).
+#[inline(always)]
+pub fn alloc_is_sampled(size: usize) -> bool {
+    COUNTDOWN
+        .try_with(|c| {
+            let v = c.get() - size as i64;
+            c.set(v);
+            v <= 0
+        })
+        .unwrap_or(false)
+}
+
+/// The slow path of an allocation [`alloc_is_sampled`] chose.
+#[cold]
+#[inline(never)]
+pub fn record_alloc(ptr: *mut u8, size: usize) {
+    slow_alloc(ptr, size);
 }
 
 /// Called before every free of `ptr`.
 #[inline(always)]
 pub fn on_free(ptr: *mut u8) {
-    if may_be_sampled(ptr) {
-        slow_free(ptr);
+    if free_is_tracked(ptr) {
+        record_free(ptr);
     }
 }
 
 /// One load from a small, hot table: false means `ptr` is certainly not a live sample.
 #[inline(always)]
-fn may_be_sampled(ptr: *mut u8) -> bool {
+pub fn free_is_tracked(ptr: *mut u8) -> bool {
     FILTER[filter_slot(ptr as usize)].load(Ordering::Relaxed) != 0
+}
+
+/// The slow path of a free [`free_is_tracked`] flagged.
+#[cold]
+#[inline(never)]
+pub fn record_free(ptr: *mut u8) {
+    slow_free(ptr);
 }
 
 #[cold]
@@ -411,22 +433,29 @@ impl<A> SamplingAllocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed through.
-        let p = unsafe { self.inner.alloc(layout) };
-        on_alloc(p, layout.size());
-        p
+        if alloc_is_sampled(layout.size()) {
+            // SAFETY: the caller's contract is passed through.
+            return unsafe { self.alloc_slow(layout, false) };
+        }
+        // SAFETY: the caller's contract is passed through; a tail call on the hot path.
+        unsafe { self.inner.alloc(layout) }
     }
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if alloc_is_sampled(layout.size()) {
+            // SAFETY: the caller's contract is passed through.
+            return unsafe { self.alloc_slow(layout, true) };
+        }
         // SAFETY: the caller's contract is passed through.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        on_alloc(p, layout.size());
-        p
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        on_free(ptr);
-        // SAFETY: the caller's contract is passed through.
+        if free_is_tracked(ptr) {
+            // SAFETY: the caller's contract is passed through.
+            return unsafe { self.dealloc_slow(ptr, layout) };
+        }
+        // SAFETY: the caller's contract is passed through; a tail call on the hot path.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
     #[inline]
@@ -436,5 +465,38 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         on_alloc(p, new_size);
         p
+    }
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// The sampled path, out of line so the hot path stays a tail call.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: the caller's contract is passed through.
+        let p = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        record_alloc(p, layout.size());
+        p
+    }
+
+    /// The free of a possibly sampled block, out of line like `alloc_slow`.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
+        record_free(ptr);
+        // SAFETY: the caller's contract is passed through.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }
