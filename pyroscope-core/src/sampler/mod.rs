@@ -94,23 +94,51 @@ pub struct ThreadState {
 /// (gimli's on-stack rule rows); pages never touched cost no memory.
 pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
 
-/// A heap block the handler switches its stack pointer to.
-pub(crate) struct HandlerStack(Box<[UnsafeCell<u8>]>);
+/// An anonymous mapping the handler switches its stack pointer to. Pages the handler never
+/// reaches are never backed by memory.
+pub(crate) struct HandlerStack {
+    base: *mut u8,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; only the owning thread's handler
+// writes to it, and it is unmapped only when the thread state is freed.
+unsafe impl Send for HandlerStack {}
+// SAFETY: as above; shared references only hand out the top address.
+unsafe impl Sync for HandlerStack {}
 
 impl HandlerStack {
-    fn new() -> Self {
-        HandlerStack((0..HANDLER_STACK_SIZE).map(|_| UnsafeCell::new(0)).collect())
+    fn new() -> Option<Self> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                HANDLER_STACK_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then(|| HandlerStack { base: p.cast() })
     }
 
     /// The 16-byte aligned top (stacks grow down).
     pub(crate) fn top(&self) -> *mut u8 {
-        let end = self.0.as_ptr() as usize + self.0.len();
-        (end & !15) as *mut u8
+        // SAFETY: one past the end of our own mapping, page aligned, so 16-byte aligned.
+        unsafe { self.base.add(HANDLER_STACK_SIZE) }
+    }
+}
+
+impl Drop for HandlerStack {
+    fn drop(&mut self) {
+        // SAFETY: `base` is the start of our HANDLER_STACK_SIZE mapping, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), HANDLER_STACK_SIZE) };
     }
 }
 
 // SAFETY: all fields are atomics or set-once, except the unwind cache, which only the signal
-// handler running on this very thread touches (and the handler cannot nest: no SA_NODEFER).
+// handler running on this very thread touches (and the handler cannot nest: no SA_NODEFER and
+// every signal blocked while it runs).
 unsafe impl Sync for ThreadState {}
 // SAFETY: as above; the cache is plain owned memory.
 unsafe impl Send for ThreadState {}
@@ -313,7 +341,11 @@ impl Sampler {
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
         state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
-        state.handler_stack.get_or_init(HandlerStack::new);
+        if state.handler_stack.get().is_none() {
+            if let Some(stack) = HandlerStack::new() {
+                let _ = state.handler_stack.set(stack);
+            }
+        }
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
