@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::aggregate::{AllocWindow, FrameId, Window};
 use crate::config::{self, env, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
@@ -347,7 +347,6 @@ pub struct Stats {
 
 struct Shared {
     stop: Mutex<bool>,
-    wake: Condvar,
     flush_now: AtomicBool,
     samples: AtomicU64,
     lost: AtomicU64,
@@ -383,6 +382,7 @@ unsafe impl Send for SendSampler {}
 
 const TICK: Duration = Duration::from_millis(50);
 const SCAN_EVERY: Duration = Duration::from_millis(100);
+const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
 
 impl Agent {
     /// Starts profiling with a validated config. Only one agent may run per process.
@@ -413,7 +413,6 @@ impl Agent {
         let queue = Arc::new(Queue::new(config.queue_capacity, stats.clone()));
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
-            wake: Condvar::new(),
             flush_now: AtomicBool::new(false),
             samples: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -498,7 +497,7 @@ impl Agent {
     /// Closes the current window now (instead of at the end of the interval) and queues it.
     pub fn flush(&self) {
         self.shared.flush_now.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_all();
+        sampler::COLLECTOR_WAKE.notify_all();
     }
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
@@ -532,7 +531,7 @@ impl Agent {
         }
         let deadline = Instant::now() + self.config.shutdown_timeout;
         *self.shared.stop.lock() = true;
-        self.shared.wake.notify_all();
+        sampler::COLLECTOR_WAKE.notify_all();
         let _ = collector.join();
         self.queue.close(deadline);
         if let Some(done) = self.uploader_done.take() {
@@ -598,8 +597,15 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
     loop {
         let stopping = {
             let mut stop = shared.stop.lock();
-            if !*stop && !shared.flush_now.load(Ordering::SeqCst) {
-                shared.wake.wait_for(&mut stop, TICK);
+            // A registered thread gets its timer soon, but scans stay at most one per
+            // MIN_SCAN_GAP however fast threads come and go.
+            let timeout = if sampler::NEW_THREADS.load(Ordering::SeqCst) {
+                MIN_SCAN_GAP.saturating_sub(last_scan.elapsed())
+            } else {
+                TICK
+            };
+            if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
+                sampler::COLLECTOR_WAKE.wait_for(&mut stop, timeout);
             }
             *stop
         };
@@ -617,7 +623,10 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
             // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
             unwind::refresh();
         }
-        if last_scan.elapsed() >= SCAN_EVERY && !stopping {
+        let since = last_scan.elapsed();
+        let due = since >= SCAN_EVERY || (since >= MIN_SCAN_GAP && sampler::NEW_THREADS.load(Ordering::SeqCst));
+        if due && !stopping {
+            sampler::NEW_THREADS.store(false, Ordering::SeqCst);
             sampler.scan();
             shared.threads.store(sampler.sampled_threads() as u64, Ordering::Relaxed);
             last_scan = Instant::now();

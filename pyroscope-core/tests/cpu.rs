@@ -207,3 +207,37 @@ fn bindings_can_feed_their_own_frames() {
     assert_eq!(f.values, vec![7, 70_000_000]);
     assert_eq!(f.labels.get("vehicle").map(String::as_str), Some("car"));
 }
+
+#[test]
+fn sampled_cpu_per_thread_matches_the_threads_cpu_clock() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("accuracy");
+    let agent = AgentBuilder::new("accuracy").export_dir(&dir).sample_rate(1000).memory(false).start().unwrap();
+    // Two threads with known CPU time (their own clock), labelled, competing for 2 cores with
+    // a third unlabelled one.
+    let spin = |name: &'static str, ms: u64| {
+        std::thread::spawn(move || {
+            let start = cpu_time();
+            pyroscope_core::tag_wrapper(&[("worker", name)], || spin_cpu(Duration::from_millis(ms))).unwrap();
+            cpu_time() - start
+        })
+    };
+    let (a, b, c) = (spin("a", 600), spin("b", 300), spin("c", 450));
+    let truth: Vec<(&str, Duration)> =
+        vec![("a", a.join().unwrap()), ("b", b.join().unwrap()), ("c", c.join().unwrap())];
+    agent.stop();
+    let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    for (name, actual) in truth {
+        let sampled: i64 =
+            flat.iter().filter(|f| f.labels.get("worker").map(String::as_str) == Some(name)).map(|f| f.values[1]).sum();
+        let actual = actual.as_nanos() as f64;
+        let err = (sampled as f64 - actual) / actual;
+        eprintln!(
+            "worker {name}: sampled {:.0} ms, thread CPU clock {:.0} ms, {:+.1}%",
+            sampled as f64 / 1e6,
+            actual / 1e6,
+            err * 100.0
+        );
+        assert!(err.abs() < 0.10, "worker {name}: sampled {sampled} ns vs {actual} ns");
+    }
+}

@@ -177,8 +177,17 @@ static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
 /// The state of the calling thread, created on first use.
 pub(crate) fn register_current_thread() -> Arc<ThreadState> {
-    state_for(sys::gettid())
+    let state = state_for(sys::gettid());
+    // A thread that uses labels gets its timer now, not at the next periodic scan.
+    NEW_THREADS.store(true, Ordering::SeqCst);
+    COLLECTOR_WAKE.notify_all();
+    state
 }
+
+/// A thread registered itself: the collector should scan at once.
+pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
+/// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
+pub(crate) static COLLECTOR_WAKE: parking_lot::Condvar = parking_lot::Condvar::new();
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
 pub(crate) fn mark_own_thread() {
