@@ -16,6 +16,7 @@ test: setup lint test-rust
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core
 
 test-rust:
 	cargo test --workspace -q
