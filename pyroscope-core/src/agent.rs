@@ -335,6 +335,9 @@ pub struct Stats {
     pub upload_retries: u64,
     /// Threads with a CPU timer now.
     pub threads_sampled: u64,
+    /// Timer creations refused so far (thread table full, or the kernel refused), one per
+    /// attempt: a thread that cannot be armed is retried at every scan.
+    pub threads_unsampled: u64,
     /// Signal handler runs for our timers since the process started (all agents).
     pub handler_runs: u64,
     /// Nanoseconds spent in those runs, in all.
@@ -353,6 +356,7 @@ struct Shared {
     truncated: AtomicU64,
     windows: AtomicU64,
     threads: AtomicU64,
+    unsampled: AtomicU64,
     alloc_samples: AtomicU64,
     external: Mutex<Vec<(Vec<FrameId>, u32, u64)>>,
     export: Arc<ExportStats>,
@@ -419,6 +423,7 @@ impl Agent {
             truncated: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            unsampled: AtomicU64::new(0),
             alloc_samples: AtomicU64::new(0),
             external: Mutex::new(Vec::new()),
             export: stats,
@@ -487,6 +492,7 @@ impl Agent {
                 + e.dropped_at_shutdown.load(Ordering::Relaxed),
             upload_retries: e.retries.load(Ordering::Relaxed),
             threads_sampled: s.threads.load(Ordering::Relaxed),
+            threads_unsampled: s.unsampled.load(Ordering::Relaxed),
             handler_runs: sampler::HANDLER_RUNS.load(Ordering::Relaxed),
             handler_ns: sampler::HANDLER_NS.load(Ordering::Relaxed),
             alloc_sample_groups: s.alloc_samples.load(Ordering::Relaxed),
@@ -629,6 +635,7 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
             sampler::NEW_THREADS.store(false, Ordering::SeqCst);
             sampler.scan();
             shared.threads.store(sampler.sampled_threads() as u64, Ordering::Relaxed);
+            shared.unsampled.store(sampler.threads_unsampled, Ordering::Relaxed);
             last_scan = Instant::now();
         }
         let flush = shared.flush_now.swap(false, Ordering::SeqCst);

@@ -25,7 +25,7 @@ use crate::sys;
 use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
 use ring::Ring;
 
-/// Most threads sampled at once; further threads are counted in `threads_unsampled`.
+/// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
 const SIGVAL_MAGIC: u64 = 0x5059_524f; // "PYRO"
 
@@ -254,9 +254,8 @@ pub(crate) struct Sampler {
     timers: HashMap<i32, Timer>,
     free_slots: Vec<usize>,
     rng: u64,
-    /// Threads seen but not sampled (table full or timer_create refused).
+    /// Threads seen but not sampled (table full or timer_create/settime refused).
     pub threads_unsampled: u64,
-    pub timer_errors: u64,
 }
 
 impl Sampler {
@@ -275,7 +274,6 @@ impl Sampler {
             free_slots: (0..MAX_THREADS).rev().collect(),
             rng: seed | 1,
             threads_unsampled: 0,
-            timer_errors: 0,
         };
         s.scan();
         Ok(s)
@@ -289,7 +287,7 @@ impl Sampler {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Finds new and exited threads, creates and deletes timers, learns stack bounds.
+    /// Finds new and exited threads, creates and deletes timers, refreshes the maps table.
     pub(crate) fn scan(&mut self) {
         // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
         let dead: Vec<i32> = self
@@ -369,7 +367,6 @@ impl Sampler {
         if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
             SLOTS[slot].store(std::ptr::null_mut(), Ordering::SeqCst);
             self.free_slots.push(slot);
-            self.timer_errors += 1;
             return Err(Error::os("timer_create"));
         }
         let period = self.period.as_nanos() as u64;
@@ -385,7 +382,6 @@ impl Sampler {
         if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
             let t = Timer { id, slot, state };
             drop(self.delete(t));
-            self.timer_errors += 1;
             return Err(Error::os("timer_settime"));
         }
         Ok(Timer { id, slot, state })

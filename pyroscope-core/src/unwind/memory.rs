@@ -15,9 +15,9 @@ pub(crate) fn read_word(addr: u64, stack: (u64, u64)) -> Result<u64, ()> {
     }
     let (lo, hi) = stack;
     if lo <= addr && addr.checked_add(8).is_some_and(|end| end <= hi) {
-        // SAFETY: [lo, hi) is the readable mapping that holds the interrupted thread's stack,
-        // learned from /proc/self/maps after this thread's sp was seen inside it; the thread is
-        // running this handler, so its stack stays mapped. The address is aligned.
+        // SAFETY: [lo, hi) runs from the thread's stack pointer to the end of the mapping that
+        // holds it (`unwind::stack_window`, from /proc/self/maps); the thread is running this
+        // handler or hook, so its stack stays mapped. The address is aligned.
         return Ok(unsafe { std::ptr::read_volatile(addr as *const u64) });
     }
     read_word_checked(addr)
