@@ -385,6 +385,11 @@ struct SendSampler(Sampler);
 unsafe impl Send for SendSampler {}
 
 const TICK: Duration = Duration::from_millis(50);
+/// The collector's sleep while the ring is busy: a drain that found an eighth of the ring
+/// filled since the last one comes back this soon, so bursts (a program allocating tens of
+/// GB/s) do not overflow the ring and lose samples.
+const BUSY_TICK: Duration = Duration::from_millis(2);
+const RING_CAPACITY: usize = 4096;
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
 
@@ -428,7 +433,8 @@ impl Agent {
             external: Mutex::new(Vec::new()),
             export: stats,
         });
-        let sampler = SendSampler(Sampler::start(config.signal, config.signal_on_alt_stack, config.sample_rate, 4096)?);
+        let sampler =
+            SendSampler(Sampler::start(config.signal, config.signal_on_alt_stack, config.sample_rate, RING_CAPACITY)?);
         if config.memory {
             crate::alloc::reset_live();
             crate::alloc::SAMPLE_BYTES.store(config.alloc_sample_bytes, Ordering::SeqCst);
@@ -593,29 +599,31 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
     let mut last_scan = Instant::now();
     let mut lost_seen = ring.map_or(0, |r| r.dropped());
     let drain = |window: &mut Window, allocs: &mut AllocWindow| {
-        if let Some(r) = ring {
+        ring.map_or(0, |r| {
             r.drain(|rec| match rec.kind {
                 Kind::Cpu => window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight),
                 Kind::Alloc => allocs.add(rec.stack(), rec.aux, rec.label_id, rec.weight, rate),
-            });
-        }
+            })
+        })
     };
+    let mut busy = false;
     loop {
         let stopping = {
             let mut stop = shared.stop.lock();
             // A registered thread gets its timer soon, but scans stay at most one per
             // MIN_SCAN_GAP however fast threads come and go.
+            let tick = if busy { BUSY_TICK } else { TICK };
             let timeout = if sampler::NEW_THREADS.load(Ordering::SeqCst) {
-                MIN_SCAN_GAP.saturating_sub(last_scan.elapsed())
+                MIN_SCAN_GAP.saturating_sub(last_scan.elapsed()).min(tick)
             } else {
-                TICK
+                tick
             };
             if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
                 sampler::COLLECTOR_WAKE.wait_for(&mut stop, timeout);
             }
             *stop
         };
-        drain(&mut window, &mut allocs);
+        busy = drain(&mut window, &mut allocs) >= RING_CAPACITY / 8;
         if let Some(r) = ring {
             let lost = r.dropped();
             window.add_lost(lost - lost_seen);

@@ -57,8 +57,8 @@ mod unwind;
 pub use agent::{Agent, AgentBuilder, Stats};
 pub use aggregate::FrameId;
 pub use alloc::{
-    alloc_is_sampled, free_is_tracked, on_alloc, on_free, record_alloc, record_free, SamplingAllocator,
-    DEFAULT_SAMPLE_BYTES,
+    alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free,
+    SamplingAllocator, DEFAULT_SAMPLE_BYTES,
 };
 pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};

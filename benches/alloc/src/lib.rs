@@ -6,8 +6,14 @@ use std::time::Instant;
 
 /// Threads allocating at once.
 pub const THREADS: usize = 2;
-/// Allocations per thread.
-pub const ALLOCS: u64 = 40_000_000;
+/// Allocations per thread (about 5 s of CPU each on the reference machine, so that one-time
+/// costs such as symbolizing the binary weigh as little as they would in a service);
+/// `ALLOC_BENCH_ALLOCS` overrides it.
+pub const ALLOCS: u64 = 200_000_000;
+
+fn allocs() -> u64 {
+    std::env::var("ALLOC_BENCH_ALLOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(ALLOCS)
+}
 
 /// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations` on stdout.
 pub fn main_with(profile: bool) {
@@ -24,18 +30,21 @@ pub fn main_with(profile: bool) {
     let mut m = bench_workload::run(THREADS, 1, 0, |_, _| work());
     let t = Instant::now();
     if let Some(a) = agent {
-        a.stop();
+        let stats = a.stop();
+        if std::env::var_os("ALLOC_BENCH_STATS").is_some() {
+            eprintln!("{stats:?}");
+        }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id())));
     }
     m.stop = t.elapsed().as_secs_f64();
-    println!("{} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * ALLOCS);
+    println!("{} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * allocs());
 }
 
 /// One thread's share.
 fn work() {
     let mut ring: Vec<Vec<u8>> = Vec::with_capacity(1024);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..ALLOCS {
+    for i in 0..allocs() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

@@ -23,9 +23,7 @@ pub use pyroscope::*;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use pyroscope_core::{
-    alloc_is_sampled, free_is_tracked, on_alloc, on_free, record_alloc, record_free, Agent, AgentBuilder,
-};
+use pyroscope_core::{countdown_expired, free_is_tracked, on_free, record_free, Agent, AgentBuilder};
 
 extern "C" {
     fn __libc_malloc(size: usize) -> *mut c_void;
@@ -37,9 +35,80 @@ extern "C" {
     fn __libc_pvalloc(size: usize) -> *mut c_void;
 }
 
+// The sampling countdown: bytes this thread may still allocate before its next sample. It is
+// an initial-exec TLS variable, reached with one `%fs`-relative access; a Rust thread-local in
+// a shared library goes through a call to `__tls_get_addr` on every malloc, which cost this
+// library 4-5% of an allocation-heavy program's time. (Stable Rust cannot choose a TLS model,
+// hence the assembly.) Initial-exec TLS suits a library loaded at startup by LD_PRELOAD; glibc
+// keeps spare static TLS for the rare `dlopen` of it.
+std::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".balign 8",
+    ".globl pyroscope_preload_countdown",
+    ".hidden pyroscope_preload_countdown",
+    ".type pyroscope_preload_countdown, @object",
+    ".size pyroscope_preload_countdown, 8",
+    "pyroscope_preload_countdown:",
+    ".zero 8",
+    ".popsection",
+);
+
+/// Takes `size` bytes from this thread's countdown; true when it reached zero (a sample is due
+/// or the countdown needs its first draw): then call [`countdown_slow`].
+#[inline(always)]
+fn countdown_take(size: usize) -> bool {
+    let left: i64;
+    // SAFETY: reads this thread's TLS offset of `pyroscope_preload_countdown` from the GOT
+    // and updates the 8-byte variable at that offset from %fs, which the variable's own
+    // thread alone touches; no other memory or register is changed.
+    unsafe {
+        std::arch::asm!(
+            "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
+            "movq %fs:({off}), {left}",
+            "subq {size}, {left}",
+            "movq {left}, %fs:({off})",
+            off = out(reg) _,
+            left = out(reg) left,
+            size = in(reg) size,
+            options(att_syntax, nostack, preserves_flags),
+        );
+    }
+    left <= 0
+}
+
+/// The countdown ran out on an allocation of `size` bytes at `p`: let the core sample it and
+/// store the next countdown.
+#[cold]
+#[inline(never)]
+fn countdown_slow(p: *mut c_void, size: usize) {
+    let left: i64;
+    // SAFETY: as in `countdown_take`: this thread's own TLS variable.
+    unsafe {
+        std::arch::asm!(
+            "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
+            "movq %fs:({off}), {left}",
+            off = out(reg) _,
+            left = out(reg) left,
+            options(att_syntax, nostack, preserves_flags, readonly),
+        );
+    }
+    let next = countdown_expired(p.cast(), size, left);
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!(
+            "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
+            "movq {next}, %fs:({off})",
+            off = out(reg) _,
+            next = in(reg) next,
+            options(att_syntax, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Reports a successful allocation other than `malloc`'s (those are rarer: no tail call).
 fn seen(p: *mut c_void, size: usize) -> *mut c_void {
-    if !p.is_null() {
-        on_alloc(p.cast(), size);
+    if !p.is_null() && countdown_take(size) {
+        countdown_slow(p, size);
     }
     p
 }
@@ -48,7 +117,7 @@ fn seen(p: *mut c_void, size: usize) -> *mut c_void {
 /// The C `malloc` contract.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if alloc_is_sampled(size) {
+    if countdown_take(size) {
         return malloc_sampled(size);
     }
     // SAFETY: forwarded unchanged to glibc's implementation; a tail call on the hot path.
@@ -61,7 +130,7 @@ fn malloc_sampled(size: usize) -> *mut c_void {
     // SAFETY: forwarded unchanged to glibc's implementation.
     let p = unsafe { __libc_malloc(size) };
     if !p.is_null() {
-        record_alloc(p.cast(), size);
+        countdown_slow(p, size);
     }
     p
 }
