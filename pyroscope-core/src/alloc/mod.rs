@@ -61,14 +61,12 @@ pub(crate) struct Live {
     pub size: u64,
 }
 
-static LIVE: Mutex<Option<LiveMap>> = Mutex::new(None);
-
 /// First check on the free path: one bit per 1 KiB granule (address / 1024, modulo the number
 /// of granules, no hashing), set while some live sample starts in it. The whole filter is
 /// 2 KiB and one cache line covers 512 KiB of neighbouring addresses, so even a free after a
 /// burst of `memset`s finds it in L1: a clear bit (one load, one shift) proves the address is
 /// not a live sample. A 16 KiB table of byte counters here cost 1.5-2 ns per free, mostly L1
-/// misses. Written only under the LIVE lock, from the per-granule counts below.
+/// misses. Written only under [`FILTER_LOCK`], from the per-granule counts below.
 const GRANULES: usize = 1 << 14;
 static FILTER: [AtomicU64; GRANULES / 64] = [const { AtomicU64::new(0) }; GRANULES / 64];
 /// Live samples per granule (saturating: a full counter stays full and only costs lookups).
@@ -91,8 +89,10 @@ fn fine_slot(addr: usize) -> usize {
     (addr >> 4) & (FINE_SIZE - 1)
 }
 
-// The filters and the exact set are written only under the LIVE lock, so their writers need
-// no read-modify-write instructions: a load and a store are enough.
+/// Serializes every write to the three filter tables (a few loads and stores, never a miss
+/// that was not prefetched), so a granule's count and its bit always agree and the writers
+/// need no read-modify-write instructions. Taken after a shard's lock, never before.
+static FILTER_LOCK: Mutex<()> = Mutex::new(());
 
 fn bump(slot: &AtomicU8, up: bool) {
     let c = slot.load(Ordering::Relaxed);
@@ -102,8 +102,9 @@ fn bump(slot: &AtomicU8, up: bool) {
     }
 }
 
-/// Under the LIVE lock: counts a new live sample at `addr` in both filters.
+/// Counts a new live sample at `addr` in both filters.
 fn filters_add(addr: usize) {
+    let _filters = FILTER_LOCK.lock();
     let g = granule(addr);
     bump(&GRANULE_COUNT[g], true);
     let word = &FILTER[g / 64];
@@ -114,10 +115,11 @@ fn filters_add(addr: usize) {
     bump(&FINE[fine_slot(addr)], true);
 }
 
-/// Under the LIVE lock: the sample at `addr` is gone. (Its granule's bit is cleared at once:
+/// The sample at `addr` is gone. (Its granule's bit is cleared at once:
 /// left set until a later sweep, stale bits sent a quarter of all frees of an allocation-heavy
 /// program to the second level, a cache miss each.)
 fn filters_remove(addr: usize) {
+    let _filters = FILTER_LOCK.lock();
     let g = granule(addr);
     bump(&GRANULE_COUNT[g], false);
     if GRANULE_COUNT[g].load(Ordering::Relaxed) == 0 {
@@ -131,7 +133,10 @@ fn filters_remove(addr: usize) {
 #[inline(always)]
 fn prefetch_tables(addr: usize) {
     for p in [
-        KEYS[set_start(addr)].as_ptr() as *const i8,
+        {
+            let (shard, slot) = set_start(addr);
+            SHARDS[shard].keys[slot].as_ptr() as *const i8
+        },
         FINE[fine_slot(addr)].as_ptr() as *const i8,
         GRANULE_COUNT[granule(addr)].as_ptr() as *const i8,
     ] {
@@ -140,37 +145,59 @@ fn prefetch_tables(addr: usize) {
     }
 }
 
-/// Third check, for the rare free that passes both filters: the exact set of live sampled addresses,
-/// linear probing with lock-free reads. Written only under the LIVE lock. Removal shifts later
-/// entries back instead of leaving tombstones, so a miss ends at the first empty slot (almost
-/// always the first or second probe) however many samples came and went before.
-const SET_SIZE: usize = 1 << 18;
-const SET_MASK: usize = SET_SIZE - 1;
+/// Third check, for the rare free that passes both filters: the exact set of live sampled
+/// addresses, linear probing with lock-free reads, split in shards by address hash. Each shard
+/// holds the map of its live samples and its part of the set under its own lock, so threads
+/// that sample at the same time rarely wait for each other (one global lock made a busy
+/// program's threads park on it). Removal shifts later entries back instead of leaving
+/// tombstones, so a miss ends at the first empty slot (almost always the first or second
+/// probe) however many samples came and went before.
+const SHARD_COUNT: usize = 64;
+const SHARD_KEYS: usize = 1 << 12;
+const SHARD_MASK: usize = SHARD_KEYS - 1;
 const SET_PROBES: usize = 32;
-static KEYS: [AtomicUsize; SET_SIZE] = [const { AtomicUsize::new(0) }; SET_SIZE];
-/// Odd while a removal moves entries (a seqlock): a reader that missed during one looks again.
-static SET_GEN: AtomicUsize = AtomicUsize::new(0);
 
-fn set_start(addr: usize) -> usize {
-    ((addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 46) as usize & SET_MASK
+#[repr(align(64))]
+struct Shard {
+    /// The live samples whose address hashes here (`None` until the first).
+    map: Mutex<Option<LiveMap>>,
+    /// Odd while a removal moves entries (a seqlock): a reader that missed during one looks
+    /// again.
+    gen: AtomicUsize,
+    keys: [AtomicUsize; SHARD_KEYS],
+}
+
+static SHARDS: [Shard; SHARD_COUNT] = [const {
+    Shard { map: Mutex::new(None), gen: AtomicUsize::new(0), keys: [const { AtomicUsize::new(0) }; SHARD_KEYS] }
+}; SHARD_COUNT];
+
+/// The shard of `addr` and its home slot there.
+fn set_start(addr: usize) -> (usize, usize) {
+    let h = (addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 58) as usize, (h >> 40) as usize & SHARD_MASK)
+}
+
+fn shard_of(addr: usize) -> &'static Shard {
+    &SHARDS[set_start(addr).0]
 }
 
 /// Whether `addr` is in the set. An entry moved by a concurrent removal could be passed over,
-/// so a miss counts only if no removal ran meanwhile; after a few tries it asks the map.
+/// so a miss counts only if no removal ran meanwhile; after a few tries it says maybe (true).
 fn set_contains(addr: usize) -> bool {
+    let (shard, start) = set_start(addr);
+    let shard = &SHARDS[shard];
     for _ in 0..4 {
-        let gen = SET_GEN.load(Ordering::Acquire);
+        let gen = shard.gen.load(Ordering::Acquire);
         if gen & 1 == 0 {
-            let start = set_start(addr);
             for i in 0..SET_PROBES {
-                match KEYS[(start + i) & SET_MASK].load(Ordering::Relaxed) {
+                match shard.keys[(start + i) & SHARD_MASK].load(Ordering::Relaxed) {
                     0 => break,
                     k if k == addr => return true,
                     _ => {}
                 }
             }
             std::sync::atomic::fence(Ordering::Acquire);
-            if SET_GEN.load(Ordering::Relaxed) == gen {
+            if shard.gen.load(Ordering::Relaxed) == gen {
                 return false;
             }
         }
@@ -180,11 +207,11 @@ fn set_contains(addr: usize) -> bool {
     true
 }
 
-/// Under the LIVE lock. False when no slot is free within the probe bound.
+/// Under the shard's lock. False when no slot is free within the probe bound.
 fn set_insert(addr: usize) -> bool {
-    let start = set_start(addr);
+    let (shard, start) = set_start(addr);
     for i in 0..SET_PROBES {
-        let slot = &KEYS[(start + i) & SET_MASK];
+        let slot = &SHARDS[shard].keys[(start + i) & SHARD_MASK];
         let k = slot.load(Ordering::Relaxed);
         if k == 0 || k == addr {
             slot.store(addr, Ordering::Release);
@@ -194,14 +221,15 @@ fn set_insert(addr: usize) -> bool {
     false
 }
 
-/// Under the LIVE lock: removes `addr`, then moves back each later entry of the run that may
-/// sit in the hole (its home is not between the hole and itself), so no probe chain breaks.
+/// Under the shard's lock: removes `addr`, then moves back each later entry of the run that
+/// may sit in the hole (its home is not between the hole and itself), so no probe chain breaks.
 fn set_remove(addr: usize) {
-    let start = set_start(addr);
+    let (shard, start) = set_start(addr);
+    let shard = &SHARDS[shard];
     let mut hole = None;
     for i in 0..SET_PROBES {
-        let j = (start + i) & SET_MASK;
-        match KEYS[j].load(Ordering::Relaxed) {
+        let j = (start + i) & SHARD_MASK;
+        match shard.keys[j].load(Ordering::Relaxed) {
             0 => return,
             k if k == addr => {
                 hole = Some(j);
@@ -211,24 +239,24 @@ fn set_remove(addr: usize) {
         }
     }
     let Some(mut hole) = hole else { return };
-    let gen = SET_GEN.load(Ordering::Relaxed);
-    SET_GEN.store(gen + 1, Ordering::Relaxed);
+    let gen = shard.gen.load(Ordering::Relaxed);
+    shard.gen.store(gen + 1, Ordering::Relaxed);
     std::sync::atomic::fence(Ordering::Release);
     let mut j = hole;
     loop {
-        j = (j + 1) & SET_MASK;
-        let k = KEYS[j].load(Ordering::Relaxed);
+        j = (j + 1) & SHARD_MASK;
+        let k = shard.keys[j].load(Ordering::Relaxed);
         if k == 0 {
             break;
         }
-        let home = set_start(k);
-        if hole.wrapping_sub(home) & SET_MASK < j.wrapping_sub(home) & SET_MASK {
-            KEYS[hole].store(k, Ordering::Relaxed);
+        let home = set_start(k).1;
+        if hole.wrapping_sub(home) & SHARD_MASK < j.wrapping_sub(home) & SHARD_MASK {
+            shard.keys[hole].store(k, Ordering::Relaxed);
             hole = j;
         }
     }
-    KEYS[hole].store(0, Ordering::Relaxed);
-    SET_GEN.store(gen + 2, Ordering::Release);
+    shard.keys[hole].store(0, Ordering::Relaxed);
+    shard.gen.store(gen + 2, Ordering::Release);
 }
 
 /// The live map's hasher: addresses are already unique, a multiply spreads them (SipHash is
@@ -339,7 +367,7 @@ fn slow_free(ptr: *mut u8) {
         return;
     }
     guarded(|| {
-        let mut live = LIVE.lock();
+        let mut live = shard_of(ptr as usize).map.lock();
         if let Some(map) = live.as_mut() {
             if map.remove(&(ptr as usize)).is_some() {
                 set_remove(ptr as usize);
@@ -460,12 +488,12 @@ fn record(ptr: *mut u8, size: usize) {
     if !pushed {
         return;
     }
-    let mut live = LIVE.lock();
+    let mut live = shard_of(ptr as usize).map.lock();
     let map = live.get_or_insert_with(|| {
         TABLES_USED.store(true, Ordering::Relaxed);
         LiveMap::default()
     });
-    if map.len() >= MAX_LIVE || !set_insert(ptr as usize) {
+    if map.len() >= MAX_LIVE / SHARD_COUNT || !set_insert(ptr as usize) {
         LIVE_OVERFLOW.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -502,10 +530,14 @@ fn thread_cache() -> Option<&'static mut SignalCache> {
 
 /// The live sampled allocations, grouped by (stack hash, labels): (count, bytes).
 pub(crate) fn live_snapshot() -> HashMap<(u64, u32), Vec<u64>> {
-    let copy: Vec<Live> = busy(|| LIVE.lock().as_ref().map(|m| m.values().copied().collect()).unwrap_or_default());
+    // One shard at a time: a thread that samples waits for at most one shard's copy.
     let mut out: HashMap<(u64, u32), Vec<u64>> = HashMap::new();
-    for l in copy {
-        out.entry((l.stack_hash, l.label_id)).or_default().push(l.size);
+    for shard in &SHARDS {
+        let copy: Vec<Live> =
+            busy(|| shard.map.lock().as_ref().map(|m| m.values().copied().collect()).unwrap_or_default());
+        for l in copy {
+            out.entry((l.stack_hash, l.label_id)).or_default().push(l.size);
+        }
     }
     out
 }
@@ -518,10 +550,22 @@ static TABLES_USED: AtomicBool = AtomicBool::new(false);
 /// Forgets every live allocation (a new agent starts from zero).
 pub(crate) fn reset_live() {
     busy(|| {
-        let mut live = LIVE.lock();
-        if let Some(m) = live.as_mut() {
-            m.clear();
+        for shard in &SHARDS {
+            let mut live = shard.map.lock();
+            if let Some(m) = live.as_mut() {
+                m.clear();
+            }
+            if TABLES_USED.load(Ordering::Relaxed) {
+                shard.gen.fetch_add(1, Ordering::Relaxed);
+                for k in shard.keys.iter() {
+                    if k.load(Ordering::Relaxed) != 0 {
+                        k.store(0, Ordering::Relaxed);
+                    }
+                }
+                shard.gen.fetch_add(1, Ordering::Release);
+            }
         }
+        let _filters = FILTER_LOCK.lock();
         if !TABLES_USED.load(Ordering::Relaxed) {
             return;
         }
@@ -533,29 +577,37 @@ pub(crate) fn reset_live() {
                 f.store(0, Ordering::Relaxed);
             }
         }
-        SET_GEN.fetch_add(1, Ordering::Relaxed);
-        for k in KEYS.iter() {
-            if k.load(Ordering::Relaxed) != 0 {
-                k.store(0, Ordering::Relaxed);
-            }
-        }
-        SET_GEN.fetch_add(1, Ordering::Release);
     });
 }
 
 pub(crate) fn prepare_fork() {
-    std::mem::forget(LIVE.lock());
+    for shard in &SHARDS {
+        std::mem::forget(shard.map.lock());
+    }
+    std::mem::forget(FILTER_LOCK.lock());
 }
 
 pub(crate) fn after_fork_parent() {
-    // SAFETY: `prepare_fork` took the lock on this thread and forgot the guard.
-    unsafe { LIVE.force_unlock() };
+    // SAFETY: `prepare_fork` took these locks on this thread and forgot the guards.
+    unsafe { unlock_all() };
 }
 
 pub(crate) fn after_fork_child() {
-    // SAFETY: as in the parent; the child's only thread is the one that took it.
-    unsafe { LIVE.force_unlock() };
+    // SAFETY: as in the parent; the child's only thread is the one that took them.
+    unsafe { unlock_all() };
     ENABLED.store(false, Ordering::SeqCst);
+}
+
+/// # Safety
+/// Every lock must be held by this thread, its guard forgotten (see `prepare_fork`).
+unsafe fn unlock_all() {
+    // SAFETY: per this function's contract.
+    unsafe {
+        FILTER_LOCK.force_unlock();
+        for shard in &SHARDS {
+            shard.map.force_unlock();
+        }
+    }
 }
 
 /// A global allocator that samples allocations for memory profiles and forwards everything to
@@ -655,21 +707,24 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
 mod tests {
     use super::*;
 
-    /// The exact set against a model, with a run of colliding addresses: removals from the
+    /// The exact set against a model, with runs of colliding addresses: removals from the
     /// middle of probe chains must leave every other member findable.
     #[test]
     fn exact_set_removals_keep_chains_whole() {
-        let _live = LIVE.lock();
-        // Addresses far from any heap whose home slots all fall in a window of 8 (and one run
-        // across the table's end), so chains are long and overlap.
+        // Addresses far from any heap whose home slots all fall in a window of 8 in shard 0
+        // (and one run across the shard's end), so chains are long and overlap.
         let base = 0x5a5a_0000_0000usize;
-        let near = |a: usize, s: usize| set_start(a).wrapping_sub(s) & SET_MASK < 8;
-        let addrs: Vec<usize> = (0..1usize << 24)
+        let near = |a: usize, s: usize| {
+            let (shard, slot) = set_start(a);
+            shard == 0 && slot.wrapping_sub(s) & SHARD_MASK < 8
+        };
+        let addrs: Vec<usize> = (0..1usize << 26)
             .map(|k| base + k * 16)
-            .filter(|&a| near(a, 1000) || near(a, SET_SIZE - 4))
+            .filter(|&a| near(a, 1000) || near(a, SHARD_KEYS - 4))
             .take(120)
             .collect();
         assert_eq!(addrs.len(), 120);
+        let _live = SHARDS[0].map.lock();
         let mut model = std::collections::HashSet::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for round in 0..20_000 {
@@ -693,6 +748,6 @@ mod tests {
             set_remove(a);
         }
         assert!(addrs.iter().all(|&a| !set_contains(a)));
-        assert!(KEYS.iter().all(|k| k.load(Ordering::Relaxed) == 0), "removal left entries behind");
+        assert!(SHARDS[0].keys.iter().all(|k| k.load(Ordering::Relaxed) == 0), "removal left entries behind");
     }
 }
