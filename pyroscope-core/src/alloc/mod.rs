@@ -66,9 +66,19 @@ pub(crate) struct Live {
 /// 2 KiB and one cache line covers 512 KiB of neighbouring addresses, so even a free after a
 /// burst of `memset`s finds it in L1: a clear bit (one load, one shift) proves the address is
 /// not a live sample. A 16 KiB table of byte counters here cost 1.5-2 ns per free, mostly L1
-/// misses. Written only under [`FILTER_LOCK`], from the per-granule counts below.
+/// misses. Bits are set and cleared under the lock of the granule's shard (below).
 const GRANULES: usize = 1 << 14;
-static FILTER: [AtomicU64; GRANULES / 64] = [const { AtomicU64::new(0) }; GRANULES / 64];
+static FILTER: Filter = Filter([const { AtomicU64::new(0) }; GRANULES / 64]);
+/// Cache-line aligned, so no other variable's writes evict the filter from readers' caches.
+#[repr(align(64))]
+struct Filter([AtomicU64; GRANULES / 64]);
+
+impl std::ops::Deref for Filter {
+    type Target = [AtomicU64; GRANULES / 64];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 /// Live samples per granule (saturating: a full counter stays full and only costs lookups).
 /// Off the fast path.
 static GRANULE_COUNT: [AtomicU8; GRANULES] = [const { AtomicU8::new(0) }; GRANULES];
@@ -89,10 +99,11 @@ fn fine_slot(addr: usize) -> usize {
     (addr >> 4) & (FINE_SIZE - 1)
 }
 
-/// Serializes every write to the three filter tables (a few loads and stores, never a miss
-/// that was not prefetched), so a granule's count and its bit always agree and the writers
-/// need no read-modify-write instructions. Taken after a shard's lock, never before.
-static FILTER_LOCK: Mutex<()> = Mutex::new(());
+// Every address of a granule belongs to the same shard of the exact set (the shard is chosen
+// by granule), and so does every address that shares a `FINE` counter (same granule index).
+// So a shard's lock serializes all the updates of a given counter, and a granule's count and
+// its bit always agree; only the 64-bit filter words are shared between shards, and change by
+// atomic OR and AND.
 
 fn bump(slot: &AtomicU8, up: bool) {
     let c = slot.load(Ordering::Relaxed);
@@ -102,29 +113,26 @@ fn bump(slot: &AtomicU8, up: bool) {
     }
 }
 
-/// Counts a new live sample at `addr` in both filters.
+/// Under the lock of `addr`'s shard: counts a new live sample at `addr` in both filters.
 fn filters_add(addr: usize) {
-    let _filters = FILTER_LOCK.lock();
     let g = granule(addr);
     bump(&GRANULE_COUNT[g], true);
     let word = &FILTER[g / 64];
-    let bits = word.load(Ordering::Relaxed);
-    if bits & (1 << (g % 64)) == 0 {
-        word.store(bits | 1 << (g % 64), Ordering::Relaxed);
+    if word.load(Ordering::Relaxed) & (1 << (g % 64)) == 0 {
+        word.fetch_or(1 << (g % 64), Ordering::Relaxed);
     }
     bump(&FINE[fine_slot(addr)], true);
 }
 
-/// The sample at `addr` is gone. (Its granule's bit is cleared at once:
+/// Under the lock of `addr`'s shard: the sample at `addr` is gone. (Its granule's bit is
+/// cleared at once:
 /// left set until a later sweep, stale bits sent a quarter of all frees of an allocation-heavy
 /// program to the second level, a cache miss each.)
 fn filters_remove(addr: usize) {
-    let _filters = FILTER_LOCK.lock();
     let g = granule(addr);
     bump(&GRANULE_COUNT[g], false);
     if GRANULE_COUNT[g].load(Ordering::Relaxed) == 0 {
-        let word = &FILTER[g / 64];
-        word.store(word.load(Ordering::Relaxed) & !(1 << (g % 64)), Ordering::Relaxed);
+        FILTER[g / 64].fetch_and(!(1 << (g % 64)), Ordering::Relaxed);
     }
     bump(&FINE[fine_slot(addr)], false);
 }
@@ -171,10 +179,11 @@ static SHARDS: [Shard; SHARD_COUNT] = [const {
     Shard { map: Mutex::new(None), gen: AtomicUsize::new(0), keys: [const { AtomicUsize::new(0) }; SHARD_KEYS] }
 }; SHARD_COUNT];
 
-/// The shard of `addr` and its home slot there.
+/// The shard of `addr` (chosen by its granule, see the filters) and its home slot there.
 fn set_start(addr: usize) -> (usize, usize) {
+    let shard = (granule(addr) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
     let h = (addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 58) as usize, (h >> 40) as usize & SHARD_MASK)
+    (shard as usize, (h >> 40) as usize & SHARD_MASK)
 }
 
 fn shard_of(addr: usize) -> &'static Shard {
@@ -414,7 +423,9 @@ fn slow_alloc(ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 pub fn countdown_expired(ptr: *mut u8, size: usize, left: i64) -> i64 {
-    HOOKED.store(true, Ordering::Relaxed);
+    if !HOOKED.load(Ordering::Relaxed) {
+        HOOKED.store(true, Ordering::Relaxed);
+    }
     guarded(|| {
         // A thread's first trip here only draws its first interval: starting every thread's
         // countdown at zero would sample (and inflate) each thread's first allocation.
@@ -550,26 +561,26 @@ static TABLES_USED: AtomicBool = AtomicBool::new(false);
 /// Forgets every live allocation (a new agent starts from zero).
 pub(crate) fn reset_live() {
     busy(|| {
-        for shard in &SHARDS {
-            let mut live = shard.map.lock();
+        // All shards at once: the filters are shared between them.
+        let mut guards: Vec<_> = SHARDS.iter().map(|shard| shard.map.lock()).collect();
+        for live in &mut guards {
             if let Some(m) = live.as_mut() {
                 m.clear();
             }
-            if TABLES_USED.load(Ordering::Relaxed) {
-                shard.gen.fetch_add(1, Ordering::Relaxed);
-                for k in shard.keys.iter() {
-                    if k.load(Ordering::Relaxed) != 0 {
-                        k.store(0, Ordering::Relaxed);
-                    }
-                }
-                shard.gen.fetch_add(1, Ordering::Release);
-            }
         }
-        let _filters = FILTER_LOCK.lock();
         if !TABLES_USED.load(Ordering::Relaxed) {
             return;
         }
-        for f in &FILTER {
+        for shard in &SHARDS {
+            shard.gen.fetch_add(1, Ordering::Relaxed);
+            for k in shard.keys.iter() {
+                if k.load(Ordering::Relaxed) != 0 {
+                    k.store(0, Ordering::Relaxed);
+                }
+            }
+            shard.gen.fetch_add(1, Ordering::Release);
+        }
+        for f in FILTER.iter() {
             f.store(0, Ordering::Relaxed);
         }
         for f in GRANULE_COUNT.iter().chain(FINE.iter()) {
@@ -584,7 +595,6 @@ pub(crate) fn prepare_fork() {
     for shard in &SHARDS {
         std::mem::forget(shard.map.lock());
     }
-    std::mem::forget(FILTER_LOCK.lock());
 }
 
 pub(crate) fn after_fork_parent() {
@@ -599,14 +609,11 @@ pub(crate) fn after_fork_child() {
 }
 
 /// # Safety
-/// Every lock must be held by this thread, its guard forgotten (see `prepare_fork`).
+/// Every shard's lock must be held by this thread, its guard forgotten (see `prepare_fork`).
 unsafe fn unlock_all() {
-    // SAFETY: per this function's contract.
-    unsafe {
-        FILTER_LOCK.force_unlock();
-        for shard in &SHARDS {
-            shard.map.force_unlock();
-        }
+    for shard in &SHARDS {
+        // SAFETY: per this function's contract.
+        unsafe { shard.map.force_unlock() };
     }
 }
 
