@@ -15,7 +15,7 @@ fn allocs() -> u64 {
     std::env::var("ALLOC_BENCH_ALLOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(ALLOCS)
 }
 
-/// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations` on stdout.
+/// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations bytes` on stdout.
 pub fn main_with(profile: bool) {
     let agent = profile.then(|| {
         let dir = std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id()));
@@ -27,7 +27,10 @@ pub fn main_with(profile: bool) {
     });
     bench_workload::settle();
     // One slice per thread: `work` runs as the per-slice hook, the slice itself is empty.
-    let mut m = bench_workload::run(THREADS, 1, 0, |_, _| work());
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let mut m = bench_workload::run(THREADS, 1, 0, |_, _| {
+        bytes.fetch_add(work(), std::sync::atomic::Ordering::Relaxed);
+    });
     let t = Instant::now();
     if let Some(a) = agent {
         let stats = a.stop();
@@ -37,18 +40,21 @@ pub fn main_with(profile: bool) {
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id())));
     }
     m.stop = t.elapsed().as_secs_f64();
-    println!("{} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * allocs());
+    println!("{} {} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * allocs(), bytes.into_inner());
 }
 
-/// One thread's share.
-fn work() {
+/// One thread's share; returns the bytes it allocated.
+fn work() -> u64 {
     let mut ring: Vec<Vec<u8>> = Vec::with_capacity(1024);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = 0;
     for i in 0..allocs() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let v = vec![i as u8; 16 + (x % 1009) as usize];
+        let len = 16 + (x % 1009) as usize;
+        bytes += len as u64;
+        let v = vec![i as u8; len];
         if ring.len() < 1024 {
             ring.push(v);
         } else {
@@ -56,4 +62,5 @@ fn work() {
         }
     }
     std::hint::black_box(ring.len());
+    bytes
 }
