@@ -1,6 +1,8 @@
 //! Per-window aggregation: stacks interned, counts per (stack, label set), bounded.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -243,9 +245,9 @@ fn is_alloc_plumbing(name: &str) -> bool {
 /// unbiased.
 #[derive(Default)]
 pub(crate) struct AllocWindow {
-    pub sampled: HashMap<(u64, u32), [f64; 2]>,
+    pub sampled: FxHashMap<(u64, u32), [f64; 2]>,
     /// Stacks by hash, for this window's samples and every live sampled allocation.
-    pub stacks: HashMap<u64, Arc<[u64]>>,
+    pub stacks: FxHashMap<u64, Arc<[u64]>>,
 }
 
 /// The unbiasing factor for an allocation of `size` bytes sampled with mean interval `rate`.

@@ -8,8 +8,9 @@
 //!
 //! A sampled allocation unwinds its stack (framehop, from the hook's own registers), and
 //! writes one record into the same ring as CPU samples. For in-use memory, its address goes
-//! into a live map; frees test a small counting filter first (one relaxed load) and take the
-//! map's lock only when the address may be a sampled one.
+//! into a sharded live map; frees test a 2 KiB bitmap first (one relaxed load), then a finer
+//! table of counters and an exact lock-free set, and take a shard's lock only for a real
+//! sample. `docs/memory.md` has the figures behind each choice.
 //!
 //! A thread-local re-entrancy guard makes everything the profiler allocates while handling a
 //! sample go straight to the inner allocator, never sampled and never recursing.
@@ -268,26 +269,8 @@ fn set_remove(addr: usize) {
     shard.gen.store(gen + 2, Ordering::Release);
 }
 
-/// The live map's hasher: addresses are already unique, a multiply spreads them (SipHash is
-/// several times slower and resists nothing we need).
-#[derive(Default, Clone, Copy)]
-struct AddrHasher(u64);
-
-impl std::hash::Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64 ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-type LiveMap = HashMap<usize, Live, std::hash::BuildHasherDefault<AddrHasher>>;
+/// Keyed by address: FxHash (SipHash was the live map's largest cost after the lock).
+type LiveMap = rustc_hash::FxHashMap<usize, Live>;
 
 /// Runs `f` with the re-entrancy guard set; returns None if already inside (or during thread
 /// teardown, when thread-locals are gone).
