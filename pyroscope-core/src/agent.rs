@@ -385,11 +385,14 @@ struct SendSampler(Sampler);
 unsafe impl Send for SendSampler {}
 
 const TICK: Duration = Duration::from_millis(50);
-/// The collector's sleep while the ring is busy: a drain that found an eighth of the ring
-/// filled since the last one comes back this soon, so bursts (a program allocating tens of
-/// GB/s) do not overflow the ring and lose samples.
+/// The collector's sleep while the ring is busy: a drain that found an eighth of a lane
+/// filled since the last one comes back this soon, and a hook that finds its lane half full
+/// wakes it, so bursts (a program allocating tens of GB/s) do not overflow the ring and lose
+/// samples.
 const BUSY_TICK: Duration = Duration::from_millis(2);
-const RING_CAPACITY: usize = 4096;
+/// Ring lanes (writer threads are spread over them) and records per lane: 4 MiB in all.
+const RING_LANES: usize = 4;
+const LANE_CAPACITY: usize = 1024;
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
 
@@ -433,8 +436,13 @@ impl Agent {
             external: Mutex::new(Vec::new()),
             export: stats,
         });
-        let sampler =
-            SendSampler(Sampler::start(config.signal, config.signal_on_alt_stack, config.sample_rate, RING_CAPACITY)?);
+        let sampler = SendSampler(Sampler::start(
+            config.signal,
+            config.signal_on_alt_stack,
+            config.sample_rate,
+            RING_LANES,
+            LANE_CAPACITY,
+        )?);
         if config.memory {
             crate::alloc::reset_live();
             crate::alloc::SAMPLE_BYTES.store(config.alloc_sample_bytes, Ordering::SeqCst);
@@ -623,7 +631,7 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
             }
             *stop
         };
-        busy = drain(&mut window, &mut allocs) >= RING_CAPACITY / 8;
+        busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
         if let Some(r) = ring {
             let lost = r.dropped();
             window.add_lost(lost - lost_seen);

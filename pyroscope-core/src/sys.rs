@@ -2,6 +2,19 @@
 
 use std::io;
 
+/// A value alone on its cache line, so writes to its neighbours never take it away from the
+/// cores that use it (and its writes never take theirs).
+#[repr(align(64))]
+#[derive(Default)]
+pub(crate) struct CachePadded<T>(pub T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The kernel thread id of the calling thread.
 ///
 /// # Signal safety

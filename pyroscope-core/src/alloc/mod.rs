@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use framehop::{FrameAddress, Unwinder};
 use parking_lot::Mutex;
 
-use crate::sampler::ring::{Kind, MAX_DEPTH};
+use crate::sampler::ring::{Kind, Pushed, MAX_DEPTH};
 use crate::sampler::RING;
 use crate::unwind::{self, memory, NativeRegs, SignalCache};
 
@@ -52,6 +52,23 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
     static CACHE: Cell<*mut SignalCache> = const { Cell::new(std::ptr::null_mut()) };
+    /// This thread's key for the reader count's stripes and the ring's lanes (`usize::MAX`:
+    /// not drawn yet).
+    static READER_KEY: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Threads that sample get consecutive keys, so up to 16 of them count themselves on
+/// separate cache lines, and write to separate ring lanes.
+fn reader_key() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    READER_KEY
+        .try_with(|k| {
+            if k.get() == usize::MAX {
+                k.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            }
+            k.get()
+        })
+        .unwrap_or(0)
 }
 
 /// A live sampled allocation.
@@ -434,12 +451,13 @@ fn record(ptr: *mut u8, size: usize) {
     let (pc, sp, bp) = current_regs();
     // Counted like a signal handler, so the snapshot and maps we read are not freed meanwhile.
     // (Never ask pthread for the stack here: pthread_getattr_np may hold a lock up-stack.)
-    unwind::HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
+    let key = reader_key();
+    let stripe = unwind::HANDLERS_ACTIVE.enter(key);
     let stack = unwind::stack_window(sp);
     let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pushed = RING.push(|rec| {
+    let pushed = RING.push(key, |rec| {
         rec.kind = Kind::Alloc;
         rec.tid = 0;
         rec.label_id = label_id;
@@ -478,8 +496,11 @@ fn record(ptr: *mut u8, size: usize) {
         hash ^= rec.truncated as u64;
         rec.aux = hash;
     });
-    unwind::HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
-    if !pushed {
+    unwind::HANDLERS_ACTIVE.exit(stripe);
+    if pushed == Pushed::Filling {
+        crate::sampler::wake_collector();
+    }
+    if !pushed.written() {
         return;
     }
     let mut live = shard_of(ptr as usize).map.lock();

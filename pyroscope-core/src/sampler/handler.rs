@@ -49,7 +49,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     let Some(slot) = (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten() else {
         return chain(sig, info, ucontext);
     };
-    HANDLERS_ACTIVE.fetch_add(1, Ordering::SeqCst);
+    let stripe = HANDLERS_ACTIVE.enter(slot);
     let t0 = monotonic_ns();
     #[cfg(feature = "test-hooks")]
     super::IN_HANDLER.with(|f| f.set(true));
@@ -75,7 +75,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     super::IN_HANDLER.with(|f| f.set(false));
     super::HANDLER_NS.fetch_add(monotonic_ns().saturating_sub(t0), Ordering::Relaxed);
     super::HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
-    HANDLERS_ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    HANDLERS_ACTIVE.exit(stripe);
 }
 
 /// What the handler hands to the code it runs on its own stack.
@@ -130,7 +130,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
-    RING.push(|rec| {
+    RING.push(state.tid as usize, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
         rec.label_id = label_id;

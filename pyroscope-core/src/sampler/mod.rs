@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
-use ring::Ring;
+use ring::{Lanes, Pushed};
 
 /// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
@@ -33,8 +33,9 @@ const SIGVAL_MAGIC: u64 = 0x5059_524f; // "PYRO"
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The sigaction that was installed before ours, leaked on install, chained to.
 pub(crate) static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
-/// The ring every handler writes to; created by the first agent and kept for the process.
-pub(crate) static RING_CELL: OnceLock<Ring> = OnceLock::new();
+/// The rings every handler and hook writes to; created by the first agent and kept for the
+/// process.
+pub(crate) static RING_CELL: OnceLock<Lanes> = OnceLock::new();
 /// Slot -> thread state for live timers.
 pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
@@ -61,12 +62,14 @@ pub fn in_signal_handler() -> bool {
 pub(crate) struct RingRef;
 pub(crate) static RING: RingRef = RingRef;
 impl RingRef {
+    /// Pushes into the lane of `key` (a value that stays the same for the calling thread).
+    ///
     /// # Signal safety
-    /// One atomic load, then [`Ring::push`].
-    pub(crate) fn push(&self, fill: impl FnOnce(&mut ring::Record)) -> bool {
+    /// One atomic load, then [`ring::Ring::push`].
+    pub(crate) fn push(&self, key: usize, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
         match RING_CELL.get() {
-            Some(ring) => ring.push(fill),
-            None => false,
+            Some(ring) => ring.push(key, fill),
+            None => Pushed::Full,
         }
     }
 }
@@ -184,6 +187,11 @@ pub(crate) fn register_current_thread() -> Arc<ThreadState> {
     state
 }
 
+/// Wakes the collector now (a hook found its ring lane filling). Not from a signal handler.
+pub(crate) fn wake_collector() {
+    COLLECTOR_WAKE.notify_all();
+}
+
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
 /// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
@@ -259,8 +267,8 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, ring_capacity: usize) -> Result<Self> {
-        RING_CELL.get_or_init(|| Ring::new(ring_capacity));
+    pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, lanes: usize, lane_capacity: usize) -> Result<Self> {
+        RING_CELL.get_or_init(|| Lanes::new(lanes, lane_capacity));
         install_handler(signal, on_alt_stack)?;
         crate::unwind::refresh();
         crate::unwind::refresh_maps();
@@ -414,7 +422,7 @@ impl Sampler {
 /// call can be freed.
 fn wait_for_handlers() {
     let deadline = Instant::now() + Duration::from_millis(200);
-    while HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+    while !HANDLERS_ACTIVE.idle() && Instant::now() < deadline {
         std::thread::yield_now();
     }
 }

@@ -9,6 +9,7 @@
 //! # Signal safety
 //! [`Ring::push`] uses only atomics and plain memory writes to preallocated slots.
 
+use crate::sys::CachePadded;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -65,12 +66,68 @@ struct Slot {
     record: UnsafeCell<Record>,
 }
 
+/// What became of a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Ok,
+    /// Written, and the ring is more than half full: the reader should come soon.
+    Filling,
+    /// Dropped: the ring was full.
+    Full,
+}
+
+impl Pushed {
+    pub fn written(self) -> bool {
+        self != Pushed::Full
+    }
+}
+
+/// Rings side by side, one per group of writer threads: a thread always writes to the same
+/// lane, so writers on different lanes never contend for a ticket counter or a slot's cache
+/// line, and the slot a thread prefetches after a push is the one it writes next. (With one
+/// shared ring, the next slot was usually taken by another thread.)
+pub struct Lanes {
+    lanes: Box<[Ring]>,
+}
+
+impl Lanes {
+    /// `lanes` rings of `capacity` records each (both rounded up to powers of two).
+    pub fn new(lanes: usize, capacity: usize) -> Self {
+        Lanes { lanes: (0..lanes.max(1).next_power_of_two()).map(|_| Ring::new(capacity)).collect() }
+    }
+
+    /// Pushes into the lane of `key` (any value that stays the same for a thread).
+    ///
+    /// # Signal safety
+    /// As [`Ring::push`].
+    pub fn push(&self, key: usize, fill: impl FnOnce(&mut Record)) -> Pushed {
+        self.lanes[key & (self.lanes.len() - 1)].push(fill)
+    }
+
+    /// Drains every lane (see [`Ring::drain`]); returns the most records read from one lane.
+    pub fn drain(&self, mut f: impl FnMut(&Record)) -> usize {
+        self.lanes.iter().map(|lane| lane.drain(&mut f)).max().unwrap_or(0)
+    }
+
+    /// Records dropped because a lane was full, since creation.
+    pub fn dropped(&self) -> u64 {
+        self.lanes.iter().map(Ring::dropped).sum()
+    }
+
+    /// See [`Ring::reset_after_fork`].
+    pub fn reset_after_fork(&self) {
+        self.lanes.iter().for_each(Ring::reset_after_fork);
+    }
+}
+
 /// The ring. Allocated once, never resized.
 pub struct Ring {
     slots: Box<[Slot]>,
     mask: usize,
-    enqueue: AtomicUsize,
-    dequeue: AtomicUsize,
+    /// Writers' ticket counter, on a cache line of its own: the collector's stores to
+    /// `dequeue` must not steal it from the writers.
+    enqueue: CachePadded<AtomicUsize>,
+    dequeue: CachePadded<AtomicUsize>,
     dropped: AtomicU64,
 }
 
@@ -92,18 +149,18 @@ impl Ring {
         Ring {
             slots,
             mask: capacity - 1,
-            enqueue: AtomicUsize::new(0),
-            dequeue: AtomicUsize::new(0),
+            enqueue: CachePadded(AtomicUsize::new(0)),
+            dequeue: CachePadded(AtomicUsize::new(0)),
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// Claims a slot, lets `fill` write the record, publishes it. Returns false (and counts a
-    /// drop) when the ring is full.
+    /// Claims a slot, lets `fill` write the record, publishes it. Returns `Full` (and counts
+    /// a drop) when the ring is full, `Filling` now and then when it is more than half full.
     ///
     /// # Signal safety
     /// Atomics only; `fill` must be async-signal-safe too.
-    pub fn push(&self, fill: impl FnOnce(&mut Record)) -> bool {
+    pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Pushed {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];
@@ -117,13 +174,17 @@ impl Ring {
                         fill(unsafe { &mut *slot.record.get() });
                         slot.seq.store(pos + 1, Ordering::Release);
                         self.prefetch(pos + 1);
-                        return true;
+                        // Every 64th record looks at the reader's position (a line the
+                        // collector writes, so not on every push).
+                        let filling = pos % 64 == 0
+                            && pos.wrapping_sub(self.dequeue.load(Ordering::Relaxed)) > self.slots.len() / 2;
+                        return if filling { Pushed::Filling } else { Pushed::Ok };
                     }
                     Err(now) => pos = now,
                 }
             } else if diff < 0 {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                return false;
+                return Pushed::Full;
             } else {
                 pos = self.enqueue.load(Ordering::Relaxed);
             }
@@ -195,9 +256,39 @@ mod tests {
         let mut seen = Vec::new();
         ring.drain(|r| seen.push(r.weight));
         assert_eq!(seen, vec![0, 1, 2, 3]);
-        assert!(ring.push(|r| r.weight = 9));
+        assert!(ring.push(|r| r.weight = 9).written());
         ring.drain(|r| seen.push(r.weight));
         assert_eq!(seen.last(), Some(&9));
+    }
+
+    #[test]
+    fn lanes_keep_each_writer_apart_and_drain_all() {
+        let lanes = Arc::new(Lanes::new(4, 1 << 10));
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let lanes = lanes.clone();
+                std::thread::spawn(move || {
+                    for i in 0..700u64 {
+                        assert!(lanes.push(t as usize, |r| r.weight = t * 10_000 + i).written());
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut seen = Vec::new();
+        // 700 per lane: more than half of 1,024, so the reader was asked to come.
+        assert_eq!(lanes.drain(|r| seen.push(r.weight)), 700);
+        seen.sort_unstable();
+        let expected: Vec<u64> = (0..4u64).flat_map(|t| (0..700).map(move |i| t * 10_000 + i)).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(lanes.dropped(), 0);
+        let pushed: Vec<Pushed> = (0..1024).map(|i| lanes.push(1, |r| r.weight = i)).collect();
+        assert!(pushed.contains(&Pushed::Filling));
+        assert_eq!(pushed.iter().filter(|p| !p.written()).count(), 0);
+        assert_eq!(lanes.push(1, |_| {}), Pushed::Full);
+        assert_eq!(lanes.dropped(), 1);
     }
 
     #[test]

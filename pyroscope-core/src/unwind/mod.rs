@@ -9,6 +9,7 @@
 
 pub(crate) mod memory;
 
+use crate::sys::CachePadded;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,7 +54,41 @@ impl Snapshot {
 static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(std::ptr::null_mut());
 /// Signal handlers and allocation hooks currently between entry and exit: they may hold a
 /// reference to a snapshot or a maps table. Both are freed only once this was seen at zero.
-pub(crate) static HANDLERS_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static HANDLERS_ACTIVE: Readers = Readers([const { CachePadded(AtomicUsize::new(0)) }; READER_STRIPES]);
+
+const READER_STRIPES: usize = 16;
+
+/// A count of readers split in stripes on separate cache lines: a thread that counts itself in
+/// and out touches only its stripe's line, where one shared counter took a cache miss on each
+/// side of every allocation sample once two threads sampled.
+///
+/// Freeing after [`Readers::idle`] is safe when the pointer was swapped out first: a reader
+/// that enters a stripe after that stripe was seen at zero loads the new pointer.
+pub(crate) struct Readers([CachePadded<AtomicUsize>; READER_STRIPES]);
+
+impl Readers {
+    /// Counts a reader in the stripe of `key` (any per-thread value); returns the stripe for
+    /// [`Readers::exit`].
+    ///
+    /// # Signal safety
+    /// One atomic add.
+    pub(crate) fn enter(&self, key: usize) -> usize {
+        let stripe = key % READER_STRIPES;
+        self.0[stripe].fetch_add(1, Ordering::SeqCst);
+        stripe
+    }
+
+    /// # Signal safety
+    /// One atomic subtraction.
+    pub(crate) fn exit(&self, stripe: usize) {
+        self.0[stripe].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Every stripe seen at zero, one after the other.
+    pub(crate) fn idle(&self) -> bool {
+        self.0.iter().all(|c| c.load(Ordering::SeqCst) == 0)
+    }
+}
 
 /// The process's memory mappings, sorted, so a handler or hook can find the mapping that holds
 /// its stack pointer without a syscall: reads between the stack pointer and the end of that
@@ -157,7 +192,7 @@ pub(crate) fn refresh() {
 fn reclaim() {
     let mut retired = RETIRED.lock();
     let mut retired_maps = RETIRED_MAPS.lock();
-    if (retired.is_empty() && retired_maps.is_empty()) || HANDLERS_ACTIVE.load(Ordering::SeqCst) != 0 {
+    if (retired.is_empty() && retired_maps.is_empty()) || !HANDLERS_ACTIVE.idle() {
         return;
     }
     for p in retired.drain(..) {
