@@ -632,6 +632,9 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
             *stop
         };
         busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
+        if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
+            crate::alloc::make_resident();
+        }
         if let Some(r) = ring {
             let lost = r.dropped();
             window.add_lost(lost - lost_seen);

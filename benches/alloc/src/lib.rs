@@ -15,7 +15,8 @@ fn allocs() -> u64 {
     std::env::var("ALLOC_BENCH_ALLOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(ALLOCS)
 }
 
-/// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations bytes` on stdout.
+/// Runs the workload; prints `cpu_s wall_s max_rss_kib stop_s allocations bytes lost` on stdout,
+/// `lost` being the samples the agent dropped (-1 without an agent in this binary).
 pub fn main_with(profile: bool) {
     let agent = profile.then(|| {
         let dir = std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id()));
@@ -32,15 +33,25 @@ pub fn main_with(profile: bool) {
         bytes.fetch_add(work(), std::sync::atomic::Ordering::Relaxed);
     });
     let t = Instant::now();
+    let mut lost = -1;
     if let Some(a) = agent {
         let stats = a.stop();
+        lost = stats.samples_lost as i64;
         if std::env::var_os("ALLOC_BENCH_STATS").is_some() {
             eprintln!("{stats:?}");
         }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("alloc-bench-{}", std::process::id())));
     }
     m.stop = t.elapsed().as_secs_f64();
-    println!("{} {} {} {} {} {}", m.cpu, m.wall, m.max_rss_kib, m.stop, THREADS as u64 * allocs(), bytes.into_inner());
+    println!(
+        "{} {} {} {} {} {} {lost}",
+        m.cpu,
+        m.wall,
+        m.max_rss_kib,
+        m.stop,
+        THREADS as u64 * allocs(),
+        bytes.into_inner()
+    );
 }
 
 /// One thread's share; returns the bytes it allocated.

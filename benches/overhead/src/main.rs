@@ -101,7 +101,7 @@ fn alloc_section(runs: usize) {
     if nop.exists() {
         modes.push(("LD_PRELOAD no-op interposer (the floor of any preload library)", &plain, Some(&nop), &[]));
     }
-    let mut results: Vec<Vec<[f64; 6]>> = vec![Vec::new(); modes.len()];
+    let mut results: Vec<Vec<[f64; 7]>> = vec![Vec::new(); modes.len()];
     for r in 0..runs {
         for (i, (name, bin, lib, env)) in modes.iter().enumerate() {
             eprintln!("alloc run {}/{runs}: {name}", r + 1);
@@ -115,8 +115,8 @@ fn alloc_section(runs: usize) {
             let Ok(out) = cmd.output() else { continue };
             let v: Vec<f64> =
                 String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if let [cpu, wall, rss, stop, allocs, bytes] = v[..] {
-                results[i].push([cpu, wall, rss, stop, allocs, bytes]);
+            if let [cpu, wall, rss, stop, allocs, bytes, lost] = v[..] {
+                results[i].push([cpu, wall, rss, stop, allocs, bytes, lost]);
             }
         }
     }
@@ -156,11 +156,14 @@ fn alloc_section(runs: usize) {
         "\nUnsampled fast path (SamplingAllocator, memory off vs no profiler): {:.2} ns per allocation and free.\n\n\
          Sampling, collector included: {:.0} ns of CPU per sample at the default mean of 512 KiB (about {:.0} k \
          samples), {per_sample_ns:.0} ns at 64 KiB, where sampling dominates and the figure is steadier. \
-         At {per_sample_ns:.0} ns, the default rate costs this workload {:.2}% of its CPU time.",
+         At {per_sample_ns:.0} ns, the default rate costs this workload {:.2}% of its CPU time.\n\n\
+         Samples lost (ring full), most in one run: {} at the default mean, {} at 64 KiB.",
         (med(1, 0) - med(0, 0)) / allocs * 1e9,
         extra(2) / samples * 1e9,
         samples / 1e3,
-        per_sample_ns * 1e-9 * samples / med(0, 0) * 100.0
+        per_sample_ns * 1e-9 * samples / med(0, 0) * 100.0,
+        results[2].iter().map(|m| m[6]).fold(0.0, f64::max),
+        results[3].iter().map(|m| m[6]).fold(0.0, f64::max),
     );
 }
 

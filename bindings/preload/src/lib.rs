@@ -53,10 +53,9 @@ std::arch::global_asm!(
     ".popsection",
 );
 
-/// Takes `size` bytes from this thread's countdown; true when it reached zero (a sample is due
-/// or the countdown needs its first draw): then call [`countdown_slow`].
+/// Adds `delta` to this thread's countdown and returns the new value.
 #[inline(always)]
-fn countdown_take(size: usize) -> bool {
+fn countdown_add(delta: i64) -> i64 {
     let left: i64;
     // SAFETY: reads this thread's TLS offset of `pyroscope_preload_countdown` from the GOT
     // and updates the 8-byte variable at that offset from %fs, which the variable's own
@@ -65,15 +64,22 @@ fn countdown_take(size: usize) -> bool {
         std::arch::asm!(
             "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
             "movq %fs:({off}), {left}",
-            "subq {size}, {left}",
+            "addq {delta}, {left}",
             "movq {left}, %fs:({off})",
             off = out(reg) _,
             left = out(reg) left,
-            size = in(reg) size,
-            options(att_syntax, nostack, preserves_flags),
+            delta = in(reg) delta,
+            options(att_syntax, nostack),
         );
     }
-    left <= 0
+    left
+}
+
+/// Takes `size` bytes from this thread's countdown; true when it reached zero (a sample is due
+/// or the countdown needs its first draw): then call [`countdown_slow`].
+#[inline(always)]
+fn countdown_take(size: usize) -> bool {
+    countdown_add((size as i64).wrapping_neg()) <= 0
 }
 
 /// The countdown ran out on an allocation of `size` bytes at `p`: let the core sample it and
@@ -81,28 +87,9 @@ fn countdown_take(size: usize) -> bool {
 #[cold]
 #[inline(never)]
 fn countdown_slow(p: *mut c_void, size: usize) {
-    let left: i64;
-    // SAFETY: as in `countdown_take`: this thread's own TLS variable.
-    unsafe {
-        std::arch::asm!(
-            "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
-            "movq %fs:({off}), {left}",
-            off = out(reg) _,
-            left = out(reg) left,
-            options(att_syntax, nostack, preserves_flags, readonly),
-        );
-    }
-    let next = countdown_expired(p.cast(), size, left);
-    // SAFETY: as above.
-    unsafe {
-        std::arch::asm!(
-            "movq pyroscope_preload_countdown@GOTTPOFF(%rip), {off}",
-            "movq {next}, %fs:({off})",
-            off = out(reg) _,
-            next = in(reg) next,
-            options(att_syntax, nostack, preserves_flags),
-        );
-    }
+    let next = countdown_expired(p.cast(), size, countdown_add(0));
+    // Stored as is: allocations the profiler made meanwhile moved the countdown.
+    countdown_add(next.wrapping_sub(countdown_add(0)));
 }
 
 /// Reports a successful allocation other than `malloc`'s (those are rarer: no tail call).
