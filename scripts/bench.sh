@@ -6,8 +6,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 echo "==> building benchmarks (release)"
 cargo build --release -q -p pyroscope-bench -p alloc-bench -p pyroscope-preload -p pyroscope-cli
-# The floor of any LD_PRELOAD profiler, measured next to ours.
+# The floor of any LD_PRELOAD profiler, measured next to ours, and its counting twin.
 ${CC:-cc} -O2 -shared -fPIC -o target/release/libnop-interposer.so benches/alloc/c/nop-interposer.c
+${CC:-cc} -O2 -shared -fPIC -DCOUNT -o target/release/libcount-interposer.so benches/alloc/c/nop-interposer.c
 export CARGO_TARGET_DIR="$root/target"
 if cargo build --release -q --manifest-path benches/vs-pyroscope-rs/Cargo.toml; then
   export PYROSCOPE_RS_BENCH="$root/target/release/vs-pyroscope-rs"
