@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use crate::sampler::ring::{Kind, Pushed, MAX_DEPTH};
 use crate::sampler::RING;
+use crate::sys::{prefetch, CachePadded};
 use crate::unwind::{self, memory, NativeRegs, SignalCache};
 
 /// Default mean bytes between samples.
@@ -86,17 +87,8 @@ pub(crate) struct Live {
 /// not a live sample. A 16 KiB table of byte counters here cost 1.5-2 ns per free, mostly L1
 /// misses. Bits are set and cleared under the lock of the granule's shard (below).
 const GRANULES: usize = 1 << 14;
-static FILTER: Filter = Filter([const { AtomicU64::new(0) }; GRANULES / 64]);
 /// Cache-line aligned, so no other variable's writes evict the filter from readers' caches.
-#[repr(align(64))]
-struct Filter([AtomicU64; GRANULES / 64]);
-
-impl std::ops::Deref for Filter {
-    type Target = [AtomicU64; GRANULES / 64];
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
+static FILTER: CachePadded<[AtomicU64; GRANULES / 64]> = CachePadded([const { AtomicU64::new(0) }; GRANULES / 64]);
 /// Live samples per granule (saturating: a full counter stays full and only costs lookups).
 /// Off the fast path.
 static GRANULE_COUNT: [AtomicU8; GRANULES] = [const { AtomicU8::new(0) }; GRANULES];
@@ -151,10 +143,9 @@ fn filters_add(addr: usize) {
     bump(&FINE[fine_slot(addr)], true);
 }
 
-/// Under the lock of `addr`'s shard: the sample at `addr` is gone. (Its granule's bit is
-/// cleared at once:
-/// left set until a later sweep, stale bits sent a quarter of all frees of an allocation-heavy
-/// program to the second level, a cache miss each.)
+/// Under the lock of `addr`'s shard: the sample at `addr` is gone. Its granule's bit is
+/// cleared at once: left set until a later sweep, stale bits sent a quarter of all frees of an
+/// allocation-heavy program to the second level, a cache miss each.
 fn filters_remove(addr: usize) {
     let g = granule(addr);
     bump(&GRANULE_COUNT[g], false);
@@ -167,21 +158,14 @@ fn filters_remove(addr: usize) {
 /// Hints the cache lines a sample will update, so their misses overlap the unwind.
 #[inline(always)]
 fn prefetch_tables(addr: usize) {
-    for p in [
-        {
-            let (shard, slot) = set_start(addr);
-            SHARDS[shard].keys[slot].as_ptr() as *const i8
-        },
-        FINE[fine_slot(addr)].as_ptr() as *const i8,
-        GRANULE_COUNT[granule(addr)].as_ptr() as *const i8,
-    ] {
-        // SAFETY: prefetching has no architectural effect and never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
-    }
+    let (shard, slot) = set_start(addr);
+    prefetch(SHARDS[shard].keys[slot].as_ptr());
+    prefetch(FINE[fine_slot(addr)].as_ptr());
+    prefetch(GRANULE_COUNT[granule(addr)].as_ptr());
 }
 
 /// Third check, for the rare free that passes both filters: the exact set of live sampled
-/// addresses, linear probing with lock-free reads, split in shards by address hash. Each shard
+/// addresses, linear probing with lock-free reads, split in shards by granule. Each shard
 /// holds the map of its live samples and its part of the set under its own lock, so threads
 /// that sample at the same time rarely wait for each other (one global lock made a busy
 /// program's threads park on it). Removal shifts later entries back instead of leaving
@@ -194,7 +178,7 @@ const SET_PROBES: usize = 32;
 
 #[repr(align(64))]
 struct Shard {
-    /// The live samples whose address hashes here (`None` until the first).
+    /// The live samples whose granule maps here (`None` until the first).
     map: Mutex<Option<LiveMap>>,
     /// Odd while a removal moves entries (a seqlock): a reader that missed during one looks
     /// again.
@@ -608,7 +592,8 @@ pub(crate) fn reset_live() {
 /// shootdown on every CPU: hundreds of those in the first seconds of sampling cost a busy
 /// program more than everything else the sampler did.
 pub(crate) fn make_resident() {
-    if RESIDENT.swap(true, Ordering::Relaxed) {
+    // The collector asks at every tick: a plain load answers all but the first time.
+    if RESIDENT.load(Ordering::Relaxed) || RESIDENT.swap(true, Ordering::Relaxed) {
         return;
     }
     // Every half page, so that every page is reached whatever the arrays' alignment.

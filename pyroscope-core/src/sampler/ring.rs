@@ -197,12 +197,10 @@ impl Ring {
     #[inline(always)]
     fn prefetch(&self, pos: usize) {
         let slot = &self.slots[pos & self.mask];
-        let rec = slot.record.get() as *const i8;
-        for p in
-            [slot.seq.as_ptr() as *const i8, rec, rec.wrapping_add(64), rec.wrapping_add(128), rec.wrapping_add(192)]
-        {
-            // SAFETY: prefetching has no architectural effect and never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+        let rec = slot.record.get() as *const u8;
+        crate::sys::prefetch(slot.seq.as_ptr());
+        for line in 0..4 {
+            crate::sys::prefetch(rec.wrapping_add(64 * line));
         }
     }
 
