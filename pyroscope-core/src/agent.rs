@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::aggregate::{AllocWindow, FrameId, Window};
 use crate::config::{self, env, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
@@ -627,7 +627,7 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
                 tick
             };
             if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
-                sampler::COLLECTOR_WAKE.wait_for(&mut stop, timeout);
+                stop = sampler::COLLECTOR_WAKE.wait_for(stop, timeout);
             }
             *stop
         };
@@ -716,7 +716,7 @@ fn install_fork_handlers() {
         crate::aggregate::after_fork();
         crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
-        crate::labels::after_fork_parent();
+        crate::labels::after_fork();
     }
     extern "C" fn child() {
         crate::log_after_fork();
@@ -724,7 +724,7 @@ fn install_fork_handlers() {
         crate::aggregate::after_fork();
         crate::alloc::after_fork_child();
         sampler::after_fork_child();
-        crate::labels::after_fork_child();
+        crate::labels::after_fork();
         // The parent's agent does not run here; a new one may be started.
         RUNNING.store(false, Ordering::SeqCst);
     }

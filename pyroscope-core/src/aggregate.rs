@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::labels;
 use crate::pprof::{proto::Profile, ProfileBuilder};
@@ -58,12 +58,11 @@ impl FrameId {
 }
 
 pub(crate) fn prepare_fork() {
-    std::mem::forget(FRAMES.lock());
+    FRAMES.fork_hold();
 }
 
 pub(crate) fn after_fork() {
-    // SAFETY: `prepare_fork` took the lock on this (the forking) thread and forgot the guard.
-    unsafe { FRAMES.force_unlock() };
+    FRAMES.fork_release();
 }
 
 fn symbolic(key: u64) -> Symbol {

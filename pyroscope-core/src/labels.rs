@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use parking_lot::RwLock;
+use crate::sync::RwLock;
 
 use crate::error::{Error, Result};
 use crate::sampler::{self, ThreadState};
@@ -280,20 +280,14 @@ fn current_slot() -> Arc<ThreadState> {
     .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
 }
 
-/// Called after fork in the child: the interner lock may have been held by a vanished thread.
-pub(crate) fn after_fork_child() {
-    // SAFETY: in the child only the forking thread exists; if the lock is held, its holder is
-    // gone and will never release it. `prepare_fork` took it on this thread before forking.
-    unsafe { INTERNER.force_unlock_write() };
-}
-
+/// Takes the interner's lock before fork, so no other thread of the parent holds it then.
 pub(crate) fn prepare_fork() {
-    std::mem::forget(INTERNER.write());
+    INTERNER.fork_hold();
 }
 
-pub(crate) fn after_fork_parent() {
-    // SAFETY: `prepare_fork` on this thread took the write lock and forgot the guard.
-    unsafe { INTERNER.force_unlock_write() };
+/// Gives the lock back, in the parent and in the child.
+pub(crate) fn after_fork() {
+    INTERNER.fork_release();
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ mod labels;
 mod pprof;
 mod sampler;
 mod symbolize;
+mod sync;
 mod sys;
 mod unwind;
 
@@ -75,15 +76,14 @@ pub use sampler::in_signal_handler;
 use std::collections::HashSet;
 
 /// Logs a background failure once per kind (its first 48 characters), never from a hot path.
-static SEEN: parking_lot::Mutex<Option<HashSet<String>>> = parking_lot::Mutex::new(None);
+static SEEN: sync::Mutex<Option<HashSet<String>>> = sync::Mutex::new(None);
 
 pub(crate) fn log_prepare_fork() {
-    std::mem::forget(SEEN.lock());
+    SEEN.fork_hold();
 }
 
 pub(crate) fn log_after_fork() {
-    // SAFETY: `log_prepare_fork` took the lock on this (the forking) thread and forgot the guard.
-    unsafe { SEEN.force_unlock() };
+    SEEN.fork_release();
 }
 
 pub(crate) fn log_once(message: &str) {

@@ -21,10 +21,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use framehop::{FrameAddress, Unwinder};
-use parking_lot::Mutex;
 
 use crate::sampler::ring::{Kind, Pushed, MAX_DEPTH};
 use crate::sampler::RING;
+use crate::sync::Mutex;
 use crate::sys::{prefetch, CachePadded};
 use crate::unwind::{self, memory, NativeRegs, SignalCache};
 
@@ -610,27 +610,23 @@ pub(crate) fn make_resident() {
 
 pub(crate) fn prepare_fork() {
     for shard in &SHARDS {
-        std::mem::forget(shard.map.lock());
+        shard.map.fork_hold();
     }
 }
 
 pub(crate) fn after_fork_parent() {
-    // SAFETY: `prepare_fork` took these locks on this thread and forgot the guards.
-    unsafe { unlock_all() };
+    release_all();
 }
 
 pub(crate) fn after_fork_child() {
-    // SAFETY: as in the parent; the child's only thread is the one that took them.
-    unsafe { unlock_all() };
+    release_all();
     ENABLED.store(false, Ordering::SeqCst);
 }
 
-/// # Safety
-/// Every shard's lock must be held by this thread, its guard forgotten (see `prepare_fork`).
-unsafe fn unlock_all() {
+/// Gives back the shard locks `prepare_fork` took (in the child, this thread is the only one).
+fn release_all() {
     for shard in &SHARDS {
-        // SAFETY: per this function's contract.
-        unsafe { shard.map.force_unlock() };
+        shard.map.fork_release();
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 /// One finished profile window, ready to send.
 #[derive(Clone, Debug)]
@@ -114,7 +114,7 @@ impl Queue {
                     if s.closing.is_some() {
                         return;
                     }
-                    self.cv.wait(&mut s);
+                    s = self.cv.wait(s);
                 }
             };
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -142,9 +142,9 @@ impl Queue {
                         }
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         // Sleep, but wake early when shutdown starts (its deadline is re-read above).
-                        let mut s = self.state.lock();
+                        let s = self.state.lock();
                         if s.closing.is_none() {
-                            self.cv.wait_for(&mut s, sleep);
+                            drop(self.cv.wait_for(s, sleep));
                         } else {
                             drop(s);
                             std::thread::sleep(sleep.min(stop_at.saturating_duration_since(Instant::now())));

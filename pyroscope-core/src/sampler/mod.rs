@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::sync::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -195,7 +195,7 @@ pub(crate) fn wake_collector() {
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
 /// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
-pub(crate) static COLLECTOR_WAKE: parking_lot::Condvar = parking_lot::Condvar::new();
+pub(crate) static COLLECTOR_WAKE: Condvar = Condvar::new();
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
 pub(crate) fn mark_own_thread() {
@@ -428,29 +428,25 @@ fn wait_for_handlers() {
 }
 
 pub(crate) fn prepare_fork() {
-    std::mem::forget(INSTALLED.lock());
-    std::mem::forget(REGISTRY.lock());
-    std::mem::forget(OWN_THREADS.lock());
+    INSTALLED.fork_hold();
+    REGISTRY.fork_hold();
+    OWN_THREADS.fork_hold();
 }
 
 pub(crate) fn after_fork_parent() {
-    // SAFETY: `prepare_fork` took the three locks on this thread and forgot the guards.
-    unsafe {
-        OWN_THREADS.force_unlock();
-        REGISTRY.force_unlock();
-        INSTALLED.force_unlock();
-    }
+    release_locks();
+}
+
+fn release_locks() {
+    OWN_THREADS.fork_release();
+    REGISTRY.fork_release();
+    INSTALLED.fork_release();
 }
 
 pub(crate) fn after_fork_child() {
     // The child has no timers and only this thread: stop sampling, forget the parent's threads.
     ENABLED.store(false, Ordering::SeqCst);
-    // SAFETY: `prepare_fork` took the three locks on the forking thread, which is this one.
-    unsafe {
-        OWN_THREADS.force_unlock();
-        REGISTRY.force_unlock();
-        INSTALLED.force_unlock();
-    }
+    release_locks();
     for slot in SLOTS.iter() {
         slot.store(std::ptr::null_mut(), Ordering::SeqCst);
     }

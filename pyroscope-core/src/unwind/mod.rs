@@ -98,7 +98,7 @@ pub(crate) struct Maps {
 }
 
 static MAPS: AtomicPtr<Maps> = AtomicPtr::new(std::ptr::null_mut());
-static RETIRED_MAPS: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+static RETIRED_MAPS: crate::sync::Mutex<Vec<usize>> = crate::sync::Mutex::new(Vec::new());
 
 /// `[sp, end of its mapping)`, or `(0, 0)` when unknown (a thread newer than the last refresh).
 /// The caller must be counted in [`HANDLERS_ACTIVE`].
@@ -135,7 +135,7 @@ pub(crate) fn refresh_maps() {
 }
 
 /// Snapshots replaced but possibly still read by a handler that started before the swap.
-static RETIRED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
+static RETIRED: crate::sync::Mutex<Vec<usize>> = crate::sync::Mutex::new(Vec::new());
 
 /// The current snapshot, valid while the caller is counted in [`HANDLERS_ACTIVE`] (handler)
 /// or is the collector (which alone frees snapshots).
@@ -319,14 +319,11 @@ fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Mo
 }
 
 pub(crate) fn prepare_fork() {
-    std::mem::forget(RETIRED.lock());
-    std::mem::forget(RETIRED_MAPS.lock());
+    RETIRED.fork_hold();
+    RETIRED_MAPS.fork_hold();
 }
 
 pub(crate) fn after_fork() {
-    // SAFETY: `prepare_fork` took both locks on this (the forking) thread and forgot the guards.
-    unsafe {
-        RETIRED_MAPS.force_unlock();
-        RETIRED.force_unlock();
-    }
+    RETIRED_MAPS.fork_release();
+    RETIRED.fork_release();
 }
