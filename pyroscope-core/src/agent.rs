@@ -379,11 +379,6 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Timer ids are process-wide handles; the sampler is driven by one thread at a time.
-struct SendSampler(Sampler);
-// SAFETY: `timer_t` values are plain process-wide ids usable from any thread.
-unsafe impl Send for SendSampler {}
-
 const TICK: Duration = Duration::from_millis(50);
 /// The collector's sleep while the ring is busy: a drain that found an eighth of a lane
 /// filled since the last one comes back this soon, and a hook that finds its lane half full
@@ -436,13 +431,8 @@ impl Agent {
             external: Mutex::new(Vec::new()),
             export: stats,
         });
-        let sampler = SendSampler(Sampler::start(
-            config.signal,
-            config.signal_on_alt_stack,
-            config.sample_rate,
-            RING_LANES,
-            LANE_CAPACITY,
-        )?);
+        let sampler =
+            Sampler::start(config.signal, config.signal_on_alt_stack, config.sample_rate, RING_LANES, LANE_CAPACITY)?;
         if config.memory {
             crate::alloc::reset_live();
             crate::alloc::SAMPLE_BYTES.store(config.alloc_sample_bytes, Ordering::SeqCst);
@@ -574,8 +564,7 @@ fn tags_hash(app: &str, tags: &BTreeMap<String, String>) -> u64 {
     h.finish()
 }
 
-fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc<Queue>) {
-    let mut sampler = sampler.0;
+fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc<Queue>) {
     let ring = sampler::RING_CELL.get();
     // Records left by an earlier agent belong to no window of ours.
     if let Some(r) = ring {
@@ -653,8 +642,9 @@ fn collect(config: Config, sampler: SendSampler, shared: Arc<Shared>, queue: Arc
         if due && !stopping {
             sampler::NEW_THREADS.store(false, Ordering::SeqCst);
             sampler.scan();
-            shared.threads.store(sampler.sampled_threads() as u64, Ordering::Relaxed);
-            shared.unsampled.store(sampler.threads_unsampled, Ordering::Relaxed);
+            let (sampled, unsampled) = sampler.threads();
+            shared.threads.store(sampled as u64, Ordering::Relaxed);
+            shared.unsampled.store(unsampled, Ordering::Relaxed);
             last_scan = Instant::now();
         }
         let flush = shared.flush_now.swap(false, Ordering::SeqCst);

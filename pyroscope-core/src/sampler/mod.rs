@@ -180,10 +180,16 @@ static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
 /// The state of the calling thread, created on first use.
 pub(crate) fn register_current_thread() -> Arc<ThreadState> {
-    let state = state_for(sys::gettid());
-    // A thread that uses labels gets its timer now, not at the next periodic scan.
-    NEW_THREADS.store(true, Ordering::SeqCst);
-    COLLECTOR_WAKE.notify_all();
+    let tid = sys::gettid();
+    let state = state_for(tid);
+    // A thread that uses labels is sampled from now on: it arms its own timer while an agent
+    // runs, rather than waiting for the collector's next scan (a short request thread would
+    // lose its first milliseconds, more on a loaded machine).
+    let armed = ENABLED.load(Ordering::SeqCst) && ACTIVE.lock().as_mut().is_some_and(|t| t.arm_thread(tid, &state));
+    if !armed {
+        NEW_THREADS.store(true, Ordering::SeqCst);
+        COLLECTOR_WAKE.notify_all();
+    }
     state
 }
 
@@ -255,15 +261,13 @@ struct Timer {
     state: Arc<ThreadState>,
 }
 
-/// Per-thread timers of one running agent; owned and driven by the collector thread.
+/// The timers of the running agent: scanned by its collector, and armed by a thread that
+/// registers itself (see [`register_current_thread`]).
+static ACTIVE: Mutex<Option<Timers>> = Mutex::new(None);
+
+/// The running agent's handle on per-thread sampling; the collector thread drives it.
 pub(crate) struct Sampler {
-    signal: i32,
-    period: Duration,
-    timers: HashMap<i32, Timer>,
-    free_slots: Vec<usize>,
-    rng: u64,
-    /// Threads seen but not sampled (table full or timer_create/settime refused).
-    pub threads_unsampled: u64,
+    _only_start: (),
 }
 
 impl Sampler {
@@ -275,7 +279,7 @@ impl Sampler {
         ENABLED.store(true, Ordering::SeqCst);
         let seed =
             Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
-        let mut s = Sampler {
+        let mut timers = Timers {
             signal,
             period: Duration::from_nanos(1_000_000_000 / hz as u64),
             timers: HashMap::new(),
@@ -283,10 +287,47 @@ impl Sampler {
             rng: seed | 1,
             threads_unsampled: 0,
         };
-        s.scan();
-        Ok(s)
+        timers.scan();
+        *ACTIVE.lock() = Some(timers);
+        Ok(Sampler { _only_start: () })
     }
 
+    /// Finds new and exited threads, creates and deletes timers, refreshes the maps table.
+    pub(crate) fn scan(&mut self) {
+        if let Some(t) = ACTIVE.lock().as_mut() {
+            t.scan();
+        }
+    }
+
+    /// (threads sampled, threads seen but not sampled).
+    pub(crate) fn threads(&self) -> (usize, u64) {
+        ACTIVE.lock().as_ref().map_or((0, 0), |t| (t.timers.len(), t.threads_unsampled))
+    }
+
+    /// Stops every timer; after this no handler can reach a state of this sampler.
+    pub(crate) fn stop(&mut self) {
+        ENABLED.store(false, Ordering::SeqCst);
+        let taken = ACTIVE.lock().take();
+        if let Some(mut t) = taken {
+            t.stop();
+        }
+    }
+}
+
+struct Timers {
+    signal: i32,
+    period: Duration,
+    timers: HashMap<i32, Timer>,
+    free_slots: Vec<usize>,
+    rng: u64,
+    /// Threads seen but not sampled (table full or timer_create/settime refused).
+    threads_unsampled: u64,
+}
+
+// SAFETY: `timer_t` values are plain process-wide ids usable from any thread.
+unsafe impl Send for Timers {}
+
+impl Timers {
     fn next_random(&mut self) -> u64 {
         // xorshift64*: good enough to spread first expiries.
         self.rng ^= self.rng >> 12;
@@ -295,8 +336,7 @@ impl Sampler {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Finds new and exited threads, creates and deletes timers, refreshes the maps table.
-    pub(crate) fn scan(&mut self) {
+    fn scan(&mut self) {
         // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
         let dead: Vec<i32> = self
             .timers
@@ -353,6 +393,24 @@ impl Sampler {
         }
     }
 
+    /// Arms the calling thread `tid` unless it has a timer or is the profiler's own; true
+    /// when it is sampled now.
+    fn arm_thread(&mut self, tid: i32, state: &Arc<ThreadState>) -> bool {
+        if self.timers.contains_key(&tid) {
+            return true;
+        }
+        if OWN_THREADS.lock().as_ref().is_some_and(|own| own.contains(&tid)) {
+            return false;
+        }
+        match self.arm(tid, state.clone()) {
+            Ok(t) => {
+                self.timers.insert(tid, t);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
         state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
@@ -404,13 +462,7 @@ impl Sampler {
         t.state
     }
 
-    pub(crate) fn sampled_threads(&self) -> usize {
-        self.timers.len()
-    }
-
-    /// Stops every timer; after this no handler can reach a state of this sampler.
-    pub(crate) fn stop(&mut self) {
-        ENABLED.store(false, Ordering::SeqCst);
+    fn stop(&mut self) {
         let timers: Vec<Timer> = self.timers.drain().map(|(_, t)| t).collect();
         let states: Vec<_> = timers.into_iter().map(|t| self.delete(t)).collect();
         wait_for_handlers();
@@ -428,6 +480,7 @@ fn wait_for_handlers() {
 }
 
 pub(crate) fn prepare_fork() {
+    ACTIVE.fork_hold();
     INSTALLED.fork_hold();
     REGISTRY.fork_hold();
     OWN_THREADS.fork_hold();
@@ -441,12 +494,18 @@ fn release_locks() {
     OWN_THREADS.fork_release();
     REGISTRY.fork_release();
     INSTALLED.fork_release();
+    ACTIVE.fork_release();
 }
 
 pub(crate) fn after_fork_child() {
     // The child has no timers and only this thread: stop sampling, forget the parent's threads.
     ENABLED.store(false, Ordering::SeqCst);
     release_locks();
+    // The parent's timers do not exist in the child (POSIX timers are not inherited): forget
+    // them, so that a registering thread does not arm against a table of dead ids.
+    if let Some(parent) = ACTIVE.lock().take() {
+        std::mem::forget(parent);
+    }
     for slot in SLOTS.iter() {
         slot.store(std::ptr::null_mut(), Ordering::SeqCst);
     }
@@ -457,5 +516,29 @@ pub(crate) fn after_fork_child() {
     let me = sys::gettid();
     if let Some(map) = REGISTRY.lock().as_mut() {
         map.retain(|tid, _| *tid == me);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_takes_labels_is_sampled_at_once() {
+        let dir = std::env::temp_dir().join(format!("pyroscope-arm-{}", std::process::id()));
+        let agent = crate::AgentBuilder::new("arm").export_dir(&dir).memory(false).start().unwrap();
+        // No collector scan can run between the label call and the check: the thread armed
+        // its own timer.
+        let armed = std::thread::spawn(|| {
+            crate::tag_wrapper(&[("k", "v")], || {
+                ACTIVE.lock().as_ref().is_some_and(|t| t.timers.contains_key(&sys::gettid()))
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        agent.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(armed, "a labelled thread waited for the collector's scan");
     }
 }
