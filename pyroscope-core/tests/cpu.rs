@@ -225,7 +225,8 @@ fn sampled_cpu_per_thread_matches_the_threads_cpu_clock() {
     let (a, b, c) = (spin("a", 600), spin("b", 300), spin("c", 450));
     let truth: Vec<(&str, Duration)> =
         vec![("a", a.join().unwrap()), ("b", b.join().unwrap()), ("c", c.join().unwrap())];
-    agent.stop();
+    let stats = agent.stop();
+    eprintln!("{stats:?}");
     let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     for (name, actual) in truth {
         let sampled: i64 =
