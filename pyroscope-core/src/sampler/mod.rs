@@ -65,7 +65,7 @@ impl RingRef {
     /// Pushes into the lane of `key` (a value that stays the same for the calling thread).
     ///
     /// # Signal safety
-    /// One atomic load, then [`ring::Ring::push`].
+    /// One atomic load, then [`ring::Lanes::push`].
     pub(crate) fn push(&self, key: usize, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
         match RING_CELL.get() {
             Some(ring) => ring.push(key, fill),

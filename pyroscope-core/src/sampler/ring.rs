@@ -7,7 +7,7 @@
 //! store. When the ring is full the record is dropped and counted, never waited for.
 //!
 //! # Signal safety
-//! [`Ring::push`] uses only atomics and plain memory writes to preallocated slots.
+//! [`Lanes::push`] uses only atomics and plain memory writes to preallocated slots.
 
 use crate::sys::CachePadded;
 use std::cell::UnsafeCell;
@@ -70,9 +70,10 @@ struct Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
     Ok,
-    /// Written, and the ring is more than half full: the reader should come soon.
+    /// Written, and the ring is more than half full (or the writer's lane was full and the
+    /// record went to another): the reader should come soon.
     Filling,
-    /// Dropped: the ring was full.
+    /// Dropped: every lane was full.
     Full,
 }
 
@@ -96,12 +97,25 @@ impl Lanes {
         Lanes { lanes: (0..lanes.max(1).next_power_of_two()).map(|_| Ring::new(capacity)).collect() }
     }
 
-    /// Pushes into the lane of `key` (any value that stays the same for a thread).
+    /// Pushes into the lane of `key` (any value that stays the same for a thread); when that
+    /// lane is full, into the next one that is not, so that one thread's burst (a loop of
+    /// sampled allocations outrunning the collector's wake-up) can use every lane before a
+    /// record is dropped.
     ///
     /// # Signal safety
-    /// As [`Ring::push`].
+    /// As [`Ring::try_push`].
     pub fn push(&self, key: usize, fill: impl FnOnce(&mut Record)) -> Pushed {
-        self.lanes[key & (self.lanes.len() - 1)].push(fill)
+        let mask = self.lanes.len() - 1;
+        let mut fill = fill;
+        for i in 0..self.lanes.len() {
+            match self.lanes[key.wrapping_add(i) & mask].try_push(fill) {
+                Ok(pushed) if i == 0 => return pushed,
+                Ok(_) => return Pushed::Filling,
+                Err(back) => fill = back,
+            }
+        }
+        self.lanes[key & mask].dropped.fetch_add(1, Ordering::Relaxed);
+        Pushed::Full
     }
 
     /// Drains every lane (see [`Ring::drain`]); returns the most records read from one lane.
@@ -155,12 +169,21 @@ impl Ring {
         }
     }
 
-    /// Claims a slot, lets `fill` write the record, publishes it. Returns `Full` (and counts
-    /// a drop) when the ring is full, `Filling` now and then when it is more than half full.
+    /// [`Ring::try_push`], counting a drop when the ring is full (one ring on its own, in tests).
+    #[cfg(test)]
+    pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Pushed {
+        self.try_push(fill).unwrap_or_else(|_| {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            Pushed::Full
+        })
+    }
+
+    /// Claims a slot, lets `fill` write the record, publishes it. Returns `Filling` now and
+    /// then when the ring is more than half full; hands `fill` back when it is full.
     ///
     /// # Signal safety
     /// Atomics only; `fill` must be async-signal-safe too.
-    pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Pushed {
+    fn try_push<F: FnOnce(&mut Record)>(&self, fill: F) -> Result<Pushed, F> {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];
@@ -178,13 +201,12 @@ impl Ring {
                         // collector writes, so not on every push).
                         let filling = pos % 64 == 0
                             && pos.wrapping_sub(self.dequeue.load(Ordering::Relaxed)) > self.slots.len() / 2;
-                        return if filling { Pushed::Filling } else { Pushed::Ok };
+                        return Ok(if filling { Pushed::Filling } else { Pushed::Ok });
                     }
                     Err(now) => pos = now,
                 }
             } else if diff < 0 {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Pushed::Full;
+                return Err(fill);
             } else {
                 pos = self.enqueue.load(Ordering::Relaxed);
             }
@@ -285,8 +307,15 @@ mod tests {
         let pushed: Vec<Pushed> = (0..1024).map(|i| lanes.push(1, |r| r.weight = i)).collect();
         assert!(pushed.contains(&Pushed::Filling));
         assert_eq!(pushed.iter().filter(|p| !p.written()).count(), 0);
+        // A full lane overflows into the others, asking for the reader, before anything drops.
+        let overflow: Vec<Pushed> = (0..3 * 1024).map(|i| lanes.push(1, |r| r.weight = 5000 + i)).collect();
+        assert!(overflow.iter().all(|p| *p == Pushed::Filling), "{overflow:?}");
+        assert_eq!(lanes.dropped(), 0);
         assert_eq!(lanes.push(1, |_| {}), Pushed::Full);
         assert_eq!(lanes.dropped(), 1);
+        let mut all = Vec::new();
+        lanes.drain(|r| all.push(r.weight));
+        assert_eq!(all.len(), 4 * 1024, "every record that fitted is read back");
     }
 
     #[test]
