@@ -219,6 +219,13 @@ pub fn tag_wrapper<K: AsRef<str>, V: AsRef<str>, R>(pairs: &[(K, V)], f: impl Fn
     Ok(f())
 }
 
+/// Samples the calling thread's CPU from now on. A thread is otherwise sampled from its first
+/// label call or from the collector's next scan of the process's threads (within 100 ms): call
+/// this first thing in a short-lived thread that takes no labels. Later calls are cheap.
+pub fn register_thread() {
+    current_slot();
+}
+
 /// The labels in force on this thread now.
 pub fn current() -> LabelSet {
     LabelSet { id: current_slot().label_id.load(Ordering::Relaxed) }

@@ -65,7 +65,9 @@ pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPL
 pub use error::{Error, Result};
 pub use export::http::push;
 pub use export::{ExportError, Exporter, Upload};
-pub use labels::{current as current_labels, push as push_labels, tag_wrapper, LabelGuard, LabelSet, WithLabels};
+pub use labels::{
+    current as current_labels, push as push_labels, register_thread, tag_wrapper, LabelGuard, LabelSet, WithLabels,
+};
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
 

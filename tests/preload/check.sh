@@ -18,14 +18,16 @@ value() { awk -F'\t' -v f="$2" '$1 == f { print $3; found=1; exit } END { if (!f
 cpu="$("$bin/pyroscope" top "$dir/p" --tsv --type cpu --where region=lab)"
 spin=$(value "$cpu" c_spin)
 echo "cpu in c_spin: $spin ns (truth 600000000 ns over two threads)"
-[ "$spin" -ge 400000000 ] || fail "c_spin has too little CPU"
+# The worker thread starts after the agent: it is sampled from its start (pthread_create is
+# interposed), so both threads' CPU is there.
+within() { awk -v e="$1" -v t="$2" 'BEGIN { d = (e - t) / t; if (d < 0) d = -d; exit !(d <= 0.10) }'; }
+within "$spin" 600000000 || fail "c_spin CPU off by more than 10%"
 alloc="$("$bin/pyroscope" top "$dir/p" --tsv --type alloc_space)"
 inuse="$("$bin/pyroscope" top "$dir/p" --tsv --type inuse_space)"
 temp=$(value "$alloc" c_alloc_temp); leak=$(value "$alloc" c_leak); leak_inuse=$(value "$inuse" c_leak)
 temp_inuse=$(value "$inuse" c_alloc_temp); cxx=$(value "$alloc" c_cxx_like)
 echo "alloc_space: c_alloc_temp=$temp (truth 67108864) c_leak=$leak (truth 33554432) c_cxx_like=$cxx"
 echo "inuse_space: c_leak=$leak_inuse (truth 33554432) c_alloc_temp=$temp_inuse (truth 0)"
-within() { awk -v e="$1" -v t="$2" 'BEGIN { d = (e - t) / t; if (d < 0) d = -d; exit !(d <= 0.10) }'; }
 within "$temp" 67108864 || fail "c_alloc_temp alloc_space off by more than 10%"
 within "$leak" 33554432 || fail "c_leak alloc_space off by more than 10%"
 within "$leak_inuse" 33554432 || fail "c_leak inuse_space off by more than 10%"

@@ -3,7 +3,8 @@
  *   c_spin          burns CPU;
  *   c_alloc_temp    mallocs and frees 64 MiB in 4 KiB blocks;
  *   c_leak          mallocs 32 MiB in 64 KiB blocks and keeps them;
- *   c_cxx_like      calloc/realloc/posix_memalign/aligned_alloc, freed. */
+ *   c_cxx_like      calloc/realloc/posix_memalign/aligned_alloc, freed;
+ * and a thread that leaves through pthread_exit. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,8 +68,19 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* Leaves through pthread_exit, which unwinds through the preload library's thread start. */
+static void *exiter(void *arg) {
+    pthread_exit(arg);
+    return NULL;
+}
+
 int main(void) {
-    pthread_t t;
+    pthread_t t, e;
+    void *ret = NULL;
+    if (pthread_create(&e, NULL, exiter, (void *)0x5eed) != 0 || pthread_join(e, &ret) != 0 || ret != (void *)0x5eed) {
+        fprintf(stderr, "pthread_exit's value was lost\n");
+        return 1;
+    }
     pthread_create(&t, NULL, worker, NULL);
     c_spin(300 * 1000000ull);
     c_alloc_temp(64u << 20, 4096);
