@@ -219,6 +219,11 @@ void pyroscope_agent_free(struct pyroscope_agent **agent);
 // Both strings are NUL-terminated.
 enum pyroscope_status pyroscope_labels_push(const char *key, const char *value);
 
+// Samples the calling thread's CPU from now on. A thread is otherwise sampled from its first
+// label call or from the agent's next scan of the process's threads (within 100 ms): call
+// this first thing in a short-lived thread that takes no labels. Always PYROSCOPE_OK.
+enum pyroscope_status pyroscope_thread_register(void);
+
 // Removes the labels added by this thread's last pyroscope_labels_push.
 enum pyroscope_status pyroscope_labels_pop(void);
 

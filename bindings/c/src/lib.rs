@@ -495,6 +495,17 @@ pub unsafe extern "C" fn pyroscope_labels_push(key: *const c_char, value: *const
     })
 }
 
+/// Samples the calling thread's CPU from now on. A thread is otherwise sampled from its first
+/// label call or from the agent's next scan of the process's threads (within 100 ms): call
+/// this first thing in a short-lived thread that takes no labels. Always PYROSCOPE_OK.
+#[no_mangle]
+pub extern "C" fn pyroscope_thread_register() -> pyroscope_status {
+    call(|| {
+        pyroscope_core::register_thread();
+        Ok(())
+    })
+}
+
 /// Removes the labels added by this thread's last pyroscope_labels_push.
 #[no_mangle]
 pub extern "C" fn pyroscope_labels_pop() -> pyroscope_status {

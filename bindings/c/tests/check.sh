@@ -27,4 +27,9 @@ t="$(target/debug/pyroscope top "$dir/p" --tsv --where region=lab --where vehicl
 grep -q "^c_labelled_work" <<<"$t" || fail "c_labelled_work missing under vehicle=scooter"
 t="$(target/debug/pyroscope top "$dir/p" --tsv --where worker=w3)"
 grep -q "^c_labelled_work" <<<"$t" || fail "thread labels missing"
+# 150 ms of CPU on a thread that called pyroscope_thread_register first: sampled from its start
+# (unregistered, the agent's thread scan would find it up to 100 ms late).
+reg=$(awk -F'\t' '$1 == "c_registered_work" { print $3; exit }' <<<"$(target/debug/pyroscope top "$dir/p" --tsv --type cpu)")
+echo "c_registered_work: ${reg:-0} ns of CPU (truth 150000000)"
+[ "${reg:-0}" -ge 120000000 ] || fail "a registered thread was not sampled from its start"
 echo "1 passed, 0 failed: the C ABI from C99, C++17, shared and static"

@@ -54,6 +54,22 @@ static void *label_thread(void *arg) {
     return (void *)(intptr_t)ok;
 }
 
+/* A short thread that takes no labels: registered, it is sampled from its start. */
+__attribute__((noinline)) uint64_t c_registered_work(uint64_t ns) {
+    volatile uint64_t x = 1;
+    uint64_t end = cpu_ns() + ns;
+    while (cpu_ns() < end)
+        for (int i = 0; i < 1000; i++) x = x * 6364136223846793005ull + (uint64_t)i;
+    return x;
+}
+
+static void *registered_thread(void *arg) {
+    (void)arg;
+    int ok = pyroscope_thread_register() == PYROSCOPE_STATUS_OK;
+    c_registered_work(150 * 1000000u);
+    return (void *)(intptr_t)ok;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: smoke EXPORT_DIR\n");
@@ -146,6 +162,12 @@ int main(int argc, char **argv) {
         if (!ok) all_ok = 0;
     }
     CHECK(all_ok, "threads pushing and popping labels");
+
+    pthread_t registered;
+    void *registered_ok = NULL;
+    pthread_create(&registered, NULL, registered_thread, NULL);
+    pthread_join(registered, &registered_ok);
+    CHECK(registered_ok != NULL, "thread_register");
 
     CHECK(pyroscope_agent_flush(NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "flush NULL");
     CHECK(pyroscope_agent_flush(agent) == PYROSCOPE_STATUS_OK, "flush");
