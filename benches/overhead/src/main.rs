@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use bench_workload::{calibrate, median, run, settle, Measured};
+use bench_workload::{calibrate, median, run, run_child, settle, Measured};
 use pyroscope_core::{AgentBuilder, LabelSet, ProfileBuilder};
 
 const THREADS: usize = 2;
@@ -57,14 +57,14 @@ fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64, f64) {
 }
 
 fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
-    let out = Command::new(bin).args(["--child", mode, &switch_us.to_string(), &ipu.to_string()]).output().ok()?;
-    if !out.status.success() {
-        eprintln!("  {mode}: failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run_child(Command::new(bin).args(["--child", mode, &switch_us.to_string(), &ipu.to_string()]))?;
+    if !out.success {
+        eprintln!("  {mode}: failed: {}", out.stderr);
         return None;
     }
-    let s = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: v[2] as i64, stop: v[3] })
+    let v: Vec<f64> = out.stdout.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // Peak RSS over the child's whole life, its agent's stop included.
+    (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: out.peak_rss_kib, stop: v[3] })
 }
 
 /// An allocation-heavy workload of `alloc-bench` (see its crate doc).
@@ -129,17 +129,17 @@ fn alloc_section(runs: usize, workload: &AllocWorkload) {
                 .env("PYROSCOPE_APPLICATION_NAME", "alloc-bench")
                 .env("PYROSCOPE_EXPORT_DIR", &tmp);
         }
-        cmd.output().ok()
+        run_child(&mut cmd)
     };
     let mut results: Vec<Vec<[f64; 7]>> = vec![Vec::new(); modes.len()];
     for r in 0..runs {
         for (i, (name, bin, lib, env)) in modes.iter().enumerate() {
             eprintln!("alloc run {}/{runs}, {}: {name}", r + 1, workload.name);
             let Some(out) = run(bin, *lib, env) else { continue };
-            let v: Vec<f64> =
-                String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if let [cpu, wall, rss, stop, allocs, bytes, lost] = v[..] {
-                results[i].push([cpu, wall, rss, stop, allocs, bytes, lost]);
+            let v: Vec<f64> = out.stdout.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            // Peak RSS over the child's whole life: the preload library's agent stops at exit.
+            if let [cpu, wall, _, stop, allocs, bytes, lost] = v[..] {
+                results[i].push([cpu, wall, out.peak_rss_kib as f64, stop, allocs, bytes, lost]);
             }
         }
     }
@@ -151,7 +151,7 @@ fn alloc_section(runs: usize, workload: &AllocWorkload) {
     let (mut allocs, mut bytes) = (results[0][0][4], results[0][0][5]);
     if allocs < 0.0 {
         // The workload does not count its allocations: a run under the counting interposer does.
-        let counted = run(&plain, Some(&count), &[]).map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+        let counted = run(&plain, Some(&count), &[]).map(|o| o.stderr);
         let field = |text: &str, key: &str| {
             text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse::<f64>().ok())
         };

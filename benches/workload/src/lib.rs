@@ -77,3 +77,47 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(200));
 }
+
+/// What a child process printed, and its peak resident memory over its whole life in KiB
+/// (from `wait4`): unlike a figure the child prints itself, this covers its exit, where an
+/// agent stops and symbolizes its last window (the symbolizer's debug info is the largest
+/// thing a profiler adds once it has uploaded a window), and `atexit` handlers such as the
+/// preload library's.
+pub struct ChildRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub peak_rss_kib: i64,
+}
+
+/// Runs `cmd` to completion (see [`ChildRun`]).
+pub fn run_child(cmd: &mut std::process::Command) -> Option<ChildRun> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid for wait4 to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child (std does not reap it unless asked); valid pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if pid <= 0 {
+        return None;
+    }
+    Some(ChildRun {
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        peak_rss_kib: ru.ru_maxrss,
+    })
+}
