@@ -620,6 +620,8 @@ fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc
             }
             *stop
         };
+        // Before draining: a hook that fills its lane during the drain asks again.
+        sampler::WAKE_ASKED.store(false, Ordering::Release);
         busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();

@@ -194,9 +194,16 @@ pub(crate) fn register_current_thread() -> Arc<ThreadState> {
 }
 
 /// Wakes the collector now (a hook found its ring lane filling). Not from a signal handler.
+/// One wake-up per collector pass: a hook that finds one already asked for returns at once
+/// (a notify is a system call, and a burst asks on every push once its lane overflows).
 pub(crate) fn wake_collector() {
-    COLLECTOR_WAKE.notify_all();
+    if !WAKE_ASKED.swap(true, Ordering::AcqRel) {
+        COLLECTOR_WAKE.notify_all();
+    }
 }
+
+/// A hook has woken the collector since its last pass began (see [`wake_collector`]).
+pub(crate) static WAKE_ASKED: AtomicBool = AtomicBool::new(false);
 
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
