@@ -19,6 +19,8 @@ pub const MAX_STACKS: usize = 50_000;
 /// Frame keys with this bit set name a frame given by a binding (Python, V8) rather than an
 /// address; the rest is an index into [`FRAMES`].
 const SYMBOLIC: u64 = 1 << 63;
+/// Location key of a leaf address shown without its inlined allocator frames.
+const TRIMMED: u64 = 1 << 62;
 /// Synthetic frames.
 const OVERFLOW_FRAME: u64 = SYMBOLIC | (1 << 62);
 const LOST_FRAME: u64 = SYMBOLIC | (1 << 62) | 1;
@@ -333,6 +335,22 @@ impl AllocWindow {
                     continue;
                 }
                 let syms = symbolizer.symbolize(pc, snapshot);
+                if trimming {
+                    // The allocator's entry may be inlined into its caller (release builds inline
+                    // `__rust_alloc` into the program's own functions): drop its inlined frames.
+                    let keep = syms.iter().position(|s| !is_alloc_plumbing(&s.function)).unwrap_or(syms.len());
+                    if keep == syms.len() {
+                        continue;
+                    }
+                    trimming = false;
+                    if keep > 0 {
+                        let kept = &syms[keep..];
+                        locs.push(b.location(pc | TRIMMED, pc, || {
+                            kept.iter().map(|s| (&*s.function, &*s.file, s.line)).collect()
+                        }));
+                        continue;
+                    }
+                }
                 trimming = false;
                 locs.push(b.location(pc, pc, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect()));
             }
