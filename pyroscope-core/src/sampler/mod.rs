@@ -294,16 +294,16 @@ impl Sampler {
             rng: seed | 1,
             threads_unsampled: 0,
         };
-        timers.scan();
+        retire(timers.scan());
         *ACTIVE.lock() = Some(timers);
         Ok(Sampler { _only_start: () })
     }
 
     /// Finds new and exited threads, creates and deletes timers, refreshes the maps table.
     pub(crate) fn scan(&mut self) {
-        if let Some(t) = ACTIVE.lock().as_mut() {
-            t.scan();
-        }
+        let retired = ACTIVE.lock().as_mut().map(Timers::scan);
+        // After the lock: a thread registering itself never waits for handlers to finish.
+        retire(retired.unwrap_or_default());
     }
 
     /// (threads sampled, threads seen but not sampled).
@@ -343,7 +343,8 @@ impl Timers {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn scan(&mut self) {
+    /// Returns the states of deleted timers, for [`retire`].
+    fn scan(&mut self) -> Vec<Arc<ThreadState>> {
         // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
         let dead: Vec<i32> = self
             .timers
@@ -390,14 +391,13 @@ impl Timers {
             }
         }
         crate::unwind::refresh_maps();
-        wait_for_handlers();
-        drop(retired);
         // Forget registry entries of threads that are gone.
         if let Some(map) = REGISTRY.lock().as_mut() {
             map.retain(|tid, s| {
                 self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
             });
         }
+        retired
     }
 
     /// Arms the calling thread `tid` unless it has a timer or is the profiler's own; true
@@ -472,6 +472,13 @@ impl Timers {
     fn stop(&mut self) {
         let timers: Vec<Timer> = self.timers.drain().map(|(_, t)| t).collect();
         let states: Vec<_> = timers.into_iter().map(|t| self.delete(t)).collect();
+        retire(states);
+    }
+}
+
+/// Frees the states of deleted timers once no handler can be using them.
+fn retire(states: Vec<Arc<ThreadState>>) {
+    if !states.is_empty() {
         wait_for_handlers();
         drop(states);
     }
