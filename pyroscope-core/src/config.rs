@@ -101,6 +101,301 @@ pub struct Config {
     pub alloc_seed: Option<u64>,
 }
 
+/// Collects settings; [`build`](AgentBuilder::build) validates them all into a [`Config`], and
+/// [`start`](AgentBuilder::start) starts profiling with it.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct AgentBuilder {
+    application_name: String,
+    server_address: Option<String>,
+    export_dir: Option<PathBuf>,
+    tags: Vec<(String, String)>,
+    sample_rate: u32,
+    upload_interval: Duration,
+    auth: Auth,
+    tenant_id: Option<String>,
+    headers: BTreeMap<String, String>,
+    request_timeout: Duration,
+    protocol: Protocol,
+    signal: i32,
+    signal_on_alt_stack: bool,
+    shutdown_timeout: Duration,
+    queue_capacity: usize,
+    memory: bool,
+    alloc_sample_bytes: u64,
+    alloc_seed: Option<u64>,
+    env_error: Option<Error>,
+}
+
+impl AgentBuilder {
+    /// Defaults: 100 Hz, 10 s windows, push API, profiles to `./profiles` unless a server is set.
+    pub fn new(application_name: impl Into<String>) -> Self {
+        AgentBuilder {
+            application_name: application_name.into(),
+            server_address: None,
+            export_dir: None,
+            tags: Vec::new(),
+            sample_rate: 100,
+            upload_interval: Duration::from_secs(10),
+            auth: Auth::None,
+            tenant_id: None,
+            headers: BTreeMap::new(),
+            request_timeout: Duration::from_secs(10),
+            protocol: Protocol::Push,
+            signal: libc::SIGPROF,
+            signal_on_alt_stack: false,
+            shutdown_timeout: Duration::from_secs(2),
+            queue_capacity: 32,
+            memory: true,
+            alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
+            alloc_seed: None,
+            env_error: None,
+        }
+    }
+
+    /// Starts from the `PYROSCOPE_*` environment variables (see [`crate::env`]); later calls
+    /// override them. A malformed variable is reported by `start()`.
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), reading each `PYROSCOPE_*` variable through `lookup`
+    /// instead of the process environment (a binding's own settings map, or a test).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut b2 = AgentBuilder::new(var(env::APPLICATION_NAME).unwrap_or_default());
+        let mut env_error = None;
+        let mut fail = |e: Error| {
+            if env_error.is_none() {
+                env_error = Some(e);
+            }
+        };
+        if let Some(v) = var(env::SERVER_ADDRESS) {
+            b2.server_address = Some(v);
+        }
+        if let Some(v) = var(env::EXPORT_DIR) {
+            b2.export_dir = Some(v.into());
+        }
+        if let Some(v) = var(env::TAGS) {
+            match parse_tags(&v) {
+                Ok(t) => b2.tags = t,
+                Err(e) => fail(e),
+            }
+        }
+        match env_number::<u32>(env::SAMPLE_RATE, var(env::SAMPLE_RATE), "not a whole number of Hz") {
+            Ok(Some(r)) => b2.sample_rate = r,
+            Ok(None) => {}
+            Err(e) => fail(e),
+        }
+        if let Some(v) = var(env::UPLOAD_INTERVAL) {
+            match parse_seconds(env::UPLOAD_INTERVAL, &v) {
+                Ok(d) => b2.upload_interval = d,
+                Err(e) => fail(e),
+            }
+        }
+        if let Some(t) = var(env::AUTH_TOKEN) {
+            b2.auth = Auth::Bearer(t);
+        }
+        if let Some(user) = var(env::BASIC_AUTH_USER) {
+            if matches!(b2.auth, Auth::Bearer(_)) {
+                fail(Error::ConflictingAuth);
+            }
+            b2.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
+        }
+        if let Some(t) = var(env::TENANT_ID) {
+            b2.tenant_id = Some(t);
+        }
+        match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, var(env::ALLOC_SAMPLE_BYTES), "not a whole number of bytes") {
+            Ok(Some(n)) => b2.alloc_sample_bytes = n,
+            Ok(None) => {}
+            Err(e) => fail(e),
+        }
+        if let Some(v) = var(env::MEMORY) {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => b2.memory = true,
+                "0" | "false" | "no" | "off" => b2.memory = false,
+                _ => fail(Error::InvalidEnv { var: env::MEMORY, value: v, reason: "use true or false".into() }),
+            }
+        }
+        b2.env_error = env_error;
+        b2
+    }
+
+    /// Application (service) name, `[A-Za-z0-9_.\-/]+`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+    /// Pyroscope server base URL (`http://localhost:4040`). Without it, profiles go to files.
+    pub fn server_address(mut self, url: impl Into<String>) -> Self {
+        self.server_address = Some(url.into());
+        self
+    }
+    /// Folder for the embedded default (used when no server address is set).
+    pub fn export_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.export_dir = Some(dir.into());
+        self
+    }
+    /// Adds a static tag (on every series), e.g. `region`.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.tags.retain(|(k, _)| *k != name);
+        self.tags.push((name, value.into()));
+        self
+    }
+    /// Adds static tags.
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        for (k, v) in tags {
+            self = self.tag(k, v);
+        }
+        self
+    }
+    /// CPU samples per second per thread (default 100).
+    pub fn sample_rate(mut self, hz: u32) -> Self {
+        self.sample_rate = hz;
+        self
+    }
+    /// Window length (default 10 s).
+    pub fn upload_interval(mut self, interval: Duration) -> Self {
+        self.upload_interval = interval;
+        self
+    }
+    /// HTTP basic auth.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Auth::Basic { user: user.into(), password: password.into() };
+        self
+    }
+    /// Bearer token.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Bearer(token.into());
+        self
+    }
+    /// `X-Scope-OrgID`.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant.into());
+        self
+    }
+    /// An extra HTTP header, applied after the others.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+    /// Timeout of one HTTP request (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+    /// Push API (default) or `/ingest`.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+    /// The signal for CPU samples (default SIGPROF; use a real-time signal inside hosts that
+    /// own SIGPROF).
+    pub fn signal(mut self, signal: i32) -> Self {
+        self.signal = signal;
+        self
+    }
+    /// Runs the CPU signal handler on the thread's alternate signal stack (`SA_ONSTACK`), as Go
+    /// requires of every handler in a cgo program. Only for hosts whose alternate stacks have
+    /// 32 KiB or more (Go's have); Rust's own are smaller, so the default is off.
+    pub fn signal_on_alt_stack(mut self, on: bool) -> Self {
+        self.signal_on_alt_stack = on;
+        self
+    }
+    /// Longest `stop()`/drop may take (default 2 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Memory profiles on (default) or off. They need a [`crate::SamplingAllocator`] as the
+    /// global allocator, or the preload library.
+    pub fn memory(mut self, enabled: bool) -> Self {
+        self.memory = enabled;
+        self
+    }
+    /// Mean bytes between allocation samples (default 512 KiB).
+    pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
+        self.alloc_sample_bytes = bytes;
+        self
+    }
+    /// Fixes the allocation sampling RNG's seed, for reproducible tests.
+    pub fn alloc_seed(mut self, seed: u64) -> Self {
+        self.alloc_seed = Some(seed);
+        self
+    }
+
+    /// Validates every setting.
+    pub fn build(self) -> Result<Config> {
+        if let Some(e) = self.env_error {
+            return Err(e);
+        }
+        validate_application_name(&self.application_name)?;
+        let destination = match &self.server_address {
+            Some(s) => Destination::Server(parse_server_address(s)?),
+            None => Destination::Directory(self.export_dir.clone().unwrap_or_else(|| PathBuf::from("./profiles"))),
+        };
+        let mut tags = BTreeMap::new();
+        for (k, v) in &self.tags {
+            validate_tag(k, v)?;
+            tags.insert(k.clone(), v.clone());
+        }
+        // The server allows 30 label names per series; we add up to 6 of our own.
+        if tags.len() > 24 {
+            return Err(Error::TooManyLabels { count: tags.len(), max: 24 });
+        }
+        if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
+            return Err(Error::InvalidSampleRate { rate: self.sample_rate, max: MAX_SAMPLE_RATE });
+        }
+        if self.upload_interval < Duration::from_secs(1) || self.upload_interval > Duration::from_secs(3600) {
+            return Err(Error::InvalidUploadInterval { interval: self.upload_interval });
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidTimeout { timeout: self.request_timeout });
+        }
+        for (k, v) in &self.headers {
+            let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !name_ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(Error::InvalidHeader { name: k.clone() });
+            }
+        }
+        if self.signal != libc::SIGPROF && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal) {
+            return Err(Error::InvalidSignal { signal: self.signal });
+        }
+        if self.alloc_sample_bytes == 0 {
+            return Err(Error::InvalidAllocSampleBytes { bytes: 0 });
+        }
+        Ok(Config {
+            memory: self.memory,
+            alloc_sample_bytes: self.alloc_sample_bytes,
+            alloc_seed: self.alloc_seed,
+            application_name: self.application_name,
+            destination,
+            tags,
+            sample_rate: self.sample_rate,
+            upload_interval: self.upload_interval,
+            auth: self.auth,
+            tenant_id: self.tenant_id,
+            headers: self.headers,
+            request_timeout: self.request_timeout,
+            protocol: self.protocol,
+            signal: self.signal,
+            signal_on_alt_stack: self.signal_on_alt_stack,
+            shutdown_timeout: self.shutdown_timeout,
+            queue_capacity: self.queue_capacity,
+        })
+    }
+}
+
+/// A whole number from the environment: None when unset or blank, a typed error when malformed.
+fn env_number<T: std::str::FromStr>(var: &'static str, value: Option<String>, reason: &str) -> Result<Option<T>> {
+    match value {
+        Some(v) => v.trim().parse().map(Some).map_err(|_| Error::InvalidEnv { var, value: v, reason: reason.into() }),
+        None => Ok(None),
+    }
+}
+
 /// The environment variables every binding understands.
 pub mod env {
     /// Server base URL; without it profiles go to the export folder.
@@ -218,5 +513,21 @@ mod tests {
         assert_eq!(parse_seconds("X", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_seconds("X", "0").is_err());
         assert!(parse_seconds("X", "abc").is_err());
+    }
+
+    #[test]
+    fn settings_from_a_lookup() {
+        let vars: BTreeMap<&str, &str> = [
+            (env::APPLICATION_NAME, "env-app"),
+            (env::SERVER_ADDRESS, "http://127.0.0.1:4040"),
+            (env::TAGS, "region=eu-north"),
+            (env::SAMPLE_RATE, " 250 "),
+            (env::MEMORY, "off"),
+        ]
+        .into();
+        let c = AgentBuilder::from_vars(|k| vars.get(k).map(|v| v.to_string())).build().unwrap();
+        assert_eq!((c.application_name.as_str(), c.sample_rate, c.memory), ("env-app", 250, false));
+        let bad = AgentBuilder::from_vars(|k| (k == env::SAMPLE_RATE).then(|| "fast".to_string())).build();
+        assert!(matches!(bad, Err(Error::InvalidEnv { var: env::SAMPLE_RATE, .. })), "{bad:?}");
     }
 }

@@ -44,6 +44,7 @@
 mod agent;
 mod aggregate;
 mod alloc;
+mod collector;
 mod config;
 mod error;
 mod export;
@@ -55,13 +56,13 @@ mod sync;
 mod sys;
 mod unwind;
 
-pub use agent::{Agent, AgentBuilder, Stats};
+pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
 pub use alloc::{
     alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free,
     SamplingAllocator, DEFAULT_SAMPLE_BYTES,
 };
-pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
+pub use config::{env, parse_tags, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
 pub use export::http::push;
 pub use export::{ExportError, Exporter, Upload};
