@@ -73,8 +73,10 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// Starts profiling with a validated config. Only one agent may run per process.
+    /// Checks `config` ([`Config::validate`]) and starts profiling with it. Only one agent may
+    /// run per process.
     pub fn start(config: Config) -> Result<Agent> {
+        config.validate()?;
         if RUNNING.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyRunning);
         }

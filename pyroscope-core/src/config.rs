@@ -60,8 +60,10 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// A validated configuration. Build it with [`crate::AgentBuilder`].
+/// A validated configuration. Build it with [`AgentBuilder::build`]; [`crate::Agent::start`]
+/// checks it again ([`Config::validate`]), so no setting reaches the agent unchecked.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Application (service) name.
     pub application_name: String,
@@ -336,14 +338,47 @@ impl AgentBuilder {
             Some(s) => Destination::Server(parse_server_address(s)?),
             None => Destination::Directory(self.export_dir.clone().unwrap_or_else(|| PathBuf::from("./profiles"))),
         };
-        let mut tags = BTreeMap::new();
         for (k, v) in &self.tags {
             validate_tag(k, v)?;
-            tags.insert(k.clone(), v.clone());
+        }
+        let config = Config {
+            memory: self.memory,
+            alloc_sample_bytes: self.alloc_sample_bytes,
+            alloc_seed: self.alloc_seed,
+            application_name: self.application_name,
+            destination,
+            tags: self.tags.into_iter().collect(),
+            sample_rate: self.sample_rate,
+            upload_interval: self.upload_interval,
+            auth: self.auth,
+            tenant_id: self.tenant_id,
+            headers: self.headers,
+            request_timeout: self.request_timeout,
+            protocol: self.protocol,
+            signal: self.signal,
+            signal_on_alt_stack: self.signal_on_alt_stack,
+            shutdown_timeout: self.shutdown_timeout,
+            queue_capacity: self.queue_capacity,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Checks every setting, as [`AgentBuilder::build`] does; [`crate::Agent::start`] calls it
+    /// too, so a `Config` changed after it was built is checked again before it is used.
+    pub fn validate(&self) -> Result<()> {
+        validate_application_name(&self.application_name)?;
+        if let Destination::Server(url) = &self.destination {
+            check_server_url(url)?;
+        }
+        for (k, v) in &self.tags {
+            validate_tag(k, v)?;
         }
         // The server allows 30 label names per series; we add up to 6 of our own.
-        if tags.len() > 24 {
-            return Err(Error::TooManyLabels { count: tags.len(), max: 24 });
+        if self.tags.len() > 24 {
+            return Err(Error::TooManyLabels { count: self.tags.len(), max: 24 });
         }
         if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
             return Err(Error::InvalidSampleRate { rate: self.sample_rate, max: MAX_SAMPLE_RATE });
@@ -366,25 +401,7 @@ impl AgentBuilder {
         if self.alloc_sample_bytes == 0 {
             return Err(Error::InvalidAllocSampleBytes { bytes: 0 });
         }
-        Ok(Config {
-            memory: self.memory,
-            alloc_sample_bytes: self.alloc_sample_bytes,
-            alloc_seed: self.alloc_seed,
-            application_name: self.application_name,
-            destination,
-            tags,
-            sample_rate: self.sample_rate,
-            upload_interval: self.upload_interval,
-            auth: self.auth,
-            tenant_id: self.tenant_id,
-            headers: self.headers,
-            request_timeout: self.request_timeout,
-            protocol: self.protocol,
-            signal: self.signal,
-            signal_on_alt_stack: self.signal_on_alt_stack,
-            shutdown_timeout: self.shutdown_timeout,
-            queue_capacity: self.queue_capacity,
-        })
+        Ok(())
     }
 }
 
@@ -437,8 +454,14 @@ pub fn validate_application_name(name: &str) -> Result<()> {
 
 /// Parses and checks a server address: absolute `http`/`https` URL with a host, no query.
 pub fn parse_server_address(s: &str) -> Result<url::Url> {
-    let bad = |reason: &str| Error::InvalidServerAddress { url: s.to_owned(), reason: reason.to_owned() };
-    let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+    let url =
+        url::Url::parse(s).map_err(|e| Error::InvalidServerAddress { url: s.to_owned(), reason: e.to_string() })?;
+    check_server_url(&url)?;
+    Ok(url)
+}
+
+fn check_server_url(url: &url::Url) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidServerAddress { url: url.to_string(), reason: reason.to_owned() };
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("scheme must be http or https"));
     }
@@ -451,7 +474,7 @@ pub fn parse_server_address(s: &str) -> Result<url::Url> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("put credentials in basic auth settings, not in the URL"));
     }
-    Ok(url)
+    Ok(())
 }
 
 /// Checks a static tag.

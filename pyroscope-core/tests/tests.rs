@@ -8,6 +8,7 @@ mod util;
 static GLOBAL: pyroscope_core::SamplingAllocator<std::alloc::System> =
     pyroscope_core::SamplingAllocator::new(std::alloc::System);
 
+mod agent;
 mod cpu;
 mod export;
 mod fork;
