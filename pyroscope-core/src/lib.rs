@@ -58,19 +58,25 @@ mod unwind;
 
 pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
-pub use alloc::{
-    alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free,
-    SamplingAllocator, DEFAULT_SAMPLE_BYTES,
-};
+pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
-pub use export::http::push;
-pub use export::{ExportError, Exporter, Upload};
 pub use labels::{
     current as current_labels, push as push_labels, register_thread, tag_wrapper, LabelGuard, LabelSet, WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
+
+/// The allocation hooks the preload library calls from its `malloc`/`free`; not for programs,
+/// which use [`SamplingAllocator`].
+#[doc(hidden)]
+pub use alloc::{alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free};
+/// The push API messages, for the test receiver.
+#[doc(hidden)]
+pub use export::http::push;
+/// Delivery internals, public for tests; the agent picks its exporter from [`Config::destination`].
+#[doc(hidden)]
+pub use export::{ExportError, Exporter, Upload};
 
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
