@@ -34,12 +34,21 @@ pub struct Stats {
     pub samples_truncated: u64,
     /// Windows closed.
     pub windows: u64,
+    /// Profiles built and queued for delivery (one per profile type per window with samples).
+    /// Once [`Agent::stop`] returns, `profiles == uploads_sent + uploads_dropped`.
+    pub profiles: u64,
     /// Profiles delivered.
     pub uploads_sent: u64,
-    /// Profiles dropped (queue full, failed, or at shutdown).
+    /// Profiles not delivered, whatever the reason: failed, pushed out of a full queue, or
+    /// still queued or in flight when the shutdown timeout passed.
     pub uploads_dropped: u64,
+    /// Of `uploads_dropped`, those the server refused or that failed until retries ran out.
+    pub uploads_failed: u64,
     /// Upload attempts retried.
     pub upload_retries: u64,
+    /// Windows the shutdown timeout did not wait for (the collector was still building them):
+    /// never queued, so counted here and not in `profiles`.
+    pub windows_abandoned: u64,
     /// Threads with a CPU timer now.
     pub threads_sampled: u64,
     /// Timer creations refused so far (thread table full, or the kernel refused), one per
@@ -60,7 +69,8 @@ pub struct Stats {
 pub struct Agent {
     config: Config,
     shared: Arc<Shared>,
-    collector: Option<JoinHandle<()>>,
+    /// The collector thread and the channel it signals its end on.
+    collector: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
     uploader_done: Option<mpsc::Receiver<()>>,
     queue: Arc<Queue>,
     pid: i32,
@@ -131,21 +141,33 @@ impl Agent {
             .map_err(|e| Error::Os { what: "spawning the upload thread", errno: e.to_string() })?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (collector_tx, collector_rx) = mpsc::channel();
         let (sh, q, cfg) = (shared.clone(), queue.clone(), config.clone());
-        let collector = std::thread::Builder::new()
-            .name("pyroscope-collect".into())
-            .spawn(move || {
-                sampler::mark_own_thread();
-                let _ = ready_tx.send(());
-                collector::collect(cfg, sampler, sh, q);
-            })
-            .map_err(|e| Error::Os { what: "spawning the collector thread", errno: e.to_string() })?;
+        // The thread owns everything it uses (the sampler, the config and the shared state are
+        // moved in or reference-counted; the rest is 'static), so it may outlive the Agent when
+        // shutdown stops waiting for it. It releases the one-agent slot itself once the sampler
+        // is dropped: no second agent can arm timers or reset allocation state under it.
+        let spawned = std::thread::Builder::new().name("pyroscope-collect".into()).spawn(move || {
+            // Dropped last, after the sampler, even if the collector panics.
+            let _slot = ReleaseSlot(collector_tx);
+            sampler::mark_own_thread();
+            let _ = ready_tx.send(());
+            collector::collect(cfg, sampler, sh, q);
+        });
+        let collector = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                // The uploader has nothing to wait for.
+                queue.close(Instant::now());
+                return Err(Error::Os { what: "spawning the collector thread", errno: e.to_string() });
+            }
+        };
         // The collector's first scan must not sample the collector itself.
         let _ = ready_rx.recv_timeout(Duration::from_secs(1));
         Ok(Agent {
             config,
             shared,
-            collector: Some(collector),
+            collector: Some((collector, collector_rx)),
             uploader_done: Some(done_rx),
             queue,
             pid: sys::getpid(),
@@ -166,7 +188,10 @@ impl Agent {
             samples_lost: s.lost.load(Ordering::Relaxed),
             samples_truncated: s.truncated.load(Ordering::Relaxed),
             windows: s.windows.load(Ordering::Relaxed),
+            profiles: s.profiles.load(Ordering::Relaxed),
             uploads_sent: e.sent.load(Ordering::Relaxed),
+            uploads_failed: e.dropped_failed.load(Ordering::Relaxed),
+            windows_abandoned: s.windows_abandoned.load(Ordering::Relaxed),
             uploads_dropped: e.dropped_failed.load(Ordering::Relaxed)
                 + e.dropped_queue_full.load(Ordering::Relaxed)
                 + e.dropped_at_shutdown.load(Ordering::Relaxed),
@@ -205,7 +230,7 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
-        let Some(collector) = self.collector.take() else {
+        let Some((collector, collector_done)) = self.collector.take() else {
             return;
         };
         if sys::getpid() != self.pid {
@@ -218,12 +243,39 @@ impl Agent {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         *self.shared.stop.lock() = true;
         sampler::COLLECTOR_WAKE.notify_all();
-        let _ = collector.join();
-        self.queue.close(deadline);
-        if let Some(done) = self.uploader_done.take() {
-            let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        // The collector closes the last window (symbolizing every new address in it) and
+        // queues its profiles. Past the deadline it is left to finish on its own: it owns its
+        // state, drops what it built, and frees the agent slot when it ends.
+        match collector_done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.shared.abandoned.store(true, Ordering::SeqCst);
+                self.shared.windows_abandoned.fetch_add(1, Ordering::Relaxed);
+                drop(collector);
+            }
+            _ => {
+                let _ = collector.join();
+            }
         }
+        self.queue.close(deadline);
+        let uploaded = self
+            .uploader_done
+            .take()
+            .is_some_and(|done| done.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok());
+        if !uploaded {
+            // What is queued or in flight now is counted as dropped; the uploader thread, still
+            // inside a request, exits when that returns.
+            self.queue.abandon();
+        }
+    }
+}
+
+/// Frees the one-agent slot, then tells the agent the collector has ended.
+struct ReleaseSlot(mpsc::Sender<()>);
+
+impl Drop for ReleaseSlot {
+    fn drop(&mut self) {
         RUNNING.store(false, Ordering::SeqCst);
+        let _ = self.0.send(());
     }
 }
 

@@ -28,6 +28,12 @@ pub(crate) struct Shared {
     pub(crate) alloc_samples: AtomicU64,
     pub(crate) external: Mutex<Vec<(Vec<FrameId>, u32, u64)>>,
     pub(crate) export: Arc<ExportStats>,
+    /// Set when shutdown stopped waiting: whatever the collector still builds is not queued.
+    pub(crate) abandoned: AtomicBool,
+    /// Windows shutdown did not wait for (at most one per agent).
+    pub(crate) windows_abandoned: AtomicU64,
+    /// Profiles queued for delivery.
+    pub(crate) profiles: AtomicU64,
 }
 
 impl Shared {
@@ -44,6 +50,9 @@ impl Shared {
             alloc_samples: AtomicU64::new(0),
             external: Mutex::new(Vec::new()),
             export,
+            abandoned: AtomicBool::new(false),
+            windows_abandoned: AtomicU64::new(0),
+            profiles: AtomicU64::new(0),
         }
     }
 }
@@ -170,6 +179,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             shared.windows.fetch_add(1, Ordering::Relaxed);
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                if shared.abandoned.load(Ordering::SeqCst) {
+                    return;
+                }
+                shared.profiles.fetch_add(1, Ordering::Relaxed);
                 queue.push(upload("process_cpu", &profile, closed.start, end));
             }
             if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
@@ -185,6 +198,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                         end,
                         &extra,
                     );
+                    if shared.abandoned.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    shared.profiles.fetch_add(1, Ordering::Relaxed);
                     queue.push(upload("memory", &profile, closed.start, end));
                 }
             }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use pyroscope_core::{Agent, AgentBuilder, Destination, Error};
+use std::time::Instant;
+
+use pyroscope_core::{Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
 
 use crate::util::*;
 
@@ -33,4 +35,56 @@ fn start_checks_a_config_changed_after_build() {
 
     // None of them took the agent slot: a valid config starts.
     Agent::start(good).unwrap().stop();
+}
+
+/// Frames of `depth` taken from `frames` so that each `i` gives a different stack.
+fn distinct_stack(frames: &[FrameId], i: usize, depth: usize) -> Vec<FrameId> {
+    (0..depth).map(|j| frames[(i / frames.len().pow(j.min(2) as u32) + j * 7919) % frames.len()]).collect()
+}
+
+#[test]
+fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("huge-window");
+    let timeout = Duration::from_millis(300);
+    let agent = AgentBuilder::new("huge")
+        .export_dir(&dir)
+        .memory(false)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(timeout)
+        .start()
+        .unwrap();
+    // The most distinct stacks a window keeps, each 256 frames deep: building, encoding and
+    // compressing its profile takes seconds.
+    let frames: Vec<FrameId> =
+        (0..4096).map(|i| FrameId::new(&format!("huge_frame_{i}"), "huge.py", i).unwrap()).collect();
+    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
+    for i in 0..50_000 {
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), none, 1);
+    }
+    let t = Instant::now();
+    let stats = agent.stop();
+    let took = t.elapsed();
+    // The detached collector still holds the one-agent slot: poll until it frees it.
+    let mut next = None;
+    let freed = wait_until(Duration::from_secs(300), || match AgentBuilder::new("next").export_dir(&dir).start() {
+        Ok(a) => {
+            next = Some(a);
+            true
+        }
+        Err(e) => {
+            assert_eq!(e, Error::AlreadyRunning);
+            false
+        }
+    });
+    let collector_took = t.elapsed();
+    assert!(freed, "the detached collector never finished");
+    eprintln!("stop took {took:?}, the collector {collector_took:?}: {stats:?}");
+    let bound = timeout + Duration::from_millis(1000);
+    assert!(took < bound, "stop took {took:?}");
+    assert!(collector_took > bound, "the window was built in {collector_took:?}: not huge enough to test the bound");
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");
+    assert!(read_profiles(&dir).is_empty(), "the abandoned window is not written");
+    next.unwrap().stop();
 }

@@ -198,3 +198,33 @@ fn receiver_rejects_what_the_server_rejects() {
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
+
+#[test]
+fn stop_counts_what_a_hanging_server_did_not_take() {
+    let _g = crate::agent_lock();
+    let rx = Receiver::start(Mode::Slow(Duration::from_secs(60)));
+    let timeout = Duration::from_millis(500);
+    let agent = AgentBuilder::new("hang")
+        .memory(false)
+        .server_address(rx.url())
+        .request_timeout(Duration::from_secs(30))
+        .shutdown_timeout(timeout)
+        .start()
+        .unwrap();
+    // Three windows: the first hangs in flight, the others wait in the queue.
+    for _ in 0..3 {
+        let before = agent.stats().profiles;
+        run_labelled_work(30);
+        agent.flush();
+        assert!(wait_until(Duration::from_secs(20), || agent.stats().profiles > before), "{:?}", agent.stats());
+    }
+    assert!(wait_until(Duration::from_secs(20), || rx.requests() >= 1), "the first upload never reached the server");
+    let t = Instant::now();
+    let stats = agent.stop();
+    let took = t.elapsed();
+    assert!(took < timeout + Duration::from_millis(1000), "stop took {took:?}");
+    assert!(stats.profiles >= 3, "{stats:?}");
+    assert_eq!(stats.uploads_sent, 0, "{stats:?}");
+    assert_eq!(stats.uploads_dropped, stats.profiles, "everything not sent is counted when stop returns: {stats:?}");
+    assert_eq!(stats.uploads_failed, 0, "{stats:?}");
+}
