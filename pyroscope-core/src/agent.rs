@@ -28,8 +28,11 @@ impl AgentBuilder {
 pub struct Stats {
     /// CPU samples aggregated (weights summed).
     pub samples: u64,
-    /// Samples dropped because the ring was full.
+    /// CPU samples dropped because the ring was full (in the CPU profile as `[lost samples]`).
     pub samples_lost: u64,
+    /// Sampled allocations dropped because the ring was full: memory the memory profile does
+    /// not show (never counted as CPU).
+    pub alloc_samples_lost: u64,
     /// Samples whose stack was cut short.
     pub samples_truncated: u64,
     /// Windows closed.
@@ -186,6 +189,7 @@ impl Agent {
         Stats {
             samples: s.samples.load(Ordering::Relaxed),
             samples_lost: s.lost.load(Ordering::Relaxed),
+            alloc_samples_lost: s.alloc_lost.load(Ordering::Relaxed),
             samples_truncated: s.truncated.load(Ordering::Relaxed),
             windows: s.windows.load(Ordering::Relaxed),
             profiles: s.profiles.load(Ordering::Relaxed),

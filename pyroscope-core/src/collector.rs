@@ -21,6 +21,7 @@ pub(crate) struct Shared {
     pub(crate) flush_now: AtomicBool,
     pub(crate) samples: AtomicU64,
     pub(crate) lost: AtomicU64,
+    pub(crate) alloc_lost: AtomicU64,
     pub(crate) truncated: AtomicU64,
     pub(crate) windows: AtomicU64,
     pub(crate) threads: AtomicU64,
@@ -43,6 +44,7 @@ impl Shared {
             flush_now: AtomicBool::new(false),
             samples: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            alloc_lost: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             threads: AtomicU64::new(0),
@@ -108,7 +110,18 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     let mut allocs = AllocWindow::default();
     let mut window_end = Instant::now() + config.upload_interval;
     let mut last_scan = Instant::now();
-    let mut lost_seen = ring.map_or(0, |r| r.dropped());
+    // Records the ring dropped, per kind, counted so far.
+    let dropped = |kind| ring.map_or(0, |r| r.dropped(kind));
+    let (mut cpu_lost_seen, mut alloc_lost_seen) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+    // Lost CPU records go into the CPU profile as `[lost samples]`; lost allocation records
+    // are memory that was not seen, not CPU time, and are only counted.
+    let mut count_lost = |window: &mut Window| {
+        let (cpu, alloc) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+        window.add_lost(cpu - cpu_lost_seen);
+        shared.lost.fetch_add(cpu - cpu_lost_seen, Ordering::Relaxed);
+        shared.alloc_lost.fetch_add(alloc - alloc_lost_seen, Ordering::Relaxed);
+        (cpu_lost_seen, alloc_lost_seen) = (cpu, alloc);
+    };
     let drain = |window: &mut Window, allocs: &mut AllocWindow| {
         ring.map_or(0, |r| {
             r.drain(|rec| match rec.kind {
@@ -140,12 +153,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();
         }
-        if let Some(r) = ring {
-            let lost = r.dropped();
-            window.add_lost(lost - lost_seen);
-            shared.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
-            lost_seen = lost;
-        }
+        count_lost(&mut window);
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
             window.add_cpu_frames(&frames, label, weight);
         }
@@ -170,6 +178,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 sampler.stop();
                 crate::alloc::ENABLED.store(false, Ordering::SeqCst);
                 drain(&mut window, &mut allocs);
+                count_lost(&mut window);
             }
             let end = SystemTime::now();
             let closed = std::mem::replace(&mut window, Window::new(end));

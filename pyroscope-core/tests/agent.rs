@@ -88,3 +88,57 @@ fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
     assert!(read_profiles(&dir).is_empty(), "the abandoned window is not written");
     next.unwrap().stop();
 }
+
+/// The weight (first value) of the samples whose leaf is the function `name`.
+fn leaf_weight(p: &pyroscope_core::proto::Profile, name: &str) -> i64 {
+    let Some(name_id) = p.string_table.iter().position(|s| s == name) else { return 0 };
+    let funcs: Vec<u64> = p.function.iter().filter(|f| f.name == name_id as i64).map(|f| f.id).collect();
+    let locs: std::collections::HashSet<u64> = p
+        .location
+        .iter()
+        .filter(|l| l.line.iter().any(|line| funcs.contains(&line.function_id)))
+        .map(|l| l.id)
+        .collect();
+    p.sample.iter().filter(|s| s.location_id.first().is_some_and(|l| locs.contains(l))).map(|s| s.value[0]).sum()
+}
+
+#[inline(never)]
+fn allocate_small(n: usize) -> usize {
+    (0..n).map(|i| std::hint::black_box(Box::new([i as u8; 64]))[0] as usize).sum()
+}
+
+#[test]
+fn dropped_allocation_records_are_not_lost_cpu_samples() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("alloc-drops");
+    let agent = AgentBuilder::new("alloc-drops")
+        .export_dir(&dir)
+        .sample_rate(1)
+        .alloc_sample_bytes(1)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_secs(120))
+        .start()
+        .unwrap();
+    // Keep the collector busy with a huge window (seconds) while every allocation is sampled:
+    // the ring (4,096 records) fills and the rest of the allocation records are dropped.
+    let frames: Vec<FrameId> =
+        (0..4096).map(|i| FrameId::new(&format!("busy_frame_{i}"), "busy.py", i).unwrap()).collect();
+    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
+    for i in 0..30_000 {
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), none, 1);
+    }
+    agent.flush();
+    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());
+    allocate_small(20_000);
+    let stats = agent.stop();
+    eprintln!("{stats:?}");
+    assert!(stats.alloc_samples_lost >= 1000, "the test did not overflow the ring: {stats:?}");
+    let lost_in_cpu: i64 = read_profiles(&dir)
+        .iter()
+        .filter(|(name, _)| name.contains(".process_cpu."))
+        .map(|(_, p)| leaf_weight(p, "[lost samples]"))
+        .sum();
+    assert_eq!(lost_in_cpu as u64, stats.samples_lost, "[lost samples] holds lost CPU samples only: {stats:?}");
+    // At 1 Hz the CPU timers write a handful of records in those seconds.
+    assert!(stats.samples_lost < 50, "{stats:?}");
+}

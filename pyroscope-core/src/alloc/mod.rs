@@ -450,7 +450,7 @@ fn record(ptr: *mut u8, size: usize) {
     let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pushed = RING.push(key, |rec| {
+    let pushed = RING.push(key, Kind::Alloc, |rec| {
         rec.kind = Kind::Alloc;
         rec.tid = 0;
         rec.label_id = label_id;

@@ -66,9 +66,9 @@ impl RingRef {
     ///
     /// # Signal safety
     /// One atomic load, then [`ring::Lanes::push`].
-    pub(crate) fn push(&self, key: usize, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
+    pub(crate) fn push(&self, key: usize, kind: ring::Kind, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
         match RING_CELL.get() {
-            Some(ring) => ring.push(key, fill),
+            Some(ring) => ring.push(key, kind, fill),
             None => Pushed::Full,
         }
     }
