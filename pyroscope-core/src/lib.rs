@@ -84,8 +84,36 @@ pub use sampler::in_signal_handler;
 
 use std::collections::HashSet;
 
-/// Logs a background failure once per kind (its first 48 characters), never from a hot path.
-static SEEN: sync::Mutex<Option<HashSet<String>>> = sync::Mutex::new(None);
+/// A kind of failure on a background thread: each is logged once per process (the first
+/// time), and counted where [`Stats`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FailureKind {
+    /// The server answered this HTTP status.
+    HttpStatus(u16),
+    /// No HTTP answer came back.
+    HttpTransport(Transport),
+    /// The upload request could not be built.
+    HttpRequest,
+    /// A profile file could not be written.
+    FileWrite,
+}
+
+/// Why a request got no HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    /// Connect, read or write timed out, or the body stalled.
+    Timeout,
+    /// No connection: refused, reset, unknown host.
+    Connect,
+    /// The TLS handshake or certificate check failed.
+    Tls,
+    /// The answer was not HTTP.
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+static SEEN: sync::Mutex<Option<HashSet<FailureKind>>> = sync::Mutex::new(None);
 
 pub(crate) fn log_prepare_fork() {
     SEEN.fork_hold();
@@ -95,9 +123,27 @@ pub(crate) fn log_after_fork() {
     SEEN.fork_release();
 }
 
-pub(crate) fn log_once(message: &str) {
-    let key: String = message.chars().take(48).collect();
-    if SEEN.lock().get_or_insert_with(HashSet::new).insert(key) {
+/// Logs `message` (a warning) if no failure of this kind was logged before in this process;
+/// returns whether it did. Never from a signal handler or an allocation hook.
+pub(crate) fn log_once(kind: FailureKind, message: &str) -> bool {
+    let first = SEEN.lock().get_or_insert_with(HashSet::new).insert(kind);
+    if first {
         log::warn!("pyroscope: {message}");
+    }
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_logged_once_whatever_the_text() {
+        let url = "http://localhost:4040/push.v1.PusherService/Push";
+        assert!(log_once(FailureKind::HttpStatus(400), &format!("{url} answered 400: bad")));
+        assert!(log_once(FailureKind::HttpStatus(500), &format!("{url} answered 500: oops")));
+        assert!(!log_once(FailureKind::HttpStatus(400), &format!("{url} answered 400: other text")));
+        assert!(log_once(FailureKind::HttpTransport(Transport::Timeout), &format!("sending to {url}: timeout")));
+        assert!(log_once(FailureKind::HttpTransport(Transport::Connect), &format!("sending to {url}: refused")));
     }
 }

@@ -228,3 +228,82 @@ fn stop_counts_what_a_hanging_server_did_not_take() {
     assert_eq!(stats.uploads_dropped, stats.profiles, "everything not sent is counted when stop returns: {stats:?}");
     assert_eq!(stats.uploads_failed, 0, "{stats:?}");
 }
+
+/// Warnings the library logged in this process, captured by a logger installed once.
+fn logged() -> Vec<String> {
+    struct Capture;
+    static LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            LINES.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    LINES.lock().unwrap().clone()
+}
+
+#[test]
+fn each_kind_of_failure_is_logged_once() {
+    let _g = crate::agent_lock();
+    logged();
+    // Statuses no other test uses: each kind is logged once per process.
+    let rx = Receiver::start(Mode::Status(403, "forbidden"));
+    let agent = AgentBuilder::new("log-kinds")
+        .memory(false)
+        .server_address(rx.url())
+        .shutdown_timeout(Duration::from_secs(3))
+        .start()
+        .unwrap();
+    for _ in 0..2 {
+        let failed = agent.stats().uploads_failed;
+        run_labelled_work(30);
+        agent.flush();
+        assert!(wait_until(Duration::from_secs(20), || agent.stats().uploads_failed > failed), "{:?}", agent.stats());
+    }
+    rx.set_mode(Mode::Status(500, "internal"));
+    run_labelled_work(30);
+    agent.flush();
+    let stats = agent.stop();
+    let lines = logged();
+    let count = |status: &str| lines.iter().filter(|l| l.contains(&format!("answered {status}"))).count();
+    assert_eq!((count("403"), count("500")), (1, 1), "same URL, two kinds, each logged once: {lines:?} {stats:?}");
+}
+
+#[test]
+fn counters_follow_the_server() {
+    let _g = crate::agent_lock();
+    for mode in
+        [Mode::Normal, Mode::FailFirst(1, 503), Mode::Status(400, "invalid_argument"), Mode::Status(502, "down")]
+    {
+        let rx = Receiver::start(mode.clone());
+        let agent = AgentBuilder::new("counters")
+            .memory(false)
+            .server_address(rx.url())
+            .shutdown_timeout(Duration::from_secs(3))
+            .start()
+            .unwrap();
+        run_labelled_work(50);
+        let s = agent.stop();
+        assert!(s.samples >= 1 && s.profiles >= 1, "{mode:?}: {s:?}");
+        assert_eq!(s.uploads_sent + s.uploads_dropped, s.profiles, "{mode:?}: {s:?}");
+        let (sent, failed, retried) = (s.uploads_sent, s.uploads_failed, s.upload_retries);
+        match mode {
+            Mode::Normal => assert_eq!((sent, failed, retried), (s.profiles, 0, 0), "{s:?}"),
+            Mode::FailFirst(..) => assert_eq!((sent, failed, retried), (s.profiles, 0, 1), "{s:?}"),
+            // Refused: not retried, failed at once.
+            Mode::Status(400, _) => assert_eq!((sent, failed, retried), (0, s.profiles, 0), "{s:?}"),
+            // Retried with backoff until the shutdown deadline, then failed.
+            _ => assert!(sent == 0 && failed == s.profiles && retried >= 2, "{s:?}"),
+        }
+        assert_eq!(s.uploads_dropped, failed, "{mode:?}: nothing else was dropped: {s:?}");
+        assert_eq!(rx.requests(), s.profiles + retried, "{mode:?}: {s:?}");
+    }
+}

@@ -48,6 +48,45 @@ typedef struct pyroscope_agent pyroscope_agent;
 // Settings for an agent. Create with pyroscope_config_new or pyroscope_config_from_env.
 typedef struct pyroscope_config pyroscope_config;
 
+// Counters of an agent (pyroscope_agent_stats). Versioned by `size`: set it to
+// sizeof(pyroscope_stats) before the call; the library fills the fields that fit in both your
+// struct and its own and sets `size` to the bytes it filled, so fields added later (always at
+// the end) read as absent rather than as garbage. A field lies within the filled part when
+// offsetof(pyroscope_stats, field) + sizeof(uint64_t) <= size.
+typedef struct pyroscope_stats {
+  // In: sizeof(pyroscope_stats) as the caller knows it. Out: bytes filled.
+  uint64_t size;
+  // CPU samples taken (weights summed).
+  uint64_t samples;
+  // CPU samples lost because the sample ring was full.
+  uint64_t samples_lost;
+  // Sampled allocations lost because the sample ring was full.
+  uint64_t alloc_samples_lost;
+  // CPU samples whose stack was cut short.
+  uint64_t samples_truncated;
+  // Windows closed.
+  uint64_t windows;
+  // Profiles built and queued for delivery.
+  uint64_t profiles;
+  // Profiles delivered.
+  uint64_t uploads_sent;
+  // Upload attempts retried.
+  uint64_t uploads_retried;
+  // Profiles the server refused or that failed until retries ran out.
+  uint64_t uploads_failed;
+  // Profiles not delivered for any reason (failed included). Once stopped,
+  // profiles == uploads_sent + uploads_dropped.
+  uint64_t uploads_dropped;
+  // Windows the shutdown timeout did not wait for (never queued).
+  uint64_t windows_abandoned;
+  // Threads with a CPU timer now.
+  uint64_t threads_sampled;
+  // Timer creations refused so far.
+  uint64_t threads_unsampled;
+  // Sampled allocations not tracked as live because the live table was full.
+  uint64_t live_overflow;
+} pyroscope_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -204,6 +243,15 @@ enum pyroscope_status pyroscope_agent_flush(struct pyroscope_agent *agent);
 // # Safety
 // `agent` is a live agent handle.
 enum pyroscope_status pyroscope_agent_stop(struct pyroscope_agent *agent);
+
+// Copies the agent's counters into `*out` (see pyroscope_stats for `out->size`, which the
+// caller sets first). After pyroscope_agent_stop, the final counters.
+//
+// # Safety
+// `agent` is a live agent handle; `out` points to a writable pyroscope_stats (or a prefix of
+// one at least `out->size` bytes long) whose `size` is set.
+enum pyroscope_status pyroscope_agent_stats(const struct pyroscope_agent *agent,
+                                            struct pyroscope_stats *out);
 
 // Stops the agent if it runs, frees it and sets `*agent` to NULL. NULL or `*agent == NULL` is
 // a no-op.

@@ -12,7 +12,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use pyroscope_core::{Agent, AgentBuilder, LabelGuard, Protocol};
+use pyroscope_core::{Agent, AgentBuilder, LabelGuard, Protocol, Stats};
 
 /// Result of every call.
 #[repr(C)]
@@ -42,6 +42,71 @@ pub struct pyroscope_config {
 /// A running (or stopped) profiler.
 pub struct pyroscope_agent {
     agent: Option<Agent>,
+    /// The final counters, once stopped.
+    stopped: Option<Stats>,
+}
+
+/// Counters of an agent (pyroscope_agent_stats). Versioned by `size`: set it to
+/// sizeof(pyroscope_stats) before the call; the library fills the fields that fit in both your
+/// struct and its own and sets `size` to the bytes it filled, so fields added later (always at
+/// the end) read as absent rather than as garbage. A field lies within the filled part when
+/// offsetof(pyroscope_stats, field) + sizeof(uint64_t) <= size.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct pyroscope_stats {
+    /// In: sizeof(pyroscope_stats) as the caller knows it. Out: bytes filled.
+    pub size: u64,
+    /// CPU samples taken (weights summed).
+    pub samples: u64,
+    /// CPU samples lost because the sample ring was full.
+    pub samples_lost: u64,
+    /// Sampled allocations lost because the sample ring was full.
+    pub alloc_samples_lost: u64,
+    /// CPU samples whose stack was cut short.
+    pub samples_truncated: u64,
+    /// Windows closed.
+    pub windows: u64,
+    /// Profiles built and queued for delivery.
+    pub profiles: u64,
+    /// Profiles delivered.
+    pub uploads_sent: u64,
+    /// Upload attempts retried.
+    pub uploads_retried: u64,
+    /// Profiles the server refused or that failed until retries ran out.
+    pub uploads_failed: u64,
+    /// Profiles not delivered for any reason (failed included). Once stopped,
+    /// profiles == uploads_sent + uploads_dropped.
+    pub uploads_dropped: u64,
+    /// Windows the shutdown timeout did not wait for (never queued).
+    pub windows_abandoned: u64,
+    /// Threads with a CPU timer now.
+    pub threads_sampled: u64,
+    /// Timer creations refused so far.
+    pub threads_unsampled: u64,
+    /// Sampled allocations not tracked as live because the live table was full.
+    pub live_overflow: u64,
+}
+
+impl From<&Stats> for pyroscope_stats {
+    fn from(s: &Stats) -> Self {
+        pyroscope_stats {
+            size: std::mem::size_of::<pyroscope_stats>() as u64,
+            samples: s.samples,
+            samples_lost: s.samples_lost,
+            alloc_samples_lost: s.alloc_samples_lost,
+            samples_truncated: s.samples_truncated,
+            windows: s.windows,
+            profiles: s.profiles,
+            uploads_sent: s.uploads_sent,
+            uploads_retried: s.upload_retries,
+            uploads_failed: s.uploads_failed,
+            uploads_dropped: s.uploads_dropped,
+            windows_abandoned: s.windows_abandoned,
+            threads_sampled: s.threads_sampled,
+            threads_unsampled: s.threads_unsampled,
+            live_overflow: s.live_overflow,
+        }
+    }
 }
 
 thread_local! {
@@ -423,7 +488,7 @@ pub unsafe extern "C" fn pyroscope_agent_start(
         }
         let agent = cfg.builder.clone().start()?;
         // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = Box::into_raw(Box::new(pyroscope_agent { agent: Some(agent) })) };
+        unsafe { *out = Box::into_raw(Box::new(pyroscope_agent { agent: Some(agent), stopped: None })) };
         Ok(())
     })
 }
@@ -455,7 +520,51 @@ pub unsafe extern "C" fn pyroscope_agent_stop(agent: *mut pyroscope_agent) -> py
         let a = unsafe { agent.as_mut() }.ok_or_else(|| null("agent"))?;
         let running =
             a.agent.take().ok_or(Failure(pyroscope_status::InvalidState, "agent is already stopped".into()))?;
-        running.stop();
+        a.stopped = Some(running.stop());
+        Ok(())
+    })
+}
+
+/// Copies the agent's counters into `*out` (see pyroscope_stats for `out->size`, which the
+/// caller sets first). After pyroscope_agent_stop, the final counters.
+///
+/// # Safety
+/// `agent` is a live agent handle; `out` points to a writable pyroscope_stats (or a prefix of
+/// one at least `out->size` bytes long) whose `size` is set.
+#[no_mangle]
+pub unsafe extern "C" fn pyroscope_agent_stats(
+    agent: *const pyroscope_agent,
+    out: *mut pyroscope_stats,
+) -> pyroscope_status {
+    call(|| {
+        // SAFETY: per the contract.
+        let a = unsafe { agent.as_ref() }.ok_or_else(|| null("agent"))?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        // SAFETY: `out` is non-null and points to at least a readable `size` field.
+        let caller_size = unsafe { std::ptr::addr_of!((*out).size).read_unaligned() };
+        if caller_size < 8 {
+            return Err(Failure(
+                pyroscope_status::InvalidArgument,
+                format!("out->size is {caller_size}: set it to sizeof(pyroscope_stats)"),
+            ));
+        }
+        let stats = match (&a.agent, &a.stopped) {
+            (Some(running), _) => running.stats(),
+            (None, Some(last)) => last.clone(),
+            (None, None) => return Err(Failure(pyroscope_status::InvalidState, "agent has no counters".into())),
+        };
+        let mut filled = pyroscope_stats::from(&stats);
+        // Whole fields only (every one is 8 bytes), in the caller's size and ours.
+        let ours = std::mem::size_of::<pyroscope_stats>();
+        let size = usize::try_from(caller_size).map_or(ours, |c| c.min(ours)) / 8 * 8;
+        filled.size = size as u64;
+        // SAFETY: `out` holds at least `caller_size >= size` writable bytes per the contract,
+        // and `filled` is a plain #[repr(C)] struct of `ours >= size` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&filled as *const pyroscope_stats).cast::<u8>(), out.cast::<u8>(), size)
+        };
         Ok(())
     })
 }

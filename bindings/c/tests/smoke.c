@@ -2,6 +2,7 @@
  * popping labels while the agent samples them. Valid C99 and C++17 (built both ways).
  * Usage: smoke EXPORT_DIR. Prints "N passed, M failed". */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,9 +170,33 @@ int main(int argc, char **argv) {
     pthread_join(registered, &registered_ok);
     CHECK(registered_ok != NULL, "thread_register");
 
+    /* Counters: versioned by size, NULL and short structs handled. */
+    pyroscope_stats stats;
+    memset(&stats, 0, sizeof stats);
+    stats.size = sizeof stats;
+    CHECK(pyroscope_agent_stats(NULL, &stats) == PYROSCOPE_STATUS_NULL_ARGUMENT, "stats NULL agent");
+    CHECK(pyroscope_agent_stats(agent, NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "stats NULL out");
+    CHECK(pyroscope_agent_stats(agent, &stats) == PYROSCOPE_STATUS_OK, "stats");
+    CHECK(stats.size == sizeof stats, "stats size filled");
+    CHECK(stats.threads_sampled >= 1, "stats: threads sampled");
+    pyroscope_stats old_caller;
+    memset(&old_caller, 0xab, sizeof old_caller);
+    old_caller.size = offsetof(pyroscope_stats, uploads_sent); /* a caller built before uploads_sent */
+    CHECK(pyroscope_agent_stats(agent, &old_caller) == PYROSCOPE_STATUS_OK, "stats, older struct");
+    CHECK(old_caller.size == offsetof(pyroscope_stats, uploads_sent), "stats: only what the caller knows");
+    CHECK(old_caller.uploads_sent == 0xababababababababull, "stats: nothing written past the caller's size");
+    old_caller.size = 0;
+    CHECK(pyroscope_agent_stats(agent, &old_caller) == PYROSCOPE_STATUS_INVALID_ARGUMENT, "stats size 0");
+
     CHECK(pyroscope_agent_flush(NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "flush NULL");
     CHECK(pyroscope_agent_flush(agent) == PYROSCOPE_STATUS_OK, "flush");
     CHECK(pyroscope_agent_stop(agent) == PYROSCOPE_STATUS_OK, "stop");
+    memset(&stats, 0, sizeof stats);
+    stats.size = sizeof stats;
+    CHECK(pyroscope_agent_stats(agent, &stats) == PYROSCOPE_STATUS_OK, "stats after stop");
+    CHECK(stats.samples > 0 && stats.samples_lost == 0, "stats: samples taken, none lost");
+    CHECK(stats.profiles >= 1 && stats.uploads_sent == stats.profiles, "stats: every profile written");
+    CHECK(stats.uploads_dropped == 0 && stats.uploads_failed == 0 && stats.uploads_retried == 0, "stats: no failures");
     CHECK(pyroscope_agent_stop(agent) == PYROSCOPE_STATUS_INVALID_STATE, "stop after stop");
     CHECK(pyroscope_agent_flush(agent) == PYROSCOPE_STATUS_INVALID_STATE, "flush after stop");
     CHECK(strstr(pyroscope_last_error(), "stopped") != NULL, "stopped message");

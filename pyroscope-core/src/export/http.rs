@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::{ExportError, Exporter, Upload};
 use crate::config::{Auth, Config, Protocol};
+use crate::{FailureKind, Transport};
 
 /// The push API messages (`push.v1`, `types.v1`).
 #[allow(missing_docs)]
@@ -125,8 +126,11 @@ impl HttpExporter {
                 let tags: Vec<String> = upload.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 name.push_str(&tags.join(","));
                 name.push('}');
-                let mut url = url::Url::parse(&format!("{}/ingest", self.base))
-                    .map_err(|e| ExportError { retryable: false, message: format!("bad ingest URL: {e}") })?;
+                let mut url = url::Url::parse(&format!("{}/ingest", self.base)).map_err(|e| ExportError {
+                    retryable: false,
+                    kind: FailureKind::HttpRequest,
+                    message: format!("bad ingest URL: {e}"),
+                })?;
                 url.query_pairs_mut()
                     .append_pair("name", &name)
                     .append_pair("from", &secs(upload.start).to_string())
@@ -172,6 +176,7 @@ impl Exporter for HttpExporter {
                 let text = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
                 Err(ExportError {
                     retryable: retryable_status(status, &text),
+                    kind: FailureKind::HttpStatus(status),
                     message: format!(
                         "{} answered {status}: {}",
                         redact(&url),
@@ -179,8 +184,23 @@ impl Exporter for HttpExporter {
                     ),
                 })
             }
-            Err(e) => Err(ExportError { retryable: true, message: format!("sending to {}: {e}", redact(&url)) }),
+            Err(e) => Err(ExportError {
+                retryable: true,
+                kind: FailureKind::HttpTransport(transport_failure(&e)),
+                message: format!("sending to {}: {e}", redact(&url)),
+            }),
         }
+    }
+}
+
+/// The class of a request that got no HTTP answer.
+fn transport_failure(e: &ureq::Error) -> Transport {
+    match e {
+        ureq::Error::Timeout(_) | ureq::Error::BodyStalled => Transport::Timeout,
+        ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => Transport::Connect,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) | ureq::Error::TlsRequired => Transport::Tls,
+        ureq::Error::Protocol(_) | ureq::Error::Http(_) | ureq::Error::LargeResponseHeader(..) => Transport::Protocol,
+        _ => Transport::Other,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Upload {
 pub struct ExportError {
     /// Worth trying again (connection errors, timeouts, 408, 429 rate limits, 5xx).
     pub retryable: bool,
+    /// Which kind of failure (logged once per kind).
+    pub(crate) kind: crate::FailureKind,
     /// What happened (never includes credentials).
     pub message: String,
 }
@@ -176,7 +178,7 @@ impl Queue {
                             s.in_flight = false;
                             self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
                             drop(s);
-                            crate::log_once(&e.message);
+                            crate::log_once(e.kind, &e.message);
                             break;
                         }
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +227,11 @@ mod tests {
         fn export(&self, _: &Upload) -> Result<(), ExportError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail_first {
-                Err(ExportError { retryable: self.retryable, message: "boom".into() })
+                Err(ExportError {
+                    retryable: self.retryable,
+                    kind: crate::FailureKind::HttpStatus(500),
+                    message: "boom".into(),
+                })
             } else {
                 Ok(())
             }
