@@ -229,7 +229,7 @@ mod tests {
             if n < self.fail_first {
                 Err(ExportError {
                     retryable: self.retryable,
-                    kind: crate::FailureKind::HttpStatus(500),
+                    kind: crate::FailureKind::HttpRequest,
                     message: "boom".into(),
                 })
             } else {
