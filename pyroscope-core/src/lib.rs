@@ -139,10 +139,11 @@ mod tests {
 
     #[test]
     fn each_kind_is_logged_once_whatever_the_text() {
+        // Kinds no other unit test logs (the set is process-wide).
         let url = "http://localhost:4040/push.v1.PusherService/Push";
-        assert!(log_once(FailureKind::HttpStatus(400), &format!("{url} answered 400: bad")));
-        assert!(log_once(FailureKind::HttpStatus(500), &format!("{url} answered 500: oops")));
-        assert!(!log_once(FailureKind::HttpStatus(400), &format!("{url} answered 400: other text")));
+        assert!(log_once(FailureKind::HttpStatus(418), &format!("{url} answered 418: bad")));
+        assert!(log_once(FailureKind::HttpStatus(599), &format!("{url} answered 599: oops")));
+        assert!(!log_once(FailureKind::HttpStatus(418), &format!("{url} answered 418: other text")));
         assert!(log_once(FailureKind::HttpTransport(Transport::Timeout), &format!("sending to {url}: timeout")));
         assert!(log_once(FailureKind::HttpTransport(Transport::Connect), &format!("sending to {url}: refused")));
     }
