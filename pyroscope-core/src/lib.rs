@@ -49,12 +49,14 @@ mod config;
 mod error;
 mod export;
 mod labels;
-mod pprof;
 mod sampler;
 mod symbolize;
 mod sync;
 mod sys;
 mod unwind;
+
+// The pprof codec lives in its own crate so the report command can use it without the sampler.
+use pyroscope_pprof as pprof;
 
 pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
