@@ -73,7 +73,7 @@ pub use symbolize::Symbol;
 
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use sampler::in_signal_handler;
+pub use sampler::{in_signal_handler, test_hooks};
 
 use std::collections::HashSet;
 

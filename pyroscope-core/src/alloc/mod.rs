@@ -446,6 +446,8 @@ fn record(ptr: *mut u8, size: usize) {
     // (Never ask pthread for the stack here: pthread_getattr_np may hold a lock up-stack.)
     let key = reader_key();
     let stripe = unwind::HANDLERS_ACTIVE.enter(key);
+    #[cfg(feature = "test-hooks")]
+    crate::sampler::test_hooks::hold_in_hook_here();
     let stack = unwind::stack_window(sp);
     let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();

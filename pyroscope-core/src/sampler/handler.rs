@@ -55,6 +55,8 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     let t0 = monotonic_ns();
     #[cfg(feature = "test-hooks")]
     super::IN_HANDLER.with(|f| f.set(true));
+    #[cfg(feature = "test-hooks")]
+    super::test_hooks::hold_in_handler_here();
     if ENABLED.load(Ordering::SeqCst) {
         let state = super::SLOTS[slot].load(Ordering::SeqCst);
         // SAFETY: a non-null slot points at a ThreadState that the sampler frees only after

@@ -65,6 +65,74 @@ pub fn in_signal_handler() -> bool {
     IN_HANDLER.try_with(|f| f.get()).unwrap_or(false)
 }
 
+/// Hooks for tests that need a thread held inside the handler or the allocation hook (a fork
+/// at that instant). Only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks {
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+    static IN_HANDLER_TID: AtomicI32 = AtomicI32::new(0);
+    static IN_HOOK_TID: AtomicI32 = AtomicI32::new(0);
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// The kernel id of the calling thread.
+    pub fn gettid() -> i32 {
+        crate::sys::gettid()
+    }
+
+    /// Holds thread `tid` the next times it runs the profiler's signal handler (after counting
+    /// itself in as a reader), until [`release`].
+    pub fn hold_in_handler(tid: i32) {
+        IN_HANDLER_TID.store(tid, Ordering::SeqCst);
+    }
+
+    /// As [`hold_in_handler`], inside the allocation hook's sampled path.
+    pub fn hold_in_hook(tid: i32) {
+        IN_HOOK_TID.store(tid, Ordering::SeqCst);
+    }
+
+    /// Threads being held now.
+    pub fn held() -> usize {
+        HELD.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held thread go on.
+    pub fn release() {
+        IN_HANDLER_TID.store(0, Ordering::SeqCst);
+        IN_HOOK_TID.store(0, Ordering::SeqCst);
+    }
+
+    /// Unwind snapshots, maps tables and thread states retired but not freed yet.
+    pub fn retained_tables() -> usize {
+        crate::unwind::retained() + super::RETIRED.lock().len()
+    }
+
+    /// # Signal safety
+    /// Atomics, `gettid` and `sched_yield` (raw syscalls).
+    pub(crate) fn hold_in_handler_here() {
+        hold(&IN_HANDLER_TID);
+    }
+
+    /// See [`hold_in_handler_here`].
+    pub(crate) fn hold_in_hook_here() {
+        hold(&IN_HOOK_TID);
+    }
+
+    fn hold(which: &AtomicI32) {
+        let tid = which.load(Ordering::SeqCst);
+        if tid == 0 || tid != crate::sys::gettid() {
+            return;
+        }
+        HELD.fetch_add(1, Ordering::SeqCst);
+        while which.load(Ordering::SeqCst) == tid {
+            // SAFETY: sched_yield takes no arguments and cannot fail.
+            unsafe { libc::sched_yield() };
+        }
+        HELD.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Stand-in so the handler can write `RING.push(..)`.
 pub(crate) struct RingRef;
 pub(crate) static RING: RingRef = RingRef;
@@ -605,6 +673,7 @@ pub(crate) fn after_fork_child() {
     if let Some(ring) = RING_CELL.get() {
         ring.reset_after_fork();
     }
+    HANDLERS_ACTIVE.reset_after_fork();
     *OWN_THREADS.lock() = None;
     let me = sys::gettid();
     if let Some(map) = REGISTRY.lock().as_mut() {
