@@ -463,8 +463,13 @@ impl Timers {
 
     /// Returns the states of deleted timers, for [`retire`].
     fn scan(&mut self) -> Vec<Arc<ThreadState>> {
-        // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
-        let dead: Vec<i32> = self
+        // A timer reads as disarmed when its thread exited (its CPU clock is gone), and, on
+        // kernels before 6.13, also while its last signal waits for delivery (a periodic CPU
+        // timer was re-armed only when its signal was delivered: a thread that blocks the
+        // signal keeps it pending). Re-arming tells them apart: it fails (ESRCH) once the
+        // thread is gone. Deleting a live thread's timer instead would give the thread a new
+        // state, without its labels.
+        let disarmed: Vec<(i32, libc::timer_t)> = self
             .timers
             .iter()
             .filter(|(_, t)| {
@@ -474,8 +479,10 @@ impl Timers {
                 let rc = unsafe { libc::timer_gettime(t.id, &mut cur) };
                 rc != 0 || (cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0)
             })
-            .map(|(tid, _)| *tid)
+            .map(|(tid, t)| (*tid, t.id))
             .collect();
+        let dead: Vec<i32> =
+            disarmed.into_iter().filter(|&(_, id)| self.set_time(id).is_err()).map(|(tid, _)| tid).collect();
         let mut retired = Vec::new();
         for tid in dead {
             if let Some(t) = self.timers.remove(&tid) {
@@ -563,6 +570,17 @@ impl Timers {
             self.free_slots.push(slot);
             return Err(Error::os("timer_create"));
         }
+        if let Err(e) = self.set_time(id) {
+            let t = Timer { id, slot, generation, state };
+            drop(self.delete(t));
+            return Err(e);
+        }
+        Ok(Timer { id, slot, generation, state })
+    }
+
+    /// Arms timer `id` with the sampling period and a random first expiry. Fails when the
+    /// timer's thread has exited.
+    fn set_time(&mut self, id: libc::timer_t) -> Result<()> {
         let period = self.period.as_nanos() as u64;
         let first = 1 + self.next_random() % period;
         let its = libc::itimerspec {
@@ -572,13 +590,11 @@ impl Timers {
             },
             it_value: libc::timespec { tv_sec: (first / 1_000_000_000) as _, tv_nsec: (first % 1_000_000_000) as _ },
         };
-        // SAFETY: `id` was just created; `its` is valid.
+        // SAFETY: `id` is a timer we created and have not deleted; `its` is valid.
         if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
-            let t = Timer { id, slot, generation, state };
-            drop(self.delete(t));
             return Err(Error::os("timer_settime"));
         }
-        Ok(Timer { id, slot, generation, state })
+        Ok(())
     }
 
     /// Deletes the timer and clears its slot; the returned state must outlive running handlers.
@@ -805,6 +821,51 @@ mod tests {
             "a late signal on thread A was recorded as thread B's: {recorded:?}"
         );
         assert!(STALE_SIGNALS.load(Ordering::SeqCst) > stale, "the late signal was not seen as stale");
+    }
+
+    /// A live thread whose timer reads as disarmed (before 6.13, while its signal waits for
+    /// delivery) keeps its timer and state through a scan; an exited thread's is retired.
+    #[test]
+    fn a_scan_tells_a_disarmed_timer_from_an_exited_thread() {
+        let _g = lock();
+        install_handler(libc::SIGPROF, false).unwrap();
+        let mut timers = Timers::new(libc::SIGPROF, 1000, 0x5678);
+        let parked = || {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel::<i32>();
+            let t = std::thread::spawn(move || {
+                tid_tx.send(sys::gettid()).unwrap();
+                let _ = rx.recv();
+            });
+            (tid_rx.recv().unwrap(), tx, t)
+        };
+        let (live, live_tx, live_thread) = parked();
+        let (gone, gone_tx, gone_thread) = parked();
+        for tid in [live, gone] {
+            let t = timers.arm(tid, state_for(tid)).unwrap();
+            timers.timers.insert(tid, t);
+        }
+        let (id, generation) = (timers.timers[&live].id, timers.timers[&live].generation);
+        // SAFETY: a live timer of ours and a valid (all-zero: disarm) itimerspec.
+        unsafe { libc::timer_settime(id, 0, &std::mem::zeroed(), std::ptr::null_mut()) };
+        drop(gone_tx);
+        gone_thread.join().unwrap();
+        let retired = timers.scan();
+        let kept = timers.timers.get(&live).map(|t| t.generation);
+        let gone_kept = timers.timers.contains_key(&gone);
+        // SAFETY: zeroed itimerspec is valid; the kept timer is live.
+        let rearmed = unsafe {
+            let mut cur: libc::itimerspec = std::mem::zeroed();
+            libc::timer_gettime(id, &mut cur);
+            cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0
+        };
+        timers.stop();
+        drop(live_tx);
+        live_thread.join().unwrap();
+        assert_eq!(kept, Some(generation), "a live thread's timer was replaced");
+        assert!(rearmed, "the disarmed timer of a live thread was not re-armed");
+        assert!(!retired.iter().any(|s| s.tid == live), "a live thread's state was retired");
+        assert!(!gone_kept && retired.iter().any(|s| s.tid == gone), "an exited thread's timer was kept");
     }
 
     #[test]
