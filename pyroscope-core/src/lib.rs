@@ -82,7 +82,7 @@ pub use export::{ExportError, Exporter, Upload};
 
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use sampler::in_signal_handler;
+pub use sampler::{in_signal_handler, test_hooks};
 
 use std::collections::HashSet;
 
