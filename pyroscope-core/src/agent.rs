@@ -346,6 +346,22 @@ pub struct Stats {
     pub alloc_sample_groups: u64,
     /// Sampled allocations not tracked as live because the live map was full.
     pub live_overflow: u64,
+    /// Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+    pub label_sets_live: u64,
+    /// New label sets refused at the live cap (`labels::MAX_LABEL_SETS`, 65,536) so far:
+    /// recorded under `pyroscope_overflow="true"` instead, or `LabelSet::new` returned
+    /// `Error::LabelSetLimit`.
+    pub label_sets_overflowed: u64,
+    /// Label sets freed because nothing used them any more, so far.
+    pub label_sets_reclaimed: u64,
+    /// Labels left out by `tag_wrapper`/`push_labels` so far (process-wide): invalid name.
+    pub labels_rejected_name: u64,
+    /// ... invalid value (empty, over 2048 bytes, or with control characters).
+    pub labels_rejected_value: u64,
+    /// ... a name given twice in one call (the last value is kept).
+    pub labels_rejected_duplicate: u64,
+    /// ... beyond the 32 labels a sample may carry.
+    pub labels_rejected_too_many: u64,
 }
 
 struct Shared {
@@ -358,7 +374,7 @@ struct Shared {
     threads: AtomicU64,
     unsampled: AtomicU64,
     alloc_samples: AtomicU64,
-    external: Mutex<Vec<(Vec<FrameId>, u32, u64)>>,
+    external: Mutex<Vec<(Vec<FrameId>, LabelSet, u64)>>,
     export: Arc<ExportStats>,
 }
 
@@ -485,6 +501,7 @@ impl Agent {
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         let e = &s.export;
+        let labels = crate::labels::counters();
         Stats {
             samples: s.samples.load(Ordering::Relaxed),
             samples_lost: s.lost.load(Ordering::Relaxed),
@@ -501,6 +518,13 @@ impl Agent {
             handler_ns: sampler::HANDLER_NS.load(Ordering::Relaxed),
             alloc_sample_groups: s.alloc_samples.load(Ordering::Relaxed),
             live_overflow: crate::alloc::LIVE_OVERFLOW.load(Ordering::Relaxed),
+            label_sets_live: labels.live,
+            label_sets_overflowed: labels.overflowed,
+            label_sets_reclaimed: labels.reclaimed,
+            labels_rejected_name: labels.rejected_name,
+            labels_rejected_value: labels.rejected_value,
+            labels_rejected_duplicate: labels.rejected_duplicate,
+            labels_rejected_too_many: labels.rejected_too_many,
         }
     }
 
@@ -512,10 +536,10 @@ impl Agent {
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
     /// first), with the labels it had and its weight in sample periods.
-    pub fn add_cpu_sample(&self, frames: &[FrameId], labels: LabelSet, weight: u64) {
+    pub fn add_cpu_sample(&self, frames: &[FrameId], labels: &LabelSet, weight: u64) {
         let mut ext = self.shared.external.lock();
         if ext.len() < 100_000 {
-            ext.push((frames.to_vec(), labels.id(), weight));
+            ext.push((frames.to_vec(), labels.clone(), weight));
         } else {
             self.shared.lost.fetch_add(weight, Ordering::Relaxed);
         }
@@ -633,7 +657,7 @@ fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc
             lost_seen = lost;
         }
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
-            window.add_cpu_frames(&frames, label, weight);
+            window.add_cpu_frames(&frames, label.id(), weight);
         }
         if !stopping {
             // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
@@ -663,12 +687,15 @@ fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc
             shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
             shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
+            // Label sets this window and the allocation samples still name are in use.
+            let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 queue.push(upload("process_cpu", &profile, closed.start, end));
             }
             if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
                 let live = crate::alloc::live_snapshot();
+                label_ids.extend(live.keys().map(|(_, label)| *label));
                 if !allocs.is_empty() || !live.is_empty() {
                     shared.alloc_samples.fetch_add(allocs.sampled.len() as u64, Ordering::Relaxed);
                     let profile = allocs.memory_profile(
@@ -683,6 +710,7 @@ fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc
                     queue.push(upload("memory", &profile, closed.start, end));
                 }
             }
+            crate::labels::reclaim(label_ids);
             if stopping {
                 return;
             }

@@ -63,7 +63,6 @@ fn memory_estimates_are_within_ten_percent() {
             alloc_small_temporary(n_small);
             kept
         })
-        .unwrap()
     })
     .join()
     .unwrap();

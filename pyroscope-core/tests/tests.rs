@@ -11,6 +11,7 @@ static GLOBAL: pyroscope_core::SamplingAllocator<std::alloc::System> =
 mod cpu;
 mod export;
 mod fork;
+mod labels;
 mod memory;
 mod tasks;
 
