@@ -21,6 +21,11 @@ use crate::{pprof, sys, unwind};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// An agent runs in this process (from start until its collector has finished).
+pub(crate) fn running() -> bool {
+    RUNNING.load(Ordering::SeqCst)
+}
+
 /// Collects settings; [`start`](AgentBuilder::start) validates them all and starts profiling.
 #[derive(Clone, Debug)]
 #[must_use]

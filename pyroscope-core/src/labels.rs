@@ -32,6 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crate::sync::RwLock;
 
@@ -92,6 +93,8 @@ struct Table {
     cap: usize,
     /// Reclaim passes so far; see [`SetEntry::stamp`].
     pass: u32,
+    /// No pass on a label call before this (see [`intern`]).
+    next_call_pass: Option<Instant>,
 }
 
 impl Table {
@@ -110,6 +113,7 @@ impl Table {
             live: 0,
             cap,
             pass: 0,
+            next_call_pass: None,
         }
     }
 
@@ -164,12 +168,14 @@ impl Table {
     }
 
     /// One reclaim pass (see the module docs): `referenced` are ids the collector holds,
-    /// `slot_ids` calls its argument with the id in every thread slot. Returns how many sets
-    /// were freed.
+    /// `slot_ids` calls its argument with the id in every thread slot. `settled`: no record
+    /// or window can hold an id (no agent runs), so a set unused now is freed now. Returns how
+    /// many sets were freed.
     fn reclaim(
         &mut self,
         referenced: impl IntoIterator<Item = u32>,
         slot_ids: impl FnOnce(&mut dyn FnMut(u32)),
+        settled: bool,
     ) -> u64 {
         // Lookups since the previous pass stamped their set with `since`.
         let since = self.pass;
@@ -191,8 +197,9 @@ impl Table {
         let mut freed = 0u64;
         for (i, &named) in used.iter().enumerate().skip(FIRST_RECLAIMABLE) {
             let Some(entry) = &self.entries[i] else { continue };
-            let in_use = named || Arc::strong_count(entry) > 1 || entry.stamp.load(Ordering::Relaxed) == since;
-            if in_use || !self.idle[i] {
+            let handled = named || Arc::strong_count(entry) > 1;
+            let in_use = handled || (!settled && entry.stamp.load(Ordering::Relaxed) == since);
+            if in_use || !(self.idle[i] || settled) {
                 self.idle[i] = !in_use;
                 continue;
             }
@@ -306,7 +313,17 @@ fn intern(mut labels: Vec<Label>) -> Option<LabelSet> {
     if let Some(set) = read(|t| t.lookup(&labels)).flatten() {
         return Some(set);
     }
-    write(|t| t.insert(Arc::from(labels)))
+    write(|t| {
+        // With no agent running no collector reclaims, but nothing holds ids but handles and
+        // slots either: at the cap, free what those do not hold (at most once a second when
+        // that frees little, so a full table of held sets does not make every call scan it).
+        if t.live >= t.cap && !crate::agent::running() && t.next_call_pass.is_none_or(|at| Instant::now() >= at) {
+            let freed = t.reclaim([], |f| sampler::for_each_label_id(f), true);
+            RECLAIMED.fetch_add(freed, Ordering::Relaxed);
+            t.next_call_pass = (freed < (t.cap / 16) as u64).then(|| Instant::now() + Duration::from_secs(1));
+        }
+        t.insert(Arc::from(labels))
+    })
 }
 
 /// Interns `labels`, or hands out the overflow set at the live cap (counted).
@@ -371,7 +388,7 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
 pub(crate) fn reclaim(referenced: impl IntoIterator<Item = u32>) {
     let mut guard = TABLE.write();
     let Some(t) = guard.as_mut() else { return };
-    let freed = t.reclaim(referenced, |f| sampler::for_each_label_id(f));
+    let freed = t.reclaim(referenced, |f| sampler::for_each_label_id(f), false);
     RECLAIMED.fetch_add(freed, Ordering::Relaxed);
     LIVE.store(t.live as u64, Ordering::Relaxed);
 }
@@ -793,7 +810,7 @@ mod tests {
             }
             if i % WINDOW == WINDOW - 1 {
                 // A window closes: one pass.
-                t.reclaim(window.drain(..), no_slots);
+                t.reclaim(window.drain(..), no_slots, false);
                 peak_live = peak_live.max(t.live);
             }
         }
@@ -815,20 +832,20 @@ mod tests {
         let mut t = Table::new(16);
         let a = set_of(&mut t, "a").unwrap();
         let id = a.id();
-        t.reclaim([], no_slots);
+        t.reclaim([], no_slots, false);
         drop(a);
         // Looked up since the previous pass, then unused at this one: kept.
-        t.reclaim([], no_slots);
+        t.reclaim([], no_slots, false);
         assert!(t.get(id).is_some());
         // In a thread slot: kept.
-        t.reclaim([], |f| f(id));
-        t.reclaim([], no_slots);
+        t.reclaim([], |f| f(id), false);
+        t.reclaim([], no_slots, false);
         assert!(t.get(id).is_some(), "freed one pass after leaving a slot");
         // In the window being closed: kept.
-        t.reclaim([id], no_slots);
-        t.reclaim([], no_slots);
+        t.reclaim([id], no_slots, false);
+        t.reclaim([], no_slots, false);
         assert!(t.get(id).is_some());
-        t.reclaim([], no_slots);
+        t.reclaim([], no_slots, false);
         assert!(t.get(id).is_none(), "unused at two passes in a row");
         assert_eq!(t.live, 0);
         assert_eq!(t.index.len(), 1, "only the overflow set");
@@ -843,9 +860,17 @@ mod tests {
         assert_eq!(set_of(&mut t, "h0").unwrap(), held[0]);
         drop(held);
         for _ in 0..3 {
-            t.reclaim([], no_slots);
+            t.reclaim([], no_slots, false);
         }
         assert_eq!(t.live, 0);
+        // With no agent (settled), one pass frees what no handle and no slot holds.
+        let kept: Vec<LabelSet> = (0..2).map(|i| set_of(&mut t, &format!("k{i}")).unwrap()).collect();
+        let in_slot = set_of(&mut t, "slot").unwrap().id();
+        let _ = set_of(&mut t, "gone");
+        assert_eq!(t.reclaim([], |f| f(in_slot), true), 1);
+        assert!(t.get(in_slot).is_some() && kept.iter().all(|k| t.get(k.id()).is_some()));
+        drop(kept);
+        t.reclaim([], no_slots, true);
         let again = set_of(&mut t, "more").unwrap();
         assert_eq!(pairs(&again), vec![kv("user", "more")]);
         assert_eq!(t.entries.len(), 6, "entries are reused");
