@@ -17,6 +17,12 @@ fn spin_churned(d: Duration) -> u64 {
     std::hint::black_box(spin_cpu(d))
 }
 
+/// Memory kept for the whole test, allocated under its own label set.
+#[inline(never)]
+fn keep_blocks() -> Vec<Vec<u8>> {
+    (0..64).map(|i| vec![i as u8; 1 << 20]).collect()
+}
+
 /// The value of the `check` label that goes with `user=u{i}`.
 fn check_of(i: u32) -> String {
     format!("c{}", i.wrapping_mul(2_654_435_761) % 100_003)
@@ -28,6 +34,8 @@ fn a_million_label_values_over_many_windows_stay_bounded_and_correct() {
     let dir = temp_dir("label-churn");
     let agent = AgentBuilder::new("churn").export_dir(&dir).start().unwrap();
     let held = LabelSet::new(&[("user", "held")]).unwrap();
+    // Live sampled allocations keep their set in use long after its last handle and slot.
+    let kept = pyroscope_core::tag_wrapper(&[("job", "kept")], keep_blocks);
     let before = agent.stats();
     const PER_WINDOW: u32 = 12_000;
     const WINDOWS: u32 = 84;
@@ -65,7 +73,19 @@ fn a_million_label_values_over_many_windows_stay_bounded_and_correct() {
     assert_eq!(stats.label_sets_overflowed, before.label_sets_overflowed, "no set hit the live cap");
     assert_eq!(held.labels(), vec![("user".to_string(), "held".to_string())]);
 
-    let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    let profiles = read_profiles(&dir);
+    let (_, last_memory) = profiles.iter().rev().find(|(name, _)| name.contains(".memory.")).expect("a memory profile");
+    let inuse_kept: i64 = flatten(last_memory)
+        .iter()
+        .filter(|f| f.labels.get("job").map(String::as_str) == Some("kept"))
+        .map(|f| f.values[3])
+        .sum();
+    assert!(
+        inuse_kept > 32 << 20,
+        "the last window's in-use memory lost its labels: {inuse_kept} bytes under job=kept"
+    );
+    drop(kept);
+    let flat: Vec<Flat> = profiles.iter().flat_map(|(_, p)| flatten(p)).collect();
     let churned: Vec<&Flat> = flat.iter().filter(|f| find(&f.stack, "spin_churned").is_some()).collect();
     let held_samples: Vec<&Flat> = flat.iter().filter(|f| find(&f.stack, "spin_held").is_some()).collect();
     assert!(churned.len() >= 10 && held_samples.len() >= 10, "{} and {} samples", churned.len(), held_samples.len());
