@@ -63,7 +63,6 @@ fn memory_estimates_are_within_ten_percent() {
             alloc_small_temporary(n_small);
             kept
         })
-        .unwrap()
     })
     .join()
     .unwrap();
@@ -124,7 +123,7 @@ fn memory_can_be_turned_off() {
 #[inline(never)]
 fn hand_frames_to_profiler(agent: &pyroscope_core::Agent, frames: &[pyroscope_core::FrameId], n: usize) {
     for _ in 0..n {
-        agent.add_cpu_sample(frames, pyroscope_core::LabelSet::empty(), 1);
+        agent.add_cpu_sample(frames, &pyroscope_core::LabelSet::empty(), 1);
     }
 }
 

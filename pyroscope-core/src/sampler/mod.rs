@@ -318,6 +318,16 @@ fn state_for(tid: i32) -> Arc<ThreadState> {
     }
 }
 
+/// Calls `f` with the label id in force on every registered thread (for the label-set
+/// reclaimer: a set in a slot is in use).
+pub(crate) fn for_each_label_id(f: &mut dyn FnMut(u32)) {
+    if let Some(map) = REGISTRY.lock().as_ref() {
+        for state in map.values() {
+            f(state.label_id.load(Ordering::Acquire));
+        }
+    }
+}
+
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
 static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
 
@@ -920,7 +930,6 @@ mod tests {
             crate::tag_wrapper(&[("k", "v")], || {
                 ACTIVE.lock().as_ref().is_some_and(|t| t.timers.contains_key(&sys::gettid()))
             })
-            .unwrap()
         })
         .join()
         .unwrap();
