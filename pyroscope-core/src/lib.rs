@@ -29,6 +29,12 @@
 //!   every upload interval. An uploader thread sends it with retries, backoff and jitter;
 //!   the queue is bounded and drops the oldest profile when full (counted in [`Stats`]).
 //! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`].
+//! - [`Agent::stop`] and drop return within the shutdown timeout (default 2 s), even while a
+//!   huge last window is being built or the server hangs; what could not be sent in time is
+//!   counted in [`Stats`], as are lost samples and failed, retried and dropped uploads.
+//!   Background failures are logged once per kind (`docs/lifecycle.md`).
+//! - `Debug` output and error messages never show passwords, tokens, header values or a
+//!   URL's user info.
 //!
 //! ## Caller's duties and limits
 //! - Linux x86_64 only for now. SIGPROF is used by default; inside hosts that own SIGPROF pick
