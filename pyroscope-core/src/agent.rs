@@ -108,7 +108,8 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Checks `config` ([`Config::validate`]) and starts profiling with it. Only one agent may
-    /// run per process.
+    /// run per process: [`Error::AlreadyRunning`] while another runs, or while the collector of
+    /// one whose [`stop`](Agent::stop) timed out is still finishing its last window.
     pub fn start(config: Config) -> Result<Agent> {
         config.validate()?;
         if RUNNING.swap(true, Ordering::SeqCst) {

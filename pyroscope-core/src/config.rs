@@ -22,7 +22,7 @@ pub enum Protocol {
 }
 
 /// Where profiles go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Destination {
     /// A Pyroscope server (base URL, without the endpoint path).
     Server(url::Url),
@@ -61,8 +61,9 @@ impl std::fmt::Debug for Auth {
 }
 
 /// A validated configuration. Build it with [`AgentBuilder::build`]; [`crate::Agent::start`]
-/// checks it again ([`Config::validate`]), so no setting reaches the agent unchecked.
-#[derive(Clone, Debug)]
+/// checks it again ([`Config::validate`]), so no setting reaches the agent unchecked. Its
+/// `Debug` output never shows credentials, header values or a URL's user info.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// Application (service) name.
@@ -105,7 +106,7 @@ pub struct Config {
 
 /// Collects settings; [`build`](AgentBuilder::build) validates them all into a [`Config`], and
 /// [`start`](AgentBuilder::start) starts profiling with it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct AgentBuilder {
     application_name: String,
@@ -413,6 +414,100 @@ fn env_number<T: std::str::FromStr>(var: &'static str, value: Option<String>, re
     }
 }
 
+/// Shown instead of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// `s` (a URL, or text meant to be one) without the user info of its authority and without
+/// its query, which may carry credentials: for messages and `Debug` output.
+pub(crate) fn redact_url(s: &str) -> String {
+    let (scheme, rest) = match s.find("://") {
+        Some(i) => s.split_at(i + 3),
+        None => ("", s),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("{REDACTED}@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let fragment = tail[q..].find('#').map_or("", |f| &tail[q + f..]);
+            format!("{}?{REDACTED}{fragment}", &tail[..q])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Header names with their values redacted.
+struct HeaderNames<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, REDACTED))).finish()
+    }
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Server(url) => f.debug_tuple("Server").field(&redact_url(url.as_str())).finish(),
+            Destination::Directory(dir) => f.debug_tuple("Directory").field(dir).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("application_name", &self.application_name)
+            .field("destination", &self.destination)
+            .field("tags", &self.tags)
+            .field("sample_rate", &self.sample_rate)
+            .field("upload_interval", &self.upload_interval)
+            .field("auth", &self.auth)
+            .field("tenant_id", &self.tenant_id)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("request_timeout", &self.request_timeout)
+            .field("protocol", &self.protocol)
+            .field("signal", &self.signal)
+            .field("signal_on_alt_stack", &self.signal_on_alt_stack)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("memory", &self.memory)
+            .field("alloc_sample_bytes", &self.alloc_sample_bytes)
+            .field("alloc_seed", &self.alloc_seed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBuilder")
+            .field("application_name", &self.application_name)
+            .field("server_address", &self.server_address.as_deref().map(redact_url))
+            .field("export_dir", &self.export_dir)
+            .field("tags", &self.tags)
+            .field("sample_rate", &self.sample_rate)
+            .field("upload_interval", &self.upload_interval)
+            .field("auth", &self.auth)
+            .field("tenant_id", &self.tenant_id)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("request_timeout", &self.request_timeout)
+            .field("protocol", &self.protocol)
+            .field("signal", &self.signal)
+            .field("signal_on_alt_stack", &self.signal_on_alt_stack)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("memory", &self.memory)
+            .field("alloc_sample_bytes", &self.alloc_sample_bytes)
+            .field("alloc_seed", &self.alloc_seed)
+            .field("env_error", &self.env_error)
+            .finish()
+    }
+}
+
 /// The environment variables every binding understands.
 pub mod env {
     /// Server base URL; without it profiles go to the export folder.
@@ -455,13 +550,13 @@ pub fn validate_application_name(name: &str) -> Result<()> {
 /// Parses and checks a server address: absolute `http`/`https` URL with a host, no query.
 pub fn parse_server_address(s: &str) -> Result<url::Url> {
     let url =
-        url::Url::parse(s).map_err(|e| Error::InvalidServerAddress { url: s.to_owned(), reason: e.to_string() })?;
+        url::Url::parse(s).map_err(|e| Error::InvalidServerAddress { url: redact_url(s), reason: e.to_string() })?;
     check_server_url(&url)?;
     Ok(url)
 }
 
 fn check_server_url(url: &url::Url) -> Result<()> {
-    let bad = |reason: &str| Error::InvalidServerAddress { url: url.to_string(), reason: reason.to_owned() };
+    let bad = |reason: &str| Error::InvalidServerAddress { url: redact_url(url.as_str()), reason: reason.to_owned() };
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("scheme must be http or https"));
     }
@@ -552,5 +647,19 @@ mod tests {
         assert_eq!((c.application_name.as_str(), c.sample_rate, c.memory), ("env-app", 250, false));
         let bad = AgentBuilder::from_vars(|k| (k == env::SAMPLE_RATE).then(|| "fast".to_string())).build();
         assert!(matches!(bad, Err(Error::InvalidEnv { var: env::SAMPLE_RATE, .. })), "{bad:?}");
+    }
+
+    #[test]
+    fn urls_lose_user_info_and_query() {
+        for (input, shown) in [
+            ("http://u:pw@host:4040/x", "http://<redacted>@host:4040/x"),
+            ("https://pw@host", "https://<redacted>@host"),
+            ("u:pw@host:4040", "<redacted>@host:4040"),
+            ("http://h:1/p?token=pw#f", "http://h:1/p?<redacted>#f"),
+            ("http://a b:pw@h", "http://<redacted>@h"),
+            ("http://localhost:4040", "http://localhost:4040"),
+        ] {
+            assert_eq!(redact_url(input), shown, "{input}");
+        }
     }
 }

@@ -32,6 +32,12 @@
 //! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`]. Label
 //!   sets no longer used are reclaimed as windows close; at 65,536 live sets new ones are
 //!   recorded as `pyroscope_overflow="true"` (counted in [`Stats`]).
+//! - [`Agent::stop`] and drop return within the shutdown timeout (default 2 s), even while a
+//!   huge last window is being built or the server hangs; what could not be sent in time is
+//!   counted in [`Stats`], as are lost samples and failed, retried and dropped uploads.
+//!   Background failures are logged once per kind (`docs/lifecycle.md`).
+//! - `Debug` output and error messages never show passwords, tokens, header values or a
+//!   URL's user info.
 //!
 //! ## Caller's duties and limits
 //! - Linux x86_64 only for now. SIGPROF is used by default; inside hosts that own SIGPROF pick

@@ -142,3 +142,55 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
     // At 1 Hz the CPU timers write a handful of records in those seconds.
     assert!(stats.samples_lost < 50, "{stats:?}");
 }
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_errors() {
+    let _g = crate::agent_lock();
+    const SECRETS: [&str; 5] = ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET"];
+    let [password, token, header, userinfo, query] = SECRETS;
+    let mut printed = Vec::new();
+    let shown = |e: Error| [e.to_string(), format!("{e:?}")];
+
+    let with_secrets = |b: AgentBuilder| b.basic_auth("user", password).header("X-Api-Key", header);
+    for address in [
+        format!("http://admin:{userinfo}@127.0.0.1:4040"),
+        format!("http://admin:{userinfo}@bad host"),
+        format!("admin:{userinfo}@127.0.0.1:4040"),
+        format!("http://127.0.0.1:4040/?token={query}"),
+    ] {
+        let b = with_secrets(AgentBuilder::new("s")).server_address(&address);
+        printed.push(format!("{b:?}"));
+        printed.extend(shown(b.build().unwrap_err()));
+    }
+    let vars = [
+        (pyroscope_core::env::SERVER_ADDRESS, format!("http://u:{userinfo}@h:4040")),
+        (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
+        (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
+    ];
+    let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+    printed.push(format!("{b:?}"));
+    printed.extend(shown(b.build().unwrap_err()));
+
+    // A valid config, then one changed after build.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let config = with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).build().unwrap();
+    printed.push(format!("{config:?}"));
+    let mut changed = config.clone();
+    if let Destination::Server(u) = &mut changed.destination {
+        u.set_password(Some(userinfo)).unwrap();
+    }
+    printed.push(format!("{changed:?}"));
+    printed.extend(shown(Agent::start(changed).unwrap_err()));
+    let agent = Agent::start(config).unwrap();
+    printed.push(format!("{agent:?}"));
+    agent.stop();
+
+    assert!(printed.iter().any(|p| p.contains("X-Api-Key")), "header names stay visible: {printed:#?}");
+    for text in &printed {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{secret} leaked in: {text}");
+        }
+    }
+}

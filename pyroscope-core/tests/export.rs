@@ -222,6 +222,7 @@ fn stop_counts_what_a_hanging_server_did_not_take() {
     let t = Instant::now();
     let stats = agent.stop();
     let took = t.elapsed();
+    eprintln!("stop took {took:?} (timeout {timeout:?}): {stats:?}");
     assert!(took < timeout + Duration::from_millis(1000), "stop took {took:?}");
     assert!(stats.profiles >= 3, "{stats:?}");
     assert_eq!(stats.uploads_sent, 0, "{stats:?}");

@@ -43,6 +43,9 @@ pub mod push {
 /// URL, body and content headers of one upload.
 type Request = (String, Vec<u8>, Vec<(&'static str, String)>);
 
+/// Secrets shorter than this are not searched for in messages.
+const MIN_SECRET_LEN: usize = 4;
+
 pub(crate) const SPY_NAME: &str = "pyroscope-core";
 const USER_AGENT: &str = concat!("pyroscope-core/", env!("CARGO_PKG_VERSION"));
 
@@ -51,6 +54,8 @@ pub(crate) struct HttpExporter {
     base: String,
     protocol: Protocol,
     headers: Vec<(String, String)>,
+    /// Credentials and header values, cut out of every message (a server may echo them).
+    secrets: Vec<String>,
 }
 
 impl HttpExporter {
@@ -82,7 +87,37 @@ impl HttpExporter {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             headers.push((k.clone(), v.clone()));
         }
-        HttpExporter { agent, base: base.as_str().trim_end_matches('/').to_owned(), protocol: config.protocol, headers }
+        let mut secrets: Vec<String> = headers.iter().map(|(_, v)| v.clone()).collect();
+        match &config.auth {
+            Auth::Basic { password, .. } => secrets.push(password.clone()),
+            Auth::Bearer(token) => secrets.push(token.clone()),
+            Auth::None => {}
+        }
+        if let Some(token) = headers.iter().find_map(|(k, v)| v.strip_prefix("Basic ").filter(|_| k == "Authorization"))
+        {
+            secrets.push(token.to_owned());
+        }
+        // Shorter values would cut ordinary words out of messages.
+        secrets.retain(|s| s.len() >= MIN_SECRET_LEN);
+        // Longest first, so a secret containing another is cut whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        HttpExporter {
+            agent,
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            protocol: config.protocol,
+            headers,
+            secrets,
+        }
+    }
+
+    /// `message` with every secret replaced.
+    fn scrub(&self, mut message: String) -> String {
+        for secret in &self.secrets {
+            if message.contains(secret.as_str()) {
+                message = message.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        message
     }
 
     /// The labels of the upload's series, per PROTOCOL.md §3.3.
@@ -159,6 +194,12 @@ pub(crate) fn retryable_status(status: u16, body: &str) -> bool {
 
 impl Exporter for HttpExporter {
     fn export(&self, upload: &Upload) -> Result<(), ExportError> {
+        self.send(upload).map_err(|e| ExportError { message: self.scrub(e.message), ..e })
+    }
+}
+
+impl HttpExporter {
+    fn send(&self, upload: &Upload) -> Result<(), ExportError> {
         let (url, body, fixed) = self.request(upload)?;
         let mut req = self.agent.post(&url);
         for (k, v) in &fixed {
@@ -204,14 +245,34 @@ fn transport_failure(e: &ureq::Error) -> Transport {
     }
 }
 
-/// The URL without its query (which may carry tags but never credentials; kept short).
-fn redact(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
+/// The URL without its query (tags; kept short) and without user info.
+fn redact(url: &str) -> String {
+    crate::config::redact_url(url.split('?').next().unwrap_or(url))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Destination;
+
+    #[test]
+    fn messages_never_carry_secrets() {
+        let config = crate::AgentBuilder::new("a")
+            .server_address("http://127.0.0.1:1")
+            .basic_auth("user", "pass-word-1")
+            .header("X-Api-Key", "key-value-2")
+            .build()
+            .unwrap();
+        let Destination::Server(url) = &config.destination else { unreachable!() };
+        let ex = HttpExporter::new(&config, url);
+        let basic = base64::engine::general_purpose::STANDARD.encode("user:pass-word-1");
+        let echoed = format!("answered 401: got {basic} and pass-word-1 and key-value-2");
+        let scrubbed = ex.scrub(echoed);
+        for secret in ["pass-word-1", "key-value-2", basic.as_str()] {
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+        }
+        assert!(scrubbed.starts_with("answered 401: got <redacted>"), "{scrubbed}");
+    }
 
     #[test]
     fn retry_policy() {
