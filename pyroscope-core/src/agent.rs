@@ -75,7 +75,14 @@ impl AgentBuilder {
     /// Starts from the `PYROSCOPE_*` environment variables (see [`crate::env`]); later calls
     /// override them. A malformed variable is reported by `start()`.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`AgentBuilder::from_env`] over any source of variables (a binding's own environment
+    /// view, or a test's map: `std::env::set_var` races with threads that read the environment).
+    #[doc(hidden)]
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut b2 = AgentBuilder::new(var(env::APPLICATION_NAME).unwrap_or_default());
         let mut env_error = None;
         let mut fail = |e: Error| {
@@ -95,7 +102,7 @@ impl AgentBuilder {
                 Err(e) => fail(e),
             }
         }
-        match env_number::<u32>(env::SAMPLE_RATE, "not a whole number of Hz") {
+        match env_number::<u32>(env::SAMPLE_RATE, var(env::SAMPLE_RATE), "not a whole number of Hz") {
             Ok(Some(r)) => b2.sample_rate = r,
             Ok(None) => {}
             Err(e) => fail(e),
@@ -118,7 +125,7 @@ impl AgentBuilder {
         if let Some(t) = var(env::TENANT_ID) {
             b2.tenant_id = Some(t);
         }
-        match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, "not a whole number of bytes") {
+        match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, var(env::ALLOC_SAMPLE_BYTES), "not a whole number of bytes") {
             Ok(Some(n)) => b2.alloc_sample_bytes = n,
             Ok(None) => {}
             Err(e) => fail(e),
@@ -307,12 +314,10 @@ impl AgentBuilder {
 }
 
 /// A whole number from the environment: None when unset or blank, a typed error when malformed.
-fn env_number<T: std::str::FromStr>(var: &'static str, reason: &str) -> Result<Option<T>> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.trim().parse().map(Some).map_err(|_| Error::InvalidEnv { var, value: v, reason: reason.into() })
-        }
-        _ => Ok(None),
+fn env_number<T: std::str::FromStr>(var: &'static str, value: Option<String>, reason: &str) -> Result<Option<T>> {
+    match value {
+        Some(v) => v.trim().parse().map(Some).map_err(|_| Error::InvalidEnv { var, value: v, reason: reason.into() }),
+        None => Ok(None),
     }
 }
 
