@@ -518,8 +518,8 @@ impl std::fmt::Debug for LabelSet {
 }
 
 impl LabelSet {
-    /// Validates and interns `pairs`. Errors name the offending label; at the live cap of
-    /// [`MAX_LABEL_SETS`] sets a new set is [`Error::LabelSetLimit`] (counted in
+    /// Validates and interns `pairs`. Errors name the offending label; while 65,536 sets are
+    /// live, a new set is [`Error::LabelSetLimit`] (counted in
     /// `Stats::label_sets_overflowed`). Code that must run whatever the labels are uses
     /// [`LabelSet::new_lossy`], [`push`] or [`tag_wrapper`].
     pub fn new<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Result<Self> {
@@ -530,7 +530,7 @@ impl LabelSet {
     }
 
     /// Interns the valid labels of `pairs`, never failing: a bad name or value is left out, a
-    /// repeated name keeps its last value, labels past [`MAX_SAMPLE_LABELS`] are left out
+    /// repeated name keeps its last value, labels past the 32 a sample may carry are left out
     /// (each counted in `Stats::labels_rejected_*` and logged once per kind); at the live cap
     /// the set is the overflow set `pyroscope_overflow="true"` (counted).
     pub fn new_lossy<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Self {
@@ -563,7 +563,7 @@ impl LabelSet {
     }
 
     /// Makes these labels (laid over the ones already in force) current on this thread until
-    /// the guard drops. Never fails: a merged set past [`MAX_SAMPLE_LABELS`] keeps these labels
+    /// the guard drops. Never fails: a merged set past 32 labels keeps these labels
     /// and as many of the outer ones as fit, and at the live cap it is the overflow set.
     pub fn enter(&self) -> LabelGuard {
         let slot = current_slot();
