@@ -21,8 +21,11 @@
 //! that was written while the set was still in a slot. Its entry gets a new generation before
 //! reuse, so an id that outlived its set (a record delayed by more than a window) resolves to
 //! no labels, never to another set's. At [`MAX_LABEL_SETS`] live sets, new sets map to the
-//! overflow set `pyroscope_overflow="true"` (counted). No lock is taken on the signal path;
-//! the table's lock is taken by label calls that intern or merge, and by the collector.
+//! overflow set `pyroscope_overflow="true"` (counted). With no agent running there is no
+//! collector and no record in flight: a label call that finds the table full runs a pass
+//! itself and frees at once what no handle or slot holds. No lock is taken on the signal path;
+//! the table's lock is taken by label calls that intern or merge, and by the collector. See
+//! docs/labels.md.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
