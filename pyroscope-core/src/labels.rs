@@ -21,8 +21,11 @@
 //! that was written while the set was still in a slot. Its entry gets a new generation before
 //! reuse, so an id that outlived its set (a record delayed by more than a window) resolves to
 //! no labels, never to another set's. At [`MAX_LABEL_SETS`] live sets, new sets map to the
-//! overflow set `pyroscope_overflow="true"` (counted). No lock is taken on the signal path;
-//! the table's lock is taken by label calls that intern or merge, and by the collector.
+//! overflow set `pyroscope_overflow="true"` (counted). With no agent running there is no
+//! collector and no record in flight: a label call that finds the table full runs a pass
+//! itself and frees at once what no handle or slot holds. No lock is taken on the signal path;
+//! the table's lock is taken by label calls that intern or merge, and by the collector. See
+//! docs/labels.md.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -518,8 +521,8 @@ impl std::fmt::Debug for LabelSet {
 }
 
 impl LabelSet {
-    /// Validates and interns `pairs`. Errors name the offending label; at the live cap of
-    /// [`MAX_LABEL_SETS`] sets a new set is [`Error::LabelSetLimit`] (counted in
+    /// Validates and interns `pairs`. Errors name the offending label; while 65,536 sets are
+    /// live, a new set is [`Error::LabelSetLimit`] (counted in
     /// `Stats::label_sets_overflowed`). Code that must run whatever the labels are uses
     /// [`LabelSet::new_lossy`], [`push`] or [`tag_wrapper`].
     pub fn new<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Result<Self> {
@@ -530,7 +533,7 @@ impl LabelSet {
     }
 
     /// Interns the valid labels of `pairs`, never failing: a bad name or value is left out, a
-    /// repeated name keeps its last value, labels past [`MAX_SAMPLE_LABELS`] are left out
+    /// repeated name keeps its last value, labels past the 32 a sample may carry are left out
     /// (each counted in `Stats::labels_rejected_*` and logged once per kind); at the live cap
     /// the set is the overflow set `pyroscope_overflow="true"` (counted).
     pub fn new_lossy<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Self {
@@ -563,7 +566,7 @@ impl LabelSet {
     }
 
     /// Makes these labels (laid over the ones already in force) current on this thread until
-    /// the guard drops. Never fails: a merged set past [`MAX_SAMPLE_LABELS`] keeps these labels
+    /// the guard drops. Never fails: a merged set past 32 labels keeps these labels
     /// and as many of the outer ones as fit, and at the live cap it is the overflow set.
     pub fn enter(&self) -> LabelGuard {
         let slot = current_slot();

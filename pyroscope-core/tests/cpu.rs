@@ -143,7 +143,7 @@ fn bad_settings_are_typed_errors() {
     assert!(matches!(e(AgentBuilder::new("a").sample_rate(0)), Error::InvalidSampleRate { .. }));
     assert!(matches!(e(AgentBuilder::new("a").tag("bad-name", "x")), Error::InvalidLabelName { .. }));
     assert!(matches!(e(AgentBuilder::new("a").tag("__name__", "x")), Error::ReservedLabelName { .. }));
-    assert!(matches!(e(AgentBuilder::new("a").tag("k", "a,b")), Error::InvalidLabelValue { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").tag("k", "a,b")), Error::InvalidTagValue { .. }));
     assert!(matches!(e(AgentBuilder::new("a").upload_interval(Duration::ZERO)), Error::InvalidUploadInterval { .. }));
     assert!(matches!(e(AgentBuilder::new("a").header("Bad Header", "x")), Error::InvalidHeader { .. }));
     assert!(matches!(e(AgentBuilder::new("a").signal(libc_sigint())), Error::InvalidSignal { .. }));

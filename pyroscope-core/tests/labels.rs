@@ -129,3 +129,92 @@ fn free_text_values_reach_the_profile_and_bad_labels_never_stop_the_code() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// In a forked child, whose label table is its own: fills the table with held sets, then
+/// checks that new sets are the overflow set and the code runs, and that dropping the held
+/// sets makes room again.
+fn live_cap_in_child() -> Result<(), String> {
+    let mut held = Vec::new();
+    let refused = loop {
+        if held.len() > 70_000 {
+            return Err("no cap after 70,000 live sets".into());
+        }
+        match LabelSet::new(&[("cap", format!("held-{}", held.len()))]) {
+            Ok(set) => held.push(set),
+            Err(e) => break e,
+        }
+    };
+    if !matches!(refused, pyroscope_core::Error::LabelSetLimit { .. }) {
+        return Err(format!("LabelSet::new at the cap: {refused}"));
+    }
+    let overflow = vec![("pyroscope_overflow".to_string(), "true".to_string())];
+    let seen = pyroscope_core::tag_wrapper(&[("cap", "new")], || pyroscope_core::current_labels().labels());
+    if seen != overflow {
+        return Err(format!("a new set at the cap: {seen:?}"));
+    }
+    // Held sets keep their labels at the cap.
+    let old = pyroscope_core::tag_wrapper(&[("cap", "held-7")], || pyroscope_core::current_labels().labels());
+    if old != vec![("cap".to_string(), "held-7".to_string())] {
+        return Err(format!("a held set at the cap: {old:?}"));
+    }
+    drop(held);
+    // No agent runs: a new set frees the unused ones itself (a pass that freed nothing waits
+    // a second before the next).
+    let want = vec![("cap".to_string(), "fresh".to_string())];
+    let mut fresh = Vec::new();
+    let room = wait_until(Duration::from_secs(10), || {
+        fresh = pyroscope_core::tag_wrapper(&[("cap", "fresh")], || pyroscope_core::current_labels().labels());
+        fresh == want
+    });
+    if !room {
+        return Err(format!("after the held sets were dropped: {fresh:?}"));
+    }
+    let stats = AgentBuilder::new("cap-child")
+        .export_dir(temp_dir("label-cap-child"))
+        .start()
+        .map_err(|e| e.to_string())?
+        .stop();
+    if stats.label_sets_overflowed < 2 || stats.label_sets_live > 100 {
+        return Err(format!("counters: {stats:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn at_the_live_cap_new_sets_are_the_overflow_set_and_the_code_runs() {
+    let _g = crate::agent_lock();
+    // The fork handlers, which make the child's locks usable, come with the first agent.
+    let dir = temp_dir("label-cap");
+    AgentBuilder::new("cap").export_dir(&dir).memory(false).start().unwrap().stop();
+    // SAFETY: the child only calls our API and the allocator, then _exit.
+    let pid = unsafe { fork() };
+    if pid == 0 {
+        let code = match std::panic::catch_unwind(live_cap_in_child) {
+            Ok(Ok(())) => 0,
+            Ok(Err(why)) => {
+                eprintln!("live cap: {why}");
+                3
+            }
+            Err(_) => 4,
+        };
+        // SAFETY: _exit is always safe to call.
+        unsafe { _exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: valid pid and status pointer; WNOHANG never blocks.
+    let exited = wait_until(Duration::from_secs(60), || unsafe { waitpid(pid, &mut status, 1) == pid });
+    if !exited {
+        // SAFETY: killing our own child.
+        unsafe { kill(pid, 9) };
+        panic!("the child filling the label table hung");
+    }
+    assert_eq!(status, 0, "child failed: status {status:#x}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+extern "C" {
+    fn fork() -> i32;
+    fn _exit(code: i32) -> !;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
