@@ -111,7 +111,7 @@ fn retries_503_then_delivers() {
     // The first two requests fail, whichever window they carry; every window is delivered.
     assert_eq!(stats.upload_retries, 2, "{stats:?}");
     assert!(stats.uploads_sent >= 1 && stats.uploads_dropped == 0, "{stats:?}");
-    assert_eq!(rx.requests() as u64, stats.uploads_sent + 2, "{stats:?}");
+    assert_eq!(rx.requests(), stats.uploads_sent + 2, "{stats:?}");
     assert_eq!(rx.received().len() as u64, stats.uploads_sent);
 }
 
