@@ -125,7 +125,7 @@ fn does_not_retry_400_or_oversize_429() {
     // One request per window, dropped at once.
     assert!(rx.requests() >= 1, "{stats:?}");
     assert_eq!(
-        (rx.requests() as u64, stats.uploads_sent, stats.upload_retries),
+        (rx.requests(), stats.uploads_sent, stats.upload_retries),
         (stats.uploads_dropped, 0, 0),
         "{stats:?}"
     );
@@ -135,7 +135,7 @@ fn does_not_retry_400_or_oversize_429() {
     run_labelled_work(100);
     let stats = agent.stop();
     assert!(rx.requests() >= 1, "{stats:?}");
-    assert_eq!((rx.requests() as u64, stats.upload_retries), (stats.uploads_dropped, 0), "{stats:?}");
+    assert_eq!((rx.requests(), stats.upload_retries), (stats.uploads_dropped, 0), "{stats:?}");
 }
 
 #[test]
