@@ -148,12 +148,12 @@ impl AgentBuilder {
     /// Starts from the `PYROSCOPE_*` environment variables (see [`crate::env`]); later calls
     /// override them. A malformed variable is reported by `start()`.
     pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_vars(|name| std::env::var(name).ok())
     }
 
     /// As [`from_env`](Self::from_env), reading each `PYROSCOPE_*` variable through `lookup`
     /// instead of the process environment (a binding's own settings map, or a test).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut b2 = AgentBuilder::new(var(env::APPLICATION_NAME).unwrap_or_default());
         let mut env_error = None;
@@ -600,9 +600,9 @@ mod tests {
             (env::MEMORY, "off"),
         ]
         .into();
-        let c = AgentBuilder::from_lookup(|k| vars.get(k).map(|v| v.to_string())).build().unwrap();
+        let c = AgentBuilder::from_vars(|k| vars.get(k).map(|v| v.to_string())).build().unwrap();
         assert_eq!((c.application_name.as_str(), c.sample_rate, c.memory), ("env-app", 250, false));
-        let bad = AgentBuilder::from_lookup(|k| (k == env::SAMPLE_RATE).then(|| "fast".to_string())).build();
+        let bad = AgentBuilder::from_vars(|k| (k == env::SAMPLE_RATE).then(|| "fast".to_string())).build();
         assert!(matches!(bad, Err(Error::InvalidEnv { var: env::SAMPLE_RATE, .. })), "{bad:?}");
     }
 

@@ -167,7 +167,7 @@ fn secrets_never_appear_in_debug_output_or_errors() {
         (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
         (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
     ];
-    let b = AgentBuilder::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+    let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
     printed.push(format!("{b:?}"));
     printed.extend(shown(b.build().unwrap_err()));
 
