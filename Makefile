@@ -16,7 +16,10 @@ test: setup lint test-rust
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core -p pyroscope-pprof
+	@# The report command reads profiles with the pprof codec alone: no sampler, unwinder or HTTP client.
+	@deps=$$(cargo tree -q -p pyroscope-cli -e normal --prefix none | grep -E '^(pyroscope-core|framehop|ureq|addr2line) ' || true); \
+	  [ -z "$$deps" ] || { echo "pyroscope-cli must not depend on: $$deps"; exit 1; }
 
 test-rust:
 	cargo test --workspace -q

@@ -16,6 +16,11 @@ use crate::{sys, unwind};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// An agent runs in this process (from start until its collector has finished).
+pub(crate) fn running() -> bool {
+    RUNNING.load(Ordering::SeqCst)
+}
+
 impl AgentBuilder {
     /// Validates and starts profiling every thread of the process.
     pub fn start(self) -> Result<Agent> {
@@ -65,6 +70,22 @@ pub struct Stats {
     pub alloc_sample_groups: u64,
     /// Sampled allocations not tracked as live because the live map was full.
     pub live_overflow: u64,
+    /// Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+    pub label_sets_live: u64,
+    /// New label sets refused at the live cap (`labels::MAX_LABEL_SETS`, 65,536) so far:
+    /// recorded under `pyroscope_overflow="true"` instead, or `LabelSet::new` returned
+    /// `Error::LabelSetLimit`.
+    pub label_sets_overflowed: u64,
+    /// Label sets freed because nothing used them any more, so far.
+    pub label_sets_reclaimed: u64,
+    /// Labels left out by `tag_wrapper`/`push_labels` so far (process-wide): invalid name.
+    pub labels_rejected_name: u64,
+    /// ... invalid value (empty, over 2048 bytes, or with control characters).
+    pub labels_rejected_value: u64,
+    /// ... a name given twice in one call (the last value is kept).
+    pub labels_rejected_duplicate: u64,
+    /// ... beyond the 32 labels a sample may carry.
+    pub labels_rejected_too_many: u64,
 }
 
 /// A running profiler. Dropping it stops profiling and flushes the last window, waiting at
@@ -187,6 +208,7 @@ impl Agent {
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         let e = &s.export;
+        let labels = crate::labels::counters();
         Stats {
             samples: s.samples.load(Ordering::Relaxed),
             samples_lost: s.lost.load(Ordering::Relaxed),
@@ -207,6 +229,13 @@ impl Agent {
             handler_ns: sampler::HANDLER_NS.load(Ordering::Relaxed),
             alloc_sample_groups: s.alloc_samples.load(Ordering::Relaxed),
             live_overflow: crate::alloc::LIVE_OVERFLOW.load(Ordering::Relaxed),
+            label_sets_live: labels.live,
+            label_sets_overflowed: labels.overflowed,
+            label_sets_reclaimed: labels.reclaimed,
+            labels_rejected_name: labels.rejected_name,
+            labels_rejected_value: labels.rejected_value,
+            labels_rejected_duplicate: labels.rejected_duplicate,
+            labels_rejected_too_many: labels.rejected_too_many,
         }
     }
 
@@ -218,10 +247,10 @@ impl Agent {
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
     /// first), with the labels it had and its weight in sample periods.
-    pub fn add_cpu_sample(&self, frames: &[FrameId], labels: LabelSet, weight: u64) {
+    pub fn add_cpu_sample(&self, frames: &[FrameId], labels: &LabelSet, weight: u64) {
         let mut ext = self.shared.external.lock();
         if ext.len() < 100_000 {
-            ext.push((frames.to_vec(), labels.id(), weight));
+            ext.push((frames.to_vec(), labels.clone(), weight));
         } else {
             self.shared.lost.fetch_add(weight, Ordering::Relaxed);
         }

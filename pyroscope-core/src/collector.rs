@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::aggregate::{AllocWindow, FrameId, Window};
 use crate::config::{Config, Destination};
 use crate::export::{ExportStats, Queue, Upload};
+use crate::labels::LabelSet;
 use crate::sampler::{self, ring::Kind, Sampler};
 use crate::symbolize::Symbolizer;
 use crate::sync::Mutex;
@@ -27,7 +28,7 @@ pub(crate) struct Shared {
     pub(crate) threads: AtomicU64,
     pub(crate) unsampled: AtomicU64,
     pub(crate) alloc_samples: AtomicU64,
-    pub(crate) external: Mutex<Vec<(Vec<FrameId>, u32, u64)>>,
+    pub(crate) external: Mutex<Vec<(Vec<FrameId>, LabelSet, u64)>>,
     pub(crate) export: Arc<ExportStats>,
     /// Set when shutdown stopped waiting: whatever the collector still builds is not queued.
     pub(crate) abandoned: AtomicBool,
@@ -155,7 +156,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         }
         count_lost(&mut window);
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
-            window.add_cpu_frames(&frames, label, weight);
+            window.add_cpu_frames(&frames, label.id(), weight);
         }
         if !stopping {
             // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
@@ -186,6 +187,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
             shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
+            // Label sets this window and the allocation samples still name are in use.
+            let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 if shared.abandoned.load(Ordering::SeqCst) {
@@ -196,6 +199,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             }
             if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
                 let live = crate::alloc::live_snapshot();
+                label_ids.extend(live.keys().map(|(_, label)| *label));
                 if !allocs.is_empty() || !live.is_empty() {
                     shared.alloc_samples.fetch_add(allocs.sampled.len() as u64, Ordering::Relaxed);
                     let profile = allocs.memory_profile(
@@ -214,6 +218,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                     queue.push(upload("memory", &profile, closed.start, end));
                 }
             }
+            crate::labels::reclaim(label_ids);
             if stopping {
                 return;
             }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::labels::{validate_name, validate_value};
+use crate::labels::{validate_name, validate_tag_value};
 
 /// Highest supported sample rate. CPU-time timers are tick-bound (often 250 Hz), so higher
 /// rates mostly add overrun weight, not resolution.
@@ -532,7 +532,7 @@ fn check_server_url(url: &url::Url) -> Result<()> {
 /// Checks a static tag.
 pub fn validate_tag(name: &str, value: &str) -> Result<()> {
     validate_name(name)?;
-    validate_value(name, value)
+    validate_tag_value(name, value)
 }
 
 /// Parses `k=v,k2=v2` (spaces around items allowed, empty string = no tags).

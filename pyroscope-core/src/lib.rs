@@ -11,7 +11,8 @@
 //!     .server_address("http://localhost:4040") // omit: profiles go to ./profiles
 //!     .tag("region", "eu-north")
 //!     .start()?;
-//! tag_wrapper(&[("vehicle", "car")], || { /* every sample here carries vehicle=car */ })?;
+//! // Always runs the closure: bad labels are left out, counted in `Stats` and logged once.
+//! tag_wrapper(&[("vehicle", "car")], || { /* every sample here carries vehicle=car */ });
 //! agent.stop(); // or drop it: flushes the last window, at most 2 s
 //! # Ok::<(), pyroscope_core::Error>(())
 //! ```
@@ -28,7 +29,9 @@
 //!   application's threads (demangled, with file:line and inlined frames) and closes a window
 //!   every upload interval. An uploader thread sends it with retries, backoff and jitter;
 //!   the queue is bounded and drops the oldest profile when full (counted in [`Stats`]).
-//! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`].
+//! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`]. Label
+//!   sets no longer used are reclaimed as windows close; at 65,536 live sets new ones are
+//!   recorded as `pyroscope_overflow="true"` (counted in [`Stats`]).
 //! - [`Agent::stop`] and drop return within the shutdown timeout (default 2 s), even while a
 //!   huge last window is being built or the server hangs; what could not be sent in time is
 //!   counted in [`Stats`], as are lost samples and failed, retried and dropped uploads.
@@ -55,20 +58,23 @@ mod config;
 mod error;
 mod export;
 mod labels;
-mod pprof;
 mod sampler;
 mod symbolize;
 mod sync;
 mod sys;
 mod unwind;
 
+// The pprof codec lives in its own crate so the report command can use it without the sampler.
+use pyroscope_pprof as pprof;
+
 pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
-pub use config::{env, parse_tags, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
+pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
 pub use labels::{
-    current as current_labels, push as push_labels, register_thread, tag_wrapper, LabelGuard, LabelSet, WithLabels,
+    current as current_labels, push as push_labels, register_thread, tag_wrapper, validate_label, LabelGuard, LabelSet,
+    WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
@@ -86,7 +92,7 @@ pub use export::{ExportError, Exporter, Upload};
 
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use sampler::in_signal_handler;
+pub use sampler::{in_signal_handler, test_hooks};
 
 use std::collections::HashSet;
 

@@ -60,7 +60,7 @@ fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
         (0..4096).map(|i| FrameId::new(&format!("huge_frame_{i}"), "huge.py", i).unwrap()).collect();
     let none = LabelSet::new::<&str, &str>(&[]).unwrap();
     for i in 0..50_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), none, 1);
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
     }
     let t = Instant::now();
     let stats = agent.stop();
@@ -125,7 +125,7 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
         (0..4096).map(|i| FrameId::new(&format!("busy_frame_{i}"), "busy.py", i).unwrap()).collect();
     let none = LabelSet::new::<&str, &str>(&[]).unwrap();
     for i in 0..30_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), none, 1);
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
     }
     agent.flush();
     assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());

@@ -23,18 +23,20 @@ fn forked_child_is_silent_then_can_profile_itself() {
     let child_dir = temp_dir("fork-child");
     let agent = AgentBuilder::new("forker").export_dir(&parent_dir).start().unwrap();
     // Keep label and sampler locks busy on other threads while we fork.
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let busy: Vec<_> = (0..3)
         .map(|i| {
+            let started = started.clone();
             std::thread::spawn(move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 for j in 0..200 {
                     let v = format!("v{}", (i * 1000 + j) % 50);
-                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || parent_work(Duration::from_millis(1)))
-                        .unwrap();
+                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || parent_work(Duration::from_millis(1)));
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(10), || started.load(std::sync::atomic::Ordering::SeqCst) == 3));
     // SAFETY: the child only calls our API and then _exit; the test checks it does not hang.
     let pid = unsafe { libc_fork() };
     if pid == 0 {
@@ -46,7 +48,7 @@ fn forked_child_is_silent_then_can_profile_itself() {
             a.stop().samples
         });
         // SAFETY: _exit is always safe to call.
-        unsafe { libc_exit(if matches!(ok, Ok(n) if n > 10) { 0 } else { 3 }) };
+        unsafe { libc_exit(if ok > 10 { 0 } else { 3 }) };
     }
     let mut status = 0;
     let exited = wait_until(Duration::from_secs(20), || {
@@ -81,4 +83,94 @@ extern "C" {
     fn libc_waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A fork while one thread of the parent is inside the signal handler and another inside the
+/// allocation hook: in the child those threads never count themselves out as readers. The
+/// child resets the count, so an agent it starts frees its retired maps tables and snapshots
+/// instead of keeping one more on every scan.
+#[test]
+fn fork_with_threads_inside_the_handler_and_the_hook() {
+    use pyroscope_core::test_hooks;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let _g = crate::agent_lock();
+    let parent_dir = temp_dir("fork-held-parent");
+    let child_dir = temp_dir("fork-held-child");
+    let agent =
+        AgentBuilder::new("held").export_dir(&parent_dir).sample_rate(1000).alloc_sample_bytes(1024).start().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pyroscope_core::register_thread();
+            tx.send(test_hooks::gettid()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                parent_work(Duration::from_millis(1));
+            }
+        })
+    };
+    let (hook_tx, hook_rx) = mpsc::channel();
+    let allocator = {
+        let (stop, tx) = (stop.clone(), hook_tx);
+        std::thread::spawn(move || {
+            tx.send(test_hooks::gettid()).unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += std::hint::black_box(vec![1u8; 4096]).len();
+            }
+            n
+        })
+    };
+    test_hooks::hold_in_handler(rx.recv().unwrap());
+    test_hooks::hold_in_hook(hook_rx.recv().unwrap());
+    let held = wait_until(Duration::from_secs(20), || test_hooks::held() == 2);
+    if !held {
+        test_hooks::release();
+        panic!("threads not held in the handler and the hook: {} held", test_hooks::held());
+    }
+    // SAFETY: the child calls our API and then _exit; the parent checks it does not hang.
+    let pid = unsafe { libc_fork() };
+    if pid == 0 {
+        test_hooks::release();
+        std::mem::forget(agent);
+        let a = AgentBuilder::new("held-child").export_dir(&child_dir).sample_rate(250).start().unwrap();
+        // Some fifteen scans of the thread list, each publishing a new maps table.
+        child_work(Duration::from_millis(1500));
+        let retained = test_hooks::retained_tables();
+        let samples = a.stop().samples;
+        let code = if retained > 2 {
+            4
+        } else if samples < 10 {
+            3
+        } else {
+            0
+        };
+        if code != 0 {
+            eprintln!("child: {retained} retired tables kept, {samples} samples");
+        }
+        // SAFETY: _exit is always safe to call.
+        unsafe { libc_exit(code) };
+    }
+    test_hooks::release();
+    stop.store(true, Ordering::Relaxed);
+    spinner.join().unwrap();
+    allocator.join().unwrap();
+    let mut status = 0;
+    let exited = wait_until(Duration::from_secs(30), || {
+        // SAFETY: valid pid and status pointer; WNOHANG never blocks.
+        unsafe { libc_waitpid(pid, &mut status, 1) == pid }
+    });
+    agent.stop();
+    if !exited {
+        // SAFETY: killing our own child.
+        unsafe { libc_kill(pid, 9) };
+        panic!("forked child hung");
+    }
+    assert_ne!(status, 4 << 8, "the child kept a maps table per scan: reader counts survived the fork");
+    assert_eq!(status, 0, "child failed: status {status:#x}");
+    let child: Vec<_> = read_profiles(&child_dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+    assert!(child.iter().any(|f| find(&f.stack, "child_work").is_some()), "child profiled itself");
 }

@@ -63,7 +63,6 @@ fn memory_estimates_are_within_ten_percent() {
             alloc_small_temporary(n_small);
             kept
         })
-        .unwrap()
     })
     .join()
     .unwrap();
@@ -119,4 +118,31 @@ fn memory_can_be_turned_off() {
     std::thread::sleep(Duration::from_millis(10));
     agent.stop();
     assert!(read_profiles(&dir).iter().all(|(n, _)| !n.contains(".memory.")));
+}
+
+#[inline(never)]
+fn hand_frames_to_profiler(agent: &pyroscope_core::Agent, frames: &[pyroscope_core::FrameId], n: usize) {
+    for _ in 0..n {
+        agent.add_cpu_sample(frames, &pyroscope_core::LabelSet::empty(), 1);
+    }
+}
+
+/// Blocks an application thread allocates and a profiler thread frees (the frames handed to
+/// `add_cpu_sample`, dropped by the collector) are not in use any more.
+#[test]
+fn blocks_freed_by_the_profiler_leave_in_use_memory() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("memory-own-free");
+    let agent = AgentBuilder::new("own-free").export_dir(&dir).alloc_sample_bytes(512).alloc_seed(7).start().unwrap();
+    let frames: Vec<_> =
+        (0..64).map(|i| pyroscope_core::FrameId::new(&format!("frame{i}"), "frames.rs", i).unwrap()).collect();
+    hand_frames_to_profiler(&agent, &frames, 4000);
+    let stats = agent.stop();
+    let memory: Vec<_> = read_profiles(&dir).into_iter().filter(|(n, _)| n.contains(".memory.")).collect();
+    let allocated: f64 = memory.iter().map(|(_, p)| sums(&flatten(p), "hand_frames_to_profiler")[1]).sum();
+    assert!(allocated > 1e6, "the handed frames were not sampled: {allocated} bytes, {stats:?}");
+    // In use at the end of the last window: everything the collector dropped is gone.
+    let (name, last) = memory.last().unwrap();
+    let in_use = sums(&flatten(last), "hand_frames_to_profiler");
+    assert_eq!(in_use[3], 0.0, "{name}: blocks freed by the profiler still in use: {in_use:?}");
 }

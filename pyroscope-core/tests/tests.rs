@@ -12,6 +12,7 @@ mod agent;
 mod cpu;
 mod export;
 mod fork;
+mod labels;
 mod memory;
 mod tasks;
 

@@ -270,10 +270,14 @@ enum pyroscope_status pyroscope_agent_stats(const struct pyroscope_agent *agent,
 void pyroscope_agent_free(struct pyroscope_agent **agent);
 
 // Adds `key=value` to the calling thread's labels (laid over the ones in force) until the
-// matching pyroscope_labels_pop. Works whether or not an agent runs.
+// matching pyroscope_labels_pop. Always pushes one level, whatever it returns: pop once per
+// push. A label that cannot be used (NULL, not UTF-8, an invalid name or value) is left out
+// of that level and reported by the status and pyroscope_last_error(); invalid names and
+// values are also counted in the agent's stats and logged once per kind. Values are free
+// text (`, { } =` and spaces are fine). Works whether or not an agent runs.
 //
 // # Safety
-// Both strings are NUL-terminated.
+// Both strings are NUL-terminated, or NULL.
 enum pyroscope_status pyroscope_labels_push(const char *key, const char *value);
 
 // Samples the calling thread's CPU from now on. A thread is otherwise sampled from its first
@@ -294,15 +298,15 @@ const char *pyroscope_version(void);
 #endif  /* PYROSCOPE_H */
 
 /* Runs the statement or block after it with key=value added to this thread's labels, then
- * removes them. If the push fails the block still runs, unlabelled. Do not leave the block
- * with break, goto or return: the pop would be skipped (use push/pop by hand there).
+ * removes them. The block always runs: a label that cannot be used is left out (see
+ * pyroscope_labels_push). Do not leave the block with break, goto or return: the pop would be
+ * skipped (use push/pop by hand there).
  *
  *   PYROSCOPE_WITH_LABEL("vehicle", "car") {
  *       find_nearest_vehicle();
  *   }
  */
 #define PYROSCOPE_WITH_LABEL(key, value)                                                       \
-    for (int pyroscope_label_state_ =                                                          \
-             (pyroscope_labels_push((key), (value)) == PYROSCOPE_STATUS_OK) ? 1 : 2;          \
+    for (int pyroscope_label_state_ = ((void)pyroscope_labels_push((key), (value)), 1);        \
          pyroscope_label_state_ != 0;                                                          \
-         pyroscope_label_state_ = (pyroscope_label_state_ == 1 ? (pyroscope_labels_pop(), 0) : 0))
+         pyroscope_label_state_ = ((void)pyroscope_labels_pop(), 0))

@@ -354,7 +354,7 @@ pub unsafe extern "C" fn pyroscope_config_set_tag(
     call(|| {
         // SAFETY: checked by `text`.
         let (k, v) = unsafe { (text(key, "key")?.to_owned(), text(value, "value")?.to_owned()) };
-        pyroscope_core::LabelSet::new(&[(&k, &v)])?;
+        pyroscope_core::validate_tag(&k, &v)?;
         // SAFETY: per the contract.
         unsafe { with_config(cfg, |b| b.tag(k, v)) }
     })
@@ -604,18 +604,27 @@ pub unsafe extern "C" fn pyroscope_agent_free(agent: *mut *mut pyroscope_agent) 
 }
 
 /// Adds `key=value` to the calling thread's labels (laid over the ones in force) until the
-/// matching pyroscope_labels_pop. Works whether or not an agent runs.
+/// matching pyroscope_labels_pop. Always pushes one level, whatever it returns: pop once per
+/// push. A label that cannot be used (NULL, not UTF-8, an invalid name or value) is left out
+/// of that level and reported by the status and pyroscope_last_error(); invalid names and
+/// values are also counted in the agent's stats and logged once per kind. Values are free
+/// text (`, { } =` and spaces are fine). Works whether or not an agent runs.
 ///
 /// # Safety
-/// Both strings are NUL-terminated.
+/// Both strings are NUL-terminated, or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn pyroscope_labels_push(key: *const c_char, value: *const c_char) -> pyroscope_status {
     call(|| {
         // SAFETY: checked by `text`.
-        let (k, v) = unsafe { (text(key, "key")?, text(value, "value")?) };
-        let guard = pyroscope_core::push_labels(&[(k, v)])?;
+        let pair = unsafe { text(key, "key").and_then(|k| Ok((k, text(value, "value")?))) };
+        let (guard, checked) = match pair {
+            Ok((k, v)) => {
+                (pyroscope_core::push_labels(&[(k, v)]), pyroscope_core::validate_label(k, v).map_err(Failure::from))
+            }
+            Err(e) => (pyroscope_core::LabelSet::empty().enter(), Err(e)),
+        };
         LABELS.with(|l| l.borrow_mut().push(guard));
-        Ok(())
+        checked
     })
 }
 

@@ -146,14 +146,33 @@ int main(int argc, char **argv) {
     CHECK(pyroscope_agent_start(cfg, &second) == PYROSCOPE_STATUS_INVALID_STATE && second == NULL, "one agent at a time");
     pyroscope_config_free(&cfg); /* the agent does not need it any more */
 
+    /* A push always pushes one level, to be popped whatever the status. */
     CHECK(pyroscope_labels_push(NULL, "v") == PYROSCOPE_STATUS_NULL_ARGUMENT, "push NULL key");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after a NULL key");
     CHECK(pyroscope_labels_push("bad key", "v") == PYROSCOPE_STATUS_INVALID_ARGUMENT, "push bad key");
+    CHECK(strstr(pyroscope_last_error(), "bad key") != NULL, "bad key message");
+    CHECK(pyroscope_labels_push("vehicle", "") == PYROSCOPE_STATUS_INVALID_ARGUMENT, "push empty value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after an empty value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after a bad key");
     CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "pop on empty");
+    /* Values are free text; static tags keep the strict check. */
+    CHECK(pyroscope_labels_push("query", "a,b {c}=d e") == PYROSCOPE_STATUS_OK, "free-text value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop free-text value");
 
     PYROSCOPE_WITH_LABEL("vehicle", "scooter") {
         c_labelled_work(100 * 1000000u);
     }
     CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "macro popped its label");
+    /* The block runs whatever happens to the label, and pops its level. */
+    int ran = 0;
+    PYROSCOPE_WITH_LABEL("bad key", "x") {
+        ran++;
+    }
+    PYROSCOPE_WITH_LABEL(NULL, "x") {
+        ran++;
+    }
+    CHECK(ran == 2, "the block runs with a rejected label");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "macro popped a rejected label");
 
     enum { THREADS = 8 };
     pthread_t threads[THREADS];

@@ -49,6 +49,9 @@ thread_local! {
     static COUNTDOWN: Cell<i64> = const { Cell::new(0) };
     /// Inside the profiler's own allocation handling.
     static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// One of the profiler's own threads: its allocations are never sampled (its frees are
+    /// still looked up, so blocks it frees leave the live set).
+    static OWN: Cell<bool> = const { Cell::new(false) };
     /// xorshift state (0 = not seeded yet).
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
@@ -294,9 +297,11 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(r)
 }
 
-/// Marks the calling thread as the profiler's own: its allocations are never sampled.
+/// Marks the calling thread as the profiler's own: its allocations are never sampled. Its
+/// frees are handled as any thread's: a block sampled on an application thread and freed by
+/// the profiler (the frames handed to `Agent::add_cpu_sample`) leaves the live set.
 pub(crate) fn mark_own_thread() {
-    let _ = BUSY.try_with(|b| b.set(true));
+    let _ = OWN.try_with(|o| o.set(true));
 }
 
 /// Runs `f` with the re-entrancy guard set (whatever it was), for profiler code outside the
@@ -416,6 +421,10 @@ fn slow_alloc(ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 pub fn countdown_expired(ptr: *mut u8, size: usize, left: i64) -> i64 {
+    if OWN.try_with(Cell::get).unwrap_or(false) {
+        // Never sampled: the countdown never runs out again.
+        return i64::MAX;
+    }
     if !HOOKED.load(Ordering::Relaxed) {
         HOOKED.store(true, Ordering::Relaxed);
     }
@@ -446,6 +455,8 @@ fn record(ptr: *mut u8, size: usize) {
     // (Never ask pthread for the stack here: pthread_getattr_np may hold a lock up-stack.)
     let key = reader_key();
     let stripe = unwind::HANDLERS_ACTIVE.enter(key);
+    #[cfg(feature = "test-hooks")]
+    crate::sampler::test_hooks::hold_in_hook_here();
     let stack = unwind::stack_window(sp);
     let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();

@@ -24,14 +24,14 @@ const SI_TIMER: i32 = -2;
 
 /// The fields of `siginfo_t` a POSIX timer fills in (kernel `_sigposix_timer` layout).
 #[repr(C)]
-struct TimerInfo {
-    signo: i32,
+pub(super) struct TimerInfo {
+    pub(super) signo: i32,
     errno: i32,
-    code: i32,
+    pub(super) code: i32,
     _pad: i32,
     timer_id: i32,
     overrun: i32,
-    value: *mut libc::c_void,
+    pub(super) value: *mut libc::c_void,
 }
 
 /// The handler installed with `SA_SIGINFO | SA_RESTART`.
@@ -46,18 +46,29 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; its first 32 bytes
     // always exist and hold these fields for SI_TIMER signals.
     let timer = unsafe { &*(info as *const TimerInfo) };
-    let Some(slot) = (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten() else {
+    let Some((slot, generation)) =
+        (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten()
+    else {
         return chain(sig, info, ucontext);
     };
     let stripe = HANDLERS_ACTIVE.enter(slot);
     let t0 = monotonic_ns();
     #[cfg(feature = "test-hooks")]
     super::IN_HANDLER.with(|f| f.set(true));
+    #[cfg(feature = "test-hooks")]
+    super::test_hooks::hold_in_handler_here();
     if ENABLED.load(Ordering::SeqCst) {
         let state = super::SLOTS[slot].load(Ordering::SeqCst);
         // SAFETY: a non-null slot points at a ThreadState that the sampler frees only after
         // clearing the slot and then seeing HANDLERS_ACTIVE at zero; we are counted in it.
-        if let Some(state) = unsafe { state.as_ref() } {
+        let state = unsafe { state.as_ref() };
+        // The state is this signal's only if it still holds the timer that sent it: a signal
+        // queued before its timer was deleted may arrive after the slot went to another thread.
+        let state = state.filter(|s| s.timer_gen.load(Ordering::SeqCst) == generation);
+        if state.is_none() {
+            super::STALE_SIGNALS.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(state) = state {
             let weight = 1 + timer.overrun.max(0) as u64;
             match state.handler_stack.get() {
                 Some(stack) => {

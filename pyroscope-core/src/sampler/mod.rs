@@ -6,8 +6,12 @@
 //! systematically, and each sample weighted by `1 + si_overrun`. See DESIGN-FACTS §1 for why
 //! this beats `setitimer(ITIMER_PROF)`: exact per-thread attribution, above CONFIG_HZ too.
 //!
-//! The timer's `sigval` carries `MAGIC << 32 | slot`; the handler maps that to a ThreadState
-//! through the static [`SLOTS`] table, so it never dereferences a pointer it did not publish.
+//! The timer's `sigval` carries `MAGIC << 48 | generation << 16 | slot`; the handler maps the
+//! slot to a ThreadState through the static [`SLOTS`] table, so it never dereferences a pointer
+//! it did not publish, and uses that state only if the state's timer generation is the one in
+//! the signal. A signal queued before its timer was deleted (kernels before 6.13 still deliver
+//! it, to the thread the old timer targeted) therefore never runs with the state of the thread
+//! that took the slot over: it is counted in [`STALE_SIGNALS`] and dropped.
 
 pub(crate) mod handler;
 pub(crate) mod ring;
@@ -27,7 +31,7 @@ use ring::{Lanes, Pushed};
 
 /// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
-const SIGVAL_MAGIC: u64 = 0x5059_524f; // "PYRO"
+const SIGVAL_MAGIC: u64 = 0x5059; // "PY"
 
 /// Sampling on (between start and stop of an agent).
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -43,6 +47,9 @@ pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
 /// Nanoseconds spent in the handler for our timer signals, and how many ran (for Stats).
 pub(crate) static HANDLER_NS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+/// Timer signals dropped because their timer was deleted, or its slot now belongs to another
+/// timer, before they were delivered.
+pub(crate) static STALE_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(feature = "test-hooks")]
 thread_local! {
@@ -56,6 +63,74 @@ thread_local! {
 #[cfg(feature = "test-hooks")]
 pub fn in_signal_handler() -> bool {
     IN_HANDLER.try_with(|f| f.get()).unwrap_or(false)
+}
+
+/// Hooks for tests that need a thread held inside the handler or the allocation hook (a fork
+/// at that instant). Only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks {
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+    static IN_HANDLER_TID: AtomicI32 = AtomicI32::new(0);
+    static IN_HOOK_TID: AtomicI32 = AtomicI32::new(0);
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// The kernel id of the calling thread.
+    pub fn gettid() -> i32 {
+        crate::sys::gettid()
+    }
+
+    /// Holds thread `tid` the next times it runs the profiler's signal handler (after counting
+    /// itself in as a reader), until [`release`].
+    pub fn hold_in_handler(tid: i32) {
+        IN_HANDLER_TID.store(tid, Ordering::SeqCst);
+    }
+
+    /// As [`hold_in_handler`], inside the allocation hook's sampled path.
+    pub fn hold_in_hook(tid: i32) {
+        IN_HOOK_TID.store(tid, Ordering::SeqCst);
+    }
+
+    /// Threads being held now.
+    pub fn held() -> usize {
+        HELD.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held thread go on.
+    pub fn release() {
+        IN_HANDLER_TID.store(0, Ordering::SeqCst);
+        IN_HOOK_TID.store(0, Ordering::SeqCst);
+    }
+
+    /// Unwind snapshots, maps tables and thread states retired but not freed yet.
+    pub fn retained_tables() -> usize {
+        crate::unwind::retained() + super::RETIRED.lock().len()
+    }
+
+    /// # Signal safety
+    /// Atomics, `gettid` and `sched_yield` (raw syscalls).
+    pub(crate) fn hold_in_handler_here() {
+        hold(&IN_HANDLER_TID);
+    }
+
+    /// See [`hold_in_handler_here`].
+    pub(crate) fn hold_in_hook_here() {
+        hold(&IN_HOOK_TID);
+    }
+
+    fn hold(which: &AtomicI32) {
+        let tid = which.load(Ordering::SeqCst);
+        if tid == 0 || tid != crate::sys::gettid() {
+            return;
+        }
+        HELD.fetch_add(1, Ordering::SeqCst);
+        while which.load(Ordering::SeqCst) == tid {
+            // SAFETY: sched_yield takes no arguments and cannot fail.
+            unsafe { libc::sched_yield() };
+        }
+        HELD.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Stand-in so the handler can write `RING.push(..)`.
@@ -74,9 +149,18 @@ impl RingRef {
     }
 }
 
-pub(crate) fn slot_of_sigval(value: u64) -> Option<usize> {
-    let slot = (value & 0xffff_ffff) as usize;
-    (value >> 32 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some(slot)
+/// The `sigval` of the timer in `slot` armed with `generation`.
+fn sigval_of(slot: usize, generation: u32) -> u64 {
+    (SIGVAL_MAGIC << 48) | (generation as u64) << 16 | slot as u64
+}
+
+/// (slot, generation) of one of our timers' `sigval`, or None when the value is not ours.
+///
+/// # Signal safety
+/// Arithmetic only.
+pub(crate) fn slot_of_sigval(value: u64) -> Option<(usize, u32)> {
+    let slot = (value & 0xffff) as usize;
+    (value >> 48 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some((slot, (value >> 16) as u32))
 }
 
 /// What the profiler knows about one OS thread. The signal handler reads it; the thread itself
@@ -87,6 +171,8 @@ pub struct ThreadState {
     pub(crate) label_id: AtomicU32,
     /// The thread has exited (its thread-local slot was destroyed).
     pub(crate) exited: AtomicBool,
+    /// The generation of this state's current timer (0: none); see [`slot_of_sigval`].
+    pub(crate) timer_gen: AtomicU32,
     cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
     /// A stack of our own for the handler's work, so that neither a small thread stack nor a
     /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use.
@@ -152,6 +238,7 @@ impl ThreadState {
             tid,
             label_id: AtomicU32::new(0),
             exited: AtomicBool::new(false),
+            timer_gen: AtomicU32::new(0),
             cache: OnceLock::new(),
             handler_stack: OnceLock::new(),
         }
@@ -231,6 +318,16 @@ fn state_for(tid: i32) -> Arc<ThreadState> {
     }
 }
 
+/// Calls `f` with the label id in force on every registered thread (for the label-set
+/// reclaimer: a set in a slot is in use).
+pub(crate) fn for_each_label_id(f: &mut dyn FnMut(u32)) {
+    if let Some(map) = REGISTRY.lock().as_ref() {
+        for state in map.values() {
+            f(state.label_id.load(Ordering::Acquire));
+        }
+    }
+}
+
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
 static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
 
@@ -265,7 +362,23 @@ fn install_handler(signal: i32, on_alt_stack: bool) -> Result<()> {
 struct Timer {
     id: libc::timer_t,
     slot: usize,
+    generation: u32,
     state: Arc<ThreadState>,
+}
+
+/// The generation of the last timer armed, process-wide (an agent started later must not reuse
+/// the generations of an earlier agent's timers, whose late signals may still come).
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// A generation no live timer has. Zero means "no timer" and is skipped when the count wraps
+/// (after 4 billion timers, long after any late signal of the first was delivered).
+fn next_generation() -> u32 {
+    loop {
+        let g = GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if g != 0 {
+            return g;
+        }
+    }
 }
 
 /// The timers of the running agent: scanned by its collector, and armed by a thread that
@@ -273,8 +386,16 @@ struct Timer {
 static ACTIVE: Mutex<Option<Timers>> = Mutex::new(None);
 
 /// The running agent's handle on per-thread sampling; the collector thread drives it.
+/// Dropping it stops every timer it armed (a start that fails after it, a collector that
+/// panics).
 pub(crate) struct Sampler {
-    _only_start: (),
+    stopped: bool,
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl Sampler {
@@ -286,17 +407,10 @@ impl Sampler {
         ENABLED.store(true, Ordering::SeqCst);
         let seed =
             Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
-        let mut timers = Timers {
-            signal,
-            period: Duration::from_nanos(1_000_000_000 / hz as u64),
-            timers: HashMap::new(),
-            free_slots: (0..MAX_THREADS).rev().collect(),
-            rng: seed | 1,
-            threads_unsampled: 0,
-        };
+        let mut timers = Timers::new(signal, hz, seed);
         retire(timers.scan());
         *ACTIVE.lock() = Some(timers);
-        Ok(Sampler { _only_start: () })
+        Ok(Sampler { stopped: false })
     }
 
     /// Finds new and exited threads, creates and deletes timers, refreshes the maps table.
@@ -313,6 +427,9 @@ impl Sampler {
 
     /// Stops every timer; after this no handler can reach a state of this sampler.
     pub(crate) fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
         ENABLED.store(false, Ordering::SeqCst);
         let taken = ACTIVE.lock().take();
         if let Some(mut t) = taken {
@@ -335,6 +452,17 @@ struct Timers {
 unsafe impl Send for Timers {}
 
 impl Timers {
+    fn new(signal: i32, hz: u32, seed: u64) -> Self {
+        Timers {
+            signal,
+            period: Duration::from_nanos(1_000_000_000 / hz as u64),
+            timers: HashMap::new(),
+            free_slots: (0..MAX_THREADS).rev().collect(),
+            rng: seed | 1,
+            threads_unsampled: 0,
+        }
+    }
+
     fn next_random(&mut self) -> u64 {
         // xorshift64*: good enough to spread first expiries.
         self.rng ^= self.rng >> 12;
@@ -345,8 +473,13 @@ impl Timers {
 
     /// Returns the states of deleted timers, for [`retire`].
     fn scan(&mut self) -> Vec<Arc<ThreadState>> {
-        // Exited threads: their CPU clock is gone, so the timer reads as disarmed.
-        let dead: Vec<i32> = self
+        // A timer reads as disarmed when its thread exited (its CPU clock is gone), and, on
+        // kernels before 6.13, also while its last signal waits for delivery (a periodic CPU
+        // timer was re-armed only when its signal was delivered: a thread that blocks the
+        // signal keeps it pending). Re-arming tells them apart: it fails (ESRCH) once the
+        // thread is gone. Deleting a live thread's timer instead would give the thread a new
+        // state, without its labels.
+        let disarmed: Vec<(i32, libc::timer_t)> = self
             .timers
             .iter()
             .filter(|(_, t)| {
@@ -356,8 +489,10 @@ impl Timers {
                 let rc = unsafe { libc::timer_gettime(t.id, &mut cur) };
                 rc != 0 || (cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0)
             })
-            .map(|(tid, _)| *tid)
+            .map(|(tid, t)| (*tid, t.id))
             .collect();
+        let dead: Vec<i32> =
+            disarmed.into_iter().filter(|&(_, id)| self.set_time(id).is_err()).map(|(tid, _)| tid).collect();
         let mut retired = Vec::new();
         for tid in dead {
             if let Some(t) = self.timers.remove(&tid) {
@@ -426,12 +561,14 @@ impl Timers {
                 let _ = state.handler_stack.set(stack);
             }
         }
+        let generation = next_generation();
+        state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
         sev.sigev_signo = self.signal;
-        sev.sigev_value = libc::sigval { sival_ptr: ((SIGVAL_MAGIC << 32) | slot as u64) as *mut libc::c_void };
+        sev.sigev_value = libc::sigval { sival_ptr: sigval_of(slot, generation) as *mut libc::c_void };
         sev.sigev_notify_thread_id = tid;
         // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
         let clock = ((!tid) << 3) | 6;
@@ -439,9 +576,21 @@ impl Timers {
         // SAFETY: `sev` and `id` are valid for the call; the kernel checks the clock and tid.
         if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
             SLOTS[slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+            let _ = state.timer_gen.compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
             self.free_slots.push(slot);
             return Err(Error::os("timer_create"));
         }
+        if let Err(e) = self.set_time(id) {
+            let t = Timer { id, slot, generation, state };
+            drop(self.delete(t));
+            return Err(e);
+        }
+        Ok(Timer { id, slot, generation, state })
+    }
+
+    /// Arms timer `id` with the sampling period and a random first expiry. Fails when the
+    /// timer's thread has exited.
+    fn set_time(&mut self, id: libc::timer_t) -> Result<()> {
         let period = self.period.as_nanos() as u64;
         let first = 1 + self.next_random() % period;
         let its = libc::itimerspec {
@@ -451,13 +600,11 @@ impl Timers {
             },
             it_value: libc::timespec { tv_sec: (first / 1_000_000_000) as _, tv_nsec: (first % 1_000_000_000) as _ },
         };
-        // SAFETY: `id` was just created; `its` is valid.
+        // SAFETY: `id` is a timer we created and have not deleted; `its` is valid.
         if unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) } != 0 {
-            let t = Timer { id, slot, state };
-            drop(self.delete(t));
             return Err(Error::os("timer_settime"));
         }
-        Ok(Timer { id, slot, state })
+        Ok(())
     }
 
     /// Deletes the timer and clears its slot; the returned state must outlive running handlers.
@@ -465,6 +612,7 @@ impl Timers {
         // SAFETY: `t.id` is a timer we created and have not deleted.
         unsafe { libc::timer_delete(t.id) };
         SLOTS[t.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+        let _ = t.state.timer_gen.compare_exchange(t.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
         self.free_slots.push(t.slot);
         t.state
     }
@@ -476,19 +624,42 @@ impl Timers {
     }
 }
 
-/// Frees the states of deleted timers once no handler can be using them.
+/// States of deleted timers not freed yet: a handler was running (or a reader stripe was
+/// busy) every time the sampler looked.
+static RETIRED: Mutex<Vec<Arc<ThreadState>>> = Mutex::new(Vec::new());
+/// Times [`retire`] gave up waiting for the handlers and kept the states for a later call.
+pub(crate) static RETIRE_DEFERRED: AtomicU64 = AtomicU64::new(0);
+
+/// Frees the states of deleted timers, and those kept from earlier calls, once no handler can
+/// be using them: only after [`HANDLERS_ACTIVE`] was seen idle. When it is not seen idle within
+/// the wait, nothing is freed: the states stay in [`RETIRED`] for the next call (counted in
+/// [`RETIRE_DEFERRED`]). Their slots were cleared before, so no handler that starts from now on
+/// can reach them.
 fn retire(states: Vec<Arc<ThreadState>>) {
-    if !states.is_empty() {
-        wait_for_handlers();
-        drop(states);
+    let mut batch = std::mem::take(&mut *RETIRED.lock());
+    batch.extend(states);
+    if batch.is_empty() {
+        return;
+    }
+    // Not under the lock: a fork (whose prepare handler takes it) never waits for this.
+    if wait_for_handlers() {
+        drop(batch);
+    } else {
+        RETIRE_DEFERRED.fetch_add(1, Ordering::Relaxed);
+        RETIRED.lock().extend(batch);
     }
 }
 
-/// Waits (bounded) until no handler is running, so states and snapshots unlinked before this
-/// call can be freed.
-fn wait_for_handlers() {
+/// Waits (at most 200 ms) until no handler is running; false when it never saw that.
+fn wait_for_handlers() -> bool {
     let deadline = Instant::now() + Duration::from_millis(200);
-    while !HANDLERS_ACTIVE.idle() && Instant::now() < deadline {
+    loop {
+        if HANDLERS_ACTIVE.idle() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::yield_now();
     }
 }
@@ -498,6 +669,7 @@ pub(crate) fn prepare_fork() {
     INSTALLED.fork_hold();
     REGISTRY.fork_hold();
     OWN_THREADS.fork_hold();
+    RETIRED.fork_hold();
 }
 
 pub(crate) fn after_fork_parent() {
@@ -505,6 +677,7 @@ pub(crate) fn after_fork_parent() {
 }
 
 fn release_locks() {
+    RETIRED.fork_release();
     OWN_THREADS.fork_release();
     REGISTRY.fork_release();
     INSTALLED.fork_release();
@@ -526,6 +699,7 @@ pub(crate) fn after_fork_child() {
     if let Some(ring) = RING_CELL.get() {
         ring.reset_after_fork();
     }
+    HANDLERS_ACTIVE.reset_after_fork();
     *OWN_THREADS.lock() = None;
     let me = sys::gettid();
     if let Some(map) = REGISTRY.lock().as_mut() {
@@ -537,8 +711,217 @@ pub(crate) fn after_fork_child() {
 mod tests {
     use super::*;
 
+    /// Tests that arm timers or start an agent run one at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn lock() -> std::sync::MutexGuard<'static, ()> {
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_blocked(signal: i32, blocked: bool) {
+        // SAFETY: a valid sigset for the calls; changes only this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            let how = if blocked { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+            libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+        }
+    }
+
+    fn is_pending(signal: i32) -> bool {
+        // SAFETY: a valid sigset to fill.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut set);
+            libc::sigismember(&set, signal) == 1
+        }
+    }
+
+    /// Sends the calling thread the signal a POSIX timer with `value` would send.
+    fn queue_timer_signal(signal: i32, value: u64) {
+        // SAFETY: all-zero is a valid siginfo_t; the fields are written through the layout of a
+        // timer signal, which lies within its 128 bytes. The kernel lets a process send itself
+        // any si_code.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let t = &mut *(&mut info as *mut libc::siginfo_t as *mut handler::TimerInfo);
+            t.signo = signal;
+            t.code = -2; // SI_TIMER
+            t.value = value as *mut libc::c_void;
+            let rc = libc::syscall(libc::SYS_rt_tgsigqueueinfo, sys::getpid(), sys::gettid(), signal, &info);
+            assert_eq!(rc, 0, "rt_tgsigqueueinfo");
+        }
+    }
+
+    /// A timer signal queued while blocked, then its timer deleted and its slot armed for
+    /// another thread: when it is finally delivered (kernels before 6.13 do; later ones drop
+    /// it, and the test then sends the very signal such a kernel delivers), the handler must
+    /// drop it rather than record a sample with the other thread's state.
+    #[test]
+    fn a_late_signal_never_runs_with_the_next_threads_state() {
+        let _g = lock();
+        let signal = libc::SIGPROF;
+        install_handler(signal, false).unwrap();
+        let ring = RING_CELL.get_or_init(|| Lanes::new(4, 1024));
+        ENABLED.store(true, Ordering::SeqCst);
+        let mut timers = Timers::new(signal, 1000, 0x1234);
+
+        // Thread A: its timer's signal stays pending while A blocks it.
+        let (to_a, a_rx) = std::sync::mpsc::channel::<u64>();
+        let (a_tx, from_a) = std::sync::mpsc::channel::<(i32, bool)>();
+        let a = std::thread::spawn(move || {
+            set_blocked(signal, true);
+            a_tx.send((sys::gettid(), false)).unwrap();
+            a_rx.recv().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut x = 0u64;
+            while !is_pending(signal) && Instant::now() < deadline {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            a_tx.send((0, is_pending(signal))).unwrap();
+            let late = a_rx.recv().unwrap();
+            set_blocked(signal, false);
+            // Delivered on unblocking (before 6.13); otherwise the same signal, sent now.
+            if late != 0 && STALE_SIGNALS.load(Ordering::SeqCst) == a_rx.recv().unwrap() {
+                queue_timer_signal(signal, late);
+            }
+            a_tx.send((0, true)).unwrap();
+        });
+        // Thread B: parked, takes the slot over.
+        let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
+        let (b_tx, from_b) = std::sync::mpsc::channel::<i32>();
+        let b = std::thread::spawn(move || {
+            b_tx.send(sys::gettid()).unwrap();
+            b_rx.recv().unwrap();
+        });
+        let (tid_a, _) = from_a.recv().unwrap();
+        let tid_b = from_b.recv().unwrap();
+
+        let state_a = Arc::new(ThreadState::new(tid_a));
+        let timer_a = timers.arm(tid_a, state_a.clone()).unwrap();
+        let (slot, late) = (timer_a.slot, sigval_of(timer_a.slot, timer_a.generation));
+        to_a.send(0).unwrap();
+        let (_, pending) = from_a.recv().unwrap();
+        assert!(pending, "thread A's timer never fired");
+        drop(timers.delete(timer_a));
+
+        let state_b = Arc::new(ThreadState::new(tid_b));
+        state_b.label_id.store(0xb0b, Ordering::SeqCst);
+        let timer_b = timers.arm(tid_b, state_b.clone()).unwrap();
+        assert_eq!(timer_b.slot, slot, "the slot was not reused");
+        // B's own timer never fires during the test.
+        // SAFETY: a live timer of ours and a valid (all-zero: disarm) itimerspec.
+        unsafe { libc::timer_settime(timer_b.id, 0, &std::mem::zeroed(), std::ptr::null_mut()) };
+
+        ring.drain(|_| {});
+        let stale = STALE_SIGNALS.load(Ordering::SeqCst);
+        to_a.send(late).unwrap();
+        to_a.send(stale).unwrap();
+        from_a.recv().unwrap();
+        let mut recorded = Vec::new();
+        ring.drain(|r| recorded.push((r.tid, r.label_id)));
+        ENABLED.store(false, Ordering::SeqCst);
+        drop(timers.delete(timer_b));
+        to_b.send(()).unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
+        assert!(
+            recorded.iter().all(|&(tid, label)| tid != tid_b && label != 0xb0b),
+            "a late signal on thread A was recorded as thread B's: {recorded:?}"
+        );
+        assert!(STALE_SIGNALS.load(Ordering::SeqCst) > stale, "the late signal was not seen as stale");
+    }
+
+    /// A live thread whose timer reads as disarmed (before 6.13, while its signal waits for
+    /// delivery) keeps its timer and state through a scan; an exited thread's is retired.
+    #[test]
+    fn a_scan_tells_a_disarmed_timer_from_an_exited_thread() {
+        let _g = lock();
+        install_handler(libc::SIGPROF, false).unwrap();
+        let mut timers = Timers::new(libc::SIGPROF, 1000, 0x5678);
+        let parked = || {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel::<i32>();
+            let t = std::thread::spawn(move || {
+                tid_tx.send(sys::gettid()).unwrap();
+                let _ = rx.recv();
+            });
+            (tid_rx.recv().unwrap(), tx, t)
+        };
+        let (live, live_tx, live_thread) = parked();
+        let (gone, gone_tx, gone_thread) = parked();
+        for tid in [live, gone] {
+            let t = timers.arm(tid, state_for(tid)).unwrap();
+            timers.timers.insert(tid, t);
+        }
+        let (id, generation) = (timers.timers[&live].id, timers.timers[&live].generation);
+        // SAFETY: a live timer of ours and a valid (all-zero: disarm) itimerspec.
+        unsafe { libc::timer_settime(id, 0, &std::mem::zeroed(), std::ptr::null_mut()) };
+        drop(gone_tx);
+        gone_thread.join().unwrap();
+        let retired = timers.scan();
+        let kept = timers.timers.get(&live).map(|t| t.generation);
+        let gone_kept = timers.timers.contains_key(&gone);
+        // SAFETY: zeroed itimerspec is valid; the kept timer is live.
+        let rearmed = unsafe {
+            let mut cur: libc::itimerspec = std::mem::zeroed();
+            libc::timer_gettime(id, &mut cur);
+            cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0
+        };
+        timers.stop();
+        drop(live_tx);
+        live_thread.join().unwrap();
+        assert_eq!(kept, Some(generation), "a live thread's timer was replaced");
+        assert!(rearmed, "the disarmed timer of a live thread was not re-armed");
+        assert!(!retired.iter().any(|s| s.tid == live), "a live thread's state was retired");
+        assert!(!gone_kept && retired.iter().any(|s| s.tid == gone), "an exited thread's timer was kept");
+    }
+
+    #[test]
+    fn dropping_the_sampler_disarms_every_timer() {
+        let _g = lock();
+        let sampler = Sampler::start(libc::SIGPROF, false, 100, 4, 1024).unwrap();
+        let ids: Vec<usize> = ACTIVE.lock().as_ref().unwrap().timers.values().map(|t| t.id as usize).collect();
+        assert!(!ids.is_empty(), "the scan armed no timer");
+        assert!(ENABLED.load(Ordering::SeqCst));
+        // As when the agent's start fails after the sampler's, or the collector unwinds.
+        drop(sampler);
+        assert!(!ENABLED.load(Ordering::SeqCst));
+        assert!(ACTIVE.lock().is_none());
+        assert!(SLOTS.iter().all(|s| s.load(Ordering::SeqCst).is_null()), "a slot still points at a state");
+        for id in ids {
+            // SAFETY: zeroed itimerspec is valid; a deleted timer's id is refused with EINVAL.
+            let rc = unsafe {
+                let mut cur: libc::itimerspec = std::mem::zeroed();
+                libc::timer_gettime(id as libc::timer_t, &mut cur)
+            };
+            assert_eq!(rc, -1, "timer {id:#x} still exists");
+        }
+    }
+
+    /// A state is freed only once no handler can hold it, however long that takes.
+    #[test]
+    fn retired_states_outlive_a_slow_handler() {
+        let _g = lock();
+        let state = Arc::new(ThreadState::new(0));
+        let weak = Arc::downgrade(&state);
+        // A handler that does not finish within the sampler's wait.
+        let stripe = HANDLERS_ACTIVE.enter(0);
+        let deferred = RETIRE_DEFERRED.load(Ordering::SeqCst);
+        retire(vec![state]);
+        let alive = weak.upgrade().is_some();
+        HANDLERS_ACTIVE.exit(stripe);
+        assert!(alive, "a state was freed while a handler could still read it");
+        assert_eq!(RETIRE_DEFERRED.load(Ordering::SeqCst), deferred + 1);
+        // The next retirement, with no handler running, frees it.
+        retire(Vec::new());
+        assert!(weak.upgrade().is_none(), "a retired state was never freed");
+    }
+
     #[test]
     fn a_thread_that_takes_labels_is_sampled_at_once() {
+        let _g = lock();
         let dir = std::env::temp_dir().join(format!("pyroscope-arm-{}", std::process::id()));
         let agent = crate::AgentBuilder::new("arm").export_dir(&dir).memory(false).start().unwrap();
         // No collector scan can run between the label call and the check: the thread armed
@@ -547,7 +930,6 @@ mod tests {
             crate::tag_wrapper(&[("k", "v")], || {
                 ACTIVE.lock().as_ref().is_some_and(|t| t.timers.contains_key(&sys::gettid()))
             })
-            .unwrap()
         })
         .join()
         .unwrap();

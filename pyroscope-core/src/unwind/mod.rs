@@ -88,6 +88,16 @@ impl Readers {
     pub(crate) fn idle(&self) -> bool {
         self.0.iter().all(|c| c.load(Ordering::SeqCst) == 0)
     }
+
+    /// Zeroes every stripe. Only in a forked child, where the one thread left is not a reader:
+    /// the parent's threads that were inside a handler or hook at the fork do not exist here
+    /// and will never count themselves out, and a stripe left busy would keep every retired
+    /// snapshot, maps table and thread state from being freed.
+    pub(crate) fn reset_after_fork(&self) {
+        for c in &self.0 {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The process's memory mappings, sorted, so a handler or hook can find the mapping that holds
@@ -326,4 +336,10 @@ pub(crate) fn prepare_fork() {
 pub(crate) fn after_fork() {
     RETIRED_MAPS.fork_release();
     RETIRED.fork_release();
+}
+
+/// Snapshots and maps tables retired but not freed yet (test hooks).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn retained() -> usize {
+    RETIRED.lock().len() + RETIRED_MAPS.lock().len()
 }
