@@ -12,6 +12,7 @@ mod cpu;
 mod export;
 mod fork;
 mod memory;
+mod properties;
 mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
