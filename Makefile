@@ -28,6 +28,7 @@ test: setup chromium lint test-rust
 
 lint:
 	cargo fmt --all -- --check
+	./scripts/check-links.sh
 	cargo clippy --workspace --all-targets -q -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core -p pyroscope-pprof
 	@# The report command reads profiles with the pprof codec alone: no sampler, unwinder or HTTP client.
