@@ -79,6 +79,16 @@ struct SetEntry {
     stamp: AtomicU32,
 }
 
+impl SetEntry {
+    /// Marks a lookup during `pass` (a store only on the first lookup of a pass, so entering
+    /// a popular set from many threads reads its cache line without writing it).
+    fn touch(&self, pass: u32) {
+        if self.stamp.load(Ordering::Relaxed) != pass {
+            self.stamp.store(pass, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The interned sets. Reads (lookups, merges from the cache, resolving) take the lock shared;
 /// interning a new set and reclaiming take it exclusively.
 struct Table {
@@ -133,9 +143,7 @@ impl Table {
     fn handle(&self, id: u32) -> LabelSet {
         let entry = self.get(id).cloned();
         if let Some(e) = &entry {
-            if e.stamp.load(Ordering::Relaxed) != self.pass {
-                e.stamp.store(self.pass, Ordering::Relaxed);
-            }
+            e.touch(self.pass);
         }
         LabelSet { entry }
     }
@@ -337,24 +345,35 @@ fn intern_or_overflow(labels: Vec<Label>) -> LabelSet {
     })
 }
 
-/// `inner` laid over the set `outer` (an id read from a slot): inner's values win for names
-/// both have. Returns (the merged set, a handle on `outer`; empty if `outer` was reclaimed).
-fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
+/// Stores in `slot` the set `inner` laid over the set `outer` (the id `slot` holds): inner's
+/// values win for names both have. Returns a handle on `outer` (empty if it was reclaimed).
+fn merge_into(slot: &AtomicU32, outer: u32, inner: &LabelSet) -> LabelSet {
     let cached = read(|t| {
         let prev = t.handle(outer);
-        if prev.is_empty() || inner.is_empty() || prev == *inner {
-            let next = if inner.is_empty() { prev.clone() } else { inner.clone() };
-            return Ok((next, prev));
-        }
-        match t.merged.get(&(outer, inner.id())) {
-            Some(m) if t.get(*m).is_some() => Ok((t.handle(*m), prev)),
-            _ => Err(prev),
+        let next = if prev.is_empty() || inner.is_empty() || prev == *inner {
+            Some(if inner.is_empty() { prev.id() } else { inner.id() })
+        } else {
+            t.merged.get(&(outer, inner.id())).and_then(|m| t.get(*m)).map(|m| {
+                m.touch(t.pass);
+                m.id
+            })
+        };
+        match next {
+            // Under the lock no pass can free `next`; once stored, the slot keeps it.
+            Some(id) => {
+                slot.store(id, Ordering::Release);
+                Ok(prev)
+            }
+            None => Err(prev),
         }
     });
     let prev = match cached {
-        Some(Ok(hit)) => return hit,
+        Some(Ok(prev)) => return prev,
         Some(Err(prev)) => prev,
-        None => return (inner.clone(), LabelSet::empty()),
+        None => {
+            slot.store(inner.id(), Ordering::Release);
+            return LabelSet::empty();
+        }
     };
     let (a, b) = (prev.resolved(), inner.resolved());
     let mut labels: Vec<Label> = b.to_vec();
@@ -373,6 +392,7 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
         );
     }
     let next = intern_or_overflow(labels);
+    slot.store(next.id(), Ordering::Release);
     if next.id() != OVERFLOW {
         write(|t| {
             // All three sets are held (by `prev`, `inner` and `next`), so the entry is valid.
@@ -381,7 +401,7 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
             }
         });
     }
-    (next, prev)
+    prev
 }
 
 /// Frees the label sets nobody uses any more (see the module docs). `referenced` are the ids
@@ -576,8 +596,7 @@ impl LabelSet {
             slot.label_id.store(self.id(), Ordering::Release);
             return LabelGuard { slot, prev, _prev_set: LabelSet::empty(), _not_send: PhantomData };
         }
-        let (next, prev_set) = merge(prev, self);
-        slot.label_id.store(next.id(), Ordering::Release);
+        let prev_set = merge_into(&slot.label_id, prev, self);
         // The guard keeps `prev` interned until it has put it back in the slot.
         LabelGuard { slot, prev: prev_set.id(), _prev_set: prev_set, _not_send: PhantomData }
     }
