@@ -933,6 +933,24 @@ mod tests {
     }
 
     #[test]
+    fn guards_dropped_out_of_order_restore_a_live_set() {
+        let outer = push(&[("order", "outer")]);
+        let inner = push(&[("order", "inner")]);
+        // The outer set is now in no slot and has no handle of its own: the inner guard,
+        // which will put it back, keeps it.
+        drop(outer);
+        for _ in 0..3 {
+            reclaim([]);
+        }
+        drop(inner);
+        assert_eq!(current().labels(), vec![kv("order", "outer")]);
+        for _ in 0..3 {
+            reclaim([]);
+        }
+        assert_eq!(current().labels(), vec![kv("order", "outer")], "a set in a slot was freed");
+    }
+
+    #[test]
     fn wrapped_future_keeps_labels_per_poll() {
         use std::task::{RawWaker, RawWakerVTable, Waker};
         fn noop(_: *const ()) {}
