@@ -184,19 +184,14 @@ impl Table {
     /// many sets were freed.
     fn reclaim(
         &mut self,
-        referenced: impl IntoIterator<Item = u32>,
+        mut used: Vec<bool>,
         slot_ids: impl FnOnce(&mut dyn FnMut(u32)),
         settled: bool,
-    ) -> u64 {
+    ) -> Vec<Arc<SetEntry>> {
         // Lookups since the previous pass stamped their set with `since`.
         let since = self.pass;
         self.pass = self.pass.wrapping_add(1);
-        let mut used = vec![false; self.entries.len()];
-        for id in referenced {
-            if self.get(id).is_some() {
-                used[index_of(id)] = true;
-            }
-        }
+        used.resize(self.entries.len(), false);
         // No handle can be made while the caller holds the lock, and a slot takes an id only
         // while a handle on it exists: a set with no handle and in no slot now stays so.
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -205,7 +200,7 @@ impl Table {
                 *u = true;
             }
         });
-        let mut freed = 0u64;
+        let mut freed = Vec::new();
         for (i, &named) in used.iter().enumerate().skip(FIRST_RECLAIMABLE) {
             let Some(entry) = &self.entries[i] else { continue };
             let handled = named || Arc::strong_count(entry) > 1;
@@ -216,20 +211,36 @@ impl Table {
             }
             if let Some(entry) = self.entries[i].take() {
                 self.index.remove(&entry.labels);
+                freed.push(entry);
             }
             self.idle[i] = false;
             self.generations[i] = (self.generations[i] + 1) % GENERATIONS;
             self.free.push_back(i);
             self.live -= 1;
-            freed += 1;
         }
-        if freed > 0 {
+        // Cached merges naming a freed set never match again (generations); forget them
+        // once they take half the cache.
+        if !freed.is_empty() && self.merged.len() >= MAX_MERGED / 2 {
             let mut merged = std::mem::take(&mut self.merged);
             merged.retain(|(a, b), m| self.valid(*a) && self.valid(*b) && self.valid(*m));
             self.merged = merged;
         }
         freed
     }
+}
+
+/// Marks the table entries `ids` name, whatever their generation (an id of a reclaimed set
+/// only keeps its entry's current set one pass longer).
+fn mark(ids: impl IntoIterator<Item = u32>) -> Vec<bool> {
+    let mut used = Vec::new();
+    for id in ids {
+        let i = index_of(id);
+        if i >= used.len() {
+            used.resize(i + 1, false);
+        }
+        used[i] = true;
+    }
+    used
 }
 
 static TABLE: RwLock<Option<Table>> = RwLock::new(None);
@@ -329,9 +340,9 @@ fn intern(mut labels: Vec<Label>) -> Option<LabelSet> {
         // slots either: at the cap, free what those do not hold (at most once a second when
         // that frees little, so a full table of held sets does not make every call scan it).
         if t.live >= t.cap && !crate::agent::running() && t.next_call_pass.is_none_or(|at| Instant::now() >= at) {
-            let freed = t.reclaim([], |f| sampler::for_each_label_id(f), true);
-            RECLAIMED.fetch_add(freed, Ordering::Relaxed);
-            t.next_call_pass = (freed < (t.cap / 16) as u64).then(|| Instant::now() + Duration::from_secs(1));
+            let freed = t.reclaim(Vec::new(), |f| sampler::for_each_label_id(f), true).len();
+            RECLAIMED.fetch_add(freed as u64, Ordering::Relaxed);
+            t.next_call_pass = (freed < t.cap / 16).then(|| Instant::now() + Duration::from_secs(1));
         }
         t.insert(Arc::from(labels))
     })
@@ -409,11 +420,17 @@ fn merge_into(slot: &AtomicU32, outer: u32, inner: &LabelSet) -> LabelSet {
 /// not yet reported and the live sampled allocations. The collector calls it at each window
 /// close, after draining the ring.
 pub(crate) fn reclaim(referenced: impl IntoIterator<Item = u32>) {
-    let mut guard = TABLE.write();
-    let Some(t) = guard.as_mut() else { return };
-    let freed = t.reclaim(referenced, |f| sampler::for_each_label_id(f), false);
-    RECLAIMED.fetch_add(freed, Ordering::Relaxed);
-    LIVE.store(t.live as u64, Ordering::Relaxed);
+    let used = mark(referenced);
+    let freed = {
+        let mut guard = TABLE.write();
+        let Some(t) = guard.as_mut() else { return };
+        let freed = t.reclaim(used, |f| sampler::for_each_label_id(f), false);
+        LIVE.store(t.live as u64, Ordering::Relaxed);
+        freed
+    };
+    RECLAIMED.fetch_add(freed.len() as u64, Ordering::Relaxed);
+    // The sets' memory is given back after the lock, which label calls may be waiting for.
+    drop(freed);
 }
 
 /// Checks a label name: 1..=1024 chars of `[A-Za-z0-9_.]`, not starting with `__`.
@@ -832,7 +849,7 @@ mod tests {
             }
             if i % WINDOW == WINDOW - 1 {
                 // A window closes: one pass.
-                t.reclaim(window.drain(..), no_slots, false);
+                t.reclaim(mark(window.drain(..)), no_slots, false);
                 peak_live = peak_live.max(t.live);
             }
         }
@@ -854,20 +871,20 @@ mod tests {
         let mut t = Table::new(16);
         let a = set_of(&mut t, "a").unwrap();
         let id = a.id();
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         drop(a);
         // Looked up since the previous pass, then unused at this one: kept.
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some());
         // In a thread slot: kept.
-        t.reclaim([], |f| f(id), false);
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), |f| f(id), false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some(), "freed one pass after leaving a slot");
         // In the window being closed: kept.
-        t.reclaim([id], no_slots, false);
-        t.reclaim([], no_slots, false);
+        t.reclaim(mark([id]), no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some());
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_none(), "unused at two passes in a row");
         assert_eq!(t.live, 0);
         assert_eq!(t.index.len(), 1, "only the overflow set");
@@ -882,17 +899,17 @@ mod tests {
         assert_eq!(set_of(&mut t, "h0").unwrap(), held[0]);
         drop(held);
         for _ in 0..3 {
-            t.reclaim([], no_slots, false);
+            t.reclaim(Vec::new(), no_slots, false);
         }
         assert_eq!(t.live, 0);
         // With no agent (settled), one pass frees what no handle and no slot holds.
         let kept: Vec<LabelSet> = (0..2).map(|i| set_of(&mut t, &format!("k{i}")).unwrap()).collect();
         let in_slot = set_of(&mut t, "slot").unwrap().id();
         let _ = set_of(&mut t, "gone");
-        assert_eq!(t.reclaim([], |f| f(in_slot), true), 1);
+        assert_eq!(t.reclaim(Vec::new(), |f| f(in_slot), true).len(), 1);
         assert!(t.get(in_slot).is_some() && kept.iter().all(|k| t.get(k.id()).is_some()));
         drop(kept);
-        t.reclaim([], no_slots, true);
+        t.reclaim(Vec::new(), no_slots, true);
         let again = set_of(&mut t, "more").unwrap();
         assert_eq!(pairs(&again), vec![kv("user", "more")]);
         assert_eq!(t.entries.len(), 6, "entries are reused");

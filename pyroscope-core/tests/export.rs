@@ -124,11 +124,7 @@ fn does_not_retry_400_or_oversize_429() {
     let stats = agent.stop();
     // One request per window, dropped at once.
     assert!(rx.requests() >= 1, "{stats:?}");
-    assert_eq!(
-        (rx.requests(), stats.uploads_sent, stats.upload_retries),
-        (stats.uploads_dropped, 0, 0),
-        "{stats:?}"
-    );
+    assert_eq!((rx.requests(), stats.uploads_sent, stats.upload_retries), (stats.uploads_dropped, 0, 0), "{stats:?}");
 
     let rx = Receiver::start(Mode::Status(429, "message size 99 is larger than configured max 10"));
     let agent = AgentBuilder::new("no-retry").memory(false).server_address(rx.url()).start().unwrap();
