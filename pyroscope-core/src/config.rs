@@ -109,24 +109,10 @@ pub struct Config {
 #[derive(Clone)]
 #[must_use]
 pub struct AgentBuilder {
-    application_name: String,
+    /// Every setting but where profiles go, unchecked until [`build`](AgentBuilder::build).
+    config: Config,
     server_address: Option<String>,
     export_dir: Option<PathBuf>,
-    tags: Vec<(String, String)>,
-    sample_rate: u32,
-    upload_interval: Duration,
-    auth: Auth,
-    tenant_id: Option<String>,
-    headers: BTreeMap<String, String>,
-    request_timeout: Duration,
-    protocol: Protocol,
-    signal: i32,
-    signal_on_alt_stack: bool,
-    shutdown_timeout: Duration,
-    queue_capacity: usize,
-    memory: bool,
-    alloc_sample_bytes: u64,
-    alloc_seed: Option<u64>,
     env_error: Option<Error>,
 }
 
@@ -134,24 +120,27 @@ impl AgentBuilder {
     /// Defaults: 100 Hz, 10 s windows, push API, profiles to `./profiles` unless a server is set.
     pub fn new(application_name: impl Into<String>) -> Self {
         AgentBuilder {
-            application_name: application_name.into(),
+            config: Config {
+                application_name: application_name.into(),
+                destination: Destination::Directory(PathBuf::from("./profiles")),
+                tags: BTreeMap::new(),
+                sample_rate: 100,
+                upload_interval: Duration::from_secs(10),
+                auth: Auth::None,
+                tenant_id: None,
+                headers: BTreeMap::new(),
+                request_timeout: Duration::from_secs(10),
+                protocol: Protocol::Push,
+                signal: libc::SIGPROF,
+                signal_on_alt_stack: false,
+                shutdown_timeout: Duration::from_secs(2),
+                queue_capacity: 32,
+                memory: true,
+                alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
+                alloc_seed: None,
+            },
             server_address: None,
             export_dir: None,
-            tags: Vec::new(),
-            sample_rate: 100,
-            upload_interval: Duration::from_secs(10),
-            auth: Auth::None,
-            tenant_id: None,
-            headers: BTreeMap::new(),
-            request_timeout: Duration::from_secs(10),
-            protocol: Protocol::Push,
-            signal: libc::SIGPROF,
-            signal_on_alt_stack: false,
-            shutdown_timeout: Duration::from_secs(2),
-            queue_capacity: 32,
-            memory: true,
-            alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
-            alloc_seed: None,
             env_error: None,
         }
     }
@@ -181,42 +170,42 @@ impl AgentBuilder {
         }
         if let Some(v) = var(env::TAGS) {
             match parse_tags(&v) {
-                Ok(t) => b2.tags = t,
+                Ok(t) => b2.config.tags = t.into_iter().collect(),
                 Err(e) => fail(e),
             }
         }
         match env_number::<u32>(env::SAMPLE_RATE, var(env::SAMPLE_RATE), "not a whole number of Hz") {
-            Ok(Some(r)) => b2.sample_rate = r,
+            Ok(Some(r)) => b2.config.sample_rate = r,
             Ok(None) => {}
             Err(e) => fail(e),
         }
         if let Some(v) = var(env::UPLOAD_INTERVAL) {
             match parse_seconds(env::UPLOAD_INTERVAL, &v) {
-                Ok(d) => b2.upload_interval = d,
+                Ok(d) => b2.config.upload_interval = d,
                 Err(e) => fail(e),
             }
         }
         if let Some(t) = var(env::AUTH_TOKEN) {
-            b2.auth = Auth::Bearer(t);
+            b2.config.auth = Auth::Bearer(t);
         }
         if let Some(user) = var(env::BASIC_AUTH_USER) {
-            if matches!(b2.auth, Auth::Bearer(_)) {
+            if matches!(b2.config.auth, Auth::Bearer(_)) {
                 fail(Error::ConflictingAuth);
             }
-            b2.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
+            b2.config.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
         }
         if let Some(t) = var(env::TENANT_ID) {
-            b2.tenant_id = Some(t);
+            b2.config.tenant_id = Some(t);
         }
         match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, var(env::ALLOC_SAMPLE_BYTES), "not a whole number of bytes") {
-            Ok(Some(n)) => b2.alloc_sample_bytes = n,
+            Ok(Some(n)) => b2.config.alloc_sample_bytes = n,
             Ok(None) => {}
             Err(e) => fail(e),
         }
         if let Some(v) = var(env::MEMORY) {
             match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => b2.memory = true,
-                "0" | "false" | "no" | "off" => b2.memory = false,
+                "1" | "true" | "yes" | "on" => b2.config.memory = true,
+                "0" | "false" | "no" | "off" => b2.config.memory = false,
                 _ => fail(Error::InvalidEnv { var: env::MEMORY, value: v, reason: "use true or false".into() }),
             }
         }
@@ -226,7 +215,7 @@ impl AgentBuilder {
 
     /// Application (service) name, `[A-Za-z0-9_.\-/]+`.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
+        self.config.application_name = name.into();
         self
     }
     /// Pyroscope server base URL (`http://localhost:4040`). Without it, profiles go to files.
@@ -241,9 +230,7 @@ impl AgentBuilder {
     }
     /// Adds a static tag (on every series), e.g. `region`.
     pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        let name = name.into();
-        self.tags.retain(|(k, _)| *k != name);
-        self.tags.push((name, value.into()));
+        self.config.tags.insert(name.into(), value.into());
         self
     }
     /// Adds static tags.
@@ -255,77 +242,77 @@ impl AgentBuilder {
     }
     /// CPU samples per second per thread (default 100).
     pub fn sample_rate(mut self, hz: u32) -> Self {
-        self.sample_rate = hz;
+        self.config.sample_rate = hz;
         self
     }
     /// Window length (default 10 s).
     pub fn upload_interval(mut self, interval: Duration) -> Self {
-        self.upload_interval = interval;
+        self.config.upload_interval = interval;
         self
     }
     /// HTTP basic auth.
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.auth = Auth::Basic { user: user.into(), password: password.into() };
+        self.config.auth = Auth::Basic { user: user.into(), password: password.into() };
         self
     }
     /// Bearer token.
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
-        self.auth = Auth::Bearer(token.into());
+        self.config.auth = Auth::Bearer(token.into());
         self
     }
     /// `X-Scope-OrgID`.
     pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant_id = Some(tenant.into());
+        self.config.tenant_id = Some(tenant.into());
         self
     }
     /// An extra HTTP header, applied after the others.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.config.headers.insert(name.into(), value.into());
         self
     }
     /// Timeout of one HTTP request (default 10 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.config.request_timeout = timeout;
         self
     }
     /// Push API (default) or `/ingest`.
     pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = protocol;
+        self.config.protocol = protocol;
         self
     }
     /// The signal for CPU samples (default SIGPROF; use a real-time signal inside hosts that
     /// own SIGPROF).
     pub fn signal(mut self, signal: i32) -> Self {
-        self.signal = signal;
+        self.config.signal = signal;
         self
     }
     /// Runs the CPU signal handler on the thread's alternate signal stack (`SA_ONSTACK`), as Go
     /// requires of every handler in a cgo program. Only for hosts whose alternate stacks have
     /// 32 KiB or more (Go's have); Rust's own are smaller, so the default is off.
     pub fn signal_on_alt_stack(mut self, on: bool) -> Self {
-        self.signal_on_alt_stack = on;
+        self.config.signal_on_alt_stack = on;
         self
     }
     /// Longest `stop()`/drop may take (default 2 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
+        self.config.shutdown_timeout = timeout;
         self
     }
 
     /// Memory profiles on (default) or off. They need a [`crate::SamplingAllocator`] as the
     /// global allocator, or the preload library.
     pub fn memory(mut self, enabled: bool) -> Self {
-        self.memory = enabled;
+        self.config.memory = enabled;
         self
     }
     /// Mean bytes between allocation samples (default 512 KiB).
     pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
-        self.alloc_sample_bytes = bytes;
+        self.config.alloc_sample_bytes = bytes;
         self
     }
     /// Fixes the allocation sampling RNG's seed, for reproducible tests.
     pub fn alloc_seed(mut self, seed: u64) -> Self {
-        self.alloc_seed = Some(seed);
+        self.config.alloc_seed = Some(seed);
         self
     }
 
@@ -334,32 +321,11 @@ impl AgentBuilder {
         if let Some(e) = self.env_error {
             return Err(e);
         }
-        validate_application_name(&self.application_name)?;
-        let destination = match &self.server_address {
-            Some(s) => Destination::Server(parse_server_address(s)?),
-            None => Destination::Directory(self.export_dir.clone().unwrap_or_else(|| PathBuf::from("./profiles"))),
-        };
-        for (k, v) in &self.tags {
-            validate_tag(k, v)?;
-        }
-        let config = Config {
-            memory: self.memory,
-            alloc_sample_bytes: self.alloc_sample_bytes,
-            alloc_seed: self.alloc_seed,
-            application_name: self.application_name,
-            destination,
-            tags: self.tags.into_iter().collect(),
-            sample_rate: self.sample_rate,
-            upload_interval: self.upload_interval,
-            auth: self.auth,
-            tenant_id: self.tenant_id,
-            headers: self.headers,
-            request_timeout: self.request_timeout,
-            protocol: self.protocol,
-            signal: self.signal,
-            signal_on_alt_stack: self.signal_on_alt_stack,
-            shutdown_timeout: self.shutdown_timeout,
-            queue_capacity: self.queue_capacity,
+        let mut config = self.config;
+        validate_application_name(&config.application_name)?;
+        config.destination = match self.server_address {
+            Some(s) => Destination::Server(parse_server_address(&s)?),
+            None => Destination::Directory(self.export_dir.unwrap_or_else(|| PathBuf::from("./profiles"))),
         };
         config.validate()?;
         Ok(config)
@@ -458,11 +424,10 @@ impl std::fmt::Debug for Destination {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("application_name", &self.application_name)
-            .field("destination", &self.destination)
+impl Config {
+    /// Every setting but the destination, secrets redacted.
+    fn debug_settings(&self, d: &mut std::fmt::DebugStruct<'_, '_>) {
+        d.field("application_name", &self.application_name)
             .field("tags", &self.tags)
             .field("sample_rate", &self.sample_rate)
             .field("upload_interval", &self.upload_interval)
@@ -477,34 +442,26 @@ impl std::fmt::Debug for Config {
             .field("queue_capacity", &self.queue_capacity)
             .field("memory", &self.memory)
             .field("alloc_sample_bytes", &self.alloc_sample_bytes)
-            .field("alloc_seed", &self.alloc_seed)
-            .finish()
+            .field("alloc_seed", &self.alloc_seed);
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Config");
+        d.field("destination", &self.destination);
+        self.debug_settings(&mut d);
+        d.finish()
     }
 }
 
 impl std::fmt::Debug for AgentBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentBuilder")
-            .field("application_name", &self.application_name)
-            .field("server_address", &self.server_address.as_deref().map(redact_url))
-            .field("export_dir", &self.export_dir)
-            .field("tags", &self.tags)
-            .field("sample_rate", &self.sample_rate)
-            .field("upload_interval", &self.upload_interval)
-            .field("auth", &self.auth)
-            .field("tenant_id", &self.tenant_id)
-            .field("headers", &HeaderNames(&self.headers))
-            .field("request_timeout", &self.request_timeout)
-            .field("protocol", &self.protocol)
-            .field("signal", &self.signal)
-            .field("signal_on_alt_stack", &self.signal_on_alt_stack)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("memory", &self.memory)
-            .field("alloc_sample_bytes", &self.alloc_sample_bytes)
-            .field("alloc_seed", &self.alloc_seed)
-            .field("env_error", &self.env_error)
-            .finish()
+        let mut d = f.debug_struct("AgentBuilder");
+        d.field("server_address", &self.server_address.as_deref().map(redact_url))
+            .field("export_dir", &self.export_dir);
+        self.config.debug_settings(&mut d);
+        d.field("env_error", &self.env_error).finish()
     }
 }
 

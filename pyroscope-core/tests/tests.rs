@@ -14,6 +14,7 @@ mod export;
 mod fork;
 mod labels;
 mod memory;
+mod properties;
 mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

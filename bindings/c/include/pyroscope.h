@@ -214,6 +214,15 @@ enum pyroscope_status pyroscope_config_set_upload_interval_ms(struct pyroscope_c
 enum pyroscope_status pyroscope_config_set_request_timeout_ms(struct pyroscope_config *cfg,
                                                               uint64_t ms);
 
+// Longest pyroscope_agent_stop (or pyroscope_agent_free of a running agent) may take, in
+// milliseconds (default 2000). What cannot be delivered by then is counted as dropped
+// (pyroscope_agent_stats), not waited for.
+//
+// # Safety
+// `cfg` is a live config.
+enum pyroscope_status pyroscope_config_set_shutdown_timeout_ms(struct pyroscope_config *cfg,
+                                                               uint64_t ms);
+
 // Uses the legacy /ingest endpoint instead of the push API when `ingest` is true.
 //
 // # Safety
@@ -251,7 +260,7 @@ enum pyroscope_status pyroscope_agent_start(const struct pyroscope_config *cfg,
 // `agent` is a live agent handle.
 enum pyroscope_status pyroscope_agent_flush(struct pyroscope_agent *agent);
 
-// Stops profiling and delivers the last window (at most the shutdown timeout, 2 s). The handle
+// Stops profiling and delivers the last window (at most the shutdown timeout, default 2 s). The handle
 // stays valid (further calls report PYROSCOPE_STATUS_INVALID_STATE) until freed.
 //
 // # Safety

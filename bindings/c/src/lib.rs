@@ -453,6 +453,21 @@ pub unsafe extern "C" fn pyroscope_config_set_request_timeout_ms(
     call(|| unsafe { with_config(cfg, |b| b.request_timeout(Duration::from_millis(ms))) })
 }
 
+/// Longest pyroscope_agent_stop (or pyroscope_agent_free of a running agent) may take, in
+/// milliseconds (default 2000). What cannot be delivered by then is counted as dropped
+/// (pyroscope_agent_stats), not waited for.
+///
+/// # Safety
+/// `cfg` is a live config.
+#[no_mangle]
+pub unsafe extern "C" fn pyroscope_config_set_shutdown_timeout_ms(
+    cfg: *mut pyroscope_config,
+    ms: u64,
+) -> pyroscope_status {
+    // SAFETY: per the contract.
+    call(|| unsafe { with_config(cfg, |b| b.shutdown_timeout(Duration::from_millis(ms))) })
+}
+
 /// Uses the legacy /ingest endpoint instead of the push API when `ingest` is true.
 ///
 /// # Safety
@@ -529,7 +544,7 @@ pub unsafe extern "C" fn pyroscope_agent_flush(agent: *mut pyroscope_agent) -> p
     })
 }
 
-/// Stops profiling and delivers the last window (at most the shutdown timeout, 2 s). The handle
+/// Stops profiling and delivers the last window (at most the shutdown timeout, default 2 s). The handle
 /// stays valid (further calls report PYROSCOPE_STATUS_INVALID_STATE) until freed.
 ///
 /// # Safety
