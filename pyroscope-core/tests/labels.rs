@@ -218,3 +218,45 @@ extern "C" {
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use pyroscope_core::LabelSet;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever the labels, the code runs once, with exactly the labels LabelSet::new
+        /// would accept in force.
+        #[test]
+        fn tag_wrapper_runs_the_code_whatever_the_labels(
+            labels in prop::collection::vec(("\\PC{0,12}|[a-z_]{1,8}", "\\PC{0,16}|[ -~]{0,8}"), 0..5),
+        ) {
+            let mut runs = 0;
+            let seen = pyroscope_core::tag_wrapper(&labels, || {
+                runs += 1;
+                pyroscope_core::current_labels().labels()
+            });
+            prop_assert_eq!(runs, 1);
+            for (k, v) in &seen {
+                prop_assert!(pyroscope_core::validate_label(k, v).is_ok(), "{:?}={:?} applied", k, v);
+                let last = labels
+                    .iter()
+                    .rev()
+                    .find(|(n, v)| n == k && pyroscope_core::validate_label(n, v).is_ok())
+                    .map(|(_, v)| v);
+                prop_assert_eq!(Some(v), last);
+            }
+            let valid: std::collections::BTreeSet<&String> =
+                labels.iter().filter(|(k, v)| pyroscope_core::validate_label(k, v).is_ok()).map(|(k, _)| k).collect();
+            prop_assert_eq!(seen.len(), valid.len(), "{:?} -> {:?}", labels, seen);
+        }
+
+        /// Sample label values are free text: anything printable, commas and braces included.
+        #[test]
+        fn printable_values_make_a_set(v in "[^\\p{Cc}]{1,64}") {
+            let set = LabelSet::new(&[("text", v.as_str())]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(set.labels(), vec![("text".to_string(), v)]);
+        }
+    }
+}
