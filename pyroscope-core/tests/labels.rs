@@ -115,8 +115,9 @@ fn free_text_values_reach_the_profile_and_bad_labels_never_stop_the_code() {
     });
     assert!(ran > 0);
     let stats = agent.stop();
-    assert_eq!(stats.labels_rejected_name - before.labels_rejected_name, 1);
-    assert_eq!(stats.labels_rejected_value - before.labels_rejected_value, 1);
+    // Process-wide counters: other tests running meanwhile may add to them.
+    assert!(stats.labels_rejected_name > before.labels_rejected_name, "{stats:?}");
+    assert!(stats.labels_rejected_value > before.labels_rejected_value, "{stats:?}");
     let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     let f = flat.iter().find(|f| find(&f.stack, "spin_churned").is_some()).expect("samples of the labelled code");
     assert_eq!(f.labels.get("query").map(String::as_str), Some(query));
