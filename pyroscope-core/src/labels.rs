@@ -79,6 +79,16 @@ struct SetEntry {
     stamp: AtomicU32,
 }
 
+impl SetEntry {
+    /// Marks a lookup during `pass` (a store only on the first lookup of a pass, so entering
+    /// a popular set from many threads reads its cache line without writing it).
+    fn touch(&self, pass: u32) {
+        if self.stamp.load(Ordering::Relaxed) != pass {
+            self.stamp.store(pass, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The interned sets. Reads (lookups, merges from the cache, resolving) take the lock shared;
 /// interning a new set and reclaiming take it exclusively.
 struct Table {
@@ -133,9 +143,7 @@ impl Table {
     fn handle(&self, id: u32) -> LabelSet {
         let entry = self.get(id).cloned();
         if let Some(e) = &entry {
-            if e.stamp.load(Ordering::Relaxed) != self.pass {
-                e.stamp.store(self.pass, Ordering::Relaxed);
-            }
+            e.touch(self.pass);
         }
         LabelSet { entry }
     }
@@ -176,19 +184,14 @@ impl Table {
     /// many sets were freed.
     fn reclaim(
         &mut self,
-        referenced: impl IntoIterator<Item = u32>,
+        mut used: Vec<bool>,
         slot_ids: impl FnOnce(&mut dyn FnMut(u32)),
         settled: bool,
-    ) -> u64 {
+    ) -> Vec<Arc<SetEntry>> {
         // Lookups since the previous pass stamped their set with `since`.
         let since = self.pass;
         self.pass = self.pass.wrapping_add(1);
-        let mut used = vec![false; self.entries.len()];
-        for id in referenced {
-            if self.get(id).is_some() {
-                used[index_of(id)] = true;
-            }
-        }
+        used.resize(self.entries.len(), false);
         // No handle can be made while the caller holds the lock, and a slot takes an id only
         // while a handle on it exists: a set with no handle and in no slot now stays so.
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -197,7 +200,7 @@ impl Table {
                 *u = true;
             }
         });
-        let mut freed = 0u64;
+        let mut freed = Vec::new();
         for (i, &named) in used.iter().enumerate().skip(FIRST_RECLAIMABLE) {
             let Some(entry) = &self.entries[i] else { continue };
             let handled = named || Arc::strong_count(entry) > 1;
@@ -208,20 +211,36 @@ impl Table {
             }
             if let Some(entry) = self.entries[i].take() {
                 self.index.remove(&entry.labels);
+                freed.push(entry);
             }
             self.idle[i] = false;
             self.generations[i] = (self.generations[i] + 1) % GENERATIONS;
             self.free.push_back(i);
             self.live -= 1;
-            freed += 1;
         }
-        if freed > 0 {
+        // Cached merges naming a freed set never match again (generations); forget them
+        // once they take half the cache.
+        if !freed.is_empty() && self.merged.len() >= MAX_MERGED / 2 {
             let mut merged = std::mem::take(&mut self.merged);
             merged.retain(|(a, b), m| self.valid(*a) && self.valid(*b) && self.valid(*m));
             self.merged = merged;
         }
         freed
     }
+}
+
+/// Marks the table entries `ids` name, whatever their generation (an id of a reclaimed set
+/// only keeps its entry's current set one pass longer).
+fn mark(ids: impl IntoIterator<Item = u32>) -> Vec<bool> {
+    let mut used = Vec::new();
+    for id in ids {
+        let i = index_of(id);
+        if i >= used.len() {
+            used.resize(i + 1, false);
+        }
+        used[i] = true;
+    }
+    used
 }
 
 static TABLE: RwLock<Option<Table>> = RwLock::new(None);
@@ -321,9 +340,9 @@ fn intern(mut labels: Vec<Label>) -> Option<LabelSet> {
         // slots either: at the cap, free what those do not hold (at most once a second when
         // that frees little, so a full table of held sets does not make every call scan it).
         if t.live >= t.cap && !crate::agent::running() && t.next_call_pass.is_none_or(|at| Instant::now() >= at) {
-            let freed = t.reclaim([], |f| sampler::for_each_label_id(f), true);
-            RECLAIMED.fetch_add(freed, Ordering::Relaxed);
-            t.next_call_pass = (freed < (t.cap / 16) as u64).then(|| Instant::now() + Duration::from_secs(1));
+            let freed = t.reclaim(Vec::new(), |f| sampler::for_each_label_id(f), true).len();
+            RECLAIMED.fetch_add(freed as u64, Ordering::Relaxed);
+            t.next_call_pass = (freed < t.cap / 16).then(|| Instant::now() + Duration::from_secs(1));
         }
         t.insert(Arc::from(labels))
     })
@@ -337,24 +356,35 @@ fn intern_or_overflow(labels: Vec<Label>) -> LabelSet {
     })
 }
 
-/// `inner` laid over the set `outer` (an id read from a slot): inner's values win for names
-/// both have. Returns (the merged set, a handle on `outer`; empty if `outer` was reclaimed).
-fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
+/// Stores in `slot` the set `inner` laid over the set `outer` (the id `slot` holds): inner's
+/// values win for names both have. Returns a handle on `outer` (empty if it was reclaimed).
+fn merge_into(slot: &AtomicU32, outer: u32, inner: &LabelSet) -> LabelSet {
     let cached = read(|t| {
         let prev = t.handle(outer);
-        if prev.is_empty() || inner.is_empty() || prev == *inner {
-            let next = if inner.is_empty() { prev.clone() } else { inner.clone() };
-            return Ok((next, prev));
-        }
-        match t.merged.get(&(outer, inner.id())) {
-            Some(m) if t.get(*m).is_some() => Ok((t.handle(*m), prev)),
-            _ => Err(prev),
+        let next = if prev.is_empty() || inner.is_empty() || prev == *inner {
+            Some(if inner.is_empty() { prev.id() } else { inner.id() })
+        } else {
+            t.merged.get(&(outer, inner.id())).and_then(|m| t.get(*m)).map(|m| {
+                m.touch(t.pass);
+                m.id
+            })
+        };
+        match next {
+            // Under the lock no pass can free `next`; once stored, the slot keeps it.
+            Some(id) => {
+                slot.store(id, Ordering::Release);
+                Ok(prev)
+            }
+            None => Err(prev),
         }
     });
     let prev = match cached {
-        Some(Ok(hit)) => return hit,
+        Some(Ok(prev)) => return prev,
         Some(Err(prev)) => prev,
-        None => return (inner.clone(), LabelSet::empty()),
+        None => {
+            slot.store(inner.id(), Ordering::Release);
+            return LabelSet::empty();
+        }
     };
     let (a, b) = (prev.resolved(), inner.resolved());
     let mut labels: Vec<Label> = b.to_vec();
@@ -373,6 +403,7 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
         );
     }
     let next = intern_or_overflow(labels);
+    slot.store(next.id(), Ordering::Release);
     if next.id() != OVERFLOW {
         write(|t| {
             // All three sets are held (by `prev`, `inner` and `next`), so the entry is valid.
@@ -381,7 +412,7 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
             }
         });
     }
-    (next, prev)
+    prev
 }
 
 /// Frees the label sets nobody uses any more (see the module docs). `referenced` are the ids
@@ -389,11 +420,17 @@ fn merge(outer: u32, inner: &LabelSet) -> (LabelSet, LabelSet) {
 /// not yet reported and the live sampled allocations. The collector calls it at each window
 /// close, after draining the ring.
 pub(crate) fn reclaim(referenced: impl IntoIterator<Item = u32>) {
-    let mut guard = TABLE.write();
-    let Some(t) = guard.as_mut() else { return };
-    let freed = t.reclaim(referenced, |f| sampler::for_each_label_id(f), false);
-    RECLAIMED.fetch_add(freed, Ordering::Relaxed);
-    LIVE.store(t.live as u64, Ordering::Relaxed);
+    let used = mark(referenced);
+    let freed = {
+        let mut guard = TABLE.write();
+        let Some(t) = guard.as_mut() else { return };
+        let freed = t.reclaim(used, |f| sampler::for_each_label_id(f), false);
+        LIVE.store(t.live as u64, Ordering::Relaxed);
+        freed
+    };
+    RECLAIMED.fetch_add(freed.len() as u64, Ordering::Relaxed);
+    // The sets' memory is given back after the lock, which label calls may be waiting for.
+    drop(freed);
 }
 
 /// Checks a label name: 1..=1024 chars of `[A-Za-z0-9_.]`, not starting with `__`.
@@ -576,8 +613,7 @@ impl LabelSet {
             slot.label_id.store(self.id(), Ordering::Release);
             return LabelGuard { slot, prev, _prev_set: LabelSet::empty(), _not_send: PhantomData };
         }
-        let (next, prev_set) = merge(prev, self);
-        slot.label_id.store(next.id(), Ordering::Release);
+        let prev_set = merge_into(&slot.label_id, prev, self);
         // The guard keeps `prev` interned until it has put it back in the slot.
         LabelGuard { slot, prev: prev_set.id(), _prev_set: prev_set, _not_send: PhantomData }
     }
@@ -813,7 +849,7 @@ mod tests {
             }
             if i % WINDOW == WINDOW - 1 {
                 // A window closes: one pass.
-                t.reclaim(window.drain(..), no_slots, false);
+                t.reclaim(mark(window.drain(..)), no_slots, false);
                 peak_live = peak_live.max(t.live);
             }
         }
@@ -835,20 +871,20 @@ mod tests {
         let mut t = Table::new(16);
         let a = set_of(&mut t, "a").unwrap();
         let id = a.id();
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         drop(a);
         // Looked up since the previous pass, then unused at this one: kept.
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some());
         // In a thread slot: kept.
-        t.reclaim([], |f| f(id), false);
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), |f| f(id), false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some(), "freed one pass after leaving a slot");
         // In the window being closed: kept.
-        t.reclaim([id], no_slots, false);
-        t.reclaim([], no_slots, false);
+        t.reclaim(mark([id]), no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_some());
-        t.reclaim([], no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
         assert!(t.get(id).is_none(), "unused at two passes in a row");
         assert_eq!(t.live, 0);
         assert_eq!(t.index.len(), 1, "only the overflow set");
@@ -863,17 +899,17 @@ mod tests {
         assert_eq!(set_of(&mut t, "h0").unwrap(), held[0]);
         drop(held);
         for _ in 0..3 {
-            t.reclaim([], no_slots, false);
+            t.reclaim(Vec::new(), no_slots, false);
         }
         assert_eq!(t.live, 0);
         // With no agent (settled), one pass frees what no handle and no slot holds.
         let kept: Vec<LabelSet> = (0..2).map(|i| set_of(&mut t, &format!("k{i}")).unwrap()).collect();
         let in_slot = set_of(&mut t, "slot").unwrap().id();
         let _ = set_of(&mut t, "gone");
-        assert_eq!(t.reclaim([], |f| f(in_slot), true), 1);
+        assert_eq!(t.reclaim(Vec::new(), |f| f(in_slot), true).len(), 1);
         assert!(t.get(in_slot).is_some() && kept.iter().all(|k| t.get(k.id()).is_some()));
         drop(kept);
-        t.reclaim([], no_slots, true);
+        t.reclaim(Vec::new(), no_slots, true);
         let again = set_of(&mut t, "more").unwrap();
         assert_eq!(pairs(&again), vec![kv("user", "more")]);
         assert_eq!(t.entries.len(), 6, "entries are reused");
@@ -911,6 +947,24 @@ mod tests {
             reclaim([]);
         }
         assert_eq!(current().labels(), vec![kv("tenant", "only-in-slot")]);
+    }
+
+    #[test]
+    fn guards_dropped_out_of_order_restore_a_live_set() {
+        let outer = push(&[("order", "outer")]);
+        let inner = push(&[("order", "inner")]);
+        // The outer set is now in no slot and has no handle of its own: the inner guard,
+        // which will put it back, keeps it.
+        drop(outer);
+        for _ in 0..3 {
+            reclaim([]);
+        }
+        drop(inner);
+        assert_eq!(current().labels(), vec![kv("order", "outer")]);
+        for _ in 0..3 {
+            reclaim([]);
+        }
+        assert_eq!(current().labels(), vec![kv("order", "outer")], "a set in a slot was freed");
     }
 
     #[test]

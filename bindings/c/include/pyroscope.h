@@ -85,6 +85,20 @@ typedef struct pyroscope_stats {
   uint64_t threads_unsampled;
   // Sampled allocations not tracked as live because the live table was full.
   uint64_t live_overflow;
+  // Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+  uint64_t label_sets_live;
+  // New label sets recorded as `pyroscope_overflow="true"` because 65,536 were live.
+  uint64_t label_sets_overflowed;
+  // Label sets freed because nothing used them any more.
+  uint64_t label_sets_reclaimed;
+  // Labels left out of a push (process-wide): invalid name.
+  uint64_t labels_rejected_name;
+  // ... invalid value (empty, over 2048 bytes, or with control characters).
+  uint64_t labels_rejected_value;
+  // ... a name given twice in one call.
+  uint64_t labels_rejected_duplicate;
+  // ... beyond the 32 labels a sample may carry.
+  uint64_t labels_rejected_too_many;
 } pyroscope_stats;
 
 #ifdef __cplusplus

@@ -85,6 +85,20 @@ pub struct pyroscope_stats {
     pub threads_unsampled: u64,
     /// Sampled allocations not tracked as live because the live table was full.
     pub live_overflow: u64,
+    /// Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+    pub label_sets_live: u64,
+    /// New label sets recorded as `pyroscope_overflow="true"` because 65,536 were live.
+    pub label_sets_overflowed: u64,
+    /// Label sets freed because nothing used them any more.
+    pub label_sets_reclaimed: u64,
+    /// Labels left out of a push (process-wide): invalid name.
+    pub labels_rejected_name: u64,
+    /// ... invalid value (empty, over 2048 bytes, or with control characters).
+    pub labels_rejected_value: u64,
+    /// ... a name given twice in one call.
+    pub labels_rejected_duplicate: u64,
+    /// ... beyond the 32 labels a sample may carry.
+    pub labels_rejected_too_many: u64,
 }
 
 impl From<&Stats> for pyroscope_stats {
@@ -105,6 +119,13 @@ impl From<&Stats> for pyroscope_stats {
             threads_sampled: s.threads_sampled,
             threads_unsampled: s.threads_unsampled,
             live_overflow: s.live_overflow,
+            label_sets_live: s.label_sets_live,
+            label_sets_overflowed: s.label_sets_overflowed,
+            label_sets_reclaimed: s.label_sets_reclaimed,
+            labels_rejected_name: s.labels_rejected_name,
+            labels_rejected_value: s.labels_rejected_value,
+            labels_rejected_duplicate: s.labels_rejected_duplicate,
+            labels_rejected_too_many: s.labels_rejected_too_many,
         }
     }
 }

@@ -200,6 +200,8 @@ int main(int argc, char **argv) {
     CHECK(pyroscope_agent_stats(agent, &stats) == PYROSCOPE_STATUS_OK, "stats");
     CHECK(stats.size == sizeof stats, "stats size filled");
     CHECK(stats.threads_sampled >= 1, "stats: threads sampled");
+    CHECK(stats.labels_rejected_name >= 2 && stats.labels_rejected_value >= 1, "stats: rejected labels counted");
+    CHECK(stats.label_sets_live >= 1 && stats.label_sets_overflowed == 0, "stats: label sets");
     pyroscope_stats old_caller;
     memset(&old_caller, 0xab, sizeof old_caller);
     old_caller.size = offsetof(pyroscope_stats, uploads_sent); /* a caller built before uploads_sent */
