@@ -270,7 +270,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.label_id.store(EMPTY, Ordering::Relaxed);
         // A new thread that reuses this tid gets a state of its own.
-        self.0.exited.store(true, Ordering::Relaxed);
+        self.0.exited.store(true, Ordering::SeqCst);
+        self.0.release_caches();
     }
 }
 

@@ -55,7 +55,7 @@ thread_local! {
     /// xorshift state (0 = not seeded yet).
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
-    static CACHE: Cell<*mut SignalCache> = const { Cell::new(std::ptr::null_mut()) };
+    static CACHE: ThreadCache = const { ThreadCache(Cell::new(std::ptr::null_mut())) };
     /// This thread's key for the reader count's stripes and the ring's lanes (`usize::MAX`:
     /// not drawn yet).
     static READER_KEY: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -531,19 +531,36 @@ fn current_regs() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
+/// A thread's unwind cache for allocation samples (33 KiB), created by its first sample and
+/// freed when the thread exits.
+struct ThreadCache(Cell<*mut SignalCache>);
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        let p = self.0.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: `p` came from Box::into_raw in `thread_cache` and is freed only here, once:
+            // the thread is exiting, its thread-local is being destroyed, and a sample taken
+            // later on this thread finds the thread-local gone and takes no cache. The free goes
+            // through the global allocator's hooks, which use only destructor-less thread-locals.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
 fn thread_cache() -> Option<&'static mut SignalCache> {
     CACHE
         .try_with(|c| {
-            if c.get().is_null() {
-                // Leaked per thread that samples (33 KiB): thread-locals with destructors could
-                // run after the allocator is gone; a sampling thread is rare enough.
-                c.set(Box::into_raw(Box::new(SignalCache::new_in())));
+            if c.0.get().is_null() {
+                c.0.set(Box::into_raw(Box::new(SignalCache::new_in())));
             }
-            c.get()
+            c.0.get()
         })
         .ok()
-        // SAFETY: the pointer is this thread's own, created above and never freed or shared;
-        // only this thread, under the re-entrancy guard, uses it.
+        // SAFETY: the pointer is this thread's own, created above and freed only by the
+        // thread-local's destructor at thread exit (after which `try_with` fails); only this
+        // thread, under the re-entrancy guard, uses it, and `record` drops the reference before
+        // returning.
         .map(|p| unsafe { &mut *p })
 }
 

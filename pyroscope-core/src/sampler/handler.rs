@@ -70,13 +70,15 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
         }
         if let Some(state) = state {
             let weight = 1 + timer.overrun.max(0) as u64;
-            match state.handler_stack.get() {
-                Some(stack) => {
+            match state.handler_stack_top() {
+                Some(top) => {
                     let mut job = Job { state, weight, ucontext };
                     // SAFETY: the stack is this thread's own (only its handler uses it, and the
-                    // handler does not nest), 64 KiB, alive while the state is; `run_job` is an
-                    // extern "C" fn taking the job pointer, which outlives the call.
-                    unsafe { call_on_stack(stack.top(), run_job, (&mut job as *mut Job).cast()) };
+                    // handler does not nest), 64 KiB above a guard page, freed only on this
+                    // thread outside the handler or with the state, which outlives this call;
+                    // `run_job` is an extern "C" fn taking the job pointer, which outlives the
+                    // call.
+                    unsafe { call_on_stack(top, run_job, (&mut job as *mut Job).cast()) };
                 }
                 None => sample(state, weight, ucontext),
             }

@@ -16,7 +16,6 @@
 pub(crate) mod handler;
 pub(crate) mod ring;
 
-use std::cell::UnsafeCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -173,63 +172,56 @@ pub struct ThreadState {
     pub(crate) exited: AtomicBool,
     /// The generation of this state's current timer (0: none); see [`slot_of_sigval`].
     pub(crate) timer_gen: AtomicU32,
-    cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
+    /// The unwinder's rule cache for this thread's handler (null: none yet, or freed).
+    cache: AtomicPtr<SignalCache>,
     /// A stack of our own for the handler's work, so that neither a small thread stack nor a
-    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use.
-    pub(crate) handler_stack: OnceLock<HandlerStack>,
+    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use: the base
+    /// of its mapping, guard page included (null: none yet, or freed).
+    stack: AtomicPtr<u8>,
 }
 
 /// Size of the per-thread handler stack. The unwinder needs up to ~25 KiB on a rule-cache miss
 /// (gimli's on-stack rule rows); pages never touched cost no memory.
 pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
+/// The inaccessible page below each handler stack: an overflow faults there instead of
+/// writing over whatever mapping lies below.
+pub(crate) const GUARD_SIZE: usize = 4096;
 
-/// An anonymous mapping the handler switches its stack pointer to. Pages the handler never
-/// reaches are never backed by memory.
-pub(crate) struct HandlerStack {
-    base: *mut u8,
+/// Maps a handler stack with its guard page; returns the mapping's base (the guard page).
+fn map_handler_stack() -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            GUARD_SIZE + HANDLER_STACK_SIZE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let base: *mut u8 = p.cast();
+    // SAFETY: the range lies inside the mapping just made, page aligned.
+    let rc =
+        unsafe { libc::mprotect(base.add(GUARD_SIZE).cast(), HANDLER_STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+    if rc != 0 {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(p, GUARD_SIZE + HANDLER_STACK_SIZE) };
+        return None;
+    }
+    Some(base)
 }
 
-// SAFETY: the mapping is plain memory owned by this value; only the owning thread's handler
-// writes to it, and it is unmapped only when the thread state is freed.
-unsafe impl Send for HandlerStack {}
-// SAFETY: as above; shared references only hand out the top address.
-unsafe impl Sync for HandlerStack {}
-
-impl HandlerStack {
-    fn new() -> Option<Self> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                HANDLER_STACK_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        (p != libc::MAP_FAILED).then(|| HandlerStack { base: p.cast() })
-    }
-
-    /// The 16-byte aligned top (stacks grow down).
-    pub(crate) fn top(&self) -> *mut u8 {
-        // SAFETY: one past the end of our own mapping, page aligned, so 16-byte aligned.
-        unsafe { self.base.add(HANDLER_STACK_SIZE) }
-    }
-}
-
-impl Drop for HandlerStack {
-    fn drop(&mut self) {
-        // SAFETY: `base` is the start of our HANDLER_STACK_SIZE mapping, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), HANDLER_STACK_SIZE) };
-    }
-}
-
-// SAFETY: all fields are atomics or set-once, except the unwind cache, which only the signal
-// handler running on this very thread touches (and the handler cannot nest: no SA_NODEFER and
-// every signal blocked while it runs).
+// SAFETY: all fields are atomics. The cache and the stack they point at are used only by the
+// signal handler running on this state's own thread (the handler cannot nest: no SA_NODEFER
+// and every signal blocked while it runs), and freed either by that thread at its exit
+// ([`ThreadState::release_caches`]) or when the state is dropped, which the sampler does only
+// once no handler can reach the state.
 unsafe impl Sync for ThreadState {}
-// SAFETY: as above; the cache is plain owned memory.
+// SAFETY: as above; the cache and the stack are plain owned memory.
 unsafe impl Send for ThreadState {}
 
 impl ThreadState {
@@ -239,14 +231,58 @@ impl ThreadState {
             label_id: AtomicU32::new(0),
             exited: AtomicBool::new(false),
             timer_gen: AtomicU32::new(0),
-            cache: OnceLock::new(),
-            handler_stack: OnceLock::new(),
+            cache: AtomicPtr::new(std::ptr::null_mut()),
+            stack: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
     /// A state attached to no thread (used during thread teardown).
     pub(crate) fn detached() -> Self {
         Self::new(0)
+    }
+
+    /// Gives the state its unwind cache and handler stack, unless it has them.
+    fn install_caches(&self) {
+        if self.cache.load(Ordering::SeqCst).is_null() {
+            let fresh = Box::into_raw(Box::new(SignalCache::new_in()));
+            if self.cache.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                // SAFETY: `fresh` was never published.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
+        if self.stack.load(Ordering::SeqCst).is_null() {
+            if let Some(fresh) = map_handler_stack() {
+                if self.stack.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err()
+                {
+                    // SAFETY: `fresh` was never published.
+                    unsafe { libc::munmap(fresh.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+                }
+            }
+        }
+    }
+
+    /// Frees the unwind cache and the handler stack now. Called by the state's own thread as
+    /// it exits (its thread-local slot's destructor), after marking the state exited.
+    ///
+    /// Only the handler on this very thread uses them: a signal that arrives before a pointer
+    /// is swapped out runs to completion before this code goes on (the handler interrupts this
+    /// thread), and one that arrives after finds no cache (no sample) and no stack.
+    pub(crate) fn release_caches(&self) {
+        self.free_caches();
+    }
+
+    fn free_caches(&self) {
+        let cache = self.cache.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !cache.is_null() {
+            // SAFETY: came from Box::into_raw in `install_caches`, swapped out once, unused (see
+            // `release_caches` and the Sync impl).
+            drop(unsafe { Box::from_raw(cache) });
+        }
+        let stack = self.stack.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !stack.is_null() {
+            // SAFETY: our mapping from `map_handler_stack`, swapped out once, unused.
+            unsafe { libc::munmap(stack.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+        }
     }
 
     /// The unwinder's rule cache.
@@ -256,8 +292,25 @@ impl ThreadState {
     #[allow(clippy::mut_from_ref)]
     pub(crate) fn cache(&self) -> Option<&mut SignalCache> {
         // SAFETY: the only caller is the handler on the thread this state belongs to, which does
-        // not nest, so the &mut is unique for its lifetime.
-        self.cache.get().map(|c| unsafe { &mut *c.get() })
+        // not nest, so the &mut is unique for its lifetime; the cache is freed only on this
+        // thread outside the handler, or with the state (see the Sync impl).
+        unsafe { self.cache.load(Ordering::SeqCst).as_mut() }
+    }
+
+    /// The 16-byte aligned top of the handler stack (stacks grow down).
+    ///
+    /// # Signal safety
+    /// One atomic load. Only the signal handler on this thread may use the stack.
+    pub(crate) fn handler_stack_top(&self) -> Option<*mut u8> {
+        let base = self.stack.load(Ordering::SeqCst);
+        // One past the end of the mapping, page aligned, so 16-byte aligned.
+        (!base.is_null()).then(|| base.wrapping_add(GUARD_SIZE + HANDLER_STACK_SIZE))
+    }
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        self.free_caches();
     }
 }
 
@@ -545,12 +598,7 @@ impl Timers {
 
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
-        state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
-        if state.handler_stack.get().is_none() {
-            if let Some(stack) = HandlerStack::new() {
-                let _ = state.handler_stack.set(stack);
-            }
-        }
+        state.install_caches();
         let generation = next_generation();
         state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
@@ -866,6 +914,32 @@ mod tests {
         assert!(rearmed, "the disarmed timer of a live thread was not re-armed");
         assert!(!retired.iter().any(|s| s.tid == live), "a live thread's state was retired");
         assert!(!gone_kept && retired.iter().any(|s| s.tid == gone), "an exited thread's timer was kept");
+    }
+
+    /// The permissions of the mapping that holds `addr`, from /proc/self/maps.
+    fn perms_at(addr: usize) -> Option<String> {
+        std::fs::read_to_string("/proc/self/maps").unwrap().lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+            (start <= addr && addr < end).then(|| fields.next().unwrap_or("").to_owned())
+        })
+    }
+
+    /// The handler stack sits on a guard page; the thread's exit frees it and the cache.
+    #[test]
+    fn handler_stacks_have_a_guard_page_and_go_at_thread_exit() {
+        let state = ThreadState::new(sys::gettid());
+        state.install_caches();
+        let top = state.handler_stack_top().unwrap() as usize;
+        let bottom = top - HANDLER_STACK_SIZE;
+        assert_eq!(perms_at(bottom).as_deref(), Some("rw-p"), "the stack's lowest page");
+        assert_eq!(perms_at(top - 1).as_deref(), Some("rw-p"), "the stack's highest page");
+        assert_eq!(perms_at(bottom - 1).as_deref(), Some("---p"), "no guard page below the stack");
+        assert!(state.cache().is_some());
+        state.release_caches();
+        assert!(state.handler_stack_top().is_none() && state.cache().is_none(), "caches kept after exit");
+        assert_eq!(perms_at(bottom), None, "the stack was not unmapped");
     }
 
     #[test]
