@@ -43,6 +43,8 @@ pub(crate) static SEED: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
 pub(crate) static HOOKED: AtomicBool = AtomicBool::new(false);
 /// Sampled allocations not tracked because the live map was full.
 pub(crate) static LIVE_OVERFLOW: AtomicU64 = AtomicU64::new(0);
+/// Allocations sampled (records written), since the process started.
+pub(crate) static SAMPLED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Bytes left before this thread's next sample.
@@ -507,6 +509,7 @@ fn record(ptr: *mut u8, size: usize) {
     if !pushed.written() {
         return;
     }
+    SAMPLED.fetch_add(1, Ordering::Relaxed);
     let mut live = shard_of(ptr as usize).map.lock();
     let map = live.get_or_insert_with(|| {
         TABLES_USED.store(true, Ordering::Relaxed);

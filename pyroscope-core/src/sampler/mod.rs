@@ -102,6 +102,16 @@ pub mod test_hooks {
         IN_HOOK_TID.store(0, Ordering::SeqCst);
     }
 
+    /// Allocations sampled since the process started.
+    pub fn alloc_samples() -> u64 {
+        crate::alloc::SAMPLED.load(Ordering::Relaxed)
+    }
+
+    /// Timer signals dropped as stale (their timer deleted or replaced before delivery).
+    pub fn stale_signals() -> u64 {
+        super::STALE_SIGNALS.load(Ordering::Relaxed)
+    }
+
     /// Unwind snapshots, maps tables and thread states retired but not freed yet.
     pub fn retained_tables() -> usize {
         crate::unwind::retained() + super::RETIRED.lock().len()
