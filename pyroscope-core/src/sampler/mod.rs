@@ -197,6 +197,39 @@ pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
 /// writing over whatever mapping lies below.
 pub(crate) const GUARD_SIZE: usize = 4096;
 
+/// A Valgrind client request (valgrind.h's `VALGRIND_DO_CLIENT_REQUEST_EXPR` for amd64): a
+/// sequence of rotations that leaves every register as it was, which Valgrind recognizes and
+/// answers; run natively it returns `default`. Hand-written: the crate for it builds against
+/// Valgrind's headers, which users' build machines do not have, for two requests.
+///
+/// # Signal safety
+/// Register moves only.
+pub(crate) fn valgrind_request(default: usize, args: [usize; 6]) -> usize {
+    let result;
+    // SAFETY: the four rotations of rdi add up to 128 bits (rdi unchanged) and `xchg rbx, rbx`
+    // changes nothing; only flags and the declared registers are touched. Valgrind reads the
+    // six words at rax, which live until the end of this function.
+    unsafe {
+        std::arch::asm!(
+            "rol rdi, 3",
+            "rol rdi, 13",
+            "rol rdi, 61",
+            "rol rdi, 51",
+            "xchg rbx, rbx",
+            inout("rdx") default => result,
+            in("rax") args.as_ptr(),
+            inout("rdi") 0usize => _,
+        );
+    }
+    result
+}
+
+/// Valgrind's `VG_USERREQ__STACK_REGISTER` and `VG_USERREQ__STACK_DEREGISTER`: under Valgrind,
+/// the handler's switch to its own stack is a switch between known stacks, not a wild stack
+/// pointer (every read there was reported as invalid or undefined).
+const VG_STACK_REGISTER: usize = 0x1501;
+const VG_STACK_DEREGISTER: usize = 0x1502;
+
 /// Maps a handler stack with its guard page; returns the mapping's base (the guard page).
 fn map_handler_stack() -> Option<*mut u8> {
     // SAFETY: an anonymous private mapping with no address hint; the result is checked.
@@ -222,7 +255,25 @@ fn map_handler_stack() -> Option<*mut u8> {
         unsafe { libc::munmap(p, GUARD_SIZE + HANDLER_STACK_SIZE) };
         return None;
     }
+    let (low, high) = (base as usize + GUARD_SIZE, base as usize + GUARD_SIZE + HANDLER_STACK_SIZE);
+    let id = valgrind_request(0, [VG_STACK_REGISTER, low, high, 0, 0, 0]);
+    // Kept in the stack's lowest word: a handler that reached it would fault on the guard page
+    // a word later anyway.
+    // SAFETY: `low` is the first writable word of the mapping just made.
+    unsafe { (low as *mut usize).write(id) };
     Some(base)
+}
+
+/// Unmaps a handler stack made by [`map_handler_stack`].
+///
+/// # Safety
+/// `base` came from `map_handler_stack`, is unmapped once, and no handler runs on it.
+unsafe fn unmap_handler_stack(base: *mut u8) {
+    // SAFETY: per the contract, the stack's lowest word holds its Valgrind id.
+    let id = unsafe { (base.add(GUARD_SIZE) as *const usize).read() };
+    valgrind_request(0, [VG_STACK_DEREGISTER, id, 0, 0, 0, 0]);
+    // SAFETY: per the contract.
+    unsafe { libc::munmap(base.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
 }
 
 // SAFETY: all fields are atomics. The cache and the stack they point at are used only by the
@@ -265,7 +316,7 @@ impl ThreadState {
                 if self.stack.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err()
                 {
                     // SAFETY: `fresh` was never published.
-                    unsafe { libc::munmap(fresh.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+                    unsafe { unmap_handler_stack(fresh) };
                 }
             }
         }
@@ -291,7 +342,7 @@ impl ThreadState {
         let stack = self.stack.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !stack.is_null() {
             // SAFETY: our mapping from `map_handler_stack`, swapped out once, unused.
-            unsafe { libc::munmap(stack.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+            unsafe { unmap_handler_stack(stack) };
         }
     }
 
