@@ -49,6 +49,7 @@ mod error;
 mod export;
 mod labels;
 mod pprof;
+mod ring;
 mod sampler;
 mod symbolize;
 mod sync;

@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use framehop::{FrameAddress, Unwinder};
 
-use crate::sampler::ring::{Kind, Pushed, MAX_DEPTH};
-use crate::sampler::RING;
+use crate::ring::{self, Kind, Pushed, MAX_DEPTH};
 use crate::sync::Mutex;
 use crate::sys::{prefetch, CachePadded};
 use crate::unwind::{self, memory, NativeRegs, SignalCache};
@@ -463,7 +462,7 @@ fn record(ptr: *mut u8, size: usize) {
     let label_id = crate::labels::current_id_nonblocking();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pushed = RING.push(key, |rec| {
+    let pushed = ring::push(key, |rec| {
         rec.kind = Kind::Alloc;
         rec.tid = 0;
         rec.label_id = label_id;
@@ -504,7 +503,7 @@ fn record(ptr: *mut u8, size: usize) {
     });
     unwind::HANDLERS_ACTIVE.exit(stripe);
     if pushed == Pushed::Filling {
-        crate::sampler::wake_collector();
+        ring::wake_reader();
     }
     if !pushed.written() {
         return;

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 
 use framehop::{FrameAddress, Unwinder};
 
-use super::ring::{Kind, MAX_DEPTH};
-use super::{ThreadState, ENABLED, PREVIOUS, RING};
+use super::{ThreadState, ENABLED, PREVIOUS};
+use crate::ring::{self, Kind, MAX_DEPTH};
 use crate::sys::ErrnoGuard;
 use crate::unwind::{self, memory, NativeRegs, HANDLERS_ACTIVE};
 
@@ -143,7 +143,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
-    RING.push(state.tid as usize, |rec| {
+    ring::push(state.tid as usize, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
         rec.label_id = label_id;

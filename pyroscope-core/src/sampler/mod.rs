@@ -14,19 +14,21 @@
 //! that took the slot over: it is counted in [`STALE_SIGNALS`] and dropped.
 
 pub(crate) mod handler;
-pub(crate) mod ring;
+
+// The collector still names these through the sampler.
+pub(crate) use crate::ring::{self, COLLECTOR_WAKE, RING_CELL, WAKE_ASKED};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{Condvar, Mutex};
+use crate::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::ring::Lanes;
 use crate::sys;
 use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
-use ring::{Lanes, Pushed};
 
 /// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
@@ -36,9 +38,6 @@ const SIGVAL_MAGIC: u64 = 0x5059; // "PY"
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The sigaction that was installed before ours, leaked on install, chained to.
 pub(crate) static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
-/// The rings every handler and hook writes to; created by the first agent and kept for the
-/// process.
-pub(crate) static RING_CELL: OnceLock<Lanes> = OnceLock::new();
 /// Slot -> thread state for live timers.
 pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
@@ -139,22 +138,6 @@ pub mod test_hooks {
             unsafe { libc::sched_yield() };
         }
         HELD.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Stand-in so the handler can write `RING.push(..)`.
-pub(crate) struct RingRef;
-pub(crate) static RING: RingRef = RingRef;
-impl RingRef {
-    /// Pushes into the lane of `key` (a value that stays the same for the calling thread).
-    ///
-    /// # Signal safety
-    /// One atomic load, then [`ring::Lanes::push`].
-    pub(crate) fn push(&self, key: usize, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
-        match RING_CELL.get() {
-            Some(ring) => ring.push(key, fill),
-            None => Pushed::Full,
-        }
     }
 }
 
@@ -394,22 +377,8 @@ pub(crate) fn register_current_thread() -> Arc<ThreadState> {
     state
 }
 
-/// Wakes the collector now (a hook found its ring lane filling). Not from a signal handler.
-/// One wake-up per collector pass: a hook that finds one already asked for returns at once
-/// (a notify is a system call, and a burst asks on every push once its lane overflows).
-pub(crate) fn wake_collector() {
-    if !WAKE_ASKED.swap(true, Ordering::AcqRel) {
-        COLLECTOR_WAKE.notify_all();
-    }
-}
-
-/// A hook has woken the collector since its last pass began (see [`wake_collector`]).
-pub(crate) static WAKE_ASKED: AtomicBool = AtomicBool::new(false);
-
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
-/// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
-pub(crate) static COLLECTOR_WAKE: Condvar = Condvar::new();
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
 pub(crate) fn mark_own_thread() {
