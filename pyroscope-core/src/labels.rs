@@ -1,11 +1,10 @@
 //! Labels attached to samples at the instant they are taken.
 //!
 //! A label set is interned once into a global, append-only table and named by a `u32` id.
-//! Each thread owns one slot (see [`crate::sampler::ThreadState`]) holding the id in force;
+//! Each thread owns one slot (see [`crate::thread::ThreadState`]) holding the id in force;
 //! the signal handler reads it with a single relaxed atomic load, and changing labels is a
 //! single atomic store. Nothing here runs in signal context except that load.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -17,7 +16,7 @@ use std::task::{Context, Poll};
 use crate::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::sampler::{self, ThreadState};
+use crate::thread::{current_slot, ThreadState};
 
 /// Most label sets (distinct combinations) a process may intern; beyond it new sets are refused.
 pub const MAX_LABEL_SETS: usize = 1 << 16;
@@ -231,15 +230,6 @@ pub fn current() -> LabelSet {
     LabelSet { id: current_slot().label_id.load(Ordering::Relaxed) }
 }
 
-/// The label id in force on this thread, without creating its slot or blocking (for the
-/// allocation hook, which may run inside the slot's own creation).
-pub(crate) fn current_id_nonblocking() -> u32 {
-    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id.load(Ordering::Relaxed))))
-        .ok()
-        .flatten()
-        .unwrap_or(EMPTY)
-}
-
 /// A future that carries its own labels; see [`LabelSet::wrap`].
 pub struct WithLabels<F> {
     set: LabelSet,
@@ -261,31 +251,6 @@ impl<F: Future> Future for WithLabels<F> {
         let _guard = set.enter().ok();
         inner.poll(cx)
     }
-}
-
-/// Resets the thread's labels when the thread exits, so a reused tid starts clean.
-struct Slot(Arc<ThreadState>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.label_id.store(EMPTY, Ordering::Relaxed);
-        // A new thread that reuses this tid gets a state of its own.
-        self.0.exited.store(true, Ordering::SeqCst);
-        self.0.release_caches();
-    }
-}
-
-thread_local! {
-    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
-}
-
-fn current_slot() -> Arc<ThreadState> {
-    SLOT.try_with(|s| {
-        let mut s = s.borrow_mut();
-        s.get_or_insert_with(|| Slot(sampler::register_current_thread())).0.clone()
-    })
-    // During thread teardown the TLS is gone: hand out a detached slot nobody samples.
-    .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
 }
 
 /// Takes the interner's lock before fork, so no other thread of the parent holds it then.

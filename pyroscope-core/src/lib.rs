@@ -54,6 +54,7 @@ mod sampler;
 mod symbolize;
 mod sync;
 mod sys;
+mod thread;
 mod unwind;
 
 pub use agent::{Agent, AgentBuilder, Stats};

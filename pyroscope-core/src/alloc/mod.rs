@@ -50,9 +50,7 @@ thread_local! {
     static COUNTDOWN: Cell<i64> = const { Cell::new(0) };
     /// Inside the profiler's own allocation handling.
     static BUSY: Cell<bool> = const { Cell::new(false) };
-    /// One of the profiler's own threads: its allocations are never sampled (its frees are
-    /// still looked up, so blocks it frees leave the live set).
-    static OWN: Cell<bool> = const { Cell::new(false) };
+
     /// xorshift state (0 = not seeded yet).
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
@@ -298,13 +296,6 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(r)
 }
 
-/// Marks the calling thread as the profiler's own: its allocations are never sampled. Its
-/// frees are handled as any thread's: a block sampled on an application thread and freed by
-/// the profiler (the frames handed to `Agent::add_cpu_sample`) leaves the live set.
-pub(crate) fn mark_own_thread() {
-    let _ = OWN.try_with(|o| o.set(true));
-}
-
 /// Runs `f` with the re-entrancy guard set (whatever it was), for profiler code outside the
 /// hooks that takes the live map's lock: allocations inside must not re-enter.
 fn busy<R>(f: impl FnOnce() -> R) -> R {
@@ -422,7 +413,7 @@ fn slow_alloc(ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 pub fn countdown_expired(ptr: *mut u8, size: usize, left: i64) -> i64 {
-    if OWN.try_with(Cell::get).unwrap_or(false) {
+    if crate::thread::is_current_own() {
         // Never sampled: the countdown never runs out again.
         return i64::MAX;
     }
@@ -459,7 +450,7 @@ fn record(ptr: *mut u8, size: usize) {
     #[cfg(feature = "test-hooks")]
     crate::sampler::test_hooks::hold_in_hook_here();
     let stack = unwind::stack_window(sp);
-    let label_id = crate::labels::current_id_nonblocking();
+    let label_id = crate::thread::current_label_id();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let pushed = ring::push(key, |rec| {

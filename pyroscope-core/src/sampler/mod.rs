@@ -18,7 +18,7 @@ pub(crate) mod handler;
 // The collector still names these through the sampler.
 pub(crate) use crate::ring::{self, COLLECTOR_WAKE, RING_CELL, WAKE_ASKED};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,8 @@ use crate::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::ring::Lanes;
 use crate::sys;
-use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
+use crate::thread::{self, ThreadState};
+use crate::unwind::HANDLERS_ACTIVE;
 
 /// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
@@ -155,251 +156,23 @@ pub(crate) fn slot_of_sigval(value: u64) -> Option<(usize, u32)> {
     (value >> 48 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some((slot, (value >> 16) as u32))
 }
 
-/// What the profiler knows about one OS thread. The signal handler reads it; the thread itself
-/// writes `label_id`; the collector writes the stack bounds.
-pub struct ThreadState {
-    pub(crate) tid: i32,
-    /// The id of the label set in force on this thread.
-    pub(crate) label_id: AtomicU32,
-    /// The thread has exited (its thread-local slot was destroyed).
-    pub(crate) exited: AtomicBool,
-    /// The generation of this state's current timer (0: none); see [`slot_of_sigval`].
-    pub(crate) timer_gen: AtomicU32,
-    /// The unwinder's rule cache for this thread's handler (null: none yet, or freed).
-    cache: AtomicPtr<SignalCache>,
-    /// A stack of our own for the handler's work, so that neither a small thread stack nor a
-    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use: the base
-    /// of its mapping, guard page included (null: none yet, or freed).
-    stack: AtomicPtr<u8>,
-}
-
-/// Size of the per-thread handler stack. The unwinder needs up to ~25 KiB on a rule-cache miss
-/// (gimli's on-stack rule rows); pages never touched cost no memory.
-pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
-/// The inaccessible page below each handler stack: an overflow faults there instead of
-/// writing over whatever mapping lies below.
-pub(crate) const GUARD_SIZE: usize = 4096;
-
-/// A Valgrind client request (valgrind.h's `VALGRIND_DO_CLIENT_REQUEST_EXPR` for amd64): a
-/// sequence of rotations that leaves every register as it was, which Valgrind recognizes and
-/// answers; run natively it returns `default`. Hand-written: the crate for it builds against
-/// Valgrind's headers, which users' build machines do not have, for two requests.
-///
-/// # Signal safety
-/// Register moves only.
-pub(crate) fn valgrind_request(default: usize, args: [usize; 6]) -> usize {
-    let result;
-    // SAFETY: the four rotations of rdi add up to 128 bits (rdi unchanged) and `xchg rbx, rbx`
-    // changes nothing; only flags and the declared registers are touched. Valgrind reads the
-    // six words at rax, which live until the end of this function.
-    unsafe {
-        std::arch::asm!(
-            "rol rdi, 3",
-            "rol rdi, 13",
-            "rol rdi, 61",
-            "rol rdi, 51",
-            "xchg rbx, rbx",
-            inout("rdx") default => result,
-            in("rax") args.as_ptr(),
-            inout("rdi") 0usize => _,
-        );
-    }
-    result
-}
-
-/// Valgrind's `VG_USERREQ__STACK_REGISTER` and `VG_USERREQ__STACK_DEREGISTER`: under Valgrind,
-/// the handler's switch to its own stack is a switch between known stacks, not a wild stack
-/// pointer (every read there was reported as invalid or undefined).
-const VG_STACK_REGISTER: usize = 0x1501;
-const VG_STACK_DEREGISTER: usize = 0x1502;
-
-/// Maps a handler stack with its guard page; returns the mapping's base (the guard page).
-fn map_handler_stack() -> Option<*mut u8> {
-    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            GUARD_SIZE + HANDLER_STACK_SIZE,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    let base: *mut u8 = p.cast();
-    // SAFETY: the range lies inside the mapping just made, page aligned.
-    let rc =
-        unsafe { libc::mprotect(base.add(GUARD_SIZE).cast(), HANDLER_STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
-    if rc != 0 {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(p, GUARD_SIZE + HANDLER_STACK_SIZE) };
-        return None;
-    }
-    let (low, high) = (base as usize + GUARD_SIZE, base as usize + GUARD_SIZE + HANDLER_STACK_SIZE);
-    let id = valgrind_request(0, [VG_STACK_REGISTER, low, high, 0, 0, 0]);
-    // Kept in the stack's lowest word: a handler that reached it would fault on the guard page
-    // a word later anyway.
-    // SAFETY: `low` is the first writable word of the mapping just made.
-    unsafe { (low as *mut usize).write(id) };
-    Some(base)
-}
-
-/// Unmaps a handler stack made by [`map_handler_stack`].
-///
-/// # Safety
-/// `base` came from `map_handler_stack`, is unmapped once, and no handler runs on it.
-unsafe fn unmap_handler_stack(base: *mut u8) {
-    // SAFETY: per the contract, the stack's lowest word holds its Valgrind id.
-    let id = unsafe { (base.add(GUARD_SIZE) as *const usize).read() };
-    valgrind_request(0, [VG_STACK_DEREGISTER, id, 0, 0, 0, 0]);
-    // SAFETY: per the contract.
-    unsafe { libc::munmap(base.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
-}
-
-// SAFETY: all fields are atomics. The cache and the stack they point at are used only by the
-// signal handler running on this state's own thread (the handler cannot nest: no SA_NODEFER
-// and every signal blocked while it runs), and freed either by that thread at its exit
-// ([`ThreadState::release_caches`]) or when the state is dropped, which the sampler does only
-// once no handler can reach the state.
-unsafe impl Sync for ThreadState {}
-// SAFETY: as above; the cache and the stack are plain owned memory.
-unsafe impl Send for ThreadState {}
-
-impl ThreadState {
-    fn new(tid: i32) -> Self {
-        ThreadState {
-            tid,
-            label_id: AtomicU32::new(0),
-            exited: AtomicBool::new(false),
-            timer_gen: AtomicU32::new(0),
-            cache: AtomicPtr::new(std::ptr::null_mut()),
-            stack: AtomicPtr::new(std::ptr::null_mut()),
-        }
-    }
-
-    /// A state attached to no thread (used during thread teardown).
-    pub(crate) fn detached() -> Self {
-        Self::new(0)
-    }
-
-    /// Gives the state its unwind cache and handler stack, unless it has them.
-    fn install_caches(&self) {
-        if self.cache.load(Ordering::SeqCst).is_null() {
-            let fresh = Box::into_raw(Box::new(SignalCache::new_in()));
-            if self.cache.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                // SAFETY: `fresh` was never published.
-                drop(unsafe { Box::from_raw(fresh) });
-            }
-        }
-        if self.stack.load(Ordering::SeqCst).is_null() {
-            if let Some(fresh) = map_handler_stack() {
-                if self.stack.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err()
-                {
-                    // SAFETY: `fresh` was never published.
-                    unsafe { unmap_handler_stack(fresh) };
-                }
-            }
-        }
-    }
-
-    /// Frees the unwind cache and the handler stack now. Called by the state's own thread as
-    /// it exits (its thread-local slot's destructor), after marking the state exited.
-    ///
-    /// Only the handler on this very thread uses them: a signal that arrives before a pointer
-    /// is swapped out runs to completion before this code goes on (the handler interrupts this
-    /// thread), and one that arrives after finds no cache (no sample) and no stack.
-    pub(crate) fn release_caches(&self) {
-        self.free_caches();
-    }
-
-    fn free_caches(&self) {
-        let cache = self.cache.swap(std::ptr::null_mut(), Ordering::SeqCst);
-        if !cache.is_null() {
-            // SAFETY: came from Box::into_raw in `install_caches`, swapped out once, unused (see
-            // `release_caches` and the Sync impl).
-            drop(unsafe { Box::from_raw(cache) });
-        }
-        let stack = self.stack.swap(std::ptr::null_mut(), Ordering::SeqCst);
-        if !stack.is_null() {
-            // SAFETY: our mapping from `map_handler_stack`, swapped out once, unused.
-            unsafe { unmap_handler_stack(stack) };
-        }
-    }
-
-    /// The unwinder's rule cache.
-    ///
-    /// # Signal safety
-    /// One atomic load. Only the signal handler on this thread may call it.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) fn cache(&self) -> Option<&mut SignalCache> {
-        // SAFETY: the only caller is the handler on the thread this state belongs to, which does
-        // not nest, so the &mut is unique for its lifetime; the cache is freed only on this
-        // thread outside the handler, or with the state (see the Sync impl).
-        unsafe { self.cache.load(Ordering::SeqCst).as_mut() }
-    }
-
-    /// The 16-byte aligned top of the handler stack (stacks grow down).
-    ///
-    /// # Signal safety
-    /// One atomic load. Only the signal handler on this thread may use the stack.
-    pub(crate) fn handler_stack_top(&self) -> Option<*mut u8> {
-        let base = self.stack.load(Ordering::SeqCst);
-        // One past the end of the mapping, page aligned, so 16-byte aligned.
-        (!base.is_null()).then(|| base.wrapping_add(GUARD_SIZE + HANDLER_STACK_SIZE))
-    }
-}
-
-impl Drop for ThreadState {
-    fn drop(&mut self) {
-        self.free_caches();
-    }
-}
-
-static REGISTRY: Mutex<Option<HashMap<i32, Arc<ThreadState>>>> = Mutex::new(None);
-/// Threads the profiler itself runs; never sampled.
-static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
-
-/// The state of the calling thread, created on first use.
-pub(crate) fn register_current_thread() -> Arc<ThreadState> {
-    let tid = sys::gettid();
-    let state = state_for(tid);
-    // A thread that uses labels is sampled from now on: it arms its own timer while an agent
-    // runs, rather than waiting for the collector's next scan (a short request thread would
-    // lose its first milliseconds, more on a loaded machine).
-    let armed = ENABLED.load(Ordering::SeqCst) && ACTIVE.lock().as_mut().is_some_and(|t| t.arm_thread(tid, &state));
+/// Arms the timer of a thread that registered itself (its first label call or
+/// `register_thread`) while an agent runs, rather than waiting for the collector's next scan (a
+/// short request thread would lose its first milliseconds, more on a loaded machine). Without a
+/// running agent, asks the collector of the next one to scan.
+fn arm_new_thread(tid: i32, state: &Arc<ThreadState>) {
+    let armed = ENABLED.load(Ordering::SeqCst) && ACTIVE.lock().as_mut().is_some_and(|t| t.arm_thread(tid, state));
     if !armed {
         NEW_THREADS.store(true, Ordering::SeqCst);
         COLLECTOR_WAKE.notify_all();
     }
-    state
 }
 
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
 
 /// Marks the calling thread as the profiler's own: it is never sampled.
-pub(crate) fn mark_own_thread() {
-    crate::alloc::mark_own_thread();
-    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
-}
-
-/// The live state of thread `tid`, created if there is none (or only that of an exited thread
-/// whose tid was reused).
-fn state_for(tid: i32) -> Arc<ThreadState> {
-    let mut reg = REGISTRY.lock();
-    let map = reg.get_or_insert_with(HashMap::new);
-    match map.get(&tid) {
-        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
-        _ => {
-            let s = Arc::new(ThreadState::new(tid));
-            map.insert(tid, s.clone());
-            s
-        }
-    }
-}
+pub(crate) use thread::mark_own as mark_own_thread;
 
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
 static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
@@ -455,7 +228,7 @@ fn next_generation() -> u32 {
 }
 
 /// The timers of the running agent: scanned by its collector, and armed by a thread that
-/// registers itself (see [`register_current_thread`]).
+/// registers itself (see [`arm_new_thread`]).
 static ACTIVE: Mutex<Option<Timers>> = Mutex::new(None);
 
 /// The running agent's handle on per-thread sampling; the collector thread drives it.
@@ -474,6 +247,7 @@ impl Drop for Sampler {
 impl Sampler {
     pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, lanes: usize, lane_capacity: usize) -> Result<Self> {
         RING_CELL.get_or_init(|| Lanes::new(lanes, lane_capacity));
+        thread::on_new_thread(arm_new_thread);
         install_handler(signal, on_alt_stack)?;
         crate::unwind::refresh();
         crate::unwind::refresh_maps();
@@ -570,16 +344,12 @@ impl Timers {
         for tid in dead {
             if let Some(t) = self.timers.remove(&tid) {
                 // A new thread reusing this tid must get a fresh state (stack, labels).
-                if let Some(map) = REGISTRY.lock().as_mut() {
-                    if map.get(&tid).is_some_and(|s| Arc::ptr_eq(s, &t.state)) {
-                        map.remove(&tid);
-                    }
-                }
+                thread::forget(tid, &t.state);
                 retired.push(self.delete(t));
             }
         }
         let tids = sys::list_threads().unwrap_or_default();
-        let own = OWN_THREADS.lock().clone().unwrap_or_default();
+        let own = thread::own_threads();
         // A profiler thread may have been armed before it marked itself as ours.
         for tid in own.iter() {
             if let Some(t) = self.timers.remove(tid) {
@@ -590,7 +360,7 @@ impl Timers {
             if own.contains(&tid) || self.timers.contains_key(&tid) {
                 continue;
             }
-            let state = state_for(tid);
+            let state = thread::state_for(tid);
             match self.arm(tid, state) {
                 Ok(t) => {
                     self.timers.insert(tid, t);
@@ -600,11 +370,9 @@ impl Timers {
         }
         crate::unwind::refresh_maps();
         // Forget registry entries of threads that are gone.
-        if let Some(map) = REGISTRY.lock().as_mut() {
-            map.retain(|tid, s| {
-                self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
-            });
-        }
+        thread::retain(|tid, s| {
+            self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
+        });
         retired
     }
 
@@ -614,7 +382,7 @@ impl Timers {
         if self.timers.contains_key(&tid) {
             return true;
         }
-        if OWN_THREADS.lock().as_ref().is_some_and(|own| own.contains(&tid)) {
+        if thread::is_own(tid) {
             return false;
         }
         match self.arm(tid, state.clone()) {
@@ -735,8 +503,7 @@ fn wait_for_handlers() -> bool {
 pub(crate) fn prepare_fork() {
     ACTIVE.fork_hold();
     INSTALLED.fork_hold();
-    REGISTRY.fork_hold();
-    OWN_THREADS.fork_hold();
+    thread::prepare_fork();
     RETIRED.fork_hold();
 }
 
@@ -746,8 +513,7 @@ pub(crate) fn after_fork_parent() {
 
 fn release_locks() {
     RETIRED.fork_release();
-    OWN_THREADS.fork_release();
-    REGISTRY.fork_release();
+    thread::after_fork();
     INSTALLED.fork_release();
     ACTIVE.fork_release();
 }
@@ -768,11 +534,7 @@ pub(crate) fn after_fork_child() {
         ring.reset_after_fork();
     }
     HANDLERS_ACTIVE.reset_after_fork();
-    *OWN_THREADS.lock() = None;
-    let me = sys::gettid();
-    if let Some(map) = REGISTRY.lock().as_mut() {
-        map.retain(|tid, _| *tid == me);
-    }
+    thread::after_fork_child();
 }
 
 #[cfg(test)]
@@ -920,7 +682,7 @@ mod tests {
         let (live, live_tx, live_thread) = parked();
         let (gone, gone_tx, gone_thread) = parked();
         for tid in [live, gone] {
-            let t = timers.arm(tid, state_for(tid)).unwrap();
+            let t = timers.arm(tid, thread::state_for(tid)).unwrap();
             timers.timers.insert(tid, t);
         }
         let (id, generation) = (timers.timers[&live].id, timers.timers[&live].generation);
@@ -944,32 +706,6 @@ mod tests {
         assert!(rearmed, "the disarmed timer of a live thread was not re-armed");
         assert!(!retired.iter().any(|s| s.tid == live), "a live thread's state was retired");
         assert!(!gone_kept && retired.iter().any(|s| s.tid == gone), "an exited thread's timer was kept");
-    }
-
-    /// The permissions of the mapping that holds `addr`, from /proc/self/maps.
-    fn perms_at(addr: usize) -> Option<String> {
-        std::fs::read_to_string("/proc/self/maps").unwrap().lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
-            (start <= addr && addr < end).then(|| fields.next().unwrap_or("").to_owned())
-        })
-    }
-
-    /// The handler stack sits on a guard page; the thread's exit frees it and the cache.
-    #[test]
-    fn handler_stacks_have_a_guard_page_and_go_at_thread_exit() {
-        let state = ThreadState::new(sys::gettid());
-        state.install_caches();
-        let top = state.handler_stack_top().unwrap() as usize;
-        let bottom = top - HANDLER_STACK_SIZE;
-        assert_eq!(perms_at(bottom).as_deref(), Some("rw-p"), "the stack's lowest page");
-        assert_eq!(perms_at(top - 1).as_deref(), Some("rw-p"), "the stack's highest page");
-        assert_eq!(perms_at(bottom - 1).as_deref(), Some("---p"), "no guard page below the stack");
-        assert!(state.cache().is_some());
-        state.release_caches();
-        assert!(state.handler_stack_top().is_none() && state.cache().is_none(), "caches kept after exit");
-        assert_eq!(perms_at(bottom), None, "the stack was not unmapped");
     }
 
     #[test]
