@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust lint bench setup c-lib
+.PHONY: all demo test test-rust lint bench setup chromium c-lib
 
 all: test
 
@@ -8,20 +8,38 @@ setup:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 
+# The report's browser check needs Chromium: installed once from Debian's packages when missing.
+# Without root or apt-get this fails with what to install; `make test` never skips the check.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	    echo "setup: chromium is missing: install Debian's chromium package (apt-get install chromium) as root"; exit 1; fi; \
+	  echo "setup: installing Debian's chromium for the report's browser check (once)..."; \
+	  log=$$(mktemp); \
+	  if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >"$$log" 2>&1; then \
+	    tail -20 "$$log"; echo "setup: apt-get install chromium failed"; rm -f "$$log"; exit 1; fi; \
+	  rm -f "$$log"; command -v chromium >/dev/null || { echo "setup: chromium still missing after apt-get"; exit 1; }; \
+	  echo "setup: $$(chromium --version 2>/dev/null)"; }
+
 demo: setup
 	./scripts/demo.sh
 
-test: setup lint test-rust
+test: setup chromium lint test-rust
 
 lint:
 	cargo fmt --all -- --check
+	./scripts/check-links.sh
 	cargo clippy --workspace --all-targets -q -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core -p pyroscope-pprof
+	@# The report command reads profiles with the pprof codec alone: no sampler, unwinder or HTTP client.
+	@deps=$$(cargo tree -q -p pyroscope-cli -e normal --prefix none | grep -E '^(pyroscope-core|framehop|ureq|addr2line) ' || true); \
+	  [ -z "$$deps" ] || { echo "pyroscope-cli must not depend on: $$deps"; exit 1; }
 
 test-rust:
 	cargo test --workspace -q
 	./scripts/check-rideshare.sh rust
 	./scripts/check-rideshare.sh c
+	./scripts/check-run-scripts.sh
 	./tests/preload/check.sh
 	./bindings/c/tests/check.sh
 	./examples/cgo/check.sh

@@ -13,6 +13,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+source scripts/lib.sh
 dir="$(mktemp -d)"
 prof="$dir/profiles"
 mkdir -p "$prof"
@@ -35,19 +36,21 @@ case "$lang" in
      service=(env PROFILE=debug examples/rideshare/c/run) ;;
   *) fail "unknown language $lang (rust or c)" ;;
 esac
-port=5201
+regions=(us-east eu-north ap-south)
+read -r -a ports <<<"$(free_ports 3)"
+[ "${#ports[@]}" -eq 3 ] || fail "no free ports from the OS"
+declare -A url
 urls=()
-for region in us-east eu-north ap-south; do
-  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$prof" PYROSCOPE_UPLOAD_INTERVAL=2 PYROSCOPE_ALLOC_SAMPLE_BYTES=65536 \
+for i in 0 1 2; do
+  region=${regions[$i]}
+  REGION=$region PORT=${ports[$i]} PYROSCOPE_EXPORT_DIR="$prof" PYROSCOPE_UPLOAD_INTERVAL=2 PYROSCOPE_ALLOC_SAMPLE_BYTES=65536 \
     PYROSCOPE_APPLICATION_NAME=rideshare-check "${service[@]}" 2>"$dir/$region.log" &
   pids+=($!)
-  urls+=("http://127.0.0.1:$port")
-  port=$((port + 1))
+  url[$region]="http://127.0.0.1:${ports[$i]}"
+  urls+=("${url[$region]}")
 done
-# Wait until all three answer (the C service may still be compiling).
-for url in "${urls[@]}"; do
-  port_of="${url##*:}"
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port_of") 2>/dev/null && break; sleep 0.2; done
+for i in 0 1 2; do
+  wait_listening "${pids[$i]}" "$dir/${regions[$i]}.log" "${ports[$i]}" 120 || fail "${regions[$i]} did not come up"
 done
 "$bin/rideshare-load" 8 10 "${urls[@]}" 2>"$dir/load.txt"
 for p in "${pids[@]}"; do kill -TERM "$p" || fail "a service died before the end of the load"; done
@@ -60,10 +63,9 @@ value() { awk -F'\t' -v f="$2" '$1 ~ f { print $3; found=1; exit } END { if (!fo
 total() { head -1 <<<"$1" | cut -f2; }
 
 declare -A per_req
-port=5201
-for region in us-east eu-north ap-south; do
+for region in "${regions[@]}"; do
   t="$(top region=$region)"
-  n="$(requests "http://127.0.0.1:$port")"
+  n="$(requests "${url[$region]}")"
   [ "${n:-0}" -gt 20 ] || fail "$region served only ${n:-0} requests"
   per_req[$region]=$(( $(total "$t") / n ))
   mutex=$(value "$t" '^(.*::)?mutex_lock$')
@@ -80,7 +82,6 @@ for region in us-east eu-north ap-south; do
   else
     [ "$mutex" -eq 0 ] || fail "$region has mutex_lock ($mutex ns)"
   fi
-  port=$((port + 1))
 done
 echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-north]} ap-south=${per_req[ap-south]}"
 [ "${per_req[eu-north]}" -gt "${per_req[us-east]}" ] && [ "${per_req[eu-north]}" -gt "${per_req[ap-south]}" ] \

@@ -11,19 +11,25 @@ echo "==> building (release)"
 cargo build --release -q -p rideshare -p pyroscope-cli
 bin="$root/target/release"
 
+source "$root/scripts/lib.sh"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-port=5001
-for region in us-east eu-north ap-south; do
-  REGION=$region PORT=$port PYROSCOPE_EXPORT_DIR="$out" PYROSCOPE_UPLOAD_INTERVAL=5 \
-    "$bin/rideshare" 2>"$root/demo/rideshare-$region.log" &
+regions=(us-east eu-north ap-south)
+read -r -a ports <<<"$(free_ports 3)"
+[ "${#ports[@]}" -eq 3 ] || { echo "demo: no free ports from the OS"; exit 1; }
+urls=()
+for i in 0 1 2; do
+  REGION=${regions[$i]} PORT=${ports[$i]} PYROSCOPE_EXPORT_DIR="$out" PYROSCOPE_UPLOAD_INTERVAL=5 \
+    "$bin/rideshare" 2>"$root/demo/rideshare-${regions[$i]}.log" &
   pids+=($!)
-  port=$((port + 1))
+  urls+=("http://127.0.0.1:${ports[$i]}")
 done
-sleep 1
-echo "==> load on all three regions for ${secs}s (5 req/s each)"
-"$bin/rideshare-load" "$secs" 5 http://127.0.0.1:5001 http://127.0.0.1:5002 http://127.0.0.1:5003
+for i in 0 1 2; do
+  wait_listening "${pids[$i]}" "$root/demo/rideshare-${regions[$i]}.log" "${ports[$i]}" 60
+done
+echo "==> load on all three regions for ${secs}s (5 req/s each): ${urls[*]}"
+"$bin/rideshare-load" "$secs" 5 "${urls[@]}"
 echo "==> stopping services (each flushes its last window)"
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" || true; done
@@ -44,7 +50,6 @@ for region in us-east eu-north; do
 done
 echo
 echo "==> memory in use at the end of each window (inuse_space, MiB): us-east leaks, the others stay flat"
-source "$root/scripts/lib.sh"
 for region in us-east eu-north ap-south; do
   series=""
   for v in $(inuse_series "$out" $region); do

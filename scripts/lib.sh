@@ -12,3 +12,40 @@ inuse_series() {
     echo "${t:-0}"
   done
 }
+
+# free_ports N: N distinct TCP ports of 127.0.0.1 handed out by the OS (all bound at once, so
+# they differ, then released for the services to bind).
+free_ports() {
+  command -v python3 >/dev/null || { echo "free_ports: python3 is required to ask the OS for free ports" >&2; return 1; }
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+# alive PID: the process runs (not exited, not a zombie waiting for its parent).
+alive() {
+  [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"
+}
+
+# wait_listening PID LOG PORT [SECONDS]: polls until the service PID (stderr in LOG) says it
+# listens on PORT and PORT accepts a connection; fails loudly, with the log's tail, when PID
+# exits first or SECONDS (default 60) pass. The log line proves the port is PID's, not another
+# program's that took it between free_ports and the service's bind.
+wait_listening() {
+  local pid=$1 log=$2 port=$3 secs=${4:-60}
+  local end=$((SECONDS + secs))
+  until grep -q "listening on http://127.0.0.1:$port\b" "$log" 2>/dev/null \
+      && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! alive "$pid"; then
+      echo "FAIL: process $pid exited before listening on port $port; $log ends with:"; tail -5 "$log"; return 1
+    fi
+    if [ "$SECONDS" -ge "$end" ]; then
+      echo "FAIL: process $pid does not listen on port $port after ${secs}s; $log ends with:"; tail -5 "$log"; return 1
+    fi
+    sleep 0.1
+  done
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pyroscope_core::proto::Profile;
+use pyroscope_pprof::proto::Profile;
 
 /// One sample: frames root first, its labels, its value for the chosen type.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub fn load(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Profile)>, String> {
 
 fn read(path: &Path) -> Result<Profile, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    pyroscope_core::decode_pprof(&bytes).map_err(|e| e.to_string())
+    pyroscope_pprof::decode(&bytes).map_err(|e| e.to_string())
 }
 
 /// Sample types found in the profiles, in first-seen order.

@@ -41,15 +41,24 @@ struct Args {
     by: Option<String>,
 }
 
+/// `key=value[,key=value]...`. Label values are free text: a comma followed by text with no `=`
+/// before the next comma belongs to the value (`query=a,b` is one pair).
 fn pairs(s: &str, what: &str) -> Result<Vec<(String, String)>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("{what} takes key=value[,key=value], got {s:?}"))
-        })
-        .collect()
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some((k, v)) => out.push((k.trim().to_owned(), v.trim().to_owned())),
+            None if part.trim().is_empty() => {}
+            None => match out.last_mut() {
+                Some((_, v)) => {
+                    v.push(',');
+                    v.push_str(part.trim_end());
+                }
+                None => return Err(format!("{what} takes key=value[,key=value], got {s:?}")),
+            },
+        }
+    }
+    Ok(out)
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -217,5 +226,19 @@ fn main() -> ExitCode {
             eprintln!("pyroscope: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pairs;
+
+    #[test]
+    fn where_values_may_hold_commas_and_equals() {
+        let p = |s: &str| pairs(s, "--where").unwrap();
+        assert_eq!(p("region=eu,vehicle=car"), [("region".into(), "eu".into()), ("vehicle".into(), "car".into())]);
+        assert_eq!(p("query=a,b"), [("query".to_string(), "a,b".to_string())]);
+        assert_eq!(p("expr=x=1"), [("expr".to_string(), "x=1".to_string())]);
+        assert!(pairs("novalue", "--where").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use pyroscope_core::proto::Profile;
+use pyroscope_pprof::proto::Profile;
 
 use crate::data::{self, Samples, Selection};
 use crate::flame;

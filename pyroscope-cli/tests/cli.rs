@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pyroscope_core::ProfileBuilder;
+use pyroscope_pprof::ProfileBuilder;
 
 /// Four samples (cpu nanoseconds), root first:
 ///   main;a;b   30  region=eu
@@ -25,7 +25,7 @@ fn fixture(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     // One gzipped file, as the agent writes them, and a corrupt neighbour that must be
     // skipped with a warning.
-    std::fs::write(dir.join("app.process_cpu.1700000000000.0.pb.gz"), pyroscope_core::encode_gzip(&p)).unwrap();
+    std::fs::write(dir.join("app.process_cpu.1700000000000.0.pb.gz"), pyroscope_pprof::encode_gzip(&p)).unwrap();
     std::fs::write(dir.join("corrupt.pb.gz"), b"\x1f\x8bnot really gzip").unwrap();
 }
 

@@ -164,6 +164,11 @@ impl Window {
         self.cpu.is_empty()
     }
 
+    /// The label sets this window's samples carry (with repeats).
+    pub fn label_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.cpu.keys().map(|(_, label)| *label)
+    }
+
     #[cfg(test)]
     pub fn distinct_stacks(&self) -> usize {
         self.stack_list.len()
@@ -272,6 +277,11 @@ impl AllocWindow {
 
     pub fn is_empty(&self) -> bool {
         self.sampled.is_empty()
+    }
+
+    /// The label sets of the allocation samples not yet reported (with repeats).
+    pub fn label_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.sampled.keys().map(|(_, label)| *label)
     }
 
     /// The `memory` profile: alloc_objects, alloc_space for this window, inuse_objects and

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::labels::{validate_name, validate_value};
+use crate::labels::{validate_name, validate_tag_value};
 
 /// Highest supported sample rate. CPU-time timers are tick-bound (often 250 Hz), so higher
 /// rates mostly add overrun weight, not resolution.
@@ -22,7 +22,7 @@ pub enum Protocol {
 }
 
 /// Where profiles go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Destination {
     /// A Pyroscope server (base URL, without the endpoint path).
     Server(url::Url),
@@ -60,8 +60,11 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// A validated configuration. Build it with [`crate::AgentBuilder`].
-#[derive(Clone, Debug)]
+/// A validated configuration. Build it with [`AgentBuilder::build`]; [`crate::Agent::start`]
+/// checks it again ([`Config::validate`]), so no setting reaches the agent unchecked. Its
+/// `Debug` output never shows credentials, header values or a URL's user info.
+#[derive(Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Application (service) name.
     pub application_name: String,
@@ -99,6 +102,367 @@ pub struct Config {
     pub alloc_sample_bytes: u64,
     /// Seed of the allocation sampling RNG (fixed for reproducible tests).
     pub alloc_seed: Option<u64>,
+}
+
+/// Collects settings; [`build`](AgentBuilder::build) validates them all into a [`Config`], and
+/// [`start`](AgentBuilder::start) starts profiling with it.
+#[derive(Clone)]
+#[must_use]
+pub struct AgentBuilder {
+    /// Every setting but where profiles go, unchecked until [`build`](AgentBuilder::build).
+    config: Config,
+    server_address: Option<String>,
+    export_dir: Option<PathBuf>,
+    env_error: Option<Error>,
+}
+
+impl AgentBuilder {
+    /// Defaults: 100 Hz, 10 s windows, push API, profiles to `./profiles` unless a server is set.
+    pub fn new(application_name: impl Into<String>) -> Self {
+        AgentBuilder {
+            config: Config {
+                application_name: application_name.into(),
+                destination: Destination::Directory(PathBuf::from("./profiles")),
+                tags: BTreeMap::new(),
+                sample_rate: 100,
+                upload_interval: Duration::from_secs(10),
+                auth: Auth::None,
+                tenant_id: None,
+                headers: BTreeMap::new(),
+                request_timeout: Duration::from_secs(10),
+                protocol: Protocol::Push,
+                signal: libc::SIGPROF,
+                signal_on_alt_stack: false,
+                shutdown_timeout: Duration::from_secs(2),
+                queue_capacity: 32,
+                memory: true,
+                alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
+                alloc_seed: None,
+            },
+            server_address: None,
+            export_dir: None,
+            env_error: None,
+        }
+    }
+
+    /// Starts from the `PYROSCOPE_*` environment variables (see [`crate::env`]); later calls
+    /// override them. A malformed variable is reported by `start()`.
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), reading each `PYROSCOPE_*` variable through `lookup`
+    /// instead of the process environment (a binding's own settings map, or a test).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut b2 = AgentBuilder::new(var(env::APPLICATION_NAME).unwrap_or_default());
+        let mut env_error = None;
+        let mut fail = |e: Error| {
+            if env_error.is_none() {
+                env_error = Some(e);
+            }
+        };
+        if let Some(v) = var(env::SERVER_ADDRESS) {
+            b2.server_address = Some(v);
+        }
+        if let Some(v) = var(env::EXPORT_DIR) {
+            b2.export_dir = Some(v.into());
+        }
+        if let Some(v) = var(env::TAGS) {
+            match parse_tags(&v) {
+                Ok(t) => b2.config.tags = t.into_iter().collect(),
+                Err(e) => fail(e),
+            }
+        }
+        match env_number::<u32>(env::SAMPLE_RATE, var(env::SAMPLE_RATE), "not a whole number of Hz") {
+            Ok(Some(r)) => b2.config.sample_rate = r,
+            Ok(None) => {}
+            Err(e) => fail(e),
+        }
+        if let Some(v) = var(env::UPLOAD_INTERVAL) {
+            match parse_seconds(env::UPLOAD_INTERVAL, &v) {
+                Ok(d) => b2.config.upload_interval = d,
+                Err(e) => fail(e),
+            }
+        }
+        if let Some(t) = var(env::AUTH_TOKEN) {
+            b2.config.auth = Auth::Bearer(t);
+        }
+        if let Some(user) = var(env::BASIC_AUTH_USER) {
+            if matches!(b2.config.auth, Auth::Bearer(_)) {
+                fail(Error::ConflictingAuth);
+            }
+            b2.config.auth = Auth::Basic { user, password: var(env::BASIC_AUTH_PASSWORD).unwrap_or_default() };
+        }
+        if let Some(t) = var(env::TENANT_ID) {
+            b2.config.tenant_id = Some(t);
+        }
+        match env_number::<u64>(env::ALLOC_SAMPLE_BYTES, var(env::ALLOC_SAMPLE_BYTES), "not a whole number of bytes") {
+            Ok(Some(n)) => b2.config.alloc_sample_bytes = n,
+            Ok(None) => {}
+            Err(e) => fail(e),
+        }
+        if let Some(v) = var(env::MEMORY) {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => b2.config.memory = true,
+                "0" | "false" | "no" | "off" => b2.config.memory = false,
+                _ => fail(Error::InvalidEnv { var: env::MEMORY, value: v, reason: "use true or false".into() }),
+            }
+        }
+        b2.env_error = env_error;
+        b2
+    }
+
+    /// Application (service) name, `[A-Za-z0-9_.\-/]+`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.config.application_name = name.into();
+        self
+    }
+    /// Pyroscope server base URL (`http://localhost:4040`). Without it, profiles go to files.
+    pub fn server_address(mut self, url: impl Into<String>) -> Self {
+        self.server_address = Some(url.into());
+        self
+    }
+    /// Folder for the embedded default (used when no server address is set).
+    pub fn export_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.export_dir = Some(dir.into());
+        self
+    }
+    /// Adds a static tag (on every series), e.g. `region`.
+    pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.tags.insert(name.into(), value.into());
+        self
+    }
+    /// Adds static tags.
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        for (k, v) in tags {
+            self = self.tag(k, v);
+        }
+        self
+    }
+    /// CPU samples per second per thread (default 100).
+    pub fn sample_rate(mut self, hz: u32) -> Self {
+        self.config.sample_rate = hz;
+        self
+    }
+    /// Window length (default 10 s).
+    pub fn upload_interval(mut self, interval: Duration) -> Self {
+        self.config.upload_interval = interval;
+        self
+    }
+    /// HTTP basic auth.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.config.auth = Auth::Basic { user: user.into(), password: password.into() };
+        self
+    }
+    /// Bearer token.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.config.auth = Auth::Bearer(token.into());
+        self
+    }
+    /// `X-Scope-OrgID`.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.config.tenant_id = Some(tenant.into());
+        self
+    }
+    /// An extra HTTP header, applied after the others.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.headers.insert(name.into(), value.into());
+        self
+    }
+    /// Timeout of one HTTP request (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+    /// Push API (default) or `/ingest`.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.config.protocol = protocol;
+        self
+    }
+    /// The signal for CPU samples (default SIGPROF; use a real-time signal inside hosts that
+    /// own SIGPROF).
+    pub fn signal(mut self, signal: i32) -> Self {
+        self.config.signal = signal;
+        self
+    }
+    /// Runs the CPU signal handler on the thread's alternate signal stack (`SA_ONSTACK`), as Go
+    /// requires of every handler in a cgo program. Only for hosts whose alternate stacks have
+    /// 32 KiB or more (Go's have); Rust's own are smaller, so the default is off.
+    pub fn signal_on_alt_stack(mut self, on: bool) -> Self {
+        self.config.signal_on_alt_stack = on;
+        self
+    }
+    /// Longest `stop()`/drop may take (default 2 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Memory profiles on (default) or off. They need a [`crate::SamplingAllocator`] as the
+    /// global allocator, or the preload library.
+    pub fn memory(mut self, enabled: bool) -> Self {
+        self.config.memory = enabled;
+        self
+    }
+    /// Mean bytes between allocation samples (default 512 KiB).
+    pub fn alloc_sample_bytes(mut self, bytes: u64) -> Self {
+        self.config.alloc_sample_bytes = bytes;
+        self
+    }
+    /// Fixes the allocation sampling RNG's seed, for reproducible tests.
+    pub fn alloc_seed(mut self, seed: u64) -> Self {
+        self.config.alloc_seed = Some(seed);
+        self
+    }
+
+    /// Validates every setting.
+    pub fn build(self) -> Result<Config> {
+        if let Some(e) = self.env_error {
+            return Err(e);
+        }
+        let mut config = self.config;
+        validate_application_name(&config.application_name)?;
+        config.destination = match self.server_address {
+            Some(s) => Destination::Server(parse_server_address(&s)?),
+            None => Destination::Directory(self.export_dir.unwrap_or_else(|| PathBuf::from("./profiles"))),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Checks every setting, as [`AgentBuilder::build`] does; [`crate::Agent::start`] calls it
+    /// too, so a `Config` changed after it was built is checked again before it is used.
+    pub fn validate(&self) -> Result<()> {
+        validate_application_name(&self.application_name)?;
+        if let Destination::Server(url) = &self.destination {
+            check_server_url(url)?;
+        }
+        for (k, v) in &self.tags {
+            validate_tag(k, v)?;
+        }
+        // The server allows 30 label names per series; we add up to 6 of our own.
+        if self.tags.len() > 24 {
+            return Err(Error::TooManyLabels { count: self.tags.len(), max: 24 });
+        }
+        if self.sample_rate == 0 || self.sample_rate > MAX_SAMPLE_RATE {
+            return Err(Error::InvalidSampleRate { rate: self.sample_rate, max: MAX_SAMPLE_RATE });
+        }
+        if self.upload_interval < Duration::from_secs(1) || self.upload_interval > Duration::from_secs(3600) {
+            return Err(Error::InvalidUploadInterval { interval: self.upload_interval });
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidTimeout { timeout: self.request_timeout });
+        }
+        for (k, v) in &self.headers {
+            let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !name_ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(Error::InvalidHeader { name: k.clone() });
+            }
+        }
+        if self.signal != libc::SIGPROF && !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&self.signal) {
+            return Err(Error::InvalidSignal { signal: self.signal });
+        }
+        if self.alloc_sample_bytes == 0 {
+            return Err(Error::InvalidAllocSampleBytes { bytes: 0 });
+        }
+        Ok(())
+    }
+}
+
+/// A whole number from the environment: None when unset or blank, a typed error when malformed.
+fn env_number<T: std::str::FromStr>(var: &'static str, value: Option<String>, reason: &str) -> Result<Option<T>> {
+    match value {
+        Some(v) => v.trim().parse().map(Some).map_err(|_| Error::InvalidEnv { var, value: v, reason: reason.into() }),
+        None => Ok(None),
+    }
+}
+
+/// Shown instead of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// `s` (a URL, or text meant to be one) without the user info of its authority and without
+/// its query, which may carry credentials: for messages and `Debug` output.
+pub(crate) fn redact_url(s: &str) -> String {
+    let (scheme, rest) = match s.find("://") {
+        Some(i) => s.split_at(i + 3),
+        None => ("", s),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("{REDACTED}@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let fragment = tail[q..].find('#').map_or("", |f| &tail[q + f..]);
+            format!("{}?{REDACTED}{fragment}", &tail[..q])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Header names with their values redacted.
+struct HeaderNames<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, REDACTED))).finish()
+    }
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Server(url) => f.debug_tuple("Server").field(&redact_url(url.as_str())).finish(),
+            Destination::Directory(dir) => f.debug_tuple("Directory").field(dir).finish(),
+        }
+    }
+}
+
+impl Config {
+    /// Every setting but the destination, secrets redacted.
+    fn debug_settings(&self, d: &mut std::fmt::DebugStruct<'_, '_>) {
+        d.field("application_name", &self.application_name)
+            .field("tags", &self.tags)
+            .field("sample_rate", &self.sample_rate)
+            .field("upload_interval", &self.upload_interval)
+            .field("auth", &self.auth)
+            .field("tenant_id", &self.tenant_id)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("request_timeout", &self.request_timeout)
+            .field("protocol", &self.protocol)
+            .field("signal", &self.signal)
+            .field("signal_on_alt_stack", &self.signal_on_alt_stack)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("memory", &self.memory)
+            .field("alloc_sample_bytes", &self.alloc_sample_bytes)
+            .field("alloc_seed", &self.alloc_seed);
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Config");
+        d.field("destination", &self.destination);
+        self.debug_settings(&mut d);
+        d.finish()
+    }
+}
+
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("AgentBuilder");
+        d.field("server_address", &self.server_address.as_deref().map(redact_url))
+            .field("export_dir", &self.export_dir);
+        self.config.debug_settings(&mut d);
+        d.field("env_error", &self.env_error).finish()
+    }
 }
 
 /// The environment variables every binding understands.
@@ -142,8 +506,14 @@ pub fn validate_application_name(name: &str) -> Result<()> {
 
 /// Parses and checks a server address: absolute `http`/`https` URL with a host, no query.
 pub fn parse_server_address(s: &str) -> Result<url::Url> {
-    let bad = |reason: &str| Error::InvalidServerAddress { url: s.to_owned(), reason: reason.to_owned() };
-    let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+    let url =
+        url::Url::parse(s).map_err(|e| Error::InvalidServerAddress { url: redact_url(s), reason: e.to_string() })?;
+    check_server_url(&url)?;
+    Ok(url)
+}
+
+fn check_server_url(url: &url::Url) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidServerAddress { url: redact_url(url.as_str()), reason: reason.to_owned() };
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("scheme must be http or https"));
     }
@@ -156,13 +526,13 @@ pub fn parse_server_address(s: &str) -> Result<url::Url> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("put credentials in basic auth settings, not in the URL"));
     }
-    Ok(url)
+    Ok(())
 }
 
 /// Checks a static tag.
 pub fn validate_tag(name: &str, value: &str) -> Result<()> {
     validate_name(name)?;
-    validate_value(name, value)
+    validate_tag_value(name, value)
 }
 
 /// Parses `k=v,k2=v2` (spaces around items allowed, empty string = no tags).
@@ -218,5 +588,35 @@ mod tests {
         assert_eq!(parse_seconds("X", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_seconds("X", "0").is_err());
         assert!(parse_seconds("X", "abc").is_err());
+    }
+
+    #[test]
+    fn settings_from_a_lookup() {
+        let vars: BTreeMap<&str, &str> = [
+            (env::APPLICATION_NAME, "env-app"),
+            (env::SERVER_ADDRESS, "http://127.0.0.1:4040"),
+            (env::TAGS, "region=eu-north"),
+            (env::SAMPLE_RATE, " 250 "),
+            (env::MEMORY, "off"),
+        ]
+        .into();
+        let c = AgentBuilder::from_vars(|k| vars.get(k).map(|v| v.to_string())).build().unwrap();
+        assert_eq!((c.application_name.as_str(), c.sample_rate, c.memory), ("env-app", 250, false));
+        let bad = AgentBuilder::from_vars(|k| (k == env::SAMPLE_RATE).then(|| "fast".to_string())).build();
+        assert!(matches!(bad, Err(Error::InvalidEnv { var: env::SAMPLE_RATE, .. })), "{bad:?}");
+    }
+
+    #[test]
+    fn urls_lose_user_info_and_query() {
+        for (input, shown) in [
+            ("http://u:pw@host:4040/x", "http://<redacted>@host:4040/x"),
+            ("https://pw@host", "https://<redacted>@host"),
+            ("u:pw@host:4040", "<redacted>@host:4040"),
+            ("http://h:1/p?token=pw#f", "http://h:1/p?<redacted>#f"),
+            ("http://a b:pw@h", "http://<redacted>@h"),
+            ("http://localhost:4040", "http://localhost:4040"),
+        ] {
+            assert_eq!(redact_url(input), shown, "{input}");
+        }
     }
 }

@@ -38,10 +38,21 @@ pub enum Error {
         /// The rejected name.
         name: String,
     },
-    /// A label value is empty, too long, or contains `,` `}` `{` `=` (which `/ingest` cannot carry).
-    #[error("invalid value {value:?} for label {name:?}: must be 1-2048 chars without `, {{ }} =`")]
+    /// A label value is empty, longer than 2048 bytes, or has control characters.
+    #[error("invalid value {value:?} for label {name:?}: must be 1-2048 bytes without control characters")]
     InvalidLabelValue {
         /// The label's name.
+        name: String,
+        /// The rejected value.
+        value: String,
+    },
+    /// A static tag's value is not a valid label value, or contains `,` `{` `}` `=`, which
+    /// the `/ingest` series name `app{k=v,...}` cannot carry.
+    #[error(
+        "invalid value {value:?} for tag {name:?}: must be 1-2048 bytes without control characters or `, {{ }} =`"
+    )]
+    InvalidTagValue {
+        /// The tag's name.
         name: String,
         /// The rejected value.
         value: String,
@@ -52,7 +63,8 @@ pub enum Error {
         /// The repeated name.
         name: String,
     },
-    /// Too many static labels for one series (the server allows 30 names in all).
+    /// Too many labels: static tags for one series (the server allows 30 names in all), or
+    /// dynamic labels for one sample.
     #[error("too many labels: {count} (at most {max})")]
     TooManyLabels {
         /// How many were given.
@@ -136,8 +148,9 @@ pub enum Error {
         /// The I/O error.
         reason: String,
     },
-    /// Too many distinct label sets were interned; the new one is not recorded.
-    #[error("too many distinct label sets (limit {limit})")]
+    /// [`LabelSet::new`](crate::LabelSet::new) found the live label sets at their cap; the
+    /// new set was not interned (`tag_wrapper` and `push_labels` use the overflow set instead).
+    #[error("too many label sets in use (limit {limit}); unused ones are reclaimed as windows close")]
     LabelSetLimit {
         /// The limit.
         limit: usize,

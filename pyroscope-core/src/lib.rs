@@ -11,7 +11,8 @@
 //!     .server_address("http://localhost:4040") // omit: profiles go to ./profiles
 //!     .tag("region", "eu-north")
 //!     .start()?;
-//! tag_wrapper(&[("vehicle", "car")], || { /* every sample here carries vehicle=car */ })?;
+//! // Always runs the closure: bad labels are left out, counted in `Stats` and logged once.
+//! tag_wrapper(&[("vehicle", "car")], || { /* every sample here carries vehicle=car */ });
 //! agent.stop(); // or drop it: flushes the last window, at most 2 s
 //! # Ok::<(), pyroscope_core::Error>(())
 //! ```
@@ -28,7 +29,15 @@
 //!   application's threads (demangled, with file:line and inlined frames) and closes a window
 //!   every upload interval. An uploader thread sends it with retries, backoff and jitter;
 //!   the queue is bounded and drops the oldest profile when full (counted in [`Stats`]).
-//! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`].
+//! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`]. Label
+//!   sets no longer used are reclaimed as windows close; at 65,536 live sets new ones are
+//!   recorded as `pyroscope_overflow="true"` (counted in [`Stats`]).
+//! - [`Agent::stop`] and drop return within the shutdown timeout (default 2 s), even while a
+//!   huge last window is being built or the server hangs; what could not be sent in time is
+//!   counted in [`Stats`], as are lost samples and failed, retried and dropped uploads.
+//!   Background failures are logged once per kind (`docs/lifecycle.md`).
+//! - `Debug` output and error messages never show passwords, tokens, header values or a
+//!   URL's user info.
 //!
 //! ## Caller's duties and limits
 //! - Linux x86_64 only for now. SIGPROF is used by default; inside hosts that own SIGPROF pick
@@ -44,11 +53,11 @@
 mod agent;
 mod aggregate;
 mod alloc;
+mod collector;
 mod config;
 mod error;
 mod export;
 mod labels;
-mod pprof;
 mod ring;
 mod sampler;
 mod symbolize;
@@ -57,21 +66,31 @@ mod sys;
 mod thread;
 mod unwind;
 
-pub use agent::{Agent, AgentBuilder, Stats};
+// The pprof codec lives in its own crate so the report command can use it without the sampler.
+use pyroscope_pprof as pprof;
+
+pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
-pub use alloc::{
-    alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free,
-    SamplingAllocator, DEFAULT_SAMPLE_BYTES,
-};
-pub use config::{env, parse_tags, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
+pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
+pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
-pub use export::http::push;
-pub use export::{ExportError, Exporter, Upload};
 pub use labels::{
-    current as current_labels, push as push_labels, register_thread, tag_wrapper, LabelGuard, LabelSet, WithLabels,
+    current as current_labels, push as push_labels, register_thread, tag_wrapper, validate_label, LabelGuard, LabelSet,
+    WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
+
+/// The allocation hooks the preload library calls from its `malloc`/`free`; not for programs,
+/// which use [`SamplingAllocator`].
+#[doc(hidden)]
+pub use alloc::{alloc_is_sampled, countdown_expired, free_is_tracked, on_alloc, on_free, record_alloc, record_free};
+/// The push API messages, for the test receiver.
+#[doc(hidden)]
+pub use export::http::push;
+/// Delivery internals, public for tests; the agent picks its exporter from [`Config::destination`].
+#[doc(hidden)]
+pub use export::{ExportError, Exporter, Upload};
 
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
@@ -79,8 +98,36 @@ pub use sampler::{in_signal_handler, test_hooks};
 
 use std::collections::HashSet;
 
-/// Logs a background failure once per kind (its first 48 characters), never from a hot path.
-static SEEN: sync::Mutex<Option<HashSet<String>>> = sync::Mutex::new(None);
+/// A kind of failure on a background thread: each is logged once per process (the first
+/// time), and counted where [`Stats`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FailureKind {
+    /// The server answered this HTTP status.
+    HttpStatus(u16),
+    /// No HTTP answer came back.
+    HttpTransport(Transport),
+    /// The upload request could not be built.
+    HttpRequest,
+    /// A profile file could not be written.
+    FileWrite,
+}
+
+/// Why a request got no HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    /// Connect, read or write timed out, or the body stalled.
+    Timeout,
+    /// No connection: refused, reset, unknown host.
+    Connect,
+    /// The TLS handshake or certificate check failed.
+    Tls,
+    /// The answer was not HTTP.
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+static SEEN: sync::Mutex<Option<HashSet<FailureKind>>> = sync::Mutex::new(None);
 
 pub(crate) fn log_prepare_fork() {
     SEEN.fork_hold();
@@ -90,9 +137,28 @@ pub(crate) fn log_after_fork() {
     SEEN.fork_release();
 }
 
-pub(crate) fn log_once(message: &str) {
-    let key: String = message.chars().take(48).collect();
-    if SEEN.lock().get_or_insert_with(HashSet::new).insert(key) {
+/// Logs `message` (a warning) if no failure of this kind was logged before in this process;
+/// returns whether it did. Never from a signal handler or an allocation hook.
+pub(crate) fn log_once(kind: FailureKind, message: &str) -> bool {
+    let first = SEEN.lock().get_or_insert_with(HashSet::new).insert(kind);
+    if first {
         log::warn!("pyroscope: {message}");
+    }
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_logged_once_whatever_the_text() {
+        // Kinds no other unit test logs (the set is process-wide).
+        let url = "http://localhost:4040/push.v1.PusherService/Push";
+        assert!(log_once(FailureKind::HttpStatus(418), &format!("{url} answered 418: bad")));
+        assert!(log_once(FailureKind::HttpStatus(599), &format!("{url} answered 599: oops")));
+        assert!(!log_once(FailureKind::HttpStatus(418), &format!("{url} answered 418: other text")));
+        assert!(log_once(FailureKind::HttpTransport(Transport::Timeout), &format!("sending to {url}: timeout")));
+        assert!(log_once(FailureKind::HttpTransport(Transport::Connect), &format!("sending to {url}: refused")));
     }
 }

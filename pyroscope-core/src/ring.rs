@@ -19,14 +19,14 @@ use std::sync::OnceLock;
 /// process.
 pub(crate) static RING_CELL: OnceLock<Lanes> = OnceLock::new();
 
-/// Pushes into the process's ring, in the lane of `key` (a value that stays the same for the
+/// Pushes a record of `kind` into the process's ring, in the lane of `key` (a value that stays the same for the
 /// calling thread); `Full` before the first agent made the ring.
 ///
 /// # Signal safety
 /// One atomic load, then [`Lanes::push`].
-pub(crate) fn push(key: usize, fill: impl FnOnce(&mut Record)) -> Pushed {
+pub(crate) fn push(key: usize, kind: Kind, fill: impl FnOnce(&mut Record)) -> Pushed {
     match RING_CELL.get() {
-        Some(ring) => ring.push(key, fill),
+        Some(ring) => ring.push(key, kind, fill),
         None => Pushed::Full,
     }
 }
@@ -57,6 +57,11 @@ pub enum Kind {
     Cpu = 0,
     /// A sampled allocation; `weight` is its size in bytes, `aux` the hash of its stack.
     Alloc = 1,
+}
+
+impl Kind {
+    /// How many kinds there are (the length of per-kind tables).
+    pub const COUNT: usize = 2;
 }
 
 /// One sample as the handler saw it. `pcs[0]` is the leaf; every address is already the one
@@ -122,22 +127,28 @@ impl Pushed {
 /// shared ring, the next slot was usually taken by another thread.)
 pub struct Lanes {
     lanes: Box<[Ring]>,
+    /// Records dropped because every lane was full, per [`Kind`]: a lost allocation sample is
+    /// lost memory, not CPU time.
+    dropped: [AtomicU64; Kind::COUNT],
 }
 
 impl Lanes {
     /// `lanes` rings of `capacity` records each (both rounded up to powers of two).
     pub fn new(lanes: usize, capacity: usize) -> Self {
-        Lanes { lanes: (0..lanes.max(1).next_power_of_two()).map(|_| Ring::new(capacity)).collect() }
+        Lanes {
+            lanes: (0..lanes.max(1).next_power_of_two()).map(|_| Ring::new(capacity)).collect(),
+            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
     }
 
-    /// Pushes into the lane of `key` (any value that stays the same for a thread); when that
-    /// lane is full, into the next one that is not, so that one thread's burst (a loop of
-    /// sampled allocations outrunning the collector's wake-up) can use every lane before a
-    /// record is dropped.
+    /// Pushes a record of `kind` into the lane of `key` (any value that stays the same for a
+    /// thread); when that lane is full, into the next one that is not, so that one thread's
+    /// burst (a loop of sampled allocations outrunning the collector's wake-up) can use every
+    /// lane before a record is dropped. A drop is counted under `kind`.
     ///
     /// # Signal safety
     /// As [`Ring::try_push`].
-    pub fn push(&self, key: usize, fill: impl FnOnce(&mut Record)) -> Pushed {
+    pub fn push(&self, key: usize, kind: Kind, fill: impl FnOnce(&mut Record)) -> Pushed {
         let mask = self.lanes.len() - 1;
         let mut fill = fill;
         for i in 0..self.lanes.len() {
@@ -147,7 +158,7 @@ impl Lanes {
                 Err(back) => fill = back,
             }
         }
-        self.lanes[key & mask].dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped[kind as usize].fetch_add(1, Ordering::Relaxed);
         Pushed::Full
     }
 
@@ -156,9 +167,9 @@ impl Lanes {
         self.lanes.iter().map(|lane| lane.drain(&mut f)).max().unwrap_or(0)
     }
 
-    /// Records dropped because a lane was full, since creation.
-    pub fn dropped(&self) -> u64 {
-        self.lanes.iter().map(Ring::dropped).sum()
+    /// Records of `kind` dropped because every lane was full, since creation.
+    pub fn dropped(&self, kind: Kind) -> u64 {
+        self.dropped[kind as usize].load(Ordering::Relaxed)
     }
 
     /// See [`Ring::reset_after_fork`].
@@ -175,6 +186,8 @@ pub struct Ring {
     /// `dequeue` must not steal it from the writers.
     enqueue: CachePadded<AtomicUsize>,
     dequeue: CachePadded<AtomicUsize>,
+    /// Drops of a ring used on its own (tests); [`Lanes`] counts its own per kind.
+    #[cfg(test)]
     dropped: AtomicU64,
 }
 
@@ -198,6 +211,7 @@ impl Ring {
             mask: capacity - 1,
             enqueue: CachePadded(AtomicUsize::new(0)),
             dequeue: CachePadded(AtomicUsize::new(0)),
+            #[cfg(test)]
             dropped: AtomicU64::new(0),
         }
     }
@@ -278,7 +292,8 @@ impl Ring {
         }
     }
 
-    /// Records dropped because the ring was full, since creation.
+    /// Records dropped because the ring was full, since creation (one ring on its own, in tests).
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -322,7 +337,7 @@ mod tests {
                 let lanes = lanes.clone();
                 std::thread::spawn(move || {
                     for i in 0..700u64 {
-                        assert!(lanes.push(t as usize, |r| r.weight = t * 10_000 + i).written());
+                        assert!(lanes.push(t as usize, Kind::Cpu, |r| r.weight = t * 10_000 + i).written());
                     }
                 })
             })
@@ -336,16 +351,18 @@ mod tests {
         seen.sort_unstable();
         let expected: Vec<u64> = (0..4u64).flat_map(|t| (0..700).map(move |i| t * 10_000 + i)).collect();
         assert_eq!(seen, expected);
-        assert_eq!(lanes.dropped(), 0);
-        let pushed: Vec<Pushed> = (0..1024).map(|i| lanes.push(1, |r| r.weight = i)).collect();
+        assert_eq!(lanes.dropped(Kind::Cpu) + lanes.dropped(Kind::Alloc), 0);
+        let pushed: Vec<Pushed> = (0..1024).map(|i| lanes.push(1, Kind::Cpu, |r| r.weight = i)).collect();
         assert!(pushed.contains(&Pushed::Filling));
         assert_eq!(pushed.iter().filter(|p| !p.written()).count(), 0);
         // A full lane overflows into the others, asking for the reader, before anything drops.
-        let overflow: Vec<Pushed> = (0..3 * 1024).map(|i| lanes.push(1, |r| r.weight = 5000 + i)).collect();
+        let overflow: Vec<Pushed> = (0..3 * 1024).map(|i| lanes.push(1, Kind::Cpu, |r| r.weight = 5000 + i)).collect();
         assert!(overflow.iter().all(|p| *p == Pushed::Filling), "{overflow:?}");
-        assert_eq!(lanes.dropped(), 0);
-        assert_eq!(lanes.push(1, |_| {}), Pushed::Full);
-        assert_eq!(lanes.dropped(), 1);
+        assert_eq!(lanes.dropped(Kind::Cpu) + lanes.dropped(Kind::Alloc), 0);
+        assert_eq!(lanes.push(1, Kind::Alloc, |_| {}), Pushed::Full);
+        assert_eq!(lanes.push(2, Kind::Alloc, |_| {}), Pushed::Full);
+        assert_eq!(lanes.push(1, Kind::Cpu, |_| {}), Pushed::Full);
+        assert_eq!((lanes.dropped(Kind::Cpu), lanes.dropped(Kind::Alloc)), (1, 2), "drops are counted per kind");
         let mut all = Vec::new();
         lanes.drain(|r| all.push(r.weight));
         assert_eq!(all.len(), 4 * 1024, "every record that fitted is read back");

@@ -259,6 +259,16 @@ pub(crate) fn state_for(tid: i32) -> Arc<ThreadState> {
     }
 }
 
+/// Calls `f` with the label id in force on every registered thread (for the label-set
+/// reclaimer: a set in a slot is in use).
+pub(crate) fn for_each_label_id(f: &mut dyn FnMut(u32)) {
+    if let Some(map) = REGISTRY.lock().as_ref() {
+        for state in map.values() {
+            f(state.label_id.load(Ordering::Acquire));
+        }
+    }
+}
+
 /// Drops the registry's entry for `tid` if it is `state` (its thread exited).
 pub(crate) fn forget(tid: i32, state: &Arc<ThreadState>) {
     if let Some(map) = REGISTRY.lock().as_mut() {
@@ -308,7 +318,7 @@ struct Slot(Arc<ThreadState>);
 impl Drop for Slot {
     fn drop(&mut self) {
         // A reused tid starts clean: its new thread gets a state of its own.
-        self.0.label_id.store(NO_LABELS, Ordering::Relaxed);
+        self.0.label_id.store(NO_LABELS, Ordering::Release);
         self.0.exited.store(true, Ordering::SeqCst);
         self.0.release_caches();
     }

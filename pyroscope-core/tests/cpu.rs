@@ -19,7 +19,6 @@ fn check_driver_availability(d: Duration) -> u64 {
 #[inline(never)]
 fn find_nearest_vehicle(vehicle: &str, d: Duration) -> u64 {
     pyroscope_core::tag_wrapper(&[("vehicle", vehicle)], || std::hint::black_box(check_driver_availability(d)) + 1)
-        .unwrap()
 }
 
 #[inline(never)]
@@ -41,30 +40,35 @@ fn cpu_profile_on_disk_has_functions_values_and_labels() {
         .into_iter()
         .map(|v| {
             std::thread::spawn(move || {
+                let mut in_fnv = Clock::default();
                 for _ in 0..10 {
+                    let t = Clock::now();
                     find_nearest_vehicle(v, Duration::from_millis(60));
+                    in_fnv = in_fnv + t.elapsed();
                     unlabelled_work(Duration::from_millis(20));
                 }
+                in_fnv
             })
         })
         .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
+    let truth: Clock = workers.into_iter().map(|w| w.join().unwrap()).sum();
     let stats = agent.stop();
-    assert!(stats.samples > 80, "{stats:?}");
+    eprintln!("{stats:?}");
 
+    // However many windows the run took on a busy machine.
     let profiles: Vec<_> = read_profiles(&dir).into_iter().filter(|(n, _)| n.contains(".process_cpu.")).collect();
-    assert_eq!(profiles.len(), 1, "one window: {profiles:?}");
-    let (name, p) = &profiles[0];
-    assert!(name.starts_with("rideshare-test.process_cpu.") && name.ends_with(".pb.gz"), "{name}");
-    let s = |i: i64| p.string_table[i as usize].as_str();
-    let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
-    assert_eq!(types, vec![("samples", "count"), ("cpu", "nanoseconds")]);
-    assert_eq!(p.period, 10_000_000);
-    assert!(p.duration_nanos > 0 && p.time_nanos > 0);
+    assert!(!profiles.is_empty(), "no CPU profile: {stats:?}");
+    let mut flat = Vec::new();
+    for (name, p) in &profiles {
+        assert!(name.starts_with("rideshare-test.process_cpu.") && name.ends_with(".pb.gz"), "{name}");
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let types: Vec<_> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+        assert_eq!(types, vec![("samples", "count"), ("cpu", "nanoseconds")]);
+        assert_eq!(p.period, 10_000_000);
+        assert!(p.duration_nanos > 0 && p.time_nanos > 0);
+        flat.extend(flatten(p));
+    }
 
-    let flat = flatten(p);
     let mut in_fnv = 0;
     let mut chained = 0;
     let mut total = 0;
@@ -93,7 +97,8 @@ fn cpu_profile_on_disk_has_functions_values_and_labels() {
         }
     }
     // 2 threads x 10 x 60 ms = 1.2 s in find_nearest_vehicle, 0.4 s elsewhere: ~120 vs ~40 samples.
-    assert!(in_fnv >= 80, "samples in find_nearest_vehicle: {in_fnv} of {total}");
+    eprintln!("samples in find_nearest_vehicle: {in_fnv} of {total}");
+    check_cpu("find_nearest_vehicle", in_fnv * 10_000_000, truth, Duration::from_millis(10), 0.67, 1.1);
     assert!(chained as f64 >= 0.95 * in_fnv as f64, "complete chains: {chained} of {in_fnv}");
 }
 
@@ -103,13 +108,15 @@ fn labels_switch_without_losing_samples() {
     let dir = temp_dir("switch");
     let agent = AgentBuilder::new("switch").export_dir(&dir).start().unwrap();
     let sets: Vec<LabelSet> = (0..4).map(|i| LabelSet::new(&[("endpoint", format!("e{i}"))]).unwrap()).collect();
+    let clock = Clock::now();
     let start = cpu_time();
     let mut i = 0;
     while cpu_time() - start < Duration::from_millis(800) {
-        let _guard = sets[i % 4].enter().unwrap();
+        let _guard = sets[i % 4].enter();
         spin_cpu(Duration::from_micros(100));
         i += 1;
     }
+    let truth = clock.elapsed();
     agent.stop();
     let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     let mut per = std::collections::BTreeMap::<String, i64>::new();
@@ -121,7 +128,8 @@ fn labels_switch_without_losing_samples() {
     assert_eq!(per.len(), 4, "{per:?}");
     let total: i64 = per.values().sum();
     // 0.8 s at 100 Hz: about 80 samples, spread evenly over the four sets.
-    assert!(total >= 60, "{per:?}");
+    eprintln!("{per:?}");
+    check_cpu("labelled", total * 10_000_000, truth, Duration::from_millis(10), 0.75, 1.1);
     for v in per.values() {
         assert!(*v as f64 > total as f64 / 4.0 * 0.4, "{per:?}");
     }
@@ -135,7 +143,7 @@ fn bad_settings_are_typed_errors() {
     assert!(matches!(e(AgentBuilder::new("a").sample_rate(0)), Error::InvalidSampleRate { .. }));
     assert!(matches!(e(AgentBuilder::new("a").tag("bad-name", "x")), Error::InvalidLabelName { .. }));
     assert!(matches!(e(AgentBuilder::new("a").tag("__name__", "x")), Error::ReservedLabelName { .. }));
-    assert!(matches!(e(AgentBuilder::new("a").tag("k", "a,b")), Error::InvalidLabelValue { .. }));
+    assert!(matches!(e(AgentBuilder::new("a").tag("k", "a,b")), Error::InvalidTagValue { .. }));
     assert!(matches!(e(AgentBuilder::new("a").upload_interval(Duration::ZERO)), Error::InvalidUploadInterval { .. }));
     assert!(matches!(e(AgentBuilder::new("a").header("Bad Header", "x")), Error::InvalidHeader { .. }));
     assert!(matches!(e(AgentBuilder::new("a").signal(libc_sigint())), Error::InvalidSignal { .. }));
@@ -155,10 +163,17 @@ fn only_one_agent_at_a_time() {
     AgentBuilder::new("three").export_dir(&dir).start().unwrap().stop();
 }
 
+/// A builder from these variables only, as `from_env` reads the process environment (which
+/// tests must not change: other tests' threads read it at the same time).
+fn from_vars(vars: &[(&str, &str)]) -> AgentBuilder {
+    let vars: std::collections::HashMap<String, String> =
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    AgentBuilder::from_vars(move |name| vars.get(name).cloned())
+}
+
 #[test]
 fn settings_come_from_the_environment() {
-    let _g = crate::agent_lock();
-    let vars = [
+    let mut vars = vec![
         ("PYROSCOPE_APPLICATION_NAME", "env-app"),
         ("PYROSCOPE_SERVER_ADDRESS", "http://127.0.0.1:4040"),
         ("PYROSCOPE_TAGS", "region=eu-north,az=b"),
@@ -168,18 +183,12 @@ fn settings_come_from_the_environment() {
         ("PYROSCOPE_BASIC_AUTH_PASSWORD", "p"),
         ("PYROSCOPE_TENANT_ID", "t1"),
     ];
-    for (k, v) in vars {
-        std::env::set_var(k, v);
-    }
-    let c = AgentBuilder::from_env().build();
-    std::env::set_var("PYROSCOPE_SAMPLE_RATE", "fast");
-    let bad = AgentBuilder::from_env().build();
-    std::env::set_var("PYROSCOPE_SAMPLE_RATE", "250");
-    std::env::set_var("PYROSCOPE_TAGS", "region");
-    let bad_tags = AgentBuilder::from_env().build();
-    for (k, _) in vars {
-        std::env::remove_var(k);
-    }
+    let c = from_vars(&vars).build();
+    vars[3].1 = "fast";
+    let bad = from_vars(&vars).build();
+    vars[3].1 = "250";
+    vars[2].1 = "region";
+    let bad_tags = from_vars(&vars).build();
     let c = c.unwrap();
     assert_eq!(c.application_name, "env-app");
     assert_eq!(c.sample_rate, 250);
@@ -190,6 +199,9 @@ fn settings_come_from_the_environment() {
     assert!(!format!("{c:?}").contains("\"p\""), "password must not be printed: {c:?}");
     assert!(matches!(bad, Err(Error::InvalidEnv { var: "PYROSCOPE_SAMPLE_RATE", .. })));
     assert!(matches!(bad_tags, Err(Error::InvalidTagString { .. })));
+    // Blank variables count as unset.
+    let blank = from_vars(&[("PYROSCOPE_APPLICATION_NAME", "a"), ("PYROSCOPE_SAMPLE_RATE", " ")]).build().unwrap();
+    assert_eq!(blank.sample_rate, 100);
 }
 
 #[test]
@@ -200,7 +212,7 @@ fn bindings_can_feed_their_own_frames() {
     let leaf = pyroscope_core::FrameId::new("mutex_lock", "rideshare/server.py", 21).unwrap();
     let root = pyroscope_core::FrameId::new("find_nearest_vehicle", "rideshare/server.py", 9).unwrap();
     let car = LabelSet::new(&[("vehicle", "car")]).unwrap();
-    agent.add_cpu_sample(&[leaf, root], car, 7);
+    agent.add_cpu_sample(&[leaf, root], &car, 7);
     agent.stop();
     let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
     let f = flat.iter().find(|f| f.stack == ["find_nearest_vehicle", "mutex_lock"]).expect("fed sample");
@@ -208,37 +220,50 @@ fn bindings_can_feed_their_own_frames() {
     assert_eq!(f.labels.get("vehicle").map(String::as_str), Some("car"));
 }
 
+/// Up to this many runs of the accuracy test, when the kernel lost timer expirations under
+/// overload (a third of runs, at worst, in docs/signals-and-stacks.md); a profiler that loses
+/// samples itself fails them all.
+const ACCURACY_ATTEMPTS: usize = 3;
+
 #[test]
 fn sampled_cpu_per_thread_matches_the_threads_cpu_clock() {
     let _g = crate::agent_lock();
-    let dir = temp_dir("accuracy");
+    for attempt in 1..=ACCURACY_ATTEMPTS {
+        let errors = accuracy_run(attempt);
+        if errors.is_empty() {
+            return;
+        }
+        let (overloaded, short): (Vec<_>, Vec<_>) = errors.into_iter().partition(|(clock, _)| clock.overloaded());
+        assert!(short.is_empty(), "attempt {attempt}, not overloaded: {short:?}");
+        assert!(attempt < ACCURACY_ATTEMPTS, "every attempt was short, the last one overloaded: {overloaded:?}");
+        eprintln!("attempt {attempt}: short under overload, trying again: {overloaded:?}");
+    }
+}
+
+/// Three threads with known CPU time (their own clocks), two labelled, competing for 2 cores;
+/// returns the workers whose sampled CPU is more than 10% short of their clock.
+fn accuracy_run(attempt: usize) -> Vec<(Clock, String)> {
+    let dir = temp_dir(&format!("accuracy-{attempt}"));
     let agent = AgentBuilder::new("accuracy").export_dir(&dir).sample_rate(1000).memory(false).start().unwrap();
-    // Two threads with known CPU time (their own clock), labelled, competing for 2 cores with
-    // a third unlabelled one.
     let spin = |name: &'static str, ms: u64| {
         std::thread::spawn(move || {
-            let start = cpu_time();
-            pyroscope_core::tag_wrapper(&[("worker", name)], || spin_cpu(Duration::from_millis(ms))).unwrap();
-            cpu_time() - start
+            let start = Clock::now();
+            pyroscope_core::tag_wrapper(&[("worker", name)], || spin_cpu(Duration::from_millis(ms)));
+            start.elapsed()
         })
     };
     let (a, b, c) = (spin("a", 600), spin("b", 300), spin("c", 450));
-    let truth: Vec<(&str, Duration)> =
-        vec![("a", a.join().unwrap()), ("b", b.join().unwrap()), ("c", c.join().unwrap())];
+    let truth: Vec<(&str, Clock)> = vec![("a", a.join().unwrap()), ("b", b.join().unwrap()), ("c", c.join().unwrap())];
     let stats = agent.stop();
     eprintln!("{stats:?}");
     let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
-    for (name, actual) in truth {
+    let mut errors = Vec::new();
+    for (name, clock) in truth {
         let sampled: i64 =
             flat.iter().filter(|f| f.labels.get("worker").map(String::as_str) == Some(name)).map(|f| f.values[1]).sum();
-        let actual = actual.as_nanos() as f64;
-        let err = (sampled as f64 - actual) / actual;
-        eprintln!(
-            "worker {name}: sampled {:.0} ms, thread CPU clock {:.0} ms, {:+.1}%",
-            sampled as f64 / 1e6,
-            actual / 1e6,
-            err * 100.0
-        );
-        assert!(err.abs() < 0.10, "worker {name}: sampled {sampled} ns vs {actual} ns");
+        if let Err(e) = cpu_within(&format!("worker {name}"), sampled, clock, Duration::from_millis(1), 0.9, 1.1) {
+            errors.push((clock, e));
+        }
     }
+    errors
 }

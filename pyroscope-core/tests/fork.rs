@@ -22,22 +22,24 @@ fn forked_child_is_silent_then_can_profile_itself() {
     let parent_dir = temp_dir("fork-parent");
     let child_dir = temp_dir("fork-child");
     let agent = AgentBuilder::new("forker").export_dir(&parent_dir).start().unwrap();
-    // Keep label and sampler locks busy on other threads while we fork.
-    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Keep label and sampler locks busy on other threads while we fork: fork once all three
+    // are inside their loops.
+    let running = std::sync::Arc::new(std::sync::Barrier::new(4));
     let busy: Vec<_> = (0..3)
         .map(|i| {
-            let started = started.clone();
+            let running = running.clone();
             std::thread::spawn(move || {
-                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 for j in 0..200 {
+                    if j == 1 {
+                        running.wait();
+                    }
                     let v = format!("v{}", (i * 1000 + j) % 50);
-                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || parent_work(Duration::from_millis(1)))
-                        .unwrap();
+                    pyroscope_core::tag_wrapper(&[("k", v.as_str())], || parent_work(Duration::from_millis(1)));
                 }
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(10), || started.load(std::sync::atomic::Ordering::SeqCst) == 3));
+    running.wait();
     // SAFETY: the child only calls our API and then _exit; the test checks it does not hang.
     let pid = unsafe { libc_fork() };
     if pid == 0 {
@@ -49,7 +51,7 @@ fn forked_child_is_silent_then_can_profile_itself() {
             a.stop().samples
         });
         // SAFETY: _exit is always safe to call.
-        unsafe { libc_exit(if matches!(ok, Ok(n) if n > 10) { 0 } else { 3 }) };
+        unsafe { libc_exit(if ok > 10 { 0 } else { 3 }) };
     }
     let mut status = 0;
     let exited = wait_until(Duration::from_secs(20), || {

@@ -8,10 +8,13 @@ mod util;
 static GLOBAL: pyroscope_core::SamplingAllocator<std::alloc::System> =
     pyroscope_core::SamplingAllocator::new(std::alloc::System);
 
+mod agent;
 mod cpu;
 mod export;
 mod fork;
+mod labels;
 mod memory;
+mod properties;
 mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

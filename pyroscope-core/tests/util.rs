@@ -27,6 +27,7 @@ pub fn spin_cpu(d: Duration) -> u64 {
     x
 }
 
+/// The calling thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`), read by the thread itself.
 pub fn cpu_time() -> Duration {
     let mut ts = libc_timespec();
     // SAFETY: valid pointer to a timespec.
@@ -41,6 +42,84 @@ fn libc_timespec() -> Timespec {
 }
 extern "C" {
     fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+}
+
+/// What a thread's own clocks say about a stretch of its work, read by the thread itself: its
+/// CPU time, and how long it was runnable but waiting for a CPU (the kernel's schedstat).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    pub cpu: Duration,
+    pub waited: Duration,
+}
+
+impl Clock {
+    /// The calling thread's clocks now.
+    pub fn now() -> Clock {
+        Clock { cpu: cpu_time(), waited: run_queue_wait() }
+    }
+
+    /// The calling thread's clocks since `self` (taken on the same thread).
+    pub fn elapsed(self) -> Clock {
+        let now = Clock::now();
+        Clock { cpu: now.cpu.saturating_sub(self.cpu), waited: now.waited.saturating_sub(self.waited) }
+    }
+
+    /// The threads waited for a CPU more than twice as long as they ran: about three times as
+    /// many runnable threads as CPUs or more, where Linux loses CPU timer expirations
+    /// (docs/signals-and-stacks.md). Three spinning threads on two idle CPUs wait half as long
+    /// as they run.
+    pub fn overloaded(self) -> bool {
+        self.waited > self.cpu * 2
+    }
+}
+
+impl std::ops::Add for Clock {
+    type Output = Clock;
+    fn add(self, o: Clock) -> Clock {
+        Clock { cpu: self.cpu + o.cpu, waited: self.waited + o.waited }
+    }
+}
+
+impl std::iter::Sum for Clock {
+    fn sum<I: Iterator<Item = Clock>>(iter: I) -> Clock {
+        iter.fold(Clock::default(), |a, b| a + b)
+    }
+}
+
+/// Time the calling thread spent runnable on a run queue (second field of
+/// `/proc/thread-self/schedstat`); zero where the kernel does not report it.
+fn run_queue_wait() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    Duration::from_nanos(text.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0))
+}
+
+/// Compares CPU time found in a profile (`sampled`, nanoseconds) with the sampled threads' own
+/// clocks (`truth`). Panics above `high` times the truth plus two periods (a profiler must
+/// never invent CPU); below `low` times the truth minus two periods, returns why.
+pub fn cpu_within(what: &str, sampled: i64, truth: Clock, period: Duration, low: f64, high: f64) -> Result<(), String> {
+    let (s, t, p) = (sampled as f64, truth.cpu.as_nanos() as f64, period.as_nanos() as f64);
+    eprintln!(
+        "{what}: sampled {:.0} ms, threads' CPU clocks {:.0} ms ({:+.1}%), waited for a CPU {:.0} ms",
+        s / 1e6,
+        t / 1e6,
+        (s - t) / t * 100.0,
+        truth.waited.as_secs_f64() * 1e3
+    );
+    assert!(s <= t * high + 2.0 * p, "{what}: sampled {s} ns, more than {high} x the threads' {t} ns of CPU");
+    if s >= t * low - 2.0 * p {
+        Ok(())
+    } else {
+        Err(format!("{what}: sampled {s} ns, less than {low} x the threads' {t} ns of CPU"))
+    }
+}
+
+/// [`cpu_within`] for tests whose point is not the amount: when the machine was overloaded,
+/// where the kernel loses timer expirations, some samples are enough.
+pub fn check_cpu(what: &str, sampled: i64, truth: Clock, period: Duration, low: f64, high: f64) {
+    if let Err(e) = cpu_within(what, sampled, truth, period, low, high) {
+        assert!(truth.overloaded() && sampled > 0, "{e}");
+        eprintln!("{e}: the machine was overloaded, lost timer expirations allowed");
+    }
 }
 
 /// Every profile file in `dir`, decoded.

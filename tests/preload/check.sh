@@ -10,18 +10,26 @@ fail() { echo "preload: FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
 cargo build -q -p pyroscope-preload -p pyroscope-cli
 bin=target/debug
 cc -O2 -g -fomit-frame-pointer -fno-inline -pthread -o "$dir/cprog" tests/preload/cprog.c
-LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=32768 \
-  PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" || fail "the program failed under the preload library"
-grep -q "cprog done" "$dir/out.txt" || fail "no output"
-ls "$dir/p"/cprog.process_cpu.*.pb.gz >/dev/null 2>&1 || fail "no CPU profile (app name should default to cprog)"
 value() { awk -F'\t' -v f="$2" '$1 == f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$1"; }
-cpu="$("$bin/pyroscope" top "$dir/p" --tsv --type cpu --where region=lab)"
-spin=$(value "$cpu" c_spin)
-echo "cpu in c_spin: $spin ns (truth 600000000 ns over two threads)"
-# The worker thread starts after the agent: it is sampled from its start (pthread_create is
-# interposed), so both threads' CPU is there.
 within() { awk -v e="$1" -v t="$2" 'BEGIN { d = (e - t) / t; if (d < 0) d = -d; exit !(d <= 0.10) }'; }
-within "$spin" 600000000 || fail "c_spin CPU off by more than 10%"
+# The worker thread starts after the agent: it is sampled from its start (pthread_create is
+# interposed), so both threads' CPU is there. CPU short of the truth is run again, up to three
+# times: on an overloaded machine the kernel loses CPU timer expirations in some runs
+# (docs/signals-and-stacks.md); a profiler that loses samples itself fails every run.
+for attempt in 1 2 3; do
+  rm -rf "$dir/p"
+  LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=32768 \
+    PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" || fail "the program failed under the preload library"
+  grep -q "cprog done" "$dir/out.txt" || fail "no output"
+  ls "$dir/p"/cprog.process_cpu.*.pb.gz >/dev/null 2>&1 || fail "no CPU profile (app name should default to cprog)"
+  cpu="$("$bin/pyroscope" top "$dir/p" --tsv --type cpu --where region=lab)"
+  spin=$(value "$cpu" c_spin)
+  echo "cpu in c_spin: $spin ns (truth 600000000 ns over two threads)"
+  within "$spin" 600000000 && break
+  [ "$spin" -lt 600000000 ] || fail "c_spin CPU more than 10% above the threads' clocks"
+  [ "$attempt" -lt 3 ] || fail "c_spin CPU more than 10% short in three runs"
+  echo "short: lost timer expirations under load? running again"
+done
 alloc="$("$bin/pyroscope" top "$dir/p" --tsv --type alloc_space)"
 inuse="$("$bin/pyroscope" top "$dir/p" --tsv --type inuse_space)"
 temp=$(value "$alloc" c_alloc_temp); leak=$(value "$alloc" c_leak); leak_inuse=$(value "$inuse" c_leak)

@@ -48,6 +48,59 @@ typedef struct pyroscope_agent pyroscope_agent;
 // Settings for an agent. Create with pyroscope_config_new or pyroscope_config_from_env.
 typedef struct pyroscope_config pyroscope_config;
 
+// Counters of an agent (pyroscope_agent_stats). Versioned by `size`: set it to
+// sizeof(pyroscope_stats) before the call; the library fills the fields that fit in both your
+// struct and its own and sets `size` to the bytes it filled, so fields added later (always at
+// the end) read as absent rather than as garbage. A field lies within the filled part when
+// offsetof(pyroscope_stats, field) + sizeof(uint64_t) <= size.
+typedef struct pyroscope_stats {
+  // In: sizeof(pyroscope_stats) as the caller knows it. Out: bytes filled.
+  uint64_t size;
+  // CPU samples taken (weights summed).
+  uint64_t samples;
+  // CPU samples lost because the sample ring was full.
+  uint64_t samples_lost;
+  // Sampled allocations lost because the sample ring was full.
+  uint64_t alloc_samples_lost;
+  // CPU samples whose stack was cut short.
+  uint64_t samples_truncated;
+  // Windows closed.
+  uint64_t windows;
+  // Profiles built and queued for delivery.
+  uint64_t profiles;
+  // Profiles delivered.
+  uint64_t uploads_sent;
+  // Upload attempts retried.
+  uint64_t uploads_retried;
+  // Profiles the server refused or that failed until retries ran out.
+  uint64_t uploads_failed;
+  // Profiles not delivered for any reason (failed included). Once stopped,
+  // profiles == uploads_sent + uploads_dropped.
+  uint64_t uploads_dropped;
+  // Windows the shutdown timeout did not wait for (never queued).
+  uint64_t windows_abandoned;
+  // Threads with a CPU timer now.
+  uint64_t threads_sampled;
+  // Timer creations refused so far.
+  uint64_t threads_unsampled;
+  // Sampled allocations not tracked as live because the live table was full.
+  uint64_t live_overflow;
+  // Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+  uint64_t label_sets_live;
+  // New label sets recorded as `pyroscope_overflow="true"` because 65,536 were live.
+  uint64_t label_sets_overflowed;
+  // Label sets freed because nothing used them any more.
+  uint64_t label_sets_reclaimed;
+  // Labels left out of a push (process-wide): invalid name.
+  uint64_t labels_rejected_name;
+  // ... invalid value (empty, over 2048 bytes, or with control characters).
+  uint64_t labels_rejected_value;
+  // ... a name given twice in one call.
+  uint64_t labels_rejected_duplicate;
+  // ... beyond the 32 labels a sample may carry.
+  uint64_t labels_rejected_too_many;
+} pyroscope_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -161,6 +214,15 @@ enum pyroscope_status pyroscope_config_set_upload_interval_ms(struct pyroscope_c
 enum pyroscope_status pyroscope_config_set_request_timeout_ms(struct pyroscope_config *cfg,
                                                               uint64_t ms);
 
+// Longest pyroscope_agent_stop (or pyroscope_agent_free of a running agent) may take, in
+// milliseconds (default 2000). What cannot be delivered by then is counted as dropped
+// (pyroscope_agent_stats), not waited for.
+//
+// # Safety
+// `cfg` is a live config.
+enum pyroscope_status pyroscope_config_set_shutdown_timeout_ms(struct pyroscope_config *cfg,
+                                                               uint64_t ms);
+
 // Uses the legacy /ingest endpoint instead of the push API when `ingest` is true.
 //
 // # Safety
@@ -198,12 +260,21 @@ enum pyroscope_status pyroscope_agent_start(const struct pyroscope_config *cfg,
 // `agent` is a live agent handle.
 enum pyroscope_status pyroscope_agent_flush(struct pyroscope_agent *agent);
 
-// Stops profiling and delivers the last window (at most the shutdown timeout, 2 s). The handle
+// Stops profiling and delivers the last window (at most the shutdown timeout, default 2 s). The handle
 // stays valid (further calls report PYROSCOPE_STATUS_INVALID_STATE) until freed.
 //
 // # Safety
 // `agent` is a live agent handle.
 enum pyroscope_status pyroscope_agent_stop(struct pyroscope_agent *agent);
+
+// Copies the agent's counters into `*out` (see pyroscope_stats for `out->size`, which the
+// caller sets first). After pyroscope_agent_stop, the final counters.
+//
+// # Safety
+// `agent` is a live agent handle; `out` points to a writable pyroscope_stats (or a prefix of
+// one at least `out->size` bytes long) whose `size` is set.
+enum pyroscope_status pyroscope_agent_stats(const struct pyroscope_agent *agent,
+                                            struct pyroscope_stats *out);
 
 // Stops the agent if it runs, frees it and sets `*agent` to NULL. NULL or `*agent == NULL` is
 // a no-op.
@@ -213,10 +284,14 @@ enum pyroscope_status pyroscope_agent_stop(struct pyroscope_agent *agent);
 void pyroscope_agent_free(struct pyroscope_agent **agent);
 
 // Adds `key=value` to the calling thread's labels (laid over the ones in force) until the
-// matching pyroscope_labels_pop. Works whether or not an agent runs.
+// matching pyroscope_labels_pop. Always pushes one level, whatever it returns: pop once per
+// push. A label that cannot be used (NULL, not UTF-8, an invalid name or value) is left out
+// of that level and reported by the status and pyroscope_last_error(); invalid names and
+// values are also counted in the agent's stats and logged once per kind. Values are free
+// text (`, { } =` and spaces are fine). Works whether or not an agent runs.
 //
 // # Safety
-// Both strings are NUL-terminated.
+// Both strings are NUL-terminated, or NULL.
 enum pyroscope_status pyroscope_labels_push(const char *key, const char *value);
 
 // Samples the calling thread's CPU from now on. A thread is otherwise sampled from its first
@@ -237,15 +312,15 @@ const char *pyroscope_version(void);
 #endif  /* PYROSCOPE_H */
 
 /* Runs the statement or block after it with key=value added to this thread's labels, then
- * removes them. If the push fails the block still runs, unlabelled. Do not leave the block
- * with break, goto or return: the pop would be skipped (use push/pop by hand there).
+ * removes them. The block always runs: a label that cannot be used is left out (see
+ * pyroscope_labels_push). Do not leave the block with break, goto or return: the pop would be
+ * skipped (use push/pop by hand there).
  *
  *   PYROSCOPE_WITH_LABEL("vehicle", "car") {
  *       find_nearest_vehicle();
  *   }
  */
 #define PYROSCOPE_WITH_LABEL(key, value)                                                       \
-    for (int pyroscope_label_state_ =                                                          \
-             (pyroscope_labels_push((key), (value)) == PYROSCOPE_STATUS_OK) ? 1 : 2;          \
+    for (int pyroscope_label_state_ = ((void)pyroscope_labels_push((key), (value)), 1);        \
          pyroscope_label_state_ != 0;                                                          \
-         pyroscope_label_state_ = (pyroscope_label_state_ == 1 ? (pyroscope_labels_pop(), 0) : 0))
+         pyroscope_label_state_ = ((void)pyroscope_labels_pop(), 0))

@@ -12,7 +12,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use pyroscope_core::{Agent, AgentBuilder, LabelGuard, Protocol};
+use pyroscope_core::{Agent, AgentBuilder, LabelGuard, Protocol, Stats};
 
 /// Result of every call.
 #[repr(C)]
@@ -42,6 +42,92 @@ pub struct pyroscope_config {
 /// A running (or stopped) profiler.
 pub struct pyroscope_agent {
     agent: Option<Agent>,
+    /// The final counters, once stopped.
+    stopped: Option<Stats>,
+}
+
+/// Counters of an agent (pyroscope_agent_stats). Versioned by `size`: set it to
+/// sizeof(pyroscope_stats) before the call; the library fills the fields that fit in both your
+/// struct and its own and sets `size` to the bytes it filled, so fields added later (always at
+/// the end) read as absent rather than as garbage. A field lies within the filled part when
+/// offsetof(pyroscope_stats, field) + sizeof(uint64_t) <= size.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct pyroscope_stats {
+    /// In: sizeof(pyroscope_stats) as the caller knows it. Out: bytes filled.
+    pub size: u64,
+    /// CPU samples taken (weights summed).
+    pub samples: u64,
+    /// CPU samples lost because the sample ring was full.
+    pub samples_lost: u64,
+    /// Sampled allocations lost because the sample ring was full.
+    pub alloc_samples_lost: u64,
+    /// CPU samples whose stack was cut short.
+    pub samples_truncated: u64,
+    /// Windows closed.
+    pub windows: u64,
+    /// Profiles built and queued for delivery.
+    pub profiles: u64,
+    /// Profiles delivered.
+    pub uploads_sent: u64,
+    /// Upload attempts retried.
+    pub uploads_retried: u64,
+    /// Profiles the server refused or that failed until retries ran out.
+    pub uploads_failed: u64,
+    /// Profiles not delivered for any reason (failed included). Once stopped,
+    /// profiles == uploads_sent + uploads_dropped.
+    pub uploads_dropped: u64,
+    /// Windows the shutdown timeout did not wait for (never queued).
+    pub windows_abandoned: u64,
+    /// Threads with a CPU timer now.
+    pub threads_sampled: u64,
+    /// Timer creations refused so far.
+    pub threads_unsampled: u64,
+    /// Sampled allocations not tracked as live because the live table was full.
+    pub live_overflow: u64,
+    /// Label sets interned now (process-wide; unused ones are reclaimed as windows close).
+    pub label_sets_live: u64,
+    /// New label sets recorded as `pyroscope_overflow="true"` because 65,536 were live.
+    pub label_sets_overflowed: u64,
+    /// Label sets freed because nothing used them any more.
+    pub label_sets_reclaimed: u64,
+    /// Labels left out of a push (process-wide): invalid name.
+    pub labels_rejected_name: u64,
+    /// ... invalid value (empty, over 2048 bytes, or with control characters).
+    pub labels_rejected_value: u64,
+    /// ... a name given twice in one call.
+    pub labels_rejected_duplicate: u64,
+    /// ... beyond the 32 labels a sample may carry.
+    pub labels_rejected_too_many: u64,
+}
+
+impl From<&Stats> for pyroscope_stats {
+    fn from(s: &Stats) -> Self {
+        pyroscope_stats {
+            size: std::mem::size_of::<pyroscope_stats>() as u64,
+            samples: s.samples,
+            samples_lost: s.samples_lost,
+            alloc_samples_lost: s.alloc_samples_lost,
+            samples_truncated: s.samples_truncated,
+            windows: s.windows,
+            profiles: s.profiles,
+            uploads_sent: s.uploads_sent,
+            uploads_retried: s.upload_retries,
+            uploads_failed: s.uploads_failed,
+            uploads_dropped: s.uploads_dropped,
+            windows_abandoned: s.windows_abandoned,
+            threads_sampled: s.threads_sampled,
+            threads_unsampled: s.threads_unsampled,
+            live_overflow: s.live_overflow,
+            label_sets_live: s.label_sets_live,
+            label_sets_overflowed: s.label_sets_overflowed,
+            label_sets_reclaimed: s.label_sets_reclaimed,
+            labels_rejected_name: s.labels_rejected_name,
+            labels_rejected_value: s.labels_rejected_value,
+            labels_rejected_duplicate: s.labels_rejected_duplicate,
+            labels_rejected_too_many: s.labels_rejected_too_many,
+        }
+    }
 }
 
 thread_local! {
@@ -289,7 +375,7 @@ pub unsafe extern "C" fn pyroscope_config_set_tag(
     call(|| {
         // SAFETY: checked by `text`.
         let (k, v) = unsafe { (text(key, "key")?.to_owned(), text(value, "value")?.to_owned()) };
-        pyroscope_core::LabelSet::new(&[(&k, &v)])?;
+        pyroscope_core::validate_tag(&k, &v)?;
         // SAFETY: per the contract.
         unsafe { with_config(cfg, |b| b.tag(k, v)) }
     })
@@ -367,6 +453,21 @@ pub unsafe extern "C" fn pyroscope_config_set_request_timeout_ms(
     call(|| unsafe { with_config(cfg, |b| b.request_timeout(Duration::from_millis(ms))) })
 }
 
+/// Longest pyroscope_agent_stop (or pyroscope_agent_free of a running agent) may take, in
+/// milliseconds (default 2000). What cannot be delivered by then is counted as dropped
+/// (pyroscope_agent_stats), not waited for.
+///
+/// # Safety
+/// `cfg` is a live config.
+#[no_mangle]
+pub unsafe extern "C" fn pyroscope_config_set_shutdown_timeout_ms(
+    cfg: *mut pyroscope_config,
+    ms: u64,
+) -> pyroscope_status {
+    // SAFETY: per the contract.
+    call(|| unsafe { with_config(cfg, |b| b.shutdown_timeout(Duration::from_millis(ms))) })
+}
+
 /// Uses the legacy /ingest endpoint instead of the push API when `ingest` is true.
 ///
 /// # Safety
@@ -423,7 +524,7 @@ pub unsafe extern "C" fn pyroscope_agent_start(
         }
         let agent = cfg.builder.clone().start()?;
         // SAFETY: `out` is non-null and writable per the contract.
-        unsafe { *out = Box::into_raw(Box::new(pyroscope_agent { agent: Some(agent) })) };
+        unsafe { *out = Box::into_raw(Box::new(pyroscope_agent { agent: Some(agent), stopped: None })) };
         Ok(())
     })
 }
@@ -443,7 +544,7 @@ pub unsafe extern "C" fn pyroscope_agent_flush(agent: *mut pyroscope_agent) -> p
     })
 }
 
-/// Stops profiling and delivers the last window (at most the shutdown timeout, 2 s). The handle
+/// Stops profiling and delivers the last window (at most the shutdown timeout, default 2 s). The handle
 /// stays valid (further calls report PYROSCOPE_STATUS_INVALID_STATE) until freed.
 ///
 /// # Safety
@@ -455,7 +556,51 @@ pub unsafe extern "C" fn pyroscope_agent_stop(agent: *mut pyroscope_agent) -> py
         let a = unsafe { agent.as_mut() }.ok_or_else(|| null("agent"))?;
         let running =
             a.agent.take().ok_or(Failure(pyroscope_status::InvalidState, "agent is already stopped".into()))?;
-        running.stop();
+        a.stopped = Some(running.stop());
+        Ok(())
+    })
+}
+
+/// Copies the agent's counters into `*out` (see pyroscope_stats for `out->size`, which the
+/// caller sets first). After pyroscope_agent_stop, the final counters.
+///
+/// # Safety
+/// `agent` is a live agent handle; `out` points to a writable pyroscope_stats (or a prefix of
+/// one at least `out->size` bytes long) whose `size` is set.
+#[no_mangle]
+pub unsafe extern "C" fn pyroscope_agent_stats(
+    agent: *const pyroscope_agent,
+    out: *mut pyroscope_stats,
+) -> pyroscope_status {
+    call(|| {
+        // SAFETY: per the contract.
+        let a = unsafe { agent.as_ref() }.ok_or_else(|| null("agent"))?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        // SAFETY: `out` is non-null and points to at least a readable `size` field.
+        let caller_size = unsafe { std::ptr::addr_of!((*out).size).read_unaligned() };
+        if caller_size < 8 {
+            return Err(Failure(
+                pyroscope_status::InvalidArgument,
+                format!("out->size is {caller_size}: set it to sizeof(pyroscope_stats)"),
+            ));
+        }
+        let stats = match (&a.agent, &a.stopped) {
+            (Some(running), _) => running.stats(),
+            (None, Some(last)) => last.clone(),
+            (None, None) => return Err(Failure(pyroscope_status::InvalidState, "agent has no counters".into())),
+        };
+        let mut filled = pyroscope_stats::from(&stats);
+        // Whole fields only (every one is 8 bytes), in the caller's size and ours.
+        let ours = std::mem::size_of::<pyroscope_stats>();
+        let size = usize::try_from(caller_size).map_or(ours, |c| c.min(ours)) / 8 * 8;
+        filled.size = size as u64;
+        // SAFETY: `out` holds at least `caller_size >= size` writable bytes per the contract,
+        // and `filled` is a plain #[repr(C)] struct of `ours >= size` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&filled as *const pyroscope_stats).cast::<u8>(), out.cast::<u8>(), size)
+        };
         Ok(())
     })
 }
@@ -480,18 +625,27 @@ pub unsafe extern "C" fn pyroscope_agent_free(agent: *mut *mut pyroscope_agent) 
 }
 
 /// Adds `key=value` to the calling thread's labels (laid over the ones in force) until the
-/// matching pyroscope_labels_pop. Works whether or not an agent runs.
+/// matching pyroscope_labels_pop. Always pushes one level, whatever it returns: pop once per
+/// push. A label that cannot be used (NULL, not UTF-8, an invalid name or value) is left out
+/// of that level and reported by the status and pyroscope_last_error(); invalid names and
+/// values are also counted in the agent's stats and logged once per kind. Values are free
+/// text (`, { } =` and spaces are fine). Works whether or not an agent runs.
 ///
 /// # Safety
-/// Both strings are NUL-terminated.
+/// Both strings are NUL-terminated, or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn pyroscope_labels_push(key: *const c_char, value: *const c_char) -> pyroscope_status {
     call(|| {
         // SAFETY: checked by `text`.
-        let (k, v) = unsafe { (text(key, "key")?, text(value, "value")?) };
-        let guard = pyroscope_core::push_labels(&[(k, v)])?;
+        let pair = unsafe { text(key, "key").and_then(|k| Ok((k, text(value, "value")?))) };
+        let (guard, checked) = match pair {
+            Ok((k, v)) => {
+                (pyroscope_core::push_labels(&[(k, v)]), pyroscope_core::validate_label(k, v).map_err(Failure::from))
+            }
+            Err(e) => (pyroscope_core::LabelSet::empty().enter(), Err(e)),
+        };
         LABELS.with(|l| l.borrow_mut().push(guard));
-        Ok(())
+        checked
     })
 }
 

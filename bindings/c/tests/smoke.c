@@ -2,6 +2,7 @@
  * popping labels while the agent samples them. Valid C99 and C++17 (built both ways).
  * Usage: smoke EXPORT_DIR. Prints "N passed, M failed". */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,8 @@ int main(int argc, char **argv) {
     CHECK(pyroscope_config_set_export_dir(cfg, argv[1]) == PYROSCOPE_STATUS_OK, "export dir");
     CHECK(pyroscope_config_set_tags(cfg, "region=lab") == PYROSCOPE_STATUS_OK, "tags");
     CHECK(pyroscope_config_set_memory(cfg, false) == PYROSCOPE_STATUS_OK, "memory off");
+    CHECK(pyroscope_config_set_shutdown_timeout_ms(NULL, 1000) == PYROSCOPE_STATUS_NULL_ARGUMENT, "shutdown NULL cfg");
+    CHECK(pyroscope_config_set_shutdown_timeout_ms(cfg, 5000) == PYROSCOPE_STATUS_OK, "shutdown timeout");
     CHECK(pyroscope_config_set_signal(cfg, 27 /* SIGPROF */, false) == PYROSCOPE_STATUS_OK, "signal");
     CHECK(pyroscope_agent_start(NULL, &agent) == PYROSCOPE_STATUS_NULL_ARGUMENT, "start NULL cfg");
     CHECK(pyroscope_agent_start(cfg, NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "start NULL out");
@@ -143,14 +146,33 @@ int main(int argc, char **argv) {
     CHECK(pyroscope_agent_start(cfg, &second) == PYROSCOPE_STATUS_INVALID_STATE && second == NULL, "one agent at a time");
     pyroscope_config_free(&cfg); /* the agent does not need it any more */
 
+    /* A push always pushes one level, to be popped whatever the status. */
     CHECK(pyroscope_labels_push(NULL, "v") == PYROSCOPE_STATUS_NULL_ARGUMENT, "push NULL key");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after a NULL key");
     CHECK(pyroscope_labels_push("bad key", "v") == PYROSCOPE_STATUS_INVALID_ARGUMENT, "push bad key");
+    CHECK(strstr(pyroscope_last_error(), "bad key") != NULL, "bad key message");
+    CHECK(pyroscope_labels_push("vehicle", "") == PYROSCOPE_STATUS_INVALID_ARGUMENT, "push empty value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after an empty value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop after a bad key");
     CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "pop on empty");
+    /* Values are free text; static tags keep the strict check. */
+    CHECK(pyroscope_labels_push("query", "a,b {c}=d e") == PYROSCOPE_STATUS_OK, "free-text value");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_OK, "pop free-text value");
 
     PYROSCOPE_WITH_LABEL("vehicle", "scooter") {
         c_labelled_work(100 * 1000000u);
     }
     CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "macro popped its label");
+    /* The block runs whatever happens to the label, and pops its level. */
+    int ran = 0;
+    PYROSCOPE_WITH_LABEL("bad key", "x") {
+        ran++;
+    }
+    PYROSCOPE_WITH_LABEL(NULL, "x") {
+        ran++;
+    }
+    CHECK(ran == 2, "the block runs with a rejected label");
+    CHECK(pyroscope_labels_pop() == PYROSCOPE_STATUS_INVALID_STATE, "macro popped a rejected label");
 
     enum { THREADS = 8 };
     pthread_t threads[THREADS];
@@ -169,9 +191,35 @@ int main(int argc, char **argv) {
     pthread_join(registered, &registered_ok);
     CHECK(registered_ok != NULL, "thread_register");
 
+    /* Counters: versioned by size, NULL and short structs handled. */
+    pyroscope_stats stats;
+    memset(&stats, 0, sizeof stats);
+    stats.size = sizeof stats;
+    CHECK(pyroscope_agent_stats(NULL, &stats) == PYROSCOPE_STATUS_NULL_ARGUMENT, "stats NULL agent");
+    CHECK(pyroscope_agent_stats(agent, NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "stats NULL out");
+    CHECK(pyroscope_agent_stats(agent, &stats) == PYROSCOPE_STATUS_OK, "stats");
+    CHECK(stats.size == sizeof stats, "stats size filled");
+    CHECK(stats.threads_sampled >= 1, "stats: threads sampled");
+    CHECK(stats.labels_rejected_name >= 2 && stats.labels_rejected_value >= 1, "stats: rejected labels counted");
+    CHECK(stats.label_sets_live >= 1 && stats.label_sets_overflowed == 0, "stats: label sets");
+    pyroscope_stats old_caller;
+    memset(&old_caller, 0xab, sizeof old_caller);
+    old_caller.size = offsetof(pyroscope_stats, uploads_sent); /* a caller built before uploads_sent */
+    CHECK(pyroscope_agent_stats(agent, &old_caller) == PYROSCOPE_STATUS_OK, "stats, older struct");
+    CHECK(old_caller.size == offsetof(pyroscope_stats, uploads_sent), "stats: only what the caller knows");
+    CHECK(old_caller.uploads_sent == 0xababababababababull, "stats: nothing written past the caller's size");
+    old_caller.size = 0;
+    CHECK(pyroscope_agent_stats(agent, &old_caller) == PYROSCOPE_STATUS_INVALID_ARGUMENT, "stats size 0");
+
     CHECK(pyroscope_agent_flush(NULL) == PYROSCOPE_STATUS_NULL_ARGUMENT, "flush NULL");
     CHECK(pyroscope_agent_flush(agent) == PYROSCOPE_STATUS_OK, "flush");
     CHECK(pyroscope_agent_stop(agent) == PYROSCOPE_STATUS_OK, "stop");
+    memset(&stats, 0, sizeof stats);
+    stats.size = sizeof stats;
+    CHECK(pyroscope_agent_stats(agent, &stats) == PYROSCOPE_STATUS_OK, "stats after stop");
+    CHECK(stats.samples > 0 && stats.samples_lost == 0, "stats: samples taken, none lost");
+    CHECK(stats.profiles >= 1 && stats.uploads_sent == stats.profiles, "stats: every profile written");
+    CHECK(stats.uploads_dropped == 0 && stats.uploads_failed == 0 && stats.uploads_retried == 0, "stats: no failures");
     CHECK(pyroscope_agent_stop(agent) == PYROSCOPE_STATUS_INVALID_STATE, "stop after stop");
     CHECK(pyroscope_agent_flush(agent) == PYROSCOPE_STATUS_INVALID_STATE, "flush after stop");
     CHECK(strstr(pyroscope_last_error(), "stopped") != NULL, "stopped message");

@@ -453,7 +453,7 @@ fn record(ptr: *mut u8, size: usize) {
     let label_id = crate::thread::current_label_id();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pushed = ring::push(key, |rec| {
+    let pushed = ring::push(key, Kind::Alloc, |rec| {
         rec.kind = Kind::Alloc;
         rec.tid = 0;
         rec.label_id = label_id;

@@ -31,8 +31,11 @@ impl Exporter for FileExporter {
         let path = self.dir.join(Self::file_name(upload));
         // Write to a temporary name and rename, so readers never see half a file.
         let tmp = self.dir.join(format!(".{}.tmp", Self::file_name(upload)));
-        let io =
-            |e: std::io::Error| ExportError { retryable: true, message: format!("writing {}: {e}", path.display()) };
+        let io = |e: std::io::Error| ExportError {
+            retryable: true,
+            kind: crate::FailureKind::FileWrite,
+            message: format!("writing {}: {e}", path.display()),
+        };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
         std::fs::write(&tmp, &upload.pprof).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)

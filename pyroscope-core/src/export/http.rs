@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::{ExportError, Exporter, Upload};
 use crate::config::{Auth, Config, Protocol};
+use crate::{FailureKind, Transport};
 
 /// The push API messages (`push.v1`, `types.v1`).
 #[allow(missing_docs)]
@@ -42,6 +43,9 @@ pub mod push {
 /// URL, body and content headers of one upload.
 type Request = (String, Vec<u8>, Vec<(&'static str, String)>);
 
+/// Secrets shorter than this are not searched for in messages.
+const MIN_SECRET_LEN: usize = 4;
+
 pub(crate) const SPY_NAME: &str = "pyroscope-core";
 const USER_AGENT: &str = concat!("pyroscope-core/", env!("CARGO_PKG_VERSION"));
 
@@ -50,6 +54,8 @@ pub(crate) struct HttpExporter {
     base: String,
     protocol: Protocol,
     headers: Vec<(String, String)>,
+    /// Credentials and header values, cut out of every message (a server may echo them).
+    secrets: Vec<String>,
 }
 
 impl HttpExporter {
@@ -81,7 +87,37 @@ impl HttpExporter {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
             headers.push((k.clone(), v.clone()));
         }
-        HttpExporter { agent, base: base.as_str().trim_end_matches('/').to_owned(), protocol: config.protocol, headers }
+        let mut secrets: Vec<String> = headers.iter().map(|(_, v)| v.clone()).collect();
+        match &config.auth {
+            Auth::Basic { password, .. } => secrets.push(password.clone()),
+            Auth::Bearer(token) => secrets.push(token.clone()),
+            Auth::None => {}
+        }
+        if let Some(token) = headers.iter().find_map(|(k, v)| v.strip_prefix("Basic ").filter(|_| k == "Authorization"))
+        {
+            secrets.push(token.to_owned());
+        }
+        // Shorter values would cut ordinary words out of messages.
+        secrets.retain(|s| s.len() >= MIN_SECRET_LEN);
+        // Longest first, so a secret containing another is cut whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        HttpExporter {
+            agent,
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            protocol: config.protocol,
+            headers,
+            secrets,
+        }
+    }
+
+    /// `message` with every secret replaced.
+    fn scrub(&self, mut message: String) -> String {
+        for secret in &self.secrets {
+            if message.contains(secret.as_str()) {
+                message = message.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        message
     }
 
     /// The labels of the upload's series, per PROTOCOL.md §3.3.
@@ -125,8 +161,11 @@ impl HttpExporter {
                 let tags: Vec<String> = upload.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 name.push_str(&tags.join(","));
                 name.push('}');
-                let mut url = url::Url::parse(&format!("{}/ingest", self.base))
-                    .map_err(|e| ExportError { retryable: false, message: format!("bad ingest URL: {e}") })?;
+                let mut url = url::Url::parse(&format!("{}/ingest", self.base)).map_err(|e| ExportError {
+                    retryable: false,
+                    kind: FailureKind::HttpRequest,
+                    message: format!("bad ingest URL: {e}"),
+                })?;
                 url.query_pairs_mut()
                     .append_pair("name", &name)
                     .append_pair("from", &secs(upload.start).to_string())
@@ -155,6 +194,12 @@ pub(crate) fn retryable_status(status: u16, body: &str) -> bool {
 
 impl Exporter for HttpExporter {
     fn export(&self, upload: &Upload) -> Result<(), ExportError> {
+        self.send(upload).map_err(|e| ExportError { message: self.scrub(e.message), ..e })
+    }
+}
+
+impl HttpExporter {
+    fn send(&self, upload: &Upload) -> Result<(), ExportError> {
         let (url, body, fixed) = self.request(upload)?;
         let mut req = self.agent.post(&url);
         for (k, v) in &fixed {
@@ -172,6 +217,7 @@ impl Exporter for HttpExporter {
                 let text = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
                 Err(ExportError {
                     retryable: retryable_status(status, &text),
+                    kind: FailureKind::HttpStatus(status),
                     message: format!(
                         "{} answered {status}: {}",
                         redact(&url),
@@ -179,19 +225,54 @@ impl Exporter for HttpExporter {
                     ),
                 })
             }
-            Err(e) => Err(ExportError { retryable: true, message: format!("sending to {}: {e}", redact(&url)) }),
+            Err(e) => Err(ExportError {
+                retryable: true,
+                kind: FailureKind::HttpTransport(transport_failure(&e)),
+                message: format!("sending to {}: {e}", redact(&url)),
+            }),
         }
     }
 }
 
-/// The URL without its query (which may carry tags but never credentials; kept short).
-fn redact(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
+/// The class of a request that got no HTTP answer.
+fn transport_failure(e: &ureq::Error) -> Transport {
+    match e {
+        ureq::Error::Timeout(_) | ureq::Error::BodyStalled => Transport::Timeout,
+        ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => Transport::Connect,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) | ureq::Error::TlsRequired => Transport::Tls,
+        ureq::Error::Protocol(_) | ureq::Error::Http(_) | ureq::Error::LargeResponseHeader(..) => Transport::Protocol,
+        _ => Transport::Other,
+    }
+}
+
+/// The URL without its query (tags; kept short) and without user info.
+fn redact(url: &str) -> String {
+    crate::config::redact_url(url.split('?').next().unwrap_or(url))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Destination;
+
+    #[test]
+    fn messages_never_carry_secrets() {
+        let config = crate::AgentBuilder::new("a")
+            .server_address("http://127.0.0.1:1")
+            .basic_auth("user", "pass-word-1")
+            .header("X-Api-Key", "key-value-2")
+            .build()
+            .unwrap();
+        let Destination::Server(url) = &config.destination else { unreachable!() };
+        let ex = HttpExporter::new(&config, url);
+        let basic = base64::engine::general_purpose::STANDARD.encode("user:pass-word-1");
+        let echoed = format!("answered 401: got {basic} and pass-word-1 and key-value-2");
+        let scrubbed = ex.scrub(echoed);
+        for secret in ["pass-word-1", "key-value-2", basic.as_str()] {
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+        }
+        assert!(scrubbed.starts_with("answered 401: got <redacted>"), "{scrubbed}");
+    }
 
     #[test]
     fn retry_policy() {

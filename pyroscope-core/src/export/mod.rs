@@ -35,6 +35,8 @@ pub struct Upload {
 pub struct ExportError {
     /// Worth trying again (connection errors, timeouts, 408, 429 rate limits, 5xx).
     pub retryable: bool,
+    /// Which kind of failure (logged once per kind).
+    pub(crate) kind: crate::FailureKind,
     /// What happened (never includes credentials).
     pub message: String,
 }
@@ -63,6 +65,11 @@ pub struct ExportStats {
 struct QueueState {
     items: VecDeque<Upload>,
     closing: Option<Instant>,
+    /// The uploader holds an upload it took from `items`.
+    in_flight: bool,
+    /// Shutdown gave up: everything queued or in flight was counted as dropped at shutdown,
+    /// and nothing more is queued, sent or counted.
+    abandoned: bool,
 }
 
 /// The bounded queue between the collector and the uploader thread.
@@ -76,7 +83,7 @@ pub(crate) struct Queue {
 impl Queue {
     pub fn new(capacity: usize, stats: Arc<ExportStats>) -> Self {
         Queue {
-            state: Mutex::new(QueueState { items: VecDeque::new(), closing: None }),
+            state: Mutex::new(QueueState { items: VecDeque::new(), closing: None, in_flight: false, abandoned: false }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
             stats,
@@ -86,6 +93,10 @@ impl Queue {
     /// Adds an upload; drops the oldest when full. Never blocks on the network.
     pub fn push(&self, upload: Upload) {
         let mut s = self.state.lock();
+        if s.abandoned {
+            self.stats.dropped_at_shutdown.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         while s.items.len() >= self.capacity {
             s.items.pop_front();
             self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
@@ -100,16 +111,42 @@ impl Queue {
         self.cv.notify_all();
     }
 
+    /// Gives up on delivery (shutdown's deadline passed): what is queued or in flight is
+    /// counted as dropped at shutdown now, so the counters are final when shutdown returns. An
+    /// upload in flight may still reach the server; it stays counted as dropped.
+    pub fn abandon(&self) {
+        let mut s = self.state.lock();
+        Self::abandon_locked(&mut s, &self.stats);
+        self.cv.notify_all();
+    }
+
+    fn abandon_locked(s: &mut QueueState, stats: &ExportStats) {
+        if !s.abandoned {
+            s.abandoned = true;
+            let left = s.items.len() as u64 + u64::from(s.in_flight);
+            s.items.clear();
+            stats.dropped_at_shutdown.fetch_add(left, Ordering::Relaxed);
+        }
+    }
+
     /// Runs the uploader until closed: sends in order, retrying with backoff. `max_retry`
     /// bounds how long one upload may be retried before it is dropped.
     pub fn run(&self, exporter: &dyn Exporter, max_retry: Duration) {
         let mut rng = seed();
         loop {
-            let (upload, deadline) = {
+            let upload = {
                 let mut s = self.state.lock();
                 loop {
+                    if s.abandoned {
+                        return;
+                    }
+                    if s.closing.is_some_and(|d| Instant::now() >= d) {
+                        Self::abandon_locked(&mut s, &self.stats);
+                        return;
+                    }
                     if let Some(u) = s.items.pop_front() {
-                        break (u, s.closing);
+                        s.in_flight = true;
+                        break u;
                     }
                     if s.closing.is_some() {
                         return;
@@ -117,37 +154,46 @@ impl Queue {
                     s = self.cv.wait(s);
                 }
             };
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let left = self.state.lock().items.len() as u64 + 1;
-                self.stats.dropped_at_shutdown.fetch_add(left, Ordering::Relaxed);
-                return;
-            }
             let give_up = Instant::now() + max_retry;
             let mut backoff = Duration::from_millis(250);
             loop {
-                match exporter.export(&upload) {
+                let result = exporter.export(&upload);
+                let mut s = self.state.lock();
+                if s.abandoned {
+                    // Counted when shutdown gave up on it.
+                    return;
+                }
+                match result {
                     Ok(()) => {
+                        s.in_flight = false;
                         self.stats.sent.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => {
-                        let stop_at = self.state.lock().closing.map_or(give_up, |d| d.min(give_up));
+                        let stop_at = s.closing.map_or(give_up, |d| d.min(give_up));
                         // Full jitter: sleep a random time in [backoff/2, backoff].
                         rng = xorshift(rng);
                         let sleep = backoff / 2 + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
                         if !e.retryable || Instant::now() + sleep >= stop_at {
+                            s.in_flight = false;
                             self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
-                            crate::log_once(&e.message);
+                            drop(s);
+                            crate::log_once(e.kind, &e.message);
                             break;
                         }
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        // Sleep, but wake early when shutdown starts (its deadline is re-read above).
-                        let s = self.state.lock();
-                        if s.closing.is_none() {
-                            drop(self.cv.wait_for(s, sleep));
-                        } else {
-                            drop(s);
-                            std::thread::sleep(sleep.min(stop_at.saturating_duration_since(Instant::now())));
+                        // Sleep, but wake early when shutdown starts or gives up (the deadline
+                        // is re-read after the next attempt).
+                        let until = Instant::now() + sleep.min(stop_at.saturating_duration_since(Instant::now()));
+                        while !s.abandoned && Instant::now() < until {
+                            let closing = s.closing;
+                            s = self.cv.wait_for(s, until.saturating_duration_since(Instant::now()));
+                            if s.closing != closing {
+                                break;
+                            }
+                        }
+                        if s.abandoned {
+                            return;
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
@@ -181,7 +227,11 @@ mod tests {
         fn export(&self, _: &Upload) -> Result<(), ExportError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail_first {
-                Err(ExportError { retryable: self.retryable, message: "boom".into() })
+                Err(ExportError {
+                    retryable: self.retryable,
+                    kind: crate::FailureKind::HttpRequest,
+                    message: "boom".into(),
+                })
             } else {
                 Ok(())
             }

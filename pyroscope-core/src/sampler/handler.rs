@@ -143,7 +143,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
-    ring::push(state.tid as usize, |rec| {
+    ring::push(state.tid as usize, Kind::Cpu, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
         rec.label_id = label_id;

@@ -15,8 +15,7 @@
 
 pub(crate) mod handler;
 
-// The collector still names these through the sampler.
-pub(crate) use crate::ring::{self, COLLECTOR_WAKE, RING_CELL, WAKE_ASKED};
+use crate::ring::{COLLECTOR_WAKE, RING_CELL};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -170,9 +169,6 @@ fn arm_new_thread(tid: i32, state: &Arc<ThreadState>) {
 
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
-
-/// Marks the calling thread as the profiler's own: it is never sampled.
-pub(crate) use thread::mark_own as mark_own_thread;
 
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
 static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
@@ -760,7 +756,6 @@ mod tests {
             crate::tag_wrapper(&[("k", "v")], || {
                 ACTIVE.lock().as_ref().is_some_and(|t| t.timers.contains_key(&sys::gettid()))
             })
-            .unwrap()
         })
         .join()
         .unwrap();

@@ -95,9 +95,9 @@ fn main() {
             while !STOP.load(Ordering::Relaxed) {
                 let batch: Vec<_> = (0..24)
                     .map(|k| {
-                        let set = labels[(i + k) % labels.len()];
+                        let set = labels[(i + k) % labels.len()].clone();
                         std::thread::spawn(move || {
-                            let _g = set.enter().expect("enter");
+                            let _g = set.enter();
                             // SAFETY: plain C function, no preconditions.
                             unsafe { c_outer(300_000) }
                         })
@@ -112,9 +112,10 @@ fn main() {
         }));
     }
     // Allocation storm: the handler interrupts malloc/free constantly.
-    for &set in labels.iter().take(2) {
+    for set in labels.iter().take(2) {
+        let set = set.clone();
         handles.push(std::thread::spawn(move || {
-            let _g = set.enter().expect("enter");
+            let _g = set.enter();
             let mut keep: Vec<Vec<u8>> = Vec::new();
             let mut n = 0usize;
             while !STOP.load(Ordering::Relaxed) {

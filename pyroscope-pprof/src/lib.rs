@@ -1,5 +1,23 @@
-//! The pprof `Profile` message (prost), a builder with string/function/location tables, gzip.
-//! No I/O. Field numbers follow google/pprof `proto/profile.proto`.
+//! # pyroscope-pprof
+//!
+//! The pprof `Profile` message (prost), a builder with string/function/location tables, gzip,
+//! and a decoder that checks the invariants a Pyroscope server checks. No I/O, no sampling, no
+//! HTTP: `pyroscope-core` builds its profiles with it and re-exports it, and the `pyroscope`
+//! report command reads profiles with it alone. Field numbers follow google/pprof
+//! `proto/profile.proto`.
+//!
+//! ```
+//! let mut b = pyroscope_pprof::ProfileBuilder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 10_000_000);
+//! let leaf = b.location(0x10, 0x10, || vec![("work", "main.rs", 3)]);
+//! b.sample(vec![leaf], vec![1], &[("vehicle", "car")]);
+//! let bytes = pyroscope_pprof::encode_gzip(&b.build());
+//! let p = pyroscope_pprof::decode(&bytes)?;
+//! assert_eq!(p.sample[0].value, vec![1]);
+//! # Ok::<(), pyroscope_pprof::DecodeError>(())
+//! ```
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -1,0 +1,228 @@
+//! The collector thread: drain the ring, aggregate, close windows and hand them to export.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aggregate::{AllocWindow, FrameId, Window};
+use crate::config::{Config, Destination};
+use crate::export::{ExportStats, Queue, Upload};
+use crate::labels::LabelSet;
+use crate::ring::{self, Kind};
+use crate::sampler::{self, Sampler};
+use crate::symbolize::Symbolizer;
+use crate::sync::Mutex;
+use crate::{pprof, unwind};
+
+/// What the agent and its collector thread share: the stop flag the collector waits on, and
+/// the counters [`crate::Agent::stats`] reads.
+pub(crate) struct Shared {
+    pub(crate) stop: Mutex<bool>,
+    pub(crate) flush_now: AtomicBool,
+    pub(crate) samples: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) alloc_lost: AtomicU64,
+    pub(crate) truncated: AtomicU64,
+    pub(crate) windows: AtomicU64,
+    pub(crate) threads: AtomicU64,
+    pub(crate) unsampled: AtomicU64,
+    pub(crate) alloc_samples: AtomicU64,
+    pub(crate) external: Mutex<Vec<(Vec<FrameId>, LabelSet, u64)>>,
+    pub(crate) export: Arc<ExportStats>,
+    /// Set when shutdown stopped waiting: whatever the collector still builds is not queued.
+    pub(crate) abandoned: AtomicBool,
+    /// Windows shutdown did not wait for (at most one per agent).
+    pub(crate) windows_abandoned: AtomicU64,
+    /// Profiles queued for delivery.
+    pub(crate) profiles: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(export: Arc<ExportStats>) -> Self {
+        Shared {
+            stop: Mutex::new(false),
+            flush_now: AtomicBool::new(false),
+            samples: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            alloc_lost: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            windows: AtomicU64::new(0),
+            threads: AtomicU64::new(0),
+            unsampled: AtomicU64::new(0),
+            alloc_samples: AtomicU64::new(0),
+            external: Mutex::new(Vec::new()),
+            export,
+            abandoned: AtomicBool::new(false),
+            windows_abandoned: AtomicU64::new(0),
+            profiles: AtomicU64::new(0),
+        }
+    }
+}
+
+const TICK: Duration = Duration::from_millis(50);
+/// The collector's sleep while the ring is busy: a drain that found an eighth of a lane
+/// filled since the last one comes back this soon, and a hook that finds its lane half full
+/// wakes it, so bursts (a program allocating tens of GB/s) do not overflow the ring and lose
+/// samples.
+const BUSY_TICK: Duration = Duration::from_millis(2);
+/// Ring lanes (writer threads are spread over them) and records per lane: 4 MiB in all.
+pub(crate) const RING_LANES: usize = 4;
+pub(crate) const LANE_CAPACITY: usize = 1024;
+const SCAN_EVERY: Duration = Duration::from_millis(100);
+const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
+
+fn tags_hash(app: &str, tags: &BTreeMap<String, String>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.hash(&mut h);
+    tags.hash(&mut h);
+    h.finish()
+}
+
+/// The collector thread's body: drains the ring, aggregates, scans for threads, closes a
+/// window every upload interval (or on flush and stop) and queues its profiles.
+pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc<Queue>) {
+    let ring = ring::RING_CELL.get();
+    // Records left by an earlier agent belong to no window of ours.
+    if let Some(r) = ring {
+        r.drain(|_| {});
+    }
+    let period = Duration::from_nanos(1_000_000_000 / config.sample_rate as u64);
+    let rate = config.alloc_sample_bytes;
+    let tags = Arc::new(config.tags.clone());
+    let app: Arc<str> = config.application_name.as_str().into();
+    let hash = tags_hash(&config.application_name, &config.tags);
+    // Files are standalone: they carry the static tags on every sample.
+    let extra: Vec<(String, String)> = match config.destination {
+        Destination::Directory(_) => config.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Destination::Server(_) => Vec::new(),
+    };
+    let upload = |name: &'static str, profile: &crate::proto::Profile, start: SystemTime, end: SystemTime| Upload {
+        profile_name: name,
+        pprof: pprof::encode_gzip(profile),
+        start,
+        end,
+        tags: tags.clone(),
+        application_name: app.clone(),
+        tags_hash: hash,
+    };
+    let mut symbolizer = Symbolizer::default();
+    let mut window = Window::new(SystemTime::now());
+    let mut allocs = AllocWindow::default();
+    let mut window_end = Instant::now() + config.upload_interval;
+    let mut last_scan = Instant::now();
+    // Records the ring dropped, per kind, counted so far.
+    let dropped = |kind| ring.map_or(0, |r| r.dropped(kind));
+    let (mut cpu_lost_seen, mut alloc_lost_seen) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+    // Lost CPU records go into the CPU profile as `[lost samples]`; lost allocation records
+    // are memory that was not seen, not CPU time, and are only counted.
+    let mut count_lost = |window: &mut Window| {
+        let (cpu, alloc) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+        window.add_lost(cpu - cpu_lost_seen);
+        shared.lost.fetch_add(cpu - cpu_lost_seen, Ordering::Relaxed);
+        shared.alloc_lost.fetch_add(alloc - alloc_lost_seen, Ordering::Relaxed);
+        (cpu_lost_seen, alloc_lost_seen) = (cpu, alloc);
+    };
+    let drain = |window: &mut Window, allocs: &mut AllocWindow| {
+        ring.map_or(0, |r| {
+            r.drain(|rec| match rec.kind {
+                Kind::Cpu => window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight),
+                Kind::Alloc => allocs.add(rec.stack(), rec.aux, rec.label_id, rec.weight, rate),
+            })
+        })
+    };
+    let mut busy = false;
+    loop {
+        let stopping = {
+            let mut stop = shared.stop.lock();
+            // A registered thread gets its timer soon, but scans stay at most one per
+            // MIN_SCAN_GAP however fast threads come and go.
+            let tick = if busy { BUSY_TICK } else { TICK };
+            let timeout = if sampler::NEW_THREADS.load(Ordering::SeqCst) {
+                MIN_SCAN_GAP.saturating_sub(last_scan.elapsed()).min(tick)
+            } else {
+                tick
+            };
+            if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
+                stop = ring::COLLECTOR_WAKE.wait_for(stop, timeout);
+            }
+            *stop
+        };
+        // Before draining: a hook that fills its lane during the drain asks again.
+        ring::WAKE_ASKED.store(false, Ordering::Release);
+        busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
+        if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
+            crate::alloc::make_resident();
+        }
+        count_lost(&mut window);
+        for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
+            window.add_cpu_frames(&frames, label.id(), weight);
+        }
+        if !stopping {
+            // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
+            unwind::refresh();
+        }
+        let since = last_scan.elapsed();
+        let due = since >= SCAN_EVERY || (since >= MIN_SCAN_GAP && sampler::NEW_THREADS.load(Ordering::SeqCst));
+        if due && !stopping {
+            sampler::NEW_THREADS.store(false, Ordering::SeqCst);
+            sampler.scan();
+            let (sampled, unsampled) = sampler.threads();
+            shared.threads.store(sampled as u64, Ordering::Relaxed);
+            shared.unsampled.store(unsampled, Ordering::Relaxed);
+            last_scan = Instant::now();
+        }
+        let flush = shared.flush_now.swap(false, Ordering::SeqCst);
+        if stopping || flush || Instant::now() >= window_end {
+            if stopping {
+                // Stop the timers and allocation sampling first, then take what they wrote.
+                sampler.stop();
+                crate::alloc::ENABLED.store(false, Ordering::SeqCst);
+                drain(&mut window, &mut allocs);
+                count_lost(&mut window);
+            }
+            let end = SystemTime::now();
+            let closed = std::mem::replace(&mut window, Window::new(end));
+            window_end = Instant::now() + config.upload_interval;
+            shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
+            shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
+            shared.windows.fetch_add(1, Ordering::Relaxed);
+            // Label sets this window and the allocation samples still name are in use.
+            let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
+            if !closed.is_empty() {
+                let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                if shared.abandoned.load(Ordering::SeqCst) {
+                    return;
+                }
+                shared.profiles.fetch_add(1, Ordering::Relaxed);
+                queue.push(upload("process_cpu", &profile, closed.start, end));
+            }
+            if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
+                let live = crate::alloc::live_snapshot();
+                label_ids.extend(live.keys().map(|(_, label)| *label));
+                if !allocs.is_empty() || !live.is_empty() {
+                    shared.alloc_samples.fetch_add(allocs.sampled.len() as u64, Ordering::Relaxed);
+                    let profile = allocs.memory_profile(
+                        &live,
+                        &mut symbolizer,
+                        unwind::current(),
+                        rate,
+                        closed.start,
+                        end,
+                        &extra,
+                    );
+                    if shared.abandoned.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    shared.profiles.fetch_add(1, Ordering::Relaxed);
+                    queue.push(upload("memory", &profile, closed.start, end));
+                }
+            }
+            crate::labels::reclaim(label_ids);
+            if stopping {
+                return;
+            }
+        }
+    }
+}

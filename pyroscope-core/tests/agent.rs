@@ -1,0 +1,196 @@
+//! The agent's lifecycle: settings checked at start, bounded shutdown, counters, secrets.
+
+use std::time::Duration;
+
+use std::time::Instant;
+
+use pyroscope_core::{Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
+
+use crate::util::*;
+
+#[test]
+fn start_checks_a_config_changed_after_build() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("invalid-config");
+    let good = AgentBuilder::new("valid").export_dir(&dir).build().unwrap();
+    let server = AgentBuilder::new("valid").server_address("http://127.0.0.1:4040").build().unwrap();
+
+    let mut c = good.clone();
+    c.sample_rate = 0;
+    assert!(matches!(Agent::start(c), Err(Error::InvalidSampleRate { rate: 0, .. })));
+    let mut c = good.clone();
+    c.application_name.clear();
+    assert_eq!(Agent::start(c).unwrap_err(), Error::EmptyApplicationName);
+    let mut c = good.clone();
+    c.upload_interval = Duration::ZERO;
+    assert!(matches!(Agent::start(c), Err(Error::InvalidUploadInterval { .. })));
+    let mut c = server.clone();
+    if let Destination::Server(url) = &mut c.destination {
+        url.set_scheme("ftp").unwrap();
+    }
+    assert!(matches!(Agent::start(c), Err(Error::InvalidServerAddress { .. })));
+    let mut c = good.clone();
+    c.tags.insert("bad-name".into(), "x".into());
+    assert!(matches!(Agent::start(c), Err(Error::InvalidLabelName { .. })));
+
+    // None of them took the agent slot: a valid config starts.
+    Agent::start(good).unwrap().stop();
+}
+
+/// Frames of `depth` taken from `frames` so that each `i` gives a different stack.
+fn distinct_stack(frames: &[FrameId], i: usize, depth: usize) -> Vec<FrameId> {
+    (0..depth).map(|j| frames[(i / frames.len().pow(j.min(2) as u32) + j * 7919) % frames.len()]).collect()
+}
+
+#[test]
+fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("huge-window");
+    let timeout = Duration::from_millis(300);
+    let agent = AgentBuilder::new("huge")
+        .export_dir(&dir)
+        .memory(false)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(timeout)
+        .start()
+        .unwrap();
+    // The most distinct stacks a window keeps, each 256 frames deep: building, encoding and
+    // compressing its profile takes seconds.
+    let frames: Vec<FrameId> =
+        (0..4096).map(|i| FrameId::new(&format!("huge_frame_{i}"), "huge.py", i).unwrap()).collect();
+    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
+    for i in 0..50_000 {
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
+    }
+    let t = Instant::now();
+    let stats = agent.stop();
+    let took = t.elapsed();
+    // The detached collector still holds the one-agent slot: poll until it frees it.
+    let mut next = None;
+    let freed = wait_until(Duration::from_secs(300), || match AgentBuilder::new("next").export_dir(&dir).start() {
+        Ok(a) => {
+            next = Some(a);
+            true
+        }
+        Err(e) => {
+            assert_eq!(e, Error::AlreadyRunning);
+            false
+        }
+    });
+    let collector_took = t.elapsed();
+    assert!(freed, "the detached collector never finished");
+    eprintln!("stop took {took:?}, the collector {collector_took:?}: {stats:?}");
+    let bound = timeout + Duration::from_millis(1000);
+    assert!(took < bound, "stop took {took:?}");
+    assert!(collector_took > bound, "the window was built in {collector_took:?}: not huge enough to test the bound");
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");
+    assert!(read_profiles(&dir).is_empty(), "the abandoned window is not written");
+    next.unwrap().stop();
+}
+
+/// The weight (first value) of the samples whose leaf is the function `name`.
+fn leaf_weight(p: &pyroscope_core::proto::Profile, name: &str) -> i64 {
+    let Some(name_id) = p.string_table.iter().position(|s| s == name) else { return 0 };
+    let funcs: Vec<u64> = p.function.iter().filter(|f| f.name == name_id as i64).map(|f| f.id).collect();
+    let locs: std::collections::HashSet<u64> = p
+        .location
+        .iter()
+        .filter(|l| l.line.iter().any(|line| funcs.contains(&line.function_id)))
+        .map(|l| l.id)
+        .collect();
+    p.sample.iter().filter(|s| s.location_id.first().is_some_and(|l| locs.contains(l))).map(|s| s.value[0]).sum()
+}
+
+#[inline(never)]
+fn allocate_small(n: usize) -> usize {
+    (0..n).map(|i| std::hint::black_box(Box::new([i as u8; 64]))[0] as usize).sum()
+}
+
+#[test]
+fn dropped_allocation_records_are_not_lost_cpu_samples() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("alloc-drops");
+    let agent = AgentBuilder::new("alloc-drops")
+        .export_dir(&dir)
+        .sample_rate(1)
+        .alloc_sample_bytes(1)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_secs(120))
+        .start()
+        .unwrap();
+    // Keep the collector busy with a huge window (seconds) while every allocation is sampled:
+    // the ring (4,096 records) fills and the rest of the allocation records are dropped.
+    let frames: Vec<FrameId> =
+        (0..4096).map(|i| FrameId::new(&format!("busy_frame_{i}"), "busy.py", i).unwrap()).collect();
+    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
+    for i in 0..30_000 {
+        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
+    }
+    agent.flush();
+    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());
+    allocate_small(20_000);
+    let stats = agent.stop();
+    eprintln!("{stats:?}");
+    assert!(stats.alloc_samples_lost >= 1000, "the test did not overflow the ring: {stats:?}");
+    let lost_in_cpu: i64 = read_profiles(&dir)
+        .iter()
+        .filter(|(name, _)| name.contains(".process_cpu."))
+        .map(|(_, p)| leaf_weight(p, "[lost samples]"))
+        .sum();
+    assert_eq!(lost_in_cpu as u64, stats.samples_lost, "[lost samples] holds lost CPU samples only: {stats:?}");
+    // At 1 Hz the CPU timers write a handful of records in those seconds.
+    assert!(stats.samples_lost < 50, "{stats:?}");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_errors() {
+    let _g = crate::agent_lock();
+    const SECRETS: [&str; 5] = ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET"];
+    let [password, token, header, userinfo, query] = SECRETS;
+    let mut printed = Vec::new();
+    let shown = |e: Error| [e.to_string(), format!("{e:?}")];
+
+    let with_secrets = |b: AgentBuilder| b.basic_auth("user", password).header("X-Api-Key", header);
+    for address in [
+        format!("http://admin:{userinfo}@127.0.0.1:4040"),
+        format!("http://admin:{userinfo}@bad host"),
+        format!("admin:{userinfo}@127.0.0.1:4040"),
+        format!("http://127.0.0.1:4040/?token={query}"),
+    ] {
+        let b = with_secrets(AgentBuilder::new("s")).server_address(&address);
+        printed.push(format!("{b:?}"));
+        printed.extend(shown(b.build().unwrap_err()));
+    }
+    let vars = [
+        (pyroscope_core::env::SERVER_ADDRESS, format!("http://u:{userinfo}@h:4040")),
+        (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
+        (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
+    ];
+    let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+    printed.push(format!("{b:?}"));
+    printed.extend(shown(b.build().unwrap_err()));
+
+    // A valid config, then one changed after build.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let config = with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).build().unwrap();
+    printed.push(format!("{config:?}"));
+    let mut changed = config.clone();
+    if let Destination::Server(u) = &mut changed.destination {
+        u.set_password(Some(userinfo)).unwrap();
+    }
+    printed.push(format!("{changed:?}"));
+    printed.extend(shown(Agent::start(changed).unwrap_err()));
+    let agent = Agent::start(config).unwrap();
+    printed.push(format!("{agent:?}"));
+    agent.stop();
+
+    assert!(printed.iter().any(|p| p.contains("X-Api-Key")), "header names stay visible: {printed:#?}");
+    for text in &printed {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{secret} leaked in: {text}");
+        }
+    }
+}
