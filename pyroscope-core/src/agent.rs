@@ -159,7 +159,7 @@ impl Agent {
         std::thread::Builder::new()
             .name("pyroscope-upload".into())
             .spawn(move || {
-                sampler::mark_own_thread();
+                crate::thread::mark_own();
                 q.run(&*exporter, max_retry);
                 let _ = done_tx.send(());
             })
@@ -175,7 +175,7 @@ impl Agent {
         let spawned = std::thread::Builder::new().name("pyroscope-collect".into()).spawn(move || {
             // Dropped last, after the sampler, even if the collector panics.
             let _slot = ReleaseSlot(collector_tx);
-            sampler::mark_own_thread();
+            crate::thread::mark_own();
             let _ = ready_tx.send(());
             collector::collect(cfg, sampler, sh, q);
         });
@@ -242,7 +242,7 @@ impl Agent {
     /// Closes the current window now (instead of at the end of the interval) and queues it.
     pub fn flush(&self) {
         self.shared.flush_now.store(true, Ordering::SeqCst);
-        sampler::COLLECTOR_WAKE.notify_all();
+        crate::ring::COLLECTOR_WAKE.notify_all();
     }
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
@@ -276,7 +276,7 @@ impl Agent {
         }
         let deadline = Instant::now() + self.config.shutdown_timeout;
         *self.shared.stop.lock() = true;
-        sampler::COLLECTOR_WAKE.notify_all();
+        crate::ring::COLLECTOR_WAKE.notify_all();
         // The collector closes the last window (symbolizing every new address in it) and
         // queues its profiles. Past the deadline it is left to finish on its own: it owns its
         // state, drops what it built, and frees the agent slot when it ends.

@@ -10,7 +10,8 @@ use crate::aggregate::{AllocWindow, FrameId, Window};
 use crate::config::{Config, Destination};
 use crate::export::{ExportStats, Queue, Upload};
 use crate::labels::LabelSet;
-use crate::sampler::{self, ring::Kind, Sampler};
+use crate::ring::{self, Kind};
+use crate::sampler::{self, Sampler};
 use crate::symbolize::Symbolizer;
 use crate::sync::Mutex;
 use crate::{pprof, unwind};
@@ -82,7 +83,7 @@ fn tags_hash(app: &str, tags: &BTreeMap<String, String>) -> u64 {
 /// The collector thread's body: drains the ring, aggregates, scans for threads, closes a
 /// window every upload interval (or on flush and stop) and queues its profiles.
 pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc<Queue>) {
-    let ring = sampler::RING_CELL.get();
+    let ring = ring::RING_CELL.get();
     // Records left by an earlier agent belong to no window of ours.
     if let Some(r) = ring {
         r.drain(|_| {});
@@ -144,12 +145,12 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 tick
             };
             if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
-                stop = sampler::COLLECTOR_WAKE.wait_for(stop, timeout);
+                stop = ring::COLLECTOR_WAKE.wait_for(stop, timeout);
             }
             *stop
         };
         // Before draining: a hook that fills its lane during the drain asks again.
-        sampler::WAKE_ASKED.store(false, Ordering::Release);
+        ring::WAKE_ASKED.store(false, Ordering::Release);
         busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();

@@ -2,7 +2,7 @@
 //!
 //! A label set is interned once into a global table and named by a `u32` id: the low
 //! [`INDEX_BITS`] bits pick a table entry, the rest are that entry's generation. Each thread
-//! owns one slot (see [`crate::sampler::ThreadState`]) holding the id in force; the signal
+//! owns one slot (see [`crate::thread::ThreadState`]) holding the id in force; the signal
 //! handler reads it with a single relaxed atomic load, and entering a pre-built [`LabelSet`]
 //! on a thread without labels is a single atomic store. Nothing here runs in signal context
 //! except that load.
@@ -27,7 +27,6 @@
 //! the table's lock is taken by label calls that intern or merge, and by the collector. See
 //! docs/labels.md.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
@@ -40,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::sampler::{self, ThreadState};
+use crate::thread::{current_slot, ThreadState};
 
 /// Most label sets (distinct combinations) alive at once; beyond it new sets map to the
 /// overflow set until the collector reclaims unused ones.
@@ -340,7 +339,7 @@ fn intern(mut labels: Vec<Label>) -> Option<LabelSet> {
         // slots either: at the cap, free what those do not hold (at most once a second when
         // that frees little, so a full table of held sets does not make every call scan it).
         if t.live >= t.cap && !crate::agent::running() && t.next_call_pass.is_none_or(|at| Instant::now() >= at) {
-            let freed = t.reclaim(Vec::new(), |f| sampler::for_each_label_id(f), true).len();
+            let freed = t.reclaim(Vec::new(), |f| crate::thread::for_each_label_id(f), true).len();
             RECLAIMED.fetch_add(freed as u64, Ordering::Relaxed);
             t.next_call_pass = (freed < t.cap / 16).then(|| Instant::now() + Duration::from_secs(1));
         }
@@ -424,7 +423,7 @@ pub(crate) fn reclaim(referenced: impl IntoIterator<Item = u32>) {
     let freed = {
         let mut guard = TABLE.write();
         let Some(t) = guard.as_mut() else { return };
-        let freed = t.reclaim(used, |f| sampler::for_each_label_id(f), false);
+        let freed = t.reclaim(used, |f| crate::thread::for_each_label_id(f), false);
         LIVE.store(t.live as u64, Ordering::Relaxed);
         freed
     };
@@ -671,15 +670,6 @@ pub fn current() -> LabelSet {
     read(|t| t.handle(id)).unwrap_or_default()
 }
 
-/// The label id in force on this thread, without creating its slot or blocking (for the
-/// allocation hook, which may run inside the slot's own creation).
-pub(crate) fn current_id_nonblocking() -> u32 {
-    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id.load(Ordering::Relaxed))))
-        .ok()
-        .flatten()
-        .unwrap_or(EMPTY)
-}
-
 /// A future that carries its own labels; see [`LabelSet::wrap`].
 pub struct WithLabels<F> {
     set: LabelSet,
@@ -698,30 +688,6 @@ impl<F: Future> Future for WithLabels<F> {
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
         inner.poll(cx)
     }
-}
-
-/// Resets the thread's labels when the thread exits, so a reused tid starts clean.
-struct Slot(Arc<ThreadState>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.label_id.store(EMPTY, Ordering::Release);
-        // A new thread that reuses this tid gets a state of its own.
-        self.0.exited.store(true, Ordering::Relaxed);
-    }
-}
-
-thread_local! {
-    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
-}
-
-fn current_slot() -> Arc<ThreadState> {
-    SLOT.try_with(|s| {
-        let mut s = s.borrow_mut();
-        s.get_or_insert_with(|| Slot(sampler::register_current_thread())).0.clone()
-    })
-    // During thread teardown the TLS is gone: hand out a detached slot nobody samples.
-    .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
 }
 
 /// Takes the table's lock before fork, so no other thread of the parent holds it then.

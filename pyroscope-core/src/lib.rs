@@ -58,10 +58,12 @@ mod config;
 mod error;
 mod export;
 mod labels;
+mod ring;
 mod sampler;
 mod symbolize;
 mod sync;
 mod sys;
+mod thread;
 mod unwind;
 
 // The pprof codec lives in its own crate so the report command can use it without the sampler.

@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use framehop::{FrameAddress, Unwinder};
 
-use crate::sampler::ring::{Kind, Pushed, MAX_DEPTH};
-use crate::sampler::RING;
+use crate::ring::{self, Kind, Pushed, MAX_DEPTH};
 use crate::sync::Mutex;
 use crate::sys::{prefetch, CachePadded};
 use crate::unwind::{self, memory, NativeRegs, SignalCache};
@@ -43,19 +42,19 @@ pub(crate) static SEED: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
 pub(crate) static HOOKED: AtomicBool = AtomicBool::new(false);
 /// Sampled allocations not tracked because the live map was full.
 pub(crate) static LIVE_OVERFLOW: AtomicU64 = AtomicU64::new(0);
+/// Allocations sampled (records written), since the process started.
+pub(crate) static SAMPLED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Bytes left before this thread's next sample.
     static COUNTDOWN: Cell<i64> = const { Cell::new(0) };
     /// Inside the profiler's own allocation handling.
     static BUSY: Cell<bool> = const { Cell::new(false) };
-    /// One of the profiler's own threads: its allocations are never sampled (its frees are
-    /// still looked up, so blocks it frees leave the live set).
-    static OWN: Cell<bool> = const { Cell::new(false) };
+
     /// xorshift state (0 = not seeded yet).
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The unwinder's rule cache for allocation samples (not the signal handler's).
-    static CACHE: Cell<*mut SignalCache> = const { Cell::new(std::ptr::null_mut()) };
+    static CACHE: ThreadCache = const { ThreadCache(Cell::new(std::ptr::null_mut())) };
     /// This thread's key for the reader count's stripes and the ring's lanes (`usize::MAX`:
     /// not drawn yet).
     static READER_KEY: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -297,13 +296,6 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(r)
 }
 
-/// Marks the calling thread as the profiler's own: its allocations are never sampled. Its
-/// frees are handled as any thread's: a block sampled on an application thread and freed by
-/// the profiler (the frames handed to `Agent::add_cpu_sample`) leaves the live set.
-pub(crate) fn mark_own_thread() {
-    let _ = OWN.try_with(|o| o.set(true));
-}
-
 /// Runs `f` with the re-entrancy guard set (whatever it was), for profiler code outside the
 /// hooks that takes the live map's lock: allocations inside must not re-enter.
 fn busy<R>(f: impl FnOnce() -> R) -> R {
@@ -421,7 +413,7 @@ fn slow_alloc(ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 pub fn countdown_expired(ptr: *mut u8, size: usize, left: i64) -> i64 {
-    if OWN.try_with(Cell::get).unwrap_or(false) {
+    if crate::thread::is_current_own() {
         // Never sampled: the countdown never runs out again.
         return i64::MAX;
     }
@@ -458,10 +450,10 @@ fn record(ptr: *mut u8, size: usize) {
     #[cfg(feature = "test-hooks")]
     crate::sampler::test_hooks::hold_in_hook_here();
     let stack = unwind::stack_window(sp);
-    let label_id = crate::labels::current_id_nonblocking();
+    let label_id = crate::thread::current_label_id();
     let snapshot = unwind::current();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let pushed = RING.push(key, Kind::Alloc, |rec| {
+    let pushed = ring::push(key, Kind::Alloc, |rec| {
         rec.kind = Kind::Alloc;
         rec.tid = 0;
         rec.label_id = label_id;
@@ -502,11 +494,12 @@ fn record(ptr: *mut u8, size: usize) {
     });
     unwind::HANDLERS_ACTIVE.exit(stripe);
     if pushed == Pushed::Filling {
-        crate::sampler::wake_collector();
+        ring::wake_reader();
     }
     if !pushed.written() {
         return;
     }
+    SAMPLED.fetch_add(1, Ordering::Relaxed);
     let mut live = shard_of(ptr as usize).map.lock();
     let map = live.get_or_insert_with(|| {
         TABLES_USED.store(true, Ordering::Relaxed);
@@ -531,19 +524,36 @@ fn current_regs() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
+/// A thread's unwind cache for allocation samples (33 KiB), created by its first sample and
+/// freed when the thread exits.
+struct ThreadCache(Cell<*mut SignalCache>);
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        let p = self.0.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: `p` came from Box::into_raw in `thread_cache` and is freed only here, once:
+            // the thread is exiting, its thread-local is being destroyed, and a sample taken
+            // later on this thread finds the thread-local gone and takes no cache. The free goes
+            // through the global allocator's hooks, which use only destructor-less thread-locals.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
 fn thread_cache() -> Option<&'static mut SignalCache> {
     CACHE
         .try_with(|c| {
-            if c.get().is_null() {
-                // Leaked per thread that samples (33 KiB): thread-locals with destructors could
-                // run after the allocator is gone; a sampling thread is rare enough.
-                c.set(Box::into_raw(Box::new(SignalCache::new_in())));
+            if c.0.get().is_null() {
+                c.0.set(Box::into_raw(Box::new(SignalCache::new_in())));
             }
-            c.get()
+            c.0.get()
         })
         .ok()
-        // SAFETY: the pointer is this thread's own, created above and never freed or shared;
-        // only this thread, under the re-entrancy guard, uses it.
+        // SAFETY: the pointer is this thread's own, created above and freed only by the
+        // thread-local's destructor at thread exit (after which `try_with` fails); only this
+        // thread, under the re-entrancy guard, uses it, and `record` drops the reference before
+        // returning.
         .map(|p| unsafe { &mut *p })
 }
 

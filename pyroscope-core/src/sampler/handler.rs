@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 
 use framehop::{FrameAddress, Unwinder};
 
-use super::ring::{Kind, MAX_DEPTH};
-use super::{ThreadState, ENABLED, PREVIOUS, RING};
+use super::{ThreadState, ENABLED, PREVIOUS};
+use crate::ring::{self, Kind, MAX_DEPTH};
 use crate::sys::ErrnoGuard;
 use crate::unwind::{self, memory, NativeRegs, HANDLERS_ACTIVE};
 
@@ -70,13 +70,15 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
         }
         if let Some(state) = state {
             let weight = 1 + timer.overrun.max(0) as u64;
-            match state.handler_stack.get() {
-                Some(stack) => {
+            match state.handler_stack_top() {
+                Some(top) => {
                     let mut job = Job { state, weight, ucontext };
                     // SAFETY: the stack is this thread's own (only its handler uses it, and the
-                    // handler does not nest), 64 KiB, alive while the state is; `run_job` is an
-                    // extern "C" fn taking the job pointer, which outlives the call.
-                    unsafe { call_on_stack(stack.top(), run_job, (&mut job as *mut Job).cast()) };
+                    // handler does not nest), 64 KiB above a guard page, freed only on this
+                    // thread outside the handler or with the state, which outlives this call;
+                    // `run_job` is an extern "C" fn taking the job pointer, which outlives the
+                    // call.
+                    unsafe { call_on_stack(top, run_job, (&mut job as *mut Job).cast()) };
                 }
                 None => sample(state, weight, ucontext),
             }
@@ -141,7 +143,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
-    RING.push(state.tid as usize, Kind::Cpu, |rec| {
+    ring::push(state.tid as usize, Kind::Cpu, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
         rec.label_id = label_id;

@@ -14,20 +14,21 @@
 //! that took the slot over: it is counted in [`STALE_SIGNALS`] and dropped.
 
 pub(crate) mod handler;
-pub(crate) mod ring;
 
-use std::cell::UnsafeCell;
-use std::collections::{HashMap, HashSet};
+use crate::ring::{COLLECTOR_WAKE, RING_CELL};
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{Condvar, Mutex};
+use crate::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::ring::Lanes;
 use crate::sys;
-use crate::unwind::{SignalCache, HANDLERS_ACTIVE};
-use ring::{Lanes, Pushed};
+use crate::thread::{self, ThreadState};
+use crate::unwind::HANDLERS_ACTIVE;
 
 /// Most threads sampled at once; further threads are counted in `Stats::threads_unsampled`.
 pub(crate) const MAX_THREADS: usize = 8192;
@@ -37,9 +38,6 @@ const SIGVAL_MAGIC: u64 = 0x5059; // "PY"
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The sigaction that was installed before ours, leaked on install, chained to.
 pub(crate) static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
-/// The rings every handler and hook writes to; created by the first agent and kept for the
-/// process.
-pub(crate) static RING_CELL: OnceLock<Lanes> = OnceLock::new();
 /// Slot -> thread state for live timers.
 pub(crate) static SLOTS: [AtomicPtr<ThreadState>; MAX_THREADS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_THREADS];
@@ -103,6 +101,16 @@ pub mod test_hooks {
         IN_HOOK_TID.store(0, Ordering::SeqCst);
     }
 
+    /// Allocations sampled since the process started.
+    pub fn alloc_samples() -> u64 {
+        crate::alloc::SAMPLED.load(Ordering::Relaxed)
+    }
+
+    /// Timer signals dropped as stale (their timer deleted or replaced before delivery).
+    pub fn stale_signals() -> u64 {
+        super::STALE_SIGNALS.load(Ordering::Relaxed)
+    }
+
     /// Unwind snapshots, maps tables and thread states retired but not freed yet.
     pub fn retained_tables() -> usize {
         crate::unwind::retained() + super::RETIRED.lock().len()
@@ -133,22 +141,6 @@ pub mod test_hooks {
     }
 }
 
-/// Stand-in so the handler can write `RING.push(..)`.
-pub(crate) struct RingRef;
-pub(crate) static RING: RingRef = RingRef;
-impl RingRef {
-    /// Pushes into the lane of `key` (a value that stays the same for the calling thread).
-    ///
-    /// # Signal safety
-    /// One atomic load, then [`ring::Lanes::push`].
-    pub(crate) fn push(&self, key: usize, kind: ring::Kind, fill: impl FnOnce(&mut ring::Record)) -> Pushed {
-        match RING_CELL.get() {
-            Some(ring) => ring.push(key, kind, fill),
-            None => Pushed::Full,
-        }
-    }
-}
-
 /// The `sigval` of the timer in `slot` armed with `generation`.
 fn sigval_of(slot: usize, generation: u32) -> u64 {
     (SIGVAL_MAGIC << 48) | (generation as u64) << 16 | slot as u64
@@ -163,170 +155,20 @@ pub(crate) fn slot_of_sigval(value: u64) -> Option<(usize, u32)> {
     (value >> 48 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some((slot, (value >> 16) as u32))
 }
 
-/// What the profiler knows about one OS thread. The signal handler reads it; the thread itself
-/// writes `label_id`; the collector writes the stack bounds.
-pub struct ThreadState {
-    pub(crate) tid: i32,
-    /// The id of the label set in force on this thread.
-    pub(crate) label_id: AtomicU32,
-    /// The thread has exited (its thread-local slot was destroyed).
-    pub(crate) exited: AtomicBool,
-    /// The generation of this state's current timer (0: none); see [`slot_of_sigval`].
-    pub(crate) timer_gen: AtomicU32,
-    cache: OnceLock<Box<UnsafeCell<SignalCache>>>,
-    /// A stack of our own for the handler's work, so that neither a small thread stack nor a
-    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use.
-    pub(crate) handler_stack: OnceLock<HandlerStack>,
-}
-
-/// Size of the per-thread handler stack. The unwinder needs up to ~25 KiB on a rule-cache miss
-/// (gimli's on-stack rule rows); pages never touched cost no memory.
-pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
-
-/// An anonymous mapping the handler switches its stack pointer to. Pages the handler never
-/// reaches are never backed by memory.
-pub(crate) struct HandlerStack {
-    base: *mut u8,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; only the owning thread's handler
-// writes to it, and it is unmapped only when the thread state is freed.
-unsafe impl Send for HandlerStack {}
-// SAFETY: as above; shared references only hand out the top address.
-unsafe impl Sync for HandlerStack {}
-
-impl HandlerStack {
-    fn new() -> Option<Self> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                HANDLER_STACK_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        (p != libc::MAP_FAILED).then(|| HandlerStack { base: p.cast() })
-    }
-
-    /// The 16-byte aligned top (stacks grow down).
-    pub(crate) fn top(&self) -> *mut u8 {
-        // SAFETY: one past the end of our own mapping, page aligned, so 16-byte aligned.
-        unsafe { self.base.add(HANDLER_STACK_SIZE) }
-    }
-}
-
-impl Drop for HandlerStack {
-    fn drop(&mut self) {
-        // SAFETY: `base` is the start of our HANDLER_STACK_SIZE mapping, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), HANDLER_STACK_SIZE) };
-    }
-}
-
-// SAFETY: all fields are atomics or set-once, except the unwind cache, which only the signal
-// handler running on this very thread touches (and the handler cannot nest: no SA_NODEFER and
-// every signal blocked while it runs).
-unsafe impl Sync for ThreadState {}
-// SAFETY: as above; the cache is plain owned memory.
-unsafe impl Send for ThreadState {}
-
-impl ThreadState {
-    fn new(tid: i32) -> Self {
-        ThreadState {
-            tid,
-            label_id: AtomicU32::new(0),
-            exited: AtomicBool::new(false),
-            timer_gen: AtomicU32::new(0),
-            cache: OnceLock::new(),
-            handler_stack: OnceLock::new(),
-        }
-    }
-
-    /// A state attached to no thread (used during thread teardown).
-    pub(crate) fn detached() -> Self {
-        Self::new(0)
-    }
-
-    /// The unwinder's rule cache.
-    ///
-    /// # Signal safety
-    /// One atomic load. Only the signal handler on this thread may call it.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) fn cache(&self) -> Option<&mut SignalCache> {
-        // SAFETY: the only caller is the handler on the thread this state belongs to, which does
-        // not nest, so the &mut is unique for its lifetime.
-        self.cache.get().map(|c| unsafe { &mut *c.get() })
-    }
-}
-
-static REGISTRY: Mutex<Option<HashMap<i32, Arc<ThreadState>>>> = Mutex::new(None);
-/// Threads the profiler itself runs; never sampled.
-static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
-
-/// The state of the calling thread, created on first use.
-pub(crate) fn register_current_thread() -> Arc<ThreadState> {
-    let tid = sys::gettid();
-    let state = state_for(tid);
-    // A thread that uses labels is sampled from now on: it arms its own timer while an agent
-    // runs, rather than waiting for the collector's next scan (a short request thread would
-    // lose its first milliseconds, more on a loaded machine).
-    let armed = ENABLED.load(Ordering::SeqCst) && ACTIVE.lock().as_mut().is_some_and(|t| t.arm_thread(tid, &state));
+/// Arms the timer of a thread that registered itself (its first label call or
+/// `register_thread`) while an agent runs, rather than waiting for the collector's next scan (a
+/// short request thread would lose its first milliseconds, more on a loaded machine). Without a
+/// running agent, asks the collector of the next one to scan.
+fn arm_new_thread(tid: i32, state: &Arc<ThreadState>) {
+    let armed = ENABLED.load(Ordering::SeqCst) && ACTIVE.lock().as_mut().is_some_and(|t| t.arm_thread(tid, state));
     if !armed {
         NEW_THREADS.store(true, Ordering::SeqCst);
         COLLECTOR_WAKE.notify_all();
     }
-    state
 }
-
-/// Wakes the collector now (a hook found its ring lane filling). Not from a signal handler.
-/// One wake-up per collector pass: a hook that finds one already asked for returns at once
-/// (a notify is a system call, and a burst asks on every push once its lane overflows).
-pub(crate) fn wake_collector() {
-    if !WAKE_ASKED.swap(true, Ordering::AcqRel) {
-        COLLECTOR_WAKE.notify_all();
-    }
-}
-
-/// A hook has woken the collector since its last pass began (see [`wake_collector`]).
-pub(crate) static WAKE_ASKED: AtomicBool = AtomicBool::new(false);
 
 /// A thread registered itself: the collector should scan at once.
 pub(crate) static NEW_THREADS: AtomicBool = AtomicBool::new(false);
-/// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
-pub(crate) static COLLECTOR_WAKE: Condvar = Condvar::new();
-
-/// Marks the calling thread as the profiler's own: it is never sampled.
-pub(crate) fn mark_own_thread() {
-    crate::alloc::mark_own_thread();
-    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
-}
-
-/// The live state of thread `tid`, created if there is none (or only that of an exited thread
-/// whose tid was reused).
-fn state_for(tid: i32) -> Arc<ThreadState> {
-    let mut reg = REGISTRY.lock();
-    let map = reg.get_or_insert_with(HashMap::new);
-    match map.get(&tid) {
-        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
-        _ => {
-            let s = Arc::new(ThreadState::new(tid));
-            map.insert(tid, s.clone());
-            s
-        }
-    }
-}
-
-/// Calls `f` with the label id in force on every registered thread (for the label-set
-/// reclaimer: a set in a slot is in use).
-pub(crate) fn for_each_label_id(f: &mut dyn FnMut(u32)) {
-    if let Some(map) = REGISTRY.lock().as_ref() {
-        for state in map.values() {
-            f(state.label_id.load(Ordering::Acquire));
-        }
-    }
-}
 
 /// Installs the handler for `signal` once per process, keeping the previous action to chain to.
 static INSTALLED: Mutex<Option<(i32, bool)>> = Mutex::new(None);
@@ -382,7 +224,7 @@ fn next_generation() -> u32 {
 }
 
 /// The timers of the running agent: scanned by its collector, and armed by a thread that
-/// registers itself (see [`register_current_thread`]).
+/// registers itself (see [`arm_new_thread`]).
 static ACTIVE: Mutex<Option<Timers>> = Mutex::new(None);
 
 /// The running agent's handle on per-thread sampling; the collector thread drives it.
@@ -401,6 +243,7 @@ impl Drop for Sampler {
 impl Sampler {
     pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, lanes: usize, lane_capacity: usize) -> Result<Self> {
         RING_CELL.get_or_init(|| Lanes::new(lanes, lane_capacity));
+        thread::on_new_thread(arm_new_thread);
         install_handler(signal, on_alt_stack)?;
         crate::unwind::refresh();
         crate::unwind::refresh_maps();
@@ -497,16 +340,12 @@ impl Timers {
         for tid in dead {
             if let Some(t) = self.timers.remove(&tid) {
                 // A new thread reusing this tid must get a fresh state (stack, labels).
-                if let Some(map) = REGISTRY.lock().as_mut() {
-                    if map.get(&tid).is_some_and(|s| Arc::ptr_eq(s, &t.state)) {
-                        map.remove(&tid);
-                    }
-                }
+                thread::forget(tid, &t.state);
                 retired.push(self.delete(t));
             }
         }
         let tids = sys::list_threads().unwrap_or_default();
-        let own = OWN_THREADS.lock().clone().unwrap_or_default();
+        let own = thread::own_threads();
         // A profiler thread may have been armed before it marked itself as ours.
         for tid in own.iter() {
             if let Some(t) = self.timers.remove(tid) {
@@ -517,7 +356,7 @@ impl Timers {
             if own.contains(&tid) || self.timers.contains_key(&tid) {
                 continue;
             }
-            let state = state_for(tid);
+            let state = thread::state_for(tid);
             match self.arm(tid, state) {
                 Ok(t) => {
                     self.timers.insert(tid, t);
@@ -527,11 +366,9 @@ impl Timers {
         }
         crate::unwind::refresh_maps();
         // Forget registry entries of threads that are gone.
-        if let Some(map) = REGISTRY.lock().as_mut() {
-            map.retain(|tid, s| {
-                self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
-            });
-        }
+        thread::retain(|tid, s| {
+            self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
+        });
         retired
     }
 
@@ -541,7 +378,7 @@ impl Timers {
         if self.timers.contains_key(&tid) {
             return true;
         }
-        if OWN_THREADS.lock().as_ref().is_some_and(|own| own.contains(&tid)) {
+        if thread::is_own(tid) {
             return false;
         }
         match self.arm(tid, state.clone()) {
@@ -555,12 +392,7 @@ impl Timers {
 
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
-        state.cache.get_or_init(|| Box::new(UnsafeCell::new(SignalCache::new_in())));
-        if state.handler_stack.get().is_none() {
-            if let Some(stack) = HandlerStack::new() {
-                let _ = state.handler_stack.set(stack);
-            }
-        }
+        state.install_caches();
         let generation = next_generation();
         state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
@@ -667,8 +499,7 @@ fn wait_for_handlers() -> bool {
 pub(crate) fn prepare_fork() {
     ACTIVE.fork_hold();
     INSTALLED.fork_hold();
-    REGISTRY.fork_hold();
-    OWN_THREADS.fork_hold();
+    thread::prepare_fork();
     RETIRED.fork_hold();
 }
 
@@ -678,8 +509,7 @@ pub(crate) fn after_fork_parent() {
 
 fn release_locks() {
     RETIRED.fork_release();
-    OWN_THREADS.fork_release();
-    REGISTRY.fork_release();
+    thread::after_fork();
     INSTALLED.fork_release();
     ACTIVE.fork_release();
 }
@@ -700,11 +530,7 @@ pub(crate) fn after_fork_child() {
         ring.reset_after_fork();
     }
     HANDLERS_ACTIVE.reset_after_fork();
-    *OWN_THREADS.lock() = None;
-    let me = sys::gettid();
-    if let Some(map) = REGISTRY.lock().as_mut() {
-        map.retain(|tid, _| *tid == me);
-    }
+    thread::after_fork_child();
 }
 
 #[cfg(test)]
@@ -852,7 +678,7 @@ mod tests {
         let (live, live_tx, live_thread) = parked();
         let (gone, gone_tx, gone_thread) = parked();
         for tid in [live, gone] {
-            let t = timers.arm(tid, state_for(tid)).unwrap();
+            let t = timers.arm(tid, thread::state_for(tid)).unwrap();
             timers.timers.insert(tid, t);
         }
         let (id, generation) = (timers.timers[&live].id, timers.timers[&live].generation);

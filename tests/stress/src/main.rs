@@ -1,8 +1,11 @@
 //! Signal-safety stress test. At 1 kHz (tick-bound) per-thread CPU timers, for
 //! `STRESS_SECONDS` (default 20): dozens of short-lived threads, allocation storms, lock storms,
-//! dlopen/dlclose of a C library in a loop, and C code without frame pointers. Passes when
-//! nothing crashes or deadlocks (a watchdog aborts), and stacks stay correct: samples in
-//! `c_leaf_spin` carry `c_middle` and `c_outer` above them.
+//! dlopen/dlclose of a C library in a loop, and C code without frame pointers, all under the
+//! sampling allocator with a small mean interval (16 KiB), so the allocation hook's sampled
+//! path (unwinding, ring, live set) runs constantly between and under the timer signals.
+//! Passes when nothing crashes or deadlocks (a watchdog aborts), the handler allocates nothing,
+//! allocations are sampled and named, and stacks stay correct: samples in `c_leaf_spin` carry
+//! `c_middle` and `c_outer` above them.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,12 +21,14 @@ extern "C" {
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Tripwire: counts every allocation made while the profiler's signal handler runs on the
-/// allocating thread. The handler must make none.
+/// allocating thread (the handler must make none), then hands it to the sampling allocator.
 struct Tripwire;
+static INNER: pyroscope_core::SamplingAllocator<std::alloc::System> =
+    pyroscope_core::SamplingAllocator::new(std::alloc::System);
 static IN_HANDLER_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
+// SAFETY: forwards every call to the sampling allocator unchanged; only counts.
 unsafe impl std::alloc::GlobalAlloc for Tripwire {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
@@ -31,26 +36,32 @@ unsafe impl std::alloc::GlobalAlloc for Tripwire {
             IN_HANDLER_ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours, passed through.
-        unsafe { std::alloc::System.alloc(layout) }
+        unsafe { INNER.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if pyroscope_core::in_signal_handler() {
             IN_HANDLER_ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours, passed through.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        unsafe { INNER.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         if pyroscope_core::in_signal_handler() {
             IN_HANDLER_ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours, passed through.
-        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+        unsafe { INNER.realloc(ptr, layout, new) }
     }
 }
 
 #[global_allocator]
 static GLOBAL: Tripwire = Tripwire;
+
+/// One allocation of the storm (named, so the memory profile can be checked).
+#[inline(never)]
+fn storm_alloc(n: usize) -> Vec<u8> {
+    vec![n as u8; 16 + (n * 7919) % 4096]
+}
 
 fn main() {
     let secs: u64 = std::env::var("STRESS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
@@ -66,6 +77,7 @@ fn main() {
     let agent = AgentBuilder::new("stress")
         .export_dir(&dir)
         .sample_rate(1000)
+        .alloc_sample_bytes(16 * 1024)
         .upload_interval(Duration::from_secs(5))
         .start()
         .expect("start agent");
@@ -107,7 +119,7 @@ fn main() {
             let mut keep: Vec<Vec<u8>> = Vec::new();
             let mut n = 0usize;
             while !STOP.load(Ordering::Relaxed) {
-                keep.push(vec![n as u8; 16 + (n * 7919) % 4096]);
+                keep.push(storm_alloc(n));
                 if keep.len() > 512 {
                     keep.drain(..256);
                 }
@@ -179,14 +191,30 @@ fn main() {
     // Check the stacks.
     let (mut leaf, mut full, mut total) = (0i64, 0i64, 0i64);
     let (mut dl_leaf, mut dl_full) = (0i64, 0i64);
+    let (mut storm_bytes, mut alloc_bytes) = (0i64, 0i64);
     for entry in std::fs::read_dir(&dir).expect("profiles dir") {
         let path = entry.expect("entry").path();
         let p = pyroscope_core::decode_pprof(&std::fs::read(&path).expect("read")).expect("decode our own profile");
+        let memory = path.to_string_lossy().contains(".memory.");
         let name = |id: u64| {
             let f = p.function.iter().find(|f| f.id == id).expect("function");
             p.string_table[f.name as usize].clone()
         };
         for s in &p.sample {
+            if memory {
+                // alloc_space: the storm's allocations, named.
+                alloc_bytes += s.value[1];
+                let named = s.location_id.iter().any(|l| {
+                    p.location.iter().find(|x| x.id == *l).expect("location").line.iter().any(|ln| {
+                        let f = p.function.iter().find(|f| f.id == ln.function_id).expect("function");
+                        p.string_table[f.name as usize].ends_with("storm_alloc")
+                    })
+                });
+                if named {
+                    storm_bytes += s.value[1];
+                }
+                continue;
+            }
             total += s.value[0];
             let stack: Vec<String> = s
                 .location_id
@@ -225,7 +253,16 @@ fn main() {
         "stress: {dl_leaf} in the dlopen'ed d_leaf_spin, {:.1}% with the full chain",
         100.0 * dl_full as f64 / dl_leaf.max(1) as f64
     );
+    let sampled = pyroscope_core::test_hooks::alloc_samples();
+    eprintln!(
+        "stress: {sampled} allocations sampled, {:.0} MiB allocated by the estimate, {:.1}% of it in storm_alloc; {} stale timer signals dropped",
+        alloc_bytes as f64 / (1 << 20) as f64,
+        100.0 * storm_bytes as f64 / alloc_bytes.max(1) as f64,
+        pyroscope_core::test_hooks::stale_signals()
+    );
     let ok = bad_allocs == 0
+        && sampled > 10_000
+        && storm_bytes > 0
         && total > 1000
         && leaf > 200
         && ratio >= 0.95

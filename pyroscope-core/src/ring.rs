@@ -1,7 +1,7 @@
 //! A bounded lock-free MPSC ring of fixed-size sample records. ⚠
 //!
-//! Writers are signal handlers (and allocation hooks) on any thread; the single reader is the
-//! collector thread. This is Dmitry Vyukov's bounded queue: every slot has a sequence number
+//! Writers are the CPU timer's signal handler and the allocation hook, on any thread; the
+//! single reader is the collector thread. This is Dmitry Vyukov's bounded queue: every slot has a sequence number
 //! that says whether it is free for the writer holding ticket `pos` or full for the reader.
 //! A writer claims a ticket with one CAS, fills the slot and publishes it with one release
 //! store. When the ring is full the record is dropped and counted, never waited for.
@@ -9,9 +9,42 @@
 //! # Signal safety
 //! [`Lanes::push`] uses only atomics and plain memory writes to preallocated slots.
 
+use crate::sync::Condvar;
 use crate::sys::CachePadded;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// The rings every handler and hook writes to; created by the first agent and kept for the
+/// process.
+pub(crate) static RING_CELL: OnceLock<Lanes> = OnceLock::new();
+
+/// Pushes a record of `kind` into the process's ring, in the lane of `key` (a value that stays the same for the
+/// calling thread); `Full` before the first agent made the ring.
+///
+/// # Signal safety
+/// One atomic load, then [`Lanes::push`].
+pub(crate) fn push(key: usize, kind: Kind, fill: impl FnOnce(&mut Record)) -> Pushed {
+    match RING_CELL.get() {
+        Some(ring) => ring.push(key, kind, fill),
+        None => Pushed::Full,
+    }
+}
+
+/// Wakes the collector (the ring's reader) now: a hook found its lane filling. Not from a
+/// signal handler. One wake-up per collector pass: a hook that finds one already asked for
+/// returns at once (a notify is a system call, and a burst asks on every push once its lane
+/// overflows).
+pub(crate) fn wake_reader() {
+    if !WAKE_ASKED.swap(true, Ordering::AcqRel) {
+        COLLECTOR_WAKE.notify_all();
+    }
+}
+
+/// A hook has woken the collector since its last pass began (see [`wake_reader`]).
+pub(crate) static WAKE_ASKED: AtomicBool = AtomicBool::new(false);
+/// Wakes the collector (only one runs at a time; it waits on this with its own mutex).
+pub(crate) static COLLECTOR_WAKE: Condvar = Condvar::new();
 
 /// Deepest stack a record holds; deeper stacks keep their leaf-most frames and are flagged.
 pub const MAX_DEPTH: usize = 128;

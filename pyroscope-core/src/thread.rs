@@ -1,0 +1,402 @@
+//! Everything the profiler keeps per thread, in one place. ⚠
+//!
+//! A [`ThreadState`] per OS thread: the label id in force (the slot the signal handler reads),
+//! its CPU timer's generation, the signal handler's unwind cache and stack. The thread reaches
+//! its own through a thread-local slot, created by its first label call or `register_thread`
+//! and destroyed at its exit, which frees the caches at once; the sampler reaches any thread's
+//! through the registry, by tid. The profiler's own threads are marked here too.
+//!
+//! The sampler, the allocation hook and the labels depend on this module (and on the ring),
+//! never on each other; the one call back, arming a new thread's timer, goes through the
+//! function the sampler registers with [`on_new_thread`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::sync::Mutex;
+use crate::sys;
+use crate::unwind::SignalCache;
+
+/// What the profiler knows about one OS thread. The signal handler reads it; the thread itself
+/// writes `label_id`; the collector writes the stack bounds.
+pub struct ThreadState {
+    pub(crate) tid: i32,
+    /// The id of the label set in force on this thread.
+    pub(crate) label_id: AtomicU32,
+    /// The thread has exited (its thread-local slot was destroyed).
+    pub(crate) exited: AtomicBool,
+    /// The generation of this state's current timer (0: none); see
+    /// [`crate::sampler::slot_of_sigval`].
+    pub(crate) timer_gen: AtomicU32,
+    /// The unwinder's rule cache for this thread's handler (null: none yet, or freed).
+    cache: AtomicPtr<SignalCache>,
+    /// A stack of our own for the handler's work, so that neither a small thread stack nor a
+    /// small alternate signal stack (Go's are 32 KiB) limits the unwinder's stack use: the base
+    /// of its mapping, guard page included (null: none yet, or freed).
+    stack: AtomicPtr<u8>,
+}
+
+/// Size of the per-thread handler stack. The unwinder needs up to ~25 KiB on a rule-cache miss
+/// (gimli's on-stack rule rows); pages never touched cost no memory.
+pub(crate) const HANDLER_STACK_SIZE: usize = 64 * 1024;
+/// The inaccessible page below each handler stack: an overflow faults there instead of
+/// writing over whatever mapping lies below.
+pub(crate) const GUARD_SIZE: usize = 4096;
+
+/// A Valgrind client request (valgrind.h's `VALGRIND_DO_CLIENT_REQUEST_EXPR` for amd64): a
+/// sequence of rotations that leaves every register as it was, which Valgrind recognizes and
+/// answers; run natively it returns `default`. Hand-written: the crate for it builds against
+/// Valgrind's headers, which users' build machines do not have, for two requests.
+///
+/// # Signal safety
+/// Register moves only.
+pub(crate) fn valgrind_request(default: usize, args: [usize; 6]) -> usize {
+    let result;
+    // SAFETY: the four rotations of rdi add up to 128 bits (rdi unchanged) and `xchg rbx, rbx`
+    // changes nothing; only flags and the declared registers are touched. Valgrind reads the
+    // six words at rax, which live until the end of this function.
+    unsafe {
+        std::arch::asm!(
+            "rol rdi, 3",
+            "rol rdi, 13",
+            "rol rdi, 61",
+            "rol rdi, 51",
+            "xchg rbx, rbx",
+            inout("rdx") default => result,
+            in("rax") args.as_ptr(),
+            inout("rdi") 0usize => _,
+        );
+    }
+    result
+}
+
+/// Valgrind's `VG_USERREQ__STACK_REGISTER` and `VG_USERREQ__STACK_DEREGISTER`: under Valgrind,
+/// the handler's switch to its own stack is a switch between known stacks, not a wild stack
+/// pointer (every read there was reported as invalid or undefined).
+const VG_STACK_REGISTER: usize = 0x1501;
+const VG_STACK_DEREGISTER: usize = 0x1502;
+
+/// Maps a handler stack with its guard page; returns the mapping's base (the guard page).
+fn map_handler_stack() -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            GUARD_SIZE + HANDLER_STACK_SIZE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let base: *mut u8 = p.cast();
+    // SAFETY: the range lies inside the mapping just made, page aligned.
+    let rc =
+        unsafe { libc::mprotect(base.add(GUARD_SIZE).cast(), HANDLER_STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+    if rc != 0 {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(p, GUARD_SIZE + HANDLER_STACK_SIZE) };
+        return None;
+    }
+    let (low, high) = (base as usize + GUARD_SIZE, base as usize + GUARD_SIZE + HANDLER_STACK_SIZE);
+    let id = valgrind_request(0, [VG_STACK_REGISTER, low, high, 0, 0, 0]);
+    // Kept in the stack's lowest word: a handler that reached it would fault on the guard page
+    // a word later anyway.
+    // SAFETY: `low` is the first writable word of the mapping just made.
+    unsafe { (low as *mut usize).write(id) };
+    Some(base)
+}
+
+/// Unmaps a handler stack made by [`map_handler_stack`].
+///
+/// # Safety
+/// `base` came from `map_handler_stack`, is unmapped once, and no handler runs on it.
+unsafe fn unmap_handler_stack(base: *mut u8) {
+    // SAFETY: per the contract, the stack's lowest word holds its Valgrind id.
+    let id = unsafe { (base.add(GUARD_SIZE) as *const usize).read() };
+    valgrind_request(0, [VG_STACK_DEREGISTER, id, 0, 0, 0, 0]);
+    // SAFETY: per the contract.
+    unsafe { libc::munmap(base.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+}
+
+// SAFETY: all fields are atomics. The cache and the stack they point at are used only by the
+// signal handler running on this state's own thread (the handler cannot nest: no SA_NODEFER
+// and every signal blocked while it runs), and freed either by that thread at its exit
+// ([`ThreadState::release_caches`]) or when the state is dropped, which the sampler does only
+// once no handler can reach the state.
+unsafe impl Sync for ThreadState {}
+// SAFETY: as above; the cache and the stack are plain owned memory.
+unsafe impl Send for ThreadState {}
+
+impl ThreadState {
+    pub(crate) fn new(tid: i32) -> Self {
+        ThreadState {
+            tid,
+            label_id: AtomicU32::new(0),
+            exited: AtomicBool::new(false),
+            timer_gen: AtomicU32::new(0),
+            cache: AtomicPtr::new(std::ptr::null_mut()),
+            stack: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// A state attached to no thread (used during thread teardown).
+    pub(crate) fn detached() -> Self {
+        Self::new(0)
+    }
+
+    /// Gives the state its unwind cache and handler stack, unless it has them.
+    pub(crate) fn install_caches(&self) {
+        if self.cache.load(Ordering::SeqCst).is_null() {
+            let fresh = Box::into_raw(Box::new(SignalCache::new_in()));
+            if self.cache.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                // SAFETY: `fresh` was never published.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
+        if self.stack.load(Ordering::SeqCst).is_null() {
+            if let Some(fresh) = map_handler_stack() {
+                if self.stack.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err()
+                {
+                    // SAFETY: `fresh` was never published.
+                    unsafe { unmap_handler_stack(fresh) };
+                }
+            }
+        }
+    }
+
+    /// Frees the unwind cache and the handler stack now. Called by the state's own thread as
+    /// it exits (its thread-local slot's destructor), after marking the state exited.
+    ///
+    /// Only the handler on this very thread uses them: a signal that arrives before a pointer
+    /// is swapped out runs to completion before this code goes on (the handler interrupts this
+    /// thread), and one that arrives after finds no cache (no sample) and no stack.
+    pub(crate) fn release_caches(&self) {
+        self.free_caches();
+    }
+
+    fn free_caches(&self) {
+        let cache = self.cache.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !cache.is_null() {
+            // SAFETY: came from Box::into_raw in `install_caches`, swapped out once, unused (see
+            // `release_caches` and the Sync impl).
+            drop(unsafe { Box::from_raw(cache) });
+        }
+        let stack = self.stack.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !stack.is_null() {
+            // SAFETY: our mapping from `map_handler_stack`, swapped out once, unused.
+            unsafe { unmap_handler_stack(stack) };
+        }
+    }
+
+    /// The unwinder's rule cache.
+    ///
+    /// # Signal safety
+    /// One atomic load. Only the signal handler on this thread may call it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn cache(&self) -> Option<&mut SignalCache> {
+        // SAFETY: the only caller is the handler on the thread this state belongs to, which does
+        // not nest, so the &mut is unique for its lifetime; the cache is freed only on this
+        // thread outside the handler, or with the state (see the Sync impl).
+        unsafe { self.cache.load(Ordering::SeqCst).as_mut() }
+    }
+
+    /// The 16-byte aligned top of the handler stack (stacks grow down).
+    ///
+    /// # Signal safety
+    /// One atomic load. Only the signal handler on this thread may use the stack.
+    pub(crate) fn handler_stack_top(&self) -> Option<*mut u8> {
+        let base = self.stack.load(Ordering::SeqCst);
+        // One past the end of the mapping, page aligned, so 16-byte aligned.
+        (!base.is_null()).then(|| base.wrapping_add(GUARD_SIZE + HANDLER_STACK_SIZE))
+    }
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        self.free_caches();
+    }
+}
+
+/// The id of the empty label set (the labels' interner gives it id 0).
+const NO_LABELS: u32 = 0;
+
+static REGISTRY: Mutex<Option<HashMap<i32, Arc<ThreadState>>>> = Mutex::new(None);
+/// Threads the profiler itself runs; never sampled.
+static OWN_THREADS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+/// Called with each thread that registers itself (set by the sampler).
+static ON_NEW_THREAD: OnceLock<fn(i32, &Arc<ThreadState>)> = OnceLock::new();
+
+thread_local! {
+    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
+    /// One of the profiler's own threads: its allocations are never sampled (its frees are
+    /// still looked up, so blocks it frees leave the live set).
+    static OWN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets what runs when a thread registers itself (the sampler arms its timer). Once per process.
+pub(crate) fn on_new_thread(f: fn(i32, &Arc<ThreadState>)) {
+    let _ = ON_NEW_THREAD.set(f);
+}
+
+/// The live state of thread `tid`, created if there is none (or only that of an exited thread
+/// whose tid was reused).
+pub(crate) fn state_for(tid: i32) -> Arc<ThreadState> {
+    let mut reg = REGISTRY.lock();
+    let map = reg.get_or_insert_with(HashMap::new);
+    match map.get(&tid) {
+        Some(s) if !s.exited.load(Ordering::Relaxed) => s.clone(),
+        _ => {
+            let s = Arc::new(ThreadState::new(tid));
+            map.insert(tid, s.clone());
+            s
+        }
+    }
+}
+
+/// Calls `f` with the label id in force on every registered thread (for the label-set
+/// reclaimer: a set in a slot is in use).
+pub(crate) fn for_each_label_id(f: &mut dyn FnMut(u32)) {
+    if let Some(map) = REGISTRY.lock().as_ref() {
+        for state in map.values() {
+            f(state.label_id.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Drops the registry's entry for `tid` if it is `state` (its thread exited).
+pub(crate) fn forget(tid: i32, state: &Arc<ThreadState>) {
+    if let Some(map) = REGISTRY.lock().as_mut() {
+        if map.get(&tid).is_some_and(|s| Arc::ptr_eq(s, state)) {
+            map.remove(&tid);
+        }
+    }
+}
+
+/// Keeps the registry entries `keep` accepts.
+pub(crate) fn retain(keep: impl FnMut(&i32, &mut Arc<ThreadState>) -> bool) {
+    if let Some(map) = REGISTRY.lock().as_mut() {
+        map.retain(keep);
+    }
+}
+
+/// Marks the calling thread as the profiler's own: it is never sampled, by the CPU timers or
+/// the allocation hook. Its frees are handled as any thread's: a block sampled on an
+/// application thread and freed by the profiler (the frames handed to `Agent::add_cpu_sample`)
+/// leaves the live set.
+pub(crate) fn mark_own() {
+    let _ = OWN.try_with(|o| o.set(true));
+    OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
+}
+
+/// The calling thread is one of the profiler's own.
+///
+/// # Signal safety
+/// One thread-local load (a const thread-local without destructor: no allocation).
+pub(crate) fn is_current_own() -> bool {
+    OWN.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Thread `tid` is one of the profiler's own.
+pub(crate) fn is_own(tid: i32) -> bool {
+    OWN_THREADS.lock().as_ref().is_some_and(|own| own.contains(&tid))
+}
+
+/// The profiler's own threads.
+pub(crate) fn own_threads() -> HashSet<i32> {
+    OWN_THREADS.lock().clone().unwrap_or_default()
+}
+
+/// The calling thread's slot: its state, destroyed (caches freed) when the thread exits.
+struct Slot(Arc<ThreadState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A reused tid starts clean: its new thread gets a state of its own.
+        self.0.label_id.store(NO_LABELS, Ordering::Release);
+        self.0.exited.store(true, Ordering::SeqCst);
+        self.0.release_caches();
+    }
+}
+
+/// The calling thread's state, created (and the thread registered: sampled from now on) on
+/// first use.
+pub(crate) fn current_slot() -> Arc<ThreadState> {
+    SLOT.try_with(|s| {
+        let mut s = s.borrow_mut();
+        s.get_or_insert_with(|| {
+            let tid = sys::gettid();
+            let state = state_for(tid);
+            if let Some(f) = ON_NEW_THREAD.get() {
+                f(tid, &state);
+            }
+            Slot(state)
+        })
+        .0
+        .clone()
+    })
+    // During thread teardown the TLS is gone: hand out a detached slot nobody samples.
+    .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
+}
+
+/// The label id in force on the calling thread, without creating its slot or blocking (for the
+/// allocation hook, which may run inside the slot's own creation).
+pub(crate) fn current_label_id() -> u32 {
+    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id.load(Ordering::Relaxed))))
+        .ok()
+        .flatten()
+        .unwrap_or(NO_LABELS)
+}
+
+pub(crate) fn prepare_fork() {
+    REGISTRY.fork_hold();
+    OWN_THREADS.fork_hold();
+}
+
+pub(crate) fn after_fork() {
+    OWN_THREADS.fork_release();
+    REGISTRY.fork_release();
+}
+
+/// In a forked child (after [`after_fork`]): only the calling thread is left.
+pub(crate) fn after_fork_child() {
+    *OWN_THREADS.lock() = None;
+    let me = sys::gettid();
+    retain(|tid, _| *tid == me);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permissions of the mapping that holds `addr`, from /proc/self/maps.
+    fn perms_at(addr: usize) -> Option<String> {
+        std::fs::read_to_string("/proc/self/maps").unwrap().lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+            (start <= addr && addr < end).then(|| fields.next().unwrap_or("").to_owned())
+        })
+    }
+
+    /// The handler stack sits on a guard page; the thread's exit frees it and the cache.
+    #[test]
+    fn handler_stacks_have_a_guard_page_and_go_at_thread_exit() {
+        let state = ThreadState::new(sys::gettid());
+        state.install_caches();
+        let top = state.handler_stack_top().unwrap() as usize;
+        let bottom = top - HANDLER_STACK_SIZE;
+        assert_eq!(perms_at(bottom).as_deref(), Some("rw-p"), "the stack's lowest page");
+        assert_eq!(perms_at(top - 1).as_deref(), Some("rw-p"), "the stack's highest page");
+        assert_eq!(perms_at(bottom - 1).as_deref(), Some("---p"), "no guard page below the stack");
+        assert!(state.cache().is_some());
+        state.release_caches();
+        assert!(state.handler_stack_top().is_none() && state.cache().is_none(), "caches kept after exit");
+        assert_eq!(perms_at(bottom), None, "the stack was not unmapped");
+    }
+}
