@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust lint bench setup chromium c-lib
+.PHONY: all demo test test-rust lint bench setup chromium valgrind c-lib
 
 all: test
 
@@ -8,23 +8,18 @@ setup:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 
-# The report's browser check needs Chromium: installed once from Debian's packages when missing.
-# Without root or apt-get this fails with what to install; `make test` never skips the check.
+# Tools the checks need, installed once from Debian's packages when missing (as root); without
+# them the checks fail: `make test` never skips one.
 chromium:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	    echo "setup: chromium is missing: install Debian's chromium package (apt-get install chromium) as root"; exit 1; fi; \
-	  echo "setup: installing Debian's chromium for the report's browser check (once)..."; \
-	  log=$$(mktemp); \
-	  if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >"$$log" 2>&1; then \
-	    tail -20 "$$log"; echo "setup: apt-get install chromium failed"; rm -f "$$log"; exit 1; fi; \
-	  rm -f "$$log"; command -v chromium >/dev/null || { echo "setup: chromium still missing after apt-get"; exit 1; }; \
-	  echo "setup: $$(chromium --version 2>/dev/null)"; }
+	@./scripts/apt-need.sh chromium chromium "the report's browser check"
+
+valgrind:
+	@./scripts/apt-need.sh valgrind valgrind "the C smoke program under memcheck"
 
 demo: setup
 	./scripts/demo.sh
 
-test: setup chromium lint test-rust
+test: setup chromium valgrind lint test-rust
 
 lint:
 	cargo fmt --all -- --check
