@@ -683,6 +683,8 @@ fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc
                     queue.push(upload("memory", &profile, closed.start, end));
                 }
             }
+            // The window's new addresses are named: drop the debug info parsed for them.
+            symbolizer.release();
             if stopping {
                 return;
             }
