@@ -40,7 +40,7 @@ const CACHE_BYTES: usize = 2 << 20;
 pub(crate) const BUDGET_BYTES: usize = 10 << 20;
 
 /// Time for reading debug info that any symbolizer has, however young.
-const DWARF_ALLOWANCE: Duration = Duration::from_millis(5);
+const DWARF_ALLOWANCE: Duration = Duration::from_millis(2);
 /// And the share of its age it may spend on it besides: 1/100.
 const DWARF_SHARE: u32 = 100;
 
@@ -83,7 +83,7 @@ pub(crate) struct Symbolizer {
     dwarf: HashMap<Arc<str>, Option<dwarf::DwarfFile>>,
     /// Executable file mappings of the process, read when an address is in no known module;
     /// for the current batch only.
-    mappings: Option<Vec<Mapping>>,
+    mappings: Option<[Vec<Mapping>; 2]>,
     cache: FxHashMap<u64, Symbols>,
     physical: FxHashMap<u64, Option<Arc<str>>>,
     /// Names and files shared by cached frames.
@@ -193,9 +193,10 @@ impl Symbolizer {
             let path: Arc<str> = self.intern_path(&module.path);
             return Some(Place { path, probe: pc.wrapping_sub(module.bias) });
         }
-        let mappings = self.mappings.get_or_insert_with(read_mappings);
-        let i = mappings.partition_point(|m| m.start <= pc);
-        let m = mappings.get(i.checked_sub(1)?).filter(|m| pc < m.end)?;
+        let m = self.mappings.get_or_insert_with(read_mappings).iter().find_map(|list| {
+            let i = list.partition_point(|m| m.start <= pc);
+            list[..i].iter().rev().take(4).find(|m| pc < m.end)
+        })?;
         let (path, offset) = (m.path.clone(), pc - m.start + m.offset);
         let index = self.index(&path)?;
         let probe = index.vaddr_of_offset(offset)?;
@@ -429,6 +430,7 @@ impl FileIndex {
 }
 
 /// One executable file mapping from /proc/self/maps.
+#[derive(Clone)]
 struct Mapping {
     start: u64,
     end: u64,
@@ -436,12 +438,51 @@ struct Mapping {
     path: Arc<str>,
 }
 
-/// The process's executable file mappings, sorted by address.
-fn read_mappings() -> Vec<Mapping> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else { return Vec::new() };
-    let mut out: Vec<Mapping> = text.lines().filter_map(parse_mapping).collect();
-    out.sort_by_key(|m| m.start);
-    out
+/// Executable file mappings seen by the collector's periodic reads of /proc/self/maps, with
+/// when each was last seen: a mapping gone by the end of a window (Node unmaps its second copy
+/// of the builtins when its isolate is disposed, before the last window at exit) still names
+/// the samples taken while it was there. Entries unseen for [`SEEN_FOR`] are dropped.
+static SEEN: crate::sync::Mutex<Vec<(Mapping, Instant)>> = crate::sync::Mutex::new(Vec::new());
+
+/// Most mappings kept in [`SEEN`].
+const SEEN_CAP: usize = 4096;
+/// How long a mapping no longer there is remembered (longer than any window).
+const SEEN_FOR: Duration = Duration::from_secs(600);
+
+/// Notes the executable file mappings of a /proc/self/maps text (collector thread).
+pub(crate) fn note_mappings(maps: &str) {
+    let now = Instant::now();
+    let mut seen = SEEN.lock();
+    for m in maps.lines().filter_map(parse_mapping) {
+        let same = |s: &Mapping| s.start == m.start && s.end == m.end && s.offset == m.offset && s.path == m.path;
+        if let Some((_, at)) = seen.iter_mut().find(|(s, _)| same(s)) {
+            *at = now;
+        } else if seen.len() < SEEN_CAP {
+            seen.push((m, now));
+        }
+    }
+    seen.retain(|(_, at)| now.duration_since(*at) < SEEN_FOR);
+}
+
+pub(crate) fn prepare_fork() {
+    SEEN.fork_hold();
+}
+
+pub(crate) fn after_fork() {
+    SEEN.fork_release();
+}
+
+/// The process's executable file mappings now, then those seen recently, each sorted by
+/// address.
+fn read_mappings() -> [Vec<Mapping>; 2] {
+    let mut now: Vec<Mapping> = match std::fs::read_to_string("/proc/self/maps") {
+        Ok(text) => text.lines().filter_map(parse_mapping).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut seen: Vec<Mapping> = SEEN.lock().iter().map(|(m, _)| m.clone()).collect();
+    now.sort_by_key(|m| m.start);
+    seen.sort_by_key(|m| m.start);
+    [now, seen]
 }
 
 /// `start-end perms offset dev inode path`, kept when executable and backed by a file.
@@ -677,6 +718,26 @@ mod tests {
         }
     }
 
+    /// A mapping seen by the collector's periodic read of /proc/self/maps and gone by the time
+    /// the window is named (Node unmaps its second copy of the builtins before the last
+    /// window at exit) still names its addresses.
+    #[test]
+    fn names_a_mapping_gone_before_the_window_closes() {
+        let fx = Fixture::new("gone");
+        let path = fx.gcc(&["-fPIC", "-shared", "-o", "gone.so"]);
+        let index = FileIndex::build(&Arc::from(path.to_str().unwrap())).unwrap();
+        let f = *index.functions.iter().find(|f| function_name_of(&index, f) == "fixture_in_far_segment").unwrap();
+        let (vaddr, addr) =
+            *map_executable_segments(&path).iter().filter(|(v, _)| *v <= f.start).max_by_key(|(v, _)| *v).unwrap();
+        note_mappings(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        // SAFETY: unmaps the page this test mapped (the far segment is under one page).
+        assert_eq!(unsafe { libc::munmap(addr as *mut libc::c_void, 4096) }, 0);
+        crate::unwind::refresh();
+        let mut s = Symbolizer::unhurried();
+        let frames = function_at(&mut s, addr + (f.start - vaddr) + 1);
+        assert_eq!(&*frames[0].function, "fixture_in_far_segment", "{frames:?}");
+    }
+
     fn function_name_of(index: &FileIndex, f: &Function) -> String {
         let mut index = FileIndex {
             path: index.path.clone(),
@@ -724,6 +785,8 @@ mod tests {
             while let Ok(Some(f)) = frames.next() {
                 let Some(name) = f.function.as_ref().and_then(|f| f.demangle().ok()) else { continue };
                 let (file, line) = f.location.map(|l| (l.file.unwrap_or(""), l.line.unwrap_or(0))).unwrap_or(("", 0));
+                // Where the debug info names no file, we give the module's path.
+                let file = if file.is_empty() { &*path } else { file };
                 expected.push((clean(&name), file.to_owned(), line));
             }
             if expected.is_empty() {

@@ -121,6 +121,7 @@ pub(crate) fn stack_window(sp: u64) -> (u64, u64) {
 /// Re-reads /proc/self/maps and publishes it. Collector thread only.
 pub(crate) fn refresh_maps() {
     let Ok(text) = std::fs::read_to_string("/proc/self/maps") else { return };
+    crate::symbolize::note_mappings(&text);
     let mut ranges: Vec<(u64, u64)> = text
         .lines()
         .filter_map(|line| {
@@ -332,9 +333,11 @@ fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Mo
 pub(crate) fn prepare_fork() {
     RETIRED.fork_hold();
     RETIRED_MAPS.fork_hold();
+    crate::symbolize::prepare_fork();
 }
 
 pub(crate) fn after_fork() {
+    crate::symbolize::after_fork();
     RETIRED_MAPS.fork_release();
     RETIRED.fork_release();
 }
