@@ -9,6 +9,20 @@ cargo build --release -q -p pyroscope-bench -p alloc-bench -p pyroscope-preload 
 # The floor of any LD_PRELOAD profiler, measured next to ours, and its counting twin.
 ${CC:-cc} -O2 -shared -fPIC -o target/release/libnop-interposer.so benches/alloc/c/nop-interposer.c
 ${CC:-cc} -O2 -shared -fPIC -DCOUNT -o target/release/libcount-interposer.so benches/alloc/c/nop-interposer.c
+# The line-tables workload: this benchmark with `debug = 1` for every package, and a copy
+# without its debug info; the launcher that measures short-lived processes on their own.
+cargo build --profile bench-lines -q -p pyroscope-bench
+strip --strip-debug -o target/bench-lines/pyroscope-bench-nodebug target/bench-lines/pyroscope-bench
+export PYROSCOPE_BENCH_LINES="$root/target/bench-lines/pyroscope-bench"
+export PYROSCOPE_BENCH_LINES_NODEBUG="$root/target/bench-lines/pyroscope-bench-nodebug"
+${CC:-cc} -O2 -o target/release/bench-spawn benches/symbols/spawn.c
+export PYROSCOPE_BENCH_SPAWN="$root/target/release/bench-spawn"
+if ! command -v sqlite3 >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q sqlite3 >/dev/null || echo "warning: sqlite3 could not be installed" >&2
+fi
+# The interpreter itself, not a version manager's shell shim in front of it.
+PYROSCOPE_BENCH_PYTHON="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)"
+export PYROSCOPE_BENCH_PYTHON
 export CARGO_TARGET_DIR="$root/target"
 if cargo build --release -q --manifest-path benches/vs-pyroscope-rs/Cargo.toml; then
   export PYROSCOPE_RS_BENCH="$root/target/release/vs-pyroscope-rs"

@@ -219,6 +219,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                     queue.push(upload("memory", &profile, closed.start, end));
                 }
             }
+            // The window's new addresses are named: drop the debug info parsed for them.
+            symbolizer.release();
             crate::labels::reclaim(label_ids);
             if stopping {
                 return;

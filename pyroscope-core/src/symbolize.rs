@@ -1,16 +1,51 @@
 //! PC -> function, file, line (inlined frames included), demangled. Collector thread only.
 //!
-//! One `addr2line::Loader` per module file, opened on first use; results cached per address
-//! in a bounded map that is cleared when full (profiles revisit the same hot addresses, so a
-//! clear costs one re-lookup each).
+//! What stays resident is small and bounded, whatever the binaries carry:
+//! - per module file, a compact index built once: its loadable segments and a sorted table of
+//!   function ranges from `.symtab` and `.dynsym` (16 bytes a function; names stay in the file
+//!   and are read on demand);
+//! - a cache of resolved addresses, bounded in bytes ([`CACHE_BYTES`]), cleared when full
+//!   (profiles revisit the same hot addresses, so a clear costs one re-lookup each).
+//!
+//! Debug info is parsed only for addresses not in the cache, over a read-only mapping of the
+//! file that lives for one batch: the collector resolves a window's new addresses, then calls
+//! [`Symbolizer::release`], which drops the parsed units and unmaps the file. A window with no
+//! new address parses nothing.
+//!
+//! Addresses are found in the module table published by the unwinder (every executable
+//! segment of every object the loader knows), then in the process's executable file mappings
+//! (a file mapped again by the program itself, as Node maps part of its text a second time);
+//! either way the file's own program headers give the address in the file.
 
+mod dwarf;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::unwind::Snapshot;
 
-/// Most cached addresses before the cache is cleared.
-const CACHE_CAP: usize = 64 * 1024;
+/// Bytes the cache of resolved addresses may hold before it is cleared.
+const CACHE_BYTES: usize = 2 << 20;
+
+/// The memory the symbolizer may hold between windows for a 35 MB binary with line tables:
+/// module indexes and the cache, all modules together. A test checks it.
+#[cfg(test)]
+pub(crate) const BUDGET_BYTES: usize = 10 << 20;
+
+/// Time for reading debug info that any symbolizer has, however young.
+const DWARF_ALLOWANCE: Duration = Duration::from_millis(2);
+/// And the share of its age it may spend on it besides: 1/100.
+const DWARF_SHARE: u32 = 100;
+
+/// Longest symbol name read from a file.
+const MAX_NAME: usize = 4096;
 
 /// One frame of a symbolized address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -26,13 +61,56 @@ pub struct Symbol {
 /// The frames at one address, innermost (most inlined) first.
 pub type Symbols = Arc<[Symbol]>;
 
-#[derive(Default)]
+/// Where an address lies: a module file and the address's value in that file.
+struct Place {
+    path: Arc<str>,
+    probe: u64,
+}
+
 pub(crate) struct Symbolizer {
-    loaders: HashMap<String, Option<addr2line::Loader>>,
-    cache: HashMap<u64, Symbols>,
-    physical: HashMap<u64, Option<Arc<str>>>,
+    /// When this symbolizer was made: the debug info budget grows with the time since.
+    born: Instant,
+    /// The debug info budget at birth.
+    allowance: Duration,
+    /// Time spent reading debug info so far.
+    dwarf_spent: Duration,
+    /// Addresses named from the symbol table alone because the debug info budget was spent;
+    /// they are not cached, so a later window gives them lines.
+    pub deferred: u64,
+    /// Per module file, built once (None: not an ELF file we can read).
+    indexes: HashMap<Arc<str>, Option<FileIndex>>,
+    /// Parsed debug info, for the current batch only (see [`Symbolizer::release`]).
+    dwarf: HashMap<Arc<str>, Option<dwarf::DwarfFile>>,
+    /// Executable file mappings of the process, read when an address is in no known module;
+    /// for the current batch only.
+    mappings: Option<[Vec<Mapping>; 2]>,
+    cache: FxHashMap<u64, Symbols>,
+    physical: FxHashMap<u64, Option<Arc<str>>>,
+    /// Names and files shared by cached frames.
+    strings: FxHashSet<Arc<str>>,
+    /// Estimated bytes held by `cache`, `physical` and `strings`.
+    cache_bytes: usize,
     /// Lookups that failed to open a module's file, per module (each is tried once).
     pub open_errors: u64,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer {
+            born: Instant::now(),
+            allowance: DWARF_ALLOWANCE,
+            dwarf_spent: Duration::ZERO,
+            deferred: 0,
+            indexes: HashMap::new(),
+            dwarf: HashMap::new(),
+            mappings: None,
+            cache: FxHashMap::default(),
+            physical: FxHashMap::default(),
+            strings: FxHashSet::default(),
+            cache_bytes: 0,
+            open_errors: 0,
+        }
+    }
 }
 
 impl Symbolizer {
@@ -40,10 +118,13 @@ impl Symbolizer {
         if let Some(s) = self.cache.get(&pc) {
             return s.clone();
         }
-        if self.cache.len() >= CACHE_CAP {
-            self.cache.clear();
+        let (symbols, complete) = self.lookup(pc, snapshot);
+        if !complete {
+            self.deferred += 1;
+            return symbols;
         }
-        let symbols = self.lookup(pc, snapshot);
+        self.make_room();
+        self.cache_bytes += 64 + symbols.len() * std::mem::size_of::<Symbol>();
         self.cache.insert(pc, symbols.clone());
         symbols
     }
@@ -54,63 +135,373 @@ impl Symbolizer {
         if let Some(n) = self.physical.get(&pc) {
             return n.clone();
         }
-        if self.physical.len() >= CACHE_CAP {
-            self.physical.clear();
-        }
-        let name = snapshot.and_then(|s| s.module_for(pc)).and_then(|module| {
-            if module.path.is_empty() {
-                return None;
-            }
-            let loader =
-                self.loaders.entry(module.path.clone()).or_insert_with(|| addr2line::Loader::new(&module.path).ok());
-            let raw = loader.as_ref()?.find_symbol(pc.wrapping_sub(module.bias))?;
-            Some(Arc::from(clean(&addr2line::demangle_auto(raw.into(), None))))
-        });
+        let name = self.place(pc, snapshot).and_then(|place| self.symbol_name(&place));
+        self.make_room();
+        self.cache_bytes += 48;
         self.physical.insert(pc, name.clone());
         name
     }
 
-    fn lookup(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> Symbols {
-        let unknown = |file: &str, addr: u64| -> Symbols {
+    /// Ends a batch: drops the debug info parsed for it, unmaps the files and closes them.
+    /// The collector calls it once a window's profiles are built.
+    pub fn release(&mut self) {
+        self.dwarf.clear();
+        self.mappings = None;
+        for index in self.indexes.values_mut().flatten() {
+            index.file = None;
+        }
+    }
+
+    /// Bytes held between batches: module indexes and the caches.
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        let indexes: usize = self.indexes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, FileIndex::bytes)).sum();
+        indexes + self.cache_bytes
+    }
+
+    /// Files whose debug info is parsed and mapped now (0 after [`Symbolizer::release`]).
+    #[cfg(test)]
+    pub fn dwarf_open(&self) -> usize {
+        self.dwarf.values().flatten().count()
+    }
+
+    fn make_room(&mut self) {
+        if self.cache_bytes >= CACHE_BYTES {
+            self.cache.clear();
+            self.physical.clear();
+            self.strings.clear();
+            self.cache_bytes = 0;
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.cache_bytes += s.len() + 32;
+        self.strings.insert(a.clone());
+        a
+    }
+
+    /// The module file holding `pc` and the address in that file.
+    fn place(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> Option<Place> {
+        if let Some(module) = snapshot.and_then(|s| s.module_for(pc)) {
+            if module.path.is_empty() {
+                return None;
+            }
+            let path: Arc<str> = self.intern_path(&module.path);
+            return Some(Place { path, probe: pc.wrapping_sub(module.bias) });
+        }
+        let m = self.mappings.get_or_insert_with(read_mappings).iter().find_map(|list| {
+            let i = list.partition_point(|m| m.start <= pc);
+            list[..i].iter().rev().take(4).find(|m| pc < m.end)
+        })?;
+        let (path, offset) = (m.path.clone(), pc - m.start + m.offset);
+        let index = self.index(&path)?;
+        let probe = index.vaddr_of_offset(offset)?;
+        Some(Place { path, probe })
+    }
+
+    fn intern_path(&mut self, path: &str) -> Arc<str> {
+        match self.indexes.get_key_value(path) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(path),
+        }
+    }
+
+    fn index(&mut self, path: &Arc<str>) -> Option<&mut FileIndex> {
+        if !self.indexes.contains_key(path) {
+            let index = FileIndex::build(path);
+            if index.is_none() {
+                self.open_errors += 1;
+            }
+            self.indexes.insert(path.clone(), index);
+        }
+        self.indexes.get_mut(path)?.as_mut()
+    }
+
+    /// The symbol table's name for the function holding `place`, demangled.
+    fn symbol_name(&mut self, place: &Place) -> Option<Arc<str>> {
+        let raw = self.index(&place.path)?.function_name(place.probe)?;
+        Some(self.intern(&clean(&addr2line::demangle_auto(Cow::Owned(raw), None))))
+    }
+
+    /// A symbolizer with all the time it needs for debug info.
+    #[cfg(test)]
+    pub fn unhurried() -> Self {
+        Symbolizer { allowance: Duration::from_secs(3600), ..Symbolizer::default() }
+    }
+
+    /// When reading debug info must stop for now: its budget is [`DWARF_ALLOWANCE`] plus
+    /// [`DWARF_SHARE`] of the time since the symbolizer was made, less what was spent.
+    fn dwarf_deadline(&self) -> Instant {
+        let budget = self.allowance + self.born.elapsed() / DWARF_SHARE;
+        Instant::now() + budget.saturating_sub(self.dwarf_spent)
+    }
+
+    /// The frames at `pc`, and whether they are complete (false: debug info was left unread
+    /// for lack of time).
+    fn lookup(&mut self, pc: u64, snapshot: Option<&Snapshot>) -> (Symbols, bool) {
+        let unknown = |file: &str, addr: u64| -> (Symbols, bool) {
             let base = file.rsplit('/').next().unwrap_or(file);
             let function = if base.is_empty() { format!("0x{addr:x}") } else { format!("{base}+0x{addr:x}") };
-            Arc::from(vec![Symbol { function: function.into(), file: file.into(), line: 0 }])
+            (Arc::from(vec![Symbol { function: function.into(), file: file.into(), line: 0 }]), true)
         };
-        let Some(module) = snapshot.and_then(|s| s.module_for(pc)) else {
-            return unknown("", pc);
+        let in_vdso = snapshot.and_then(|s| s.module_for(pc)).is_some_and(|m| m.path.is_empty());
+        let Some(place) = self.place(pc, snapshot) else {
+            return match snapshot.and_then(|s| s.module_for(pc)) {
+                Some(m) if in_vdso => unknown("[vdso]", pc.wrapping_sub(m.bias)),
+                _ => unknown("", pc),
+            };
         };
-        let probe = pc.wrapping_sub(module.bias);
-        if module.path.is_empty() {
-            return unknown("[vdso]", probe);
+        if self.index(&place.path).is_none() {
+            return unknown(&place.path, place.probe);
         }
-        let loader =
-            self.loaders.entry(module.path.clone()).or_insert_with(|| addr2line::Loader::new(&module.path).ok());
-        let Some(loader) = loader.as_ref() else {
-            self.open_errors += 1;
-            return unknown(&module.path, probe);
+        let deadline = self.dwarf_deadline();
+        let Some(Some(index)) = self.indexes.get_mut(&place.path) else {
+            return unknown(&place.path, place.probe);
         };
-        let mut out = Vec::new();
-        if let Ok(mut frames) = loader.find_frames(probe) {
-            while let Ok(Some(frame)) = frames.next() {
-                let Some(name) = frame.function.as_ref().and_then(|f| f.demangle().ok()) else {
-                    continue;
-                };
-                let (file, line) =
-                    frame.location.map(|l| (l.file.unwrap_or(""), l.line.unwrap_or(0))).unwrap_or(("", 0));
-                out.push(Symbol { function: clean(&name).into(), file: file.into(), line });
+        let mut frames = Vec::new();
+        let mut complete = true;
+        if index.has_dwarf {
+            let start = Instant::now();
+            if start >= deadline {
+                complete = false;
+            } else {
+                let dwarf = self.dwarf.entry(place.path.clone()).or_insert_with(|| dwarf::DwarfFile::open(&place.path));
+                if let Some(dwarf) = dwarf {
+                    let units = index.units.get_or_insert_with(|| dwarf.index());
+                    match dwarf.frames(units, place.probe, deadline) {
+                        Some(f) => frames = f,
+                        None => complete = false,
+                    }
+                }
+                self.dwarf_spent += start.elapsed();
             }
+        }
+        let mut out = Vec::with_capacity(frames.len().max(1));
+        for frame in frames {
+            let function = match frame.function {
+                Some(raw) => self.intern(&clean(&addr2line::demangle_auto(Cow::Owned(raw), None))),
+                None => match self.symbol_name(&place) {
+                    Some(name) => name,
+                    None => continue,
+                },
+            };
+            let file = self.intern(if frame.file.is_empty() { &place.path } else { &frame.file });
+            out.push(Symbol { function, file, line: frame.line });
         }
         if out.is_empty() {
-            match loader.find_symbol(probe) {
-                Some(raw) => {
-                    let name = addr2line::demangle_auto(raw.into(), None);
-                    out.push(Symbol { function: clean(&name).into(), file: module.path.as_str().into(), line: 0 });
+            match self.symbol_name(&place) {
+                Some(function) => {
+                    let file = self.intern(&place.path);
+                    out.push(Symbol { function, file, line: 0 });
                 }
-                None => return unknown(&module.path, probe),
+                None => return unknown(&place.path, place.probe),
             }
         }
-        Arc::from(out)
+        (Arc::from(out), complete)
     }
+}
+
+/// One function of a symbol table: `[start, start + size)` in the file's addresses; its name
+/// is the NUL-terminated string at file offset `name`.
+#[derive(Clone, Copy)]
+struct Function {
+    start: u64,
+    size: u32,
+    name: u32,
+}
+
+/// A loadable segment: file offset and size, address in the file.
+#[derive(Clone, Copy)]
+struct Load {
+    offset: u64,
+    size: u64,
+    vaddr: u64,
+}
+
+/// What is kept of one module file between batches.
+struct FileIndex {
+    path: Arc<str>,
+    loads: Vec<Load>,
+    functions: Vec<Function>,
+    has_dwarf: bool,
+    /// Which debug info unit covers which addresses, built on first use.
+    units: Option<dwarf::UnitIndex>,
+    /// Open during a batch, to read names; closed by [`Symbolizer::release`].
+    file: Option<File>,
+}
+
+impl FileIndex {
+    fn build(path: &Arc<str>) -> Option<FileIndex> {
+        let file = File::open(&**path).ok()?;
+        // SAFETY: a read-only private mapping of a file the loader has mapped too, dropped at
+        // the end of this function; nothing here writes through it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let data: &[u8] = &map;
+        let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        let loads = header
+            .program_headers(endian, data)
+            .ok()?
+            .iter()
+            .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
+            .map(|p| Load { offset: p.p_offset(endian), size: p.p_filesz(endian), vaddr: p.p_vaddr(endian) })
+            .collect();
+        let sections = header.sections(endian, data).ok()?;
+        let has_dwarf = sections
+            .section_by_name(endian, b".debug_info")
+            .or_else(|| sections.section_by_name(endian, b".zdebug_info"))
+            .is_some_and(|(_, s)| s.sh_type(endian) != object::elf::SHT_NOBITS && s.sh_size(endian) > 0);
+        let mut functions = Vec::new();
+        for kind in [object::elf::SHT_SYMTAB, object::elf::SHT_DYNSYM] {
+            let Ok(table) = sections.symbols(endian, data, kind) else { continue };
+            let Ok(strings) = sections.section(table.string_section()) else { continue };
+            let strings_offset = strings.sh_offset(endian);
+            for sym in table.symbols() {
+                let t = sym.st_type();
+                let value = sym.st_value(endian);
+                if (t != object::elf::STT_FUNC && t != object::elf::STT_GNU_IFUNC)
+                    || sym.st_shndx(endian) == object::elf::SHN_UNDEF
+                    || value == 0
+                {
+                    continue;
+                }
+                let Ok(name) = u32::try_from(strings_offset + u64::from(sym.st_name(endian))) else { continue };
+                let size = u32::try_from(sym.st_size(endian)).unwrap_or(u32::MAX);
+                functions.push(Function { start: value, size, name });
+            }
+        }
+        // One entry per start address (the first table wins: .symtab names local functions
+        // too); a size-0 entry reaches to the next function.
+        functions.sort_by_key(|f| f.start);
+        functions.dedup_by_key(|f| f.start);
+        for i in 0..functions.len() {
+            if functions[i].size == 0 {
+                let next = functions.get(i + 1).map_or(functions[i].start + 1, |n| n.start);
+                functions[i].size = u32::try_from(next - functions[i].start).unwrap_or(u32::MAX);
+            }
+        }
+        functions.shrink_to_fit();
+        drop(map);
+        Some(FileIndex { path: path.clone(), loads, functions, has_dwarf, units: None, file: Some(file) })
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<FileIndex>()
+            + self.loads.capacity() * std::mem::size_of::<Load>()
+            + self.functions.capacity() * std::mem::size_of::<Function>()
+            + self.units.as_ref().map_or(0, dwarf::UnitIndex::bytes)
+    }
+
+    /// The file address of a file offset, through the segment that loads it.
+    fn vaddr_of_offset(&self, offset: u64) -> Option<u64> {
+        let l = self.loads.iter().find(|l| l.offset <= offset && offset < l.offset + l.size)?;
+        Some(offset - l.offset + l.vaddr)
+    }
+
+    /// The raw (mangled) name of the function holding `probe`.
+    fn function_name(&mut self, probe: u64) -> Option<String> {
+        let i = self.functions.partition_point(|f| f.start <= probe).checked_sub(1)?;
+        let f = self.functions[i];
+        if probe - f.start >= u64::from(f.size) {
+            return None;
+        }
+        if self.file.is_none() {
+            self.file = File::open(&*self.path).ok();
+        }
+        let file = self.file.as_ref()?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            let n = file.read_at(&mut buf, u64::from(f.name)).ok()?;
+            if let Some(end) = buf[..n].iter().position(|&b| b == 0) {
+                buf.truncate(end);
+                return String::from_utf8(buf).ok();
+            }
+            if n < buf.len() || buf.len() >= MAX_NAME {
+                return None;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+/// One executable file mapping from /proc/self/maps.
+#[derive(Clone)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: Arc<str>,
+}
+
+/// Executable file mappings seen by the collector's periodic reads of /proc/self/maps, with
+/// when each was last seen: a mapping gone by the end of a window (Node unmaps its second copy
+/// of the builtins when its isolate is disposed, before the last window at exit) still names
+/// the samples taken while it was there. Entries unseen for [`SEEN_FOR`] are dropped.
+static SEEN: crate::sync::Mutex<Vec<(Mapping, Instant)>> = crate::sync::Mutex::new(Vec::new());
+
+/// Most mappings kept in [`SEEN`].
+const SEEN_CAP: usize = 4096;
+/// How long a mapping no longer there is remembered (longer than any window).
+const SEEN_FOR: Duration = Duration::from_secs(600);
+
+/// Notes the executable file mappings of a /proc/self/maps text (collector thread).
+pub(crate) fn note_mappings(maps: &str) {
+    let now = Instant::now();
+    let mut seen = SEEN.lock();
+    for m in maps.lines().filter_map(parse_mapping) {
+        let same = |s: &Mapping| s.start == m.start && s.end == m.end && s.offset == m.offset && s.path == m.path;
+        if let Some((_, at)) = seen.iter_mut().find(|(s, _)| same(s)) {
+            *at = now;
+        } else if seen.len() < SEEN_CAP {
+            seen.push((m, now));
+        }
+    }
+    seen.retain(|(_, at)| now.duration_since(*at) < SEEN_FOR);
+}
+
+pub(crate) fn prepare_fork() {
+    SEEN.fork_hold();
+}
+
+pub(crate) fn after_fork() {
+    SEEN.fork_release();
+}
+
+/// The process's executable file mappings now, then those seen recently, each sorted by
+/// address.
+fn read_mappings() -> [Vec<Mapping>; 2] {
+    let mut now: Vec<Mapping> = match std::fs::read_to_string("/proc/self/maps") {
+        Ok(text) => text.lines().filter_map(parse_mapping).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut seen: Vec<Mapping> = SEEN.lock().iter().map(|(m, _)| m.clone()).collect();
+    now.sort_by_key(|m| m.start);
+    seen.sort_by_key(|m| m.start);
+    [now, seen]
+}
+
+/// `start-end perms offset dev inode path`, kept when executable and backed by a file.
+fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let (_dev, _inode) = (fields.next()?, fields.next()?);
+    let path = fields.next()?;
+    if !perms.contains('x') || !path.starts_with('/') || fields.next().is_some() {
+        return None; // not executable, anonymous, or "(deleted)"
+    }
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path: Arc::from(path),
+    })
 }
 
 /// Drops the `::h0123456789abcdef` hash that legacy Rust mangling leaves on names.
@@ -134,17 +525,378 @@ mod tests {
     fn symbolizes_own_function_with_file_and_line() {
         crate::unwind::refresh();
         let pc = marker_function_for_symbolizer() + 1;
-        let mut s = Symbolizer::default();
+        let mut s = Symbolizer::unhurried();
         let frames = s.symbolize(pc, crate::unwind::current());
         let top = frames.last().unwrap();
         assert!(top.function.ends_with("marker_function_for_symbolizer"), "{frames:?}");
         assert!(top.file.ends_with("symbolize.rs"), "{frames:?}");
         assert!(top.line > 0);
+        let physical = s.physical_name(pc, crate::unwind::current()).unwrap();
+        assert!(physical.ends_with("marker_function_for_symbolizer"), "{physical}");
+    }
+
+    /// Past its time budget, debug info is left for a later window: the address is named
+    /// from the symbol table meanwhile and not cached, so it gets its line once time allows.
+    #[test]
+    fn debug_info_past_its_budget_is_deferred_not_lost() {
+        crate::unwind::refresh();
+        let pc = marker_function_for_symbolizer() + 1;
+        let mut s =
+            Symbolizer { allowance: Duration::ZERO, dwarf_spent: Duration::from_secs(3600), ..Symbolizer::default() };
+        let frames = s.symbolize(pc, crate::unwind::current());
+        assert!(frames[0].function.ends_with("marker_function_for_symbolizer"), "{frames:?}");
+        assert_eq!((frames[0].line, s.deferred, s.dwarf_open()), (0, 1, 0), "{frames:?}");
+        s.dwarf_spent = Duration::ZERO;
+        s.allowance = Duration::from_secs(3600);
+        let frames = s.symbolize(pc, crate::unwind::current());
+        assert!(frames.last().unwrap().file.ends_with("symbolize.rs") && frames.last().unwrap().line > 0, "{frames:?}");
+        assert_eq!(s.deferred, 1);
     }
 
     #[test]
     fn strips_legacy_hash() {
         assert_eq!(clean("foo::bar::h0123456789abcdef"), "foo::bar");
         assert_eq!(clean("foo::hash"), "foo::hash");
+    }
+
+    /// A C fixture in a fresh temporary folder: `lib.c` with one function in `.text` and one
+    /// in a second executable segment far above it (a linker script, `-z separate-code`).
+    struct Fixture {
+        dir: std::path::PathBuf,
+    }
+
+    const FIXTURE_C: &str = "__attribute__((noinline)) int fixture_in_text(int x) { return x * 3 + 1; }\n\
+        __attribute__((noinline, section(\".fartext\"))) int fixture_in_far_segment(int x) { return x * 5 + 2; }\n\
+        #ifdef MAIN\nint main(void) { return fixture_in_text(1) + fixture_in_far_segment(2) > 1000; }\n#endif\n";
+    const FAR_LD: &str =
+        "SECTIONS { . = ALIGN(CONSTANT (MAXPAGESIZE)) + 0x200000; .fartext : { *(.fartext) } } INSERT AFTER .fini;\n";
+
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            let dir = std::env::temp_dir().join(format!("pyroscope-symbols-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("lib.c"), FIXTURE_C).unwrap();
+            std::fs::write(dir.join("far.ld"), FAR_LD).unwrap();
+            Fixture { dir }
+        }
+
+        /// Runs gcc in the fixture's folder (a missing gcc fails the test: it is a build
+        /// dependency of the test suite).
+        fn gcc(&self, args: &[&str]) -> std::path::PathBuf {
+            let out = std::process::Command::new("gcc")
+                .current_dir(&self.dir)
+                .args(["-O1", "-Wl,-z,separate-code", "-Wl,-T,far.ld", "lib.c"])
+                .args(args)
+                .output()
+                .expect("gcc must be installed to build the symbolizer's fixtures");
+            assert!(out.status.success(), "gcc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            self.dir.join(args[args.iter().position(|a| *a == "-o").unwrap() + 1])
+        }
+
+        /// The file's PT_LOAD segments: (file offset, file size, address, executable).
+        fn loads(path: &std::path::Path) -> Vec<(u64, u64, u64, bool)> {
+            let data = std::fs::read(path).unwrap();
+            let header = object::elf::FileHeader64::<object::Endianness>::parse(&*data).unwrap();
+            let endian = header.endian().unwrap();
+            header
+                .program_headers(endian, &*data)
+                .unwrap()
+                .iter()
+                .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
+                .map(|p| {
+                    (
+                        p.p_offset(endian),
+                        p.p_filesz(endian),
+                        p.p_vaddr(endian),
+                        p.p_flags(endian).contains(object::elf::PF_X),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Maps the executable segments of `path` at addresses the kernel picks, as a program
+    /// that maps a file itself does; returns (address in file, address mapped) per segment.
+    fn map_executable_segments(path: &std::path::Path) -> Vec<(u64, u64)> {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path).unwrap();
+        let mut out = Vec::new();
+        for (offset, size, vaddr, exec) in Fixture::loads(path) {
+            if !exec {
+                continue;
+            }
+            let page = offset & !0xfff;
+            // SAFETY: a fresh private read-only mapping the test leaks (it stays valid for the
+            // rest of the test process); nothing else uses that range.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    (size + offset - page) as usize,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    page as i64,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            out.push((vaddr - (offset - page), p as u64));
+        }
+        out
+    }
+
+    fn function_at(s: &mut Symbolizer, pc: u64) -> Symbols {
+        s.symbolize(pc, crate::unwind::current())
+    }
+
+    /// A shared library (PIE) loaded by the loader, with two executable segments, with and
+    /// without debug info: both functions are named, with file and line when it has them.
+    #[test]
+    fn names_every_executable_segment_of_a_loaded_library() {
+        let fx = Fixture::new("dlopen");
+        for (lib, debug) in [("plain.so", false), ("debug.so", true)] {
+            let mut args = vec!["-fPIC", "-shared", "-o", lib];
+            if debug {
+                args.push("-g");
+            }
+            let path = fx.gcc(&args);
+            let segments = Fixture::loads(&path).iter().filter(|l| l.3).count();
+            assert_eq!(segments, 2, "fixture must have two executable segments");
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: loads our fixture, which has no constructors; never closed.
+            let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW) };
+            assert!(!handle.is_null());
+            crate::unwind::refresh();
+            let mut s = Symbolizer::unhurried();
+            for name in ["fixture_in_text", "fixture_in_far_segment"] {
+                let sym = std::ffi::CString::new(name).unwrap();
+                // SAFETY: a valid handle and a NUL-terminated name.
+                let addr = unsafe { libc::dlsym(handle, sym.as_ptr()) } as u64;
+                assert_ne!(addr, 0);
+                let frames = function_at(&mut s, addr + 1);
+                assert_eq!(&*frames[0].function, name, "{lib}: {frames:?}");
+                if debug {
+                    assert!(
+                        frames[0].file.ends_with("lib.c")
+                            && frames[0].line == 1 + (name == "fixture_in_far_segment") as u32,
+                        "{frames:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The same file mapped a second time by the program (as Node maps part of its text
+    /// again), PIE and non-PIE: addresses in the second mapping are named from the file.
+    #[test]
+    fn names_a_file_mapped_again_pie_and_non_pie() {
+        let fx = Fixture::new("mapped");
+        let pie = fx.gcc(&["-fPIC", "-shared", "-o", "pie.so"]);
+        let exe = fx.gcc(&["-DMAIN", "-no-pie", "-fno-pie", "-o", "exe"]);
+        let status = std::process::Command::new(&exe).status().unwrap();
+        assert!(status.success(), "the non-PIE fixture runs");
+        for path in [pie, exe] {
+            let mut s = Symbolizer::unhurried();
+            let funcs = FileIndex::build(&Arc::from(path.to_str().unwrap())).unwrap();
+            let mapped = map_executable_segments(&path);
+            crate::unwind::refresh();
+            for (name, f) in ["fixture_in_text", "fixture_in_far_segment"]
+                .iter()
+                .map(|n| (n, funcs.functions.iter().find(|f| function_name_of(&funcs, f) == *n).unwrap()))
+            {
+                let (vaddr, addr) = *mapped.iter().filter(|(v, _)| *v <= f.start).max_by_key(|(v, _)| *v).unwrap();
+                let pc = addr + (f.start - vaddr) + 1;
+                let frames = function_at(&mut s, pc);
+                assert_eq!(&*frames[0].function, *name, "{path:?}: {frames:?}");
+                assert_eq!(s.physical_name(pc, crate::unwind::current()).as_deref(), Some(*name));
+            }
+        }
+    }
+
+    /// A mapping seen by the collector's periodic read of /proc/self/maps and gone by the time
+    /// the window is named (Node unmaps its second copy of the builtins before the last
+    /// window at exit) still names its addresses.
+    #[test]
+    fn names_a_mapping_gone_before_the_window_closes() {
+        let fx = Fixture::new("gone");
+        let path = fx.gcc(&["-fPIC", "-shared", "-o", "gone.so"]);
+        let index = FileIndex::build(&Arc::from(path.to_str().unwrap())).unwrap();
+        let f = *index.functions.iter().find(|f| function_name_of(&index, f) == "fixture_in_far_segment").unwrap();
+        let (vaddr, addr) =
+            *map_executable_segments(&path).iter().filter(|(v, _)| *v <= f.start).max_by_key(|(v, _)| *v).unwrap();
+        note_mappings(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        // SAFETY: unmaps the page this test mapped (the far segment is under one page).
+        assert_eq!(unsafe { libc::munmap(addr as *mut libc::c_void, 4096) }, 0);
+        crate::unwind::refresh();
+        let mut s = Symbolizer::unhurried();
+        let frames = function_at(&mut s, addr + (f.start - vaddr) + 1);
+        assert_eq!(&*frames[0].function, "fixture_in_far_segment", "{frames:?}");
+    }
+
+    fn function_name_of(index: &FileIndex, f: &Function) -> String {
+        let mut index = FileIndex {
+            path: index.path.clone(),
+            loads: Vec::new(),
+            functions: vec![*f],
+            has_dwarf: false,
+            units: None,
+            file: None,
+        };
+        index.function_name(f.start).unwrap()
+    }
+
+    /// Addresses spread over this test binary (full debug info, many units): a few per
+    /// function, inside the function.
+    fn own_addresses(step: usize) -> (Arc<str>, u64, Vec<u64>) {
+        crate::unwind::refresh();
+        let here = marker_function_for_symbolizer();
+        let module = crate::unwind::current().unwrap().module_for(here).unwrap().clone();
+        let path: Arc<str> = Arc::from(module.path.as_str());
+        let index = FileIndex::build(&path).unwrap();
+        let pcs = index
+            .functions
+            .iter()
+            .step_by(step)
+            .flat_map(|f| [f.start, f.start + u64::from(f.size) / 2, f.start + u64::from(f.size).saturating_sub(1)])
+            .map(|probe| probe + module.bias)
+            .filter(|pc| module.text.contains(pc))
+            .collect();
+        (path, module.bias, pcs)
+    }
+
+    /// Our per-unit reading of the debug info names what addr2line's whole-file parse names:
+    /// the same inlined frames, demangled functions, files and lines.
+    #[test]
+    fn frames_match_addr2line() {
+        let (path, bias, pcs) = own_addresses(7);
+        assert!(pcs.len() > 1000, "{}", pcs.len());
+        let loader = addr2line::Loader::new(&*path).unwrap();
+        let mut s = Symbolizer::unhurried();
+        let (mut same, mut inlined, mut total) = (0, 0, 0);
+        let mut differ = Vec::new();
+        for (n, pc) in pcs.into_iter().enumerate() {
+            let mut expected = Vec::new();
+            let mut frames = loader.find_frames(pc - bias).unwrap();
+            while let Ok(Some(f)) = frames.next() {
+                let Some(name) = f.function.as_ref().and_then(|f| f.demangle().ok()) else { continue };
+                let (file, line) = f.location.map(|l| (l.file.unwrap_or(""), l.line.unwrap_or(0))).unwrap_or(("", 0));
+                // Where the debug info names no file, we give the module's path.
+                let file = if file.is_empty() { &*path } else { file };
+                expected.push((clean(&name), file.to_owned(), line));
+            }
+            if expected.is_empty() {
+                continue;
+            }
+            total += 1;
+            inlined += (expected.len() > 1) as usize;
+            let got: Vec<(String, String, u32)> = s
+                .symbolize(pc, crate::unwind::current())
+                .iter()
+                .map(|f| (f.function.to_string(), f.file.to_string(), f.line))
+                .collect();
+            if got == expected {
+                same += 1;
+            } else if differ.len() < 5 {
+                let short = |v: &[(String, String, u32)]| -> Vec<String> {
+                    v.iter()
+                        .map(|(f, file, l)| {
+                            format!("{} {}:{l}", &f[..f.len().min(50)], file.rsplit('/').next().unwrap_or(""))
+                        })
+                        .collect()
+                };
+                differ.push((pc - bias, short(&got), short(&expected)));
+            }
+            if n % 500 == 0 {
+                s.release();
+            }
+        }
+        assert!(inlined > 100, "addresses in inlined code: {inlined}");
+        assert_eq!(same, total, "{same} of {total} match; first differences: {differ:#?}");
+    }
+
+    /// KiB of a /proc/self/status field.
+    fn status_kib(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    const RSS_CHILD: &str = "PYROSCOPE_TEST_SYMBOLS_RSS_CHILD";
+
+    /// Run by [`symbolizer_rss_stays_within_budget`] in a process of its own: names every
+    /// function of this test binary (full debug info) in batches, as windows do, and prints
+    /// the peak resident memory this added.
+    #[test]
+    #[ignore = "run by symbolizer_rss_stays_within_budget in a child process"]
+    fn symbolizer_rss_child() {
+        if std::env::var_os(RSS_CHILD).is_none() {
+            return;
+        }
+        let (_, _, pcs) = own_addresses(1);
+        // Reset the peak to the resident set now (proc(5), clear_refs).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = status_kib("VmRSS:");
+        let mut s = Symbolizer::unhurried();
+        for batch in pcs.chunks(2000) {
+            for &pc in batch {
+                std::hint::black_box(s.symbolize(pc, crate::unwind::current()));
+            }
+            s.release();
+        }
+        assert_eq!(s.dwarf_open(), 0);
+        let peak = status_kib("VmHWM:");
+        println!(
+            "symbolized={} added_kib={} held_bytes={} rss_now_kib={} anon_kib={} file_kib={}",
+            pcs.len(),
+            peak.saturating_sub(before),
+            s.held_bytes(),
+            status_kib("VmRSS:").saturating_sub(before),
+            status_kib("RssAnon:"),
+            status_kib("RssFile:")
+        );
+    }
+
+    /// The memory budget: naming every function of a binary with debug info, window after
+    /// window, adds at most [`BUDGET_BYTES`] to the process's peak resident memory, and what
+    /// stays held between windows is within it too.
+    #[test]
+    fn symbolizer_rss_stays_within_budget() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "symbolize::tests::symbolizer_rss_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(RSS_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let field = |name: &str| -> usize {
+            let at = stdout.find(name).unwrap_or_else(|| panic!("no {name} in {stdout}")) + name.len();
+            stdout[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        };
+        eprintln!("{}", stdout.lines().find(|l| l.contains("added_kib")).unwrap_or(""));
+        assert!(field("symbolized=") > 10_000);
+        assert!(field("added_kib=") * 1024 <= BUDGET_BYTES, "{stdout}");
+        assert!(field("held_bytes=") <= BUDGET_BYTES, "{stdout}");
+    }
+
+    #[test]
+    fn parses_executable_file_mappings_only() {
+        let m = parse_mapping("7f10da600000-7f10da792000 r-xp 014c4000 fe:00 247580   /usr/bin/node").unwrap();
+        assert_eq!((m.start, m.end, m.offset, &*m.path), (0x7f10da600000, 0x7f10da792000, 0x14c4000, "/usr/bin/node"));
+        assert!(parse_mapping("00400000-00b6f000 r--p 00000000 fe:00 247580 /usr/bin/node").is_none());
+        assert!(parse_mapping("7f10e194d000-7f10e194f000 r-xp 00000000 00:00 0 [vdso]").is_none());
+        assert!(parse_mapping("7f10e194d000-7f10e194f000 r-xp 00000000 00:00 0").is_none());
+        assert!(parse_mapping("7f1-7f2 r-xp 00000000 fe:00 1 /tmp/x (deleted)").is_none());
     }
 }

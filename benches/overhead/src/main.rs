@@ -31,6 +31,31 @@ fn child(mode: &str, switch_us: u64, iters_per_us: f64) -> Measured {
             let _ = std::fs::remove_dir_all(&dir);
             m
         }
+        // The line-tables workload (one thread, see `bench_workload::varied`; `switch_us` is
+        // its number of rounds), run from the binary built with `--profile bench-lines`.
+        // Prints the collector thread's CPU seconds per window in the `stop` column.
+        "lines-none" | "lines-ours" => {
+            let dir = std::env::temp_dir().join(format!("pyroscope-bench-lines-{}", std::process::id()));
+            let agent = (mode == "lines-ours").then(|| {
+                AgentBuilder::new("bench")
+                    .export_dir(&dir)
+                    .upload_interval(std::time::Duration::from_secs(1))
+                    .start()
+                    .expect("start")
+            });
+            let mut m = run(1, 1, 0, |_, _| ());
+            let (cpu0, t) = (bench_workload::process_cpu_seconds(), Instant::now());
+            std::hint::black_box(bench_workload::varied(switch_us));
+            m.cpu = bench_workload::process_cpu_seconds() - cpu0;
+            m.wall = t.elapsed().as_secs_f64();
+            if let Some(agent) = agent {
+                let collector = bench_workload::thread_cpu_seconds("pyroscope-colle");
+                let stats = agent.stop();
+                m.stop = collector / stats.windows.saturating_sub(1).max(1) as f64;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            m
+        }
         other => panic!("unknown mode {other}"),
     }
 }
@@ -56,6 +81,27 @@ fn per_sample_us(ipu: f64, runs: usize) -> (f64, f64, f64) {
     ((o - n) / k * 1e6, k / (SECONDS * THREADS as f64), median(handler))
 }
 
+/// Runs `argv` through `$PYROSCOPE_BENCH_SPAWN` (benches/symbols/spawn.c): what it printed
+/// but the last line, and its wall time in ms and peak RSS in KiB from that last line.
+fn spawn_measured(argv: &[&str]) -> Option<(String, f64, i64)> {
+    let launcher = std::env::var("PYROSCOPE_BENCH_SPAWN").ok()?;
+    let out = run_child(Command::new(launcher).args(argv))?;
+    let (body, last) = out.stdout.trim_end().rsplit_once('\n').unwrap_or(("", out.stdout.trim_end()));
+    let v: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if !out.success || v.len() != 3 || v[2] != 0.0 {
+        eprintln!("  {argv:?}: failed: {}", out.stderr);
+        return None;
+    }
+    Some((body.to_string(), v[0], v[1] as i64))
+}
+
+/// A `--child` run through the small launcher, so its peak RSS is its own.
+fn spawn_small(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
+    let (body, _, rss) = spawn_measured(&[bin, "--child", mode, &switch_us.to_string(), &ipu.to_string()])?;
+    let v: Vec<f64> = body.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: rss, stop: v[3] })
+}
+
 fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
     let out = run_child(Command::new(bin).args(["--child", mode, &switch_us.to_string(), &ipu.to_string()]))?;
     if !out.success {
@@ -65,6 +111,130 @@ fn spawn(bin: &str, mode: &str, switch_us: u64, ipu: f64) -> Option<Measured> {
     let v: Vec<f64> = out.stdout.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     // Peak RSS over the child's whole life, its agent's stop included.
     (v.len() == 4).then(|| Measured { cpu: v[0], wall: v[1], max_rss_kib: out.peak_rss_kib, stop: v[3] })
+}
+
+/// The memory the profiler may add to a program built with line tables, whatever the
+/// binary carries (README, docs/symbolization.md).
+const RSS_BUDGET_MIB: f64 = 10.0;
+
+/// The line-tables workload: `$PYROSCOPE_BENCH_LINES` (this benchmark built with
+/// `--profile bench-lines`: `debug = 1` for every package) without and with the agent, and a
+/// copy stripped of its debug info with the agent (the agent's floor); one thread, peak RSS
+/// over each child's whole life, alternating runs, medians.
+fn lines_section(runs: usize, ipu: f64) {
+    let (Ok(lines), Ok(stripped)) =
+        (std::env::var("PYROSCOPE_BENCH_LINES"), std::env::var("PYROSCOPE_BENCH_LINES_NODEBUG"))
+    else {
+        eprintln!("PYROSCOPE_BENCH_LINES unset: skipping the line-tables workload");
+        return;
+    };
+    let size = |p: &str| std::fs::metadata(p).map_or(0.0, |m| m.len() as f64 / 1e6);
+    // About 5 s of work, from the time of 200 rounds here (after 50 to warm up).
+    std::hint::black_box(bench_workload::varied(50));
+    let t = Instant::now();
+    std::hint::black_box(bench_workload::varied(200));
+    let rounds = ((SECONDS / t.elapsed().as_secs_f64() * 200.0) as u64).max(200);
+    let _ = ipu;
+    println!(
+        "\n## Memory with line tables (one thread, {SECONDS} s of varied work, 1 s windows; the binary built with `debug = 1` for every package, {:.0} MB, {:.0} MB without its debug info; medians of {runs} alternating runs)\n",
+        size(&lines),
+        size(&stripped)
+    );
+    println!("| binary | profiler | CPU s | peak RSS MiB | added MiB | collector CPU per window ms |");
+    println!("|---|---|---|---|---|---|");
+    let modes = [
+        ("line tables", "lines-none", &lines),
+        ("line tables", "lines-ours", &lines),
+        ("no debug info", "lines-ours", &stripped),
+    ];
+    let mut results: Vec<Vec<Measured>> = vec![Vec::new(); modes.len()];
+    for r in 0..runs {
+        for (i, (_, mode, bin)) in modes.iter().enumerate() {
+            eprintln!("run {}/{runs}, line tables, {mode} {bin}", r + 1);
+            if let Some(m) = spawn_small(bin, mode, rounds, ipu) {
+                results[i].push(m);
+            }
+        }
+    }
+    if results.iter().any(Vec::is_empty) {
+        return;
+    }
+    let rss = |i: usize| median(results[i].iter().map(|m| m.max_rss_kib as f64).collect()) / 1024.0;
+    for (i, (binary, mode, _)) in modes.iter().enumerate() {
+        let cpu = median(results[i].iter().map(|m| m.cpu).collect());
+        let per_window = median(results[i].iter().map(|m| m.stop).collect()) * 1e3;
+        let (profiler, window) =
+            if *mode == "lines-none" { ("none", "-".to_string()) } else { ("ours", format!("{per_window:.1}")) };
+        println!("| {binary} | {profiler} | {cpu:.3} | {:.1} | {:.1} | {window} |", rss(i), rss(i) - rss(0));
+    }
+    let added = rss(1) - rss(0);
+    println!(
+        "\nAdded by the profiler with line tables: {added:.1} MiB against a budget of {RSS_BUDGET_MIB:.0} MiB ({}); the symbolizer's share (line tables vs no debug info, both profiled): {:.1} MiB.",
+        if added <= RSS_BUDGET_MIB { "within" } else { "OVER BUDGET" },
+        rss(1) - rss(2)
+    );
+}
+
+/// Budget for a process that exits at once under the preload library.
+const SHORT_LIVED_BUDGET: (f64, f64) = (10.0, 10.0);
+
+/// Short-lived programs under the preload library: `python3 -c pass` (`$PYROSCOPE_BENCH_PYTHON`,
+/// its libpython carries DWARF) and `sqlite3 :memory: 'select 1'`, plain and preloaded,
+/// launched by `$PYROSCOPE_BENCH_SPAWN` (benches/symbols/spawn.c); 21 alternating runs,
+/// medians of wall time and peak RSS.
+fn short_lived_section() {
+    if std::env::var_os("PYROSCOPE_BENCH_SPAWN").is_none() {
+        eprintln!("PYROSCOPE_BENCH_SPAWN unset: skipping short-lived processes");
+        return;
+    }
+    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf())).unwrap_or_default();
+    let preload = dir.join("libpyroscope_preload.so");
+    let out_dir = std::env::temp_dir().join(format!("pyroscope-bench-short-{}", std::process::id()));
+    let python = std::env::var("PYROSCOPE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let programs: [(&str, Vec<&str>); 2] = [
+        ("`python3 -c pass`", vec![&python, "-c", "pass"]),
+        ("`sqlite3 :memory: 'select 1'`", vec!["sqlite3", ":memory:", "select 1"]),
+    ];
+    const RUNS: usize = 21;
+    println!("\n## Short-lived processes under the preload library (medians of {RUNS} alternating runs; budget: at most {:.0} ms and {:.0} MiB added)\n", SHORT_LIVED_BUDGET.0, SHORT_LIVED_BUDGET.1);
+    println!("| program | plain ms | preloaded ms | added ms | plain peak RSS MiB | preloaded peak RSS MiB | added MiB | within budget |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, argv) in &programs {
+        let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..RUNS {
+            for (i, preloaded) in [false, true].into_iter().enumerate() {
+                let (lib, export) = (
+                    format!("LD_PRELOAD={}", preload.display()),
+                    format!("PYROSCOPE_EXPORT_DIR={}", out_dir.display()),
+                );
+                let mut args = vec!["env"];
+                if preloaded {
+                    args.extend([lib.as_str(), export.as_str()]);
+                }
+                args.extend(argv.iter().copied());
+                if let Some((_, ms, kib)) = spawn_measured(&args) {
+                    runs[i].push((ms, kib as f64 / 1024.0));
+                }
+            }
+        }
+        if runs.iter().any(Vec::is_empty) {
+            eprintln!("  {name}: did not run");
+            continue;
+        }
+        let ms = |i: usize| median(runs[i].iter().map(|r| r.0).collect());
+        let mib = |i: usize| median(runs[i].iter().map(|r| r.1).collect());
+        let (dms, dmib) = (ms(1) - ms(0), mib(1) - mib(0));
+        let ok = dms <= SHORT_LIVED_BUDGET.0 && dmib <= SHORT_LIVED_BUDGET.1;
+        println!(
+            "| {name} | {:.1} | {:.1} | {dms:.1} | {:.1} | {:.1} | {dmib:.1} | {} |",
+            ms(0),
+            ms(1),
+            mib(0),
+            mib(1),
+            if ok { "yes" } else { "no" }
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 /// An allocation-heavy workload of `alloc-bench` (see its crate doc).
@@ -310,6 +480,12 @@ fn main() {
     let me = args[0].clone();
     let other = std::env::var("PYROSCOPE_RS_BENCH").ok().filter(|p| std::path::Path::new(p).exists());
     let ipu = calibrate();
+    // `BENCH_ONLY=symbols`: the symbolizer's sections alone.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "symbols") {
+        lines_section(runs, ipu);
+        short_lived_section();
+        return;
+    }
     println!("## Overhead (2 threads x {SECONDS} s of fixed CPU work, labels switched every slice; medians of {runs} runs)\n");
     println!(
         "| label switch every | profiler | CPU s | wall s | CPU ratio | wall ratio | peak RSS MiB | stop blocks s |"
@@ -351,6 +527,8 @@ fn main() {
     for workload in &ALLOC_WORKLOADS {
         alloc_section(runs, workload);
     }
+    lines_section(runs, ipu);
+    short_lived_section();
     let (enter, wrapper) = label_switch_ns();
     println!("\n## Micro-benchmarks (medians)\n");
     println!("| what | figure |\n|---|---|");

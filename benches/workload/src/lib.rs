@@ -121,3 +121,59 @@ pub fn run_child(cmd: &mut std::process::Command) -> Option<ChildRun> {
         peak_rss_kib: ru.ru_maxrss,
     })
 }
+
+/// A single-thread workload whose CPU time spreads over many functions (formatting, parsing,
+/// sorting, maps, string search), so that a profiler names many distinct addresses across
+/// the binary and its libraries: the symbolizer's worst case for memory. Returns a checksum.
+pub fn varied(rounds: u64) -> u64 {
+    use std::collections::{BTreeMap, HashMap};
+    use std::fmt::Write;
+    let mut acc = 0u64;
+    for r in 0..rounds {
+        let mut text = String::new();
+        let mut map: HashMap<String, u64> = HashMap::new();
+        let mut tree: BTreeMap<u64, String> = BTreeMap::new();
+        for i in 0..200u64 {
+            let key = format!("key-{r}-{i:08x}-{:.3}", i as f64 / 7.0);
+            let _ = write!(text, "{key}={};", slice(50, i));
+            *map.entry(key.clone()).or_default() += i;
+            tree.insert(i.wrapping_mul(0x9e37_79b9), key);
+        }
+        let mut words: Vec<&str> = text.split(';').collect();
+        words.sort_unstable();
+        words.dedup();
+        let parsed: u64 =
+            words.iter().filter_map(|w| w.rsplit('=').next()?.parse::<u64>().ok()).fold(0, u64::wrapping_add);
+        let found = text.matches("-0000").count() as u64 + text.find("key-").unwrap_or(0) as u64;
+        let upper = text.to_uppercase();
+        acc = acc
+            .wrapping_add(parsed)
+            .wrapping_add(found)
+            .wrapping_add(map.len() as u64)
+            .wrapping_add(tree.values().map(|v| v.len() as u64).sum::<u64>())
+            .wrapping_add(upper.len() as u64)
+            .wrapping_add(slice(20_000, r));
+    }
+    acc
+}
+
+/// CPU seconds of this process so far (all threads).
+pub fn process_cpu_seconds() -> f64 {
+    cpu_seconds().0
+}
+
+/// CPU seconds of this process's threads named `name` (as /proc shows it: 15 bytes at most),
+/// from the scheduler's nanosecond count.
+pub fn thread_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()).unwrap_or(0.0) / 1e9;
+    }
+    total
+}

@@ -26,12 +26,14 @@ pub(crate) type SectionData = Arc<[u8]>;
 pub(crate) type SignalUnwinder = NativeUnwinder<SectionData, MustNotAllocateDuringUnwind>;
 pub(crate) type SignalCache = NativeCache<MustNotAllocateDuringUnwind>;
 
-/// One loaded object, for the unwinder and the symbolizer.
+/// One executable segment of a loaded object, for the symbolizer: an object with several
+/// executable segments (`-z separate-code`, linker scripts, Node's binary) has one entry per
+/// segment.
 #[derive(Clone, Debug)]
 pub(crate) struct ModuleInfo {
     /// Path on disk; empty for objects without a file (vDSO).
     pub path: String,
-    /// Runtime address range of its executable segment.
+    /// Runtime address range of the segment.
     pub text: std::ops::Range<u64>,
     /// Load bias: runtime address minus the address in the file.
     pub bias: u64,
@@ -129,6 +131,7 @@ pub(crate) fn stack_window(sp: u64) -> (u64, u64) {
 /// Re-reads /proc/self/maps and publishes it. Collector thread only.
 pub(crate) fn refresh_maps() {
     let Ok(text) = std::fs::read_to_string("/proc/self/maps") else { return };
+    crate::symbolize::note_mappings(&text);
     let mut ranges: Vec<(u64, u64)> = text
         .lines()
         .filter_map(|line| {
@@ -219,7 +222,8 @@ fn reclaim() {
 struct Found {
     path: String,
     bias: u64,
-    text: Option<std::ops::Range<u64>>,
+    /// Runtime ranges of the executable PT_LOAD segments, in program header order.
+    texts: Vec<std::ops::Range<u64>>,
     eh_frame_hdr: Option<(u64, u64)>,
     /// The PT_LOAD segments, to bound the copy of `.eh_frame`.
     loads: Vec<(u64, u64)>,
@@ -267,7 +271,7 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
             let mut found = Found {
                 path: name.to_owned(),
                 bias,
-                text: None,
+                texts: Vec::new(),
                 eh_frame_hdr: None,
                 loads: Vec::new(),
                 sections: None,
@@ -279,8 +283,8 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                 match ph.p_type {
                     libc::PT_LOAD => {
                         found.loads.push((start, end));
-                        if ph.p_flags & libc::PF_X != 0 && found.text.is_none() {
-                            found.text = Some(start..end);
+                        if ph.p_flags & libc::PF_X != 0 {
+                            found.texts.push(start..end);
                         }
                     }
                     libc::PT_GNU_EH_FRAME => found.eh_frame_hdr = Some((start, ph.p_memsz)),
@@ -298,7 +302,10 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
 
     let mut out = Vec::new();
     for (i, f) in found.into_iter().enumerate() {
-        let Some(text) = f.text.clone() else { continue };
+        let (Some(first), Some(last)) = (f.texts.iter().map(|t| t.start).min(), f.texts.iter().map(|t| t.end).max())
+        else {
+            continue;
+        };
         let path = if i == 0 && f.path.is_empty() {
             std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
         } else if f.path.starts_with('/') {
@@ -306,8 +313,13 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
         } else {
             String::new() // the vDSO has no file
         };
-        let info = ModuleInfo { path: path.clone(), text: text.clone(), bias: f.bias };
-        out.push((info, unwind_module(&f, &path, text)));
+        // The unwinder gets one module spanning every executable segment; the symbolizer one
+        // entry per segment, so an address between segments belongs to none.
+        let mut module = unwind_module(&f, &path, first..last);
+        for text in &f.texts {
+            let info = ModuleInfo { path: path.clone(), text: text.clone(), bias: f.bias };
+            out.push((info, module.take()));
+        }
     }
     out
 }
@@ -331,9 +343,11 @@ fn unwind_module(f: &Found, path: &str, text: std::ops::Range<u64>) -> Option<Mo
 pub(crate) fn prepare_fork() {
     RETIRED.fork_hold();
     RETIRED_MAPS.fork_hold();
+    crate::symbolize::prepare_fork();
 }
 
 pub(crate) fn after_fork() {
+    crate::symbolize::after_fork();
     RETIRED_MAPS.fork_release();
     RETIRED.fork_release();
 }
