@@ -146,8 +146,9 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
 #[test]
 fn secrets_never_appear_in_debug_output_or_errors() {
     let _g = crate::agent_lock();
-    const SECRETS: [&str; 5] = ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET"];
-    let [password, token, header, userinfo, query] = SECRETS;
+    const SECRETS: [&str; 6] =
+        ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET", "tenant-0xSECRET"];
+    let [password, token, header, userinfo, query, tenant] = SECRETS;
     let mut printed = Vec::new();
     let shown = |e: Error| [e.to_string(), format!("{e:?}")];
 
@@ -157,25 +158,32 @@ fn secrets_never_appear_in_debug_output_or_errors() {
         format!("http://admin:{userinfo}@bad host"),
         format!("admin:{userinfo}@127.0.0.1:4040"),
         format!("http://127.0.0.1:4040/?token={query}"),
+        // Unencoded `#`, `/` or `?` in the password: the URL does not parse.
+        format!("http://user:pa#{userinfo}@127.0.0.1:4040"),
+        format!("http://user:p/{userinfo}@127.0.0.1:4040"),
+        format!("http://u:a?{userinfo}@127.0.0.1:4040"),
     ] {
         let b = with_secrets(AgentBuilder::new("s")).server_address(&address);
         printed.push(format!("{b:?}"));
         printed.extend(shown(b.build().unwrap_err()));
     }
-    let vars = [
-        (pyroscope_core::env::SERVER_ADDRESS, format!("http://u:{userinfo}@h:4040")),
-        (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
-        (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
-    ];
-    let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
-    printed.push(format!("{b:?}"));
-    printed.extend(shown(b.build().unwrap_err()));
+    for address in [format!("http://u:{userinfo}@h:4040"), format!("http://u:x#{userinfo}@h:4040")] {
+        let vars = [
+            (pyroscope_core::env::SERVER_ADDRESS, address),
+            (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
+            (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
+        ];
+        let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        printed.push(format!("{b:?}"));
+        printed.extend(shown(b.build().unwrap_err()));
+    }
 
     // A valid config, then one changed after build.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let config = with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).build().unwrap();
+    let config =
+        with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).tenant_id(tenant).build().unwrap();
     printed.push(format!("{config:?}"));
     let mut changed = config.clone();
     if let Destination::Server(u) = &mut changed.destination {
