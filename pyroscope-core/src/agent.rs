@@ -152,6 +152,11 @@ impl Agent {
             }
             crate::alloc::ENABLED.store(true, Ordering::SeqCst);
         }
+        // Allocation sampling is off again if starting fails below (the sampler stops on drop).
+        let failed = |e: Error| {
+            crate::alloc::ENABLED.store(false, Ordering::SeqCst);
+            e
+        };
 
         let (done_tx, done_rx) = mpsc::channel();
         let q = queue.clone();
@@ -163,7 +168,7 @@ impl Agent {
                 q.run(&*exporter, max_retry);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::Os { what: "spawning the upload thread", errno: e.to_string() })?;
+            .map_err(|e| failed(Error::Os { what: "spawning the upload thread", errno: e.to_string() }))?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let (collector_tx, collector_rx) = mpsc::channel();
@@ -184,7 +189,7 @@ impl Agent {
             Err(e) => {
                 // The uploader has nothing to wait for.
                 queue.close(Instant::now());
-                return Err(Error::Os { what: "spawning the collector thread", errno: e.to_string() });
+                return Err(failed(Error::Os { what: "spawning the collector thread", errno: e.to_string() }));
             }
         };
         // The collector's first scan must not sample the collector itself.
@@ -275,6 +280,10 @@ impl Agent {
             return;
         }
         let deadline = Instant::now() + self.config.shutdown_timeout;
+        // No new samples from here, even if the collector is not waited for: a hook or handler
+        // that ran on would write into a ring nothing drains.
+        sampler::ENABLED.store(false, Ordering::SeqCst);
+        crate::alloc::ENABLED.store(false, Ordering::SeqCst);
         *self.shared.stop.lock() = true;
         crate::ring::COLLECTOR_WAKE.notify_all();
         // The collector closes the last window (symbolizing every new address in it) and
@@ -303,11 +312,14 @@ impl Agent {
     }
 }
 
-/// Frees the one-agent slot, then tells the agent the collector has ended.
+/// Turns allocation sampling off (however the collector ended: stopped, abandoned or
+/// panicked, nothing drains the ring any more), frees the one-agent slot, then tells the
+/// agent the collector has ended.
 struct ReleaseSlot(mpsc::Sender<()>);
 
 impl Drop for ReleaseSlot {
     fn drop(&mut self) {
+        crate::alloc::ENABLED.store(false, Ordering::SeqCst);
         RUNNING.store(false, Ordering::SeqCst);
         let _ = self.0.send(());
     }

@@ -192,6 +192,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                #[cfg(feature = "test-hooks")]
+                sampler::test_hooks::hold_collector_here();
                 if shared.abandoned.load(Ordering::SeqCst) {
                     return;
                 }
@@ -212,6 +214,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                         end,
                         &extra,
                     );
+                    #[cfg(feature = "test-hooks")]
+                    sampler::test_hooks::hold_collector_here();
                     if shared.abandoned.load(Ordering::SeqCst) {
                         return;
                     }

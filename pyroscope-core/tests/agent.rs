@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use pyroscope_core::{Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
+use pyroscope_core::{test_hooks, Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
 
 use crate::util::*;
 
@@ -141,6 +141,91 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
     assert_eq!(lost_in_cpu as u64, stats.samples_lost, "[lost samples] holds lost CPU samples only: {stats:?}");
     // At 1 Hz the CPU timers write a handful of records in those seconds.
     assert!(stats.samples_lost < 50, "{stats:?}");
+}
+
+/// Holds the collector before it queues a window's profile (test hooks); lets it go when
+/// dropped, even when the test fails.
+struct HeldCollector;
+
+impl HeldCollector {
+    fn hold() -> Self {
+        test_hooks::hold_collector();
+        HeldCollector
+    }
+}
+
+impl Drop for HeldCollector {
+    fn drop(&mut self) {
+        test_hooks::release_collector();
+    }
+}
+
+/// Starts an agent without allocation sampling as soon as the detached collector of a stopped
+/// one has freed the agent slot.
+fn next_agent(dir: &std::path::Path) -> Agent {
+    let mut next = None;
+    let freed =
+        wait_until(Duration::from_secs(60), || match AgentBuilder::new("next").export_dir(dir).memory(false).start() {
+            Ok(a) => {
+                next = Some(a);
+                true
+            }
+            Err(e) => {
+                assert_eq!(e, Error::AlreadyRunning);
+                false
+            }
+        });
+    assert!(freed, "the detached collector never finished");
+    next.unwrap()
+}
+
+/// A window of one external CPU sample, flushed; returns once the collector is held before
+/// queueing its profile.
+fn flush_and_hold(agent: &Agent) -> HeldCollector {
+    let held = HeldCollector::hold();
+    let frame = FrameId::new("held_window", "held.py", 1).unwrap();
+    agent.add_cpu_sample(&[frame], &LabelSet::new::<&str, &str>(&[]).unwrap(), 1);
+    agent.flush();
+    assert!(
+        wait_until(Duration::from_secs(30), test_hooks::collector_held),
+        "the collector never closed the flushed window: {:?}",
+        agent.stats()
+    );
+    held
+}
+
+#[test]
+fn allocation_sampling_stops_when_stop_times_out() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("alloc-off-after-timeout");
+    let agent = AgentBuilder::new("alloc-off")
+        .export_dir(&dir)
+        .alloc_sample_bytes(1)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    // This thread's countdown may still be one drawn at the default rate (512 KiB).
+    let before = test_hooks::alloc_samples();
+    let sampled = (0..100).any(|_| {
+        allocate_small(10_000);
+        test_hooks::alloc_samples() > before
+    });
+    assert!(sampled, "allocations are sampled while the agent runs");
+    allocate_small(1000);
+    let held = flush_and_hold(&agent);
+    let stats = agent.stop();
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    let before = test_hooks::alloc_samples();
+    allocate_small(1000);
+    assert_eq!(test_hooks::alloc_samples(), before, "allocations sampled after stop returned");
+    // The detached collector ends without closing a last window.
+    drop(held);
+    let next = next_agent(&dir);
+    let before = test_hooks::alloc_samples();
+    allocate_small(1000);
+    assert_eq!(test_hooks::alloc_samples(), before, "allocations sampled after the collector ended");
+    next.stop();
 }
 
 #[test]
