@@ -220,7 +220,7 @@ impl Agent {
             alloc_samples_lost: s.alloc_lost.load(Ordering::Relaxed),
             samples_truncated: s.truncated.load(Ordering::Relaxed),
             windows: s.windows.load(Ordering::Relaxed),
-            profiles: s.profiles.load(Ordering::Relaxed),
+            profiles: e.queued.load(Ordering::Relaxed),
             uploads_sent: e.sent.load(Ordering::Relaxed),
             uploads_failed: e.dropped_failed.load(Ordering::Relaxed),
             windows_abandoned: s.windows_abandoned.load(Ordering::Relaxed),
@@ -291,15 +291,18 @@ impl Agent {
         // state, drops what it built, and frees the agent slot when it ends.
         match collector_done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.shared.abandoned.store(true, Ordering::SeqCst);
+                // Closing first: from here the queue refuses (and counts nowhere) what the
+                // collector still pushes, so `profiles` holds only what the uploader sends or
+                // counts as dropped.
+                self.queue.close(deadline);
                 self.shared.windows_abandoned.fetch_add(1, Ordering::Relaxed);
                 drop(collector);
             }
             _ => {
                 let _ = collector.join();
+                self.queue.close(deadline);
             }
         }
-        self.queue.close(deadline);
         let uploaded = self
             .uploader_done
             .take()

@@ -229,6 +229,30 @@ fn allocation_sampling_stops_when_stop_times_out() {
 }
 
 #[test]
+fn a_window_built_after_a_timed_out_stop_is_counted_once() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("abandoned-counters");
+    let agent = AgentBuilder::new("abandoned")
+        .export_dir(&dir)
+        .memory(false)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let held = flush_and_hold(&agent);
+    let stats = agent.stop();
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    assert_eq!(stats.profiles, stats.uploads_sent + stats.uploads_dropped, "{stats:?}");
+    // Let the collector queue the profile it built: the closed queue refuses it.
+    drop(held);
+    next_agent(&dir).stop();
+    assert!(
+        read_profiles(&dir).iter().all(|(name, _)| !name.contains("abandoned")),
+        "the abandoned window was written"
+    );
+}
+
+#[test]
 fn secrets_never_appear_in_debug_output_or_errors() {
     let _g = crate::agent_lock();
     const SECRETS: [&str; 6] =
