@@ -252,7 +252,13 @@ impl Agent {
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
     /// first), with the labels it had and its weight in sample periods.
+    /// In a forked child the sample is counted as lost: the parent's collector does not run
+    /// there, and a parent thread may have held the queue's lock at the fork.
     pub fn add_cpu_sample(&self, frames: &[FrameId], labels: &LabelSet, weight: u64) {
+        if sys::getpid() != self.pid {
+            self.shared.lost.fetch_add(weight, Ordering::Relaxed);
+            return;
+        }
         let mut ext = self.shared.external.lock();
         if ext.len() < 100_000 {
             ext.push((frames.to_vec(), labels.clone(), weight));
