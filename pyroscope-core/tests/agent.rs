@@ -37,56 +37,36 @@ fn start_checks_a_config_changed_after_build() {
     Agent::start(good).unwrap().stop();
 }
 
-/// Frames of `depth` taken from `frames` so that each `i` gives a different stack.
-fn distinct_stack(frames: &[FrameId], i: usize, depth: usize) -> Vec<FrameId> {
-    (0..depth).map(|j| frames[(i / frames.len().pow(j.min(2) as u32) + j * 7919) % frames.len()]).collect()
-}
-
 #[test]
-fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
+fn stop_returns_within_the_timeout_while_the_last_window_is_built() {
     let _g = crate::agent_lock();
-    let dir = temp_dir("huge-window");
+    let dir = temp_dir("held-window");
     let timeout = Duration::from_millis(300);
-    let agent = AgentBuilder::new("huge")
+    let agent = AgentBuilder::new("held")
         .export_dir(&dir)
         .memory(false)
         .upload_interval(Duration::from_secs(3600))
         .shutdown_timeout(timeout)
         .start()
         .unwrap();
-    // The most distinct stacks a window keeps, each 256 frames deep: building, encoding and
-    // compressing its profile takes seconds.
-    let frames: Vec<FrameId> =
-        (0..4096).map(|i| FrameId::new(&format!("huge_frame_{i}"), "huge.py", i).unwrap()).collect();
-    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
-    for i in 0..50_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
-    }
+    let frame = FrameId::new("last_window", "held.py", 1).unwrap();
+    agent.add_cpu_sample(&[frame], &LabelSet::new::<&str, &str>(&[]).unwrap(), 1);
+    // The collector builds the last window's profile, then stays there until released.
+    let held = HeldCollector::hold();
     let t = Instant::now();
     let stats = agent.stop();
     let took = t.elapsed();
-    // The detached collector still holds the one-agent slot: poll until it frees it.
-    let mut next = None;
-    let freed = wait_until(Duration::from_secs(300), || match AgentBuilder::new("next").export_dir(&dir).start() {
-        Ok(a) => {
-            next = Some(a);
-            true
-        }
-        Err(e) => {
-            assert_eq!(e, Error::AlreadyRunning);
-            false
-        }
-    });
-    let collector_took = t.elapsed();
-    assert!(freed, "the detached collector never finished");
-    eprintln!("stop took {took:?}, the collector {collector_took:?}: {stats:?}");
+    assert!(test_hooks::collector_held(), "stop returned before the collector built the last window: {stats:?}");
+    eprintln!("stop took {took:?}: {stats:?}");
     let bound = timeout + Duration::from_millis(1000);
     assert!(took < bound, "stop took {took:?}");
-    assert!(collector_took > bound, "the window was built in {collector_took:?}: not huge enough to test the bound");
     assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
     assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");
+    // The detached collector holds the one-agent slot until it ends.
+    assert_eq!(AgentBuilder::new("next").export_dir(&dir).start().unwrap_err(), Error::AlreadyRunning);
+    drop(held);
+    next_agent(&dir).stop();
     assert!(read_profiles(&dir).is_empty(), "the abandoned window is not written");
-    next.unwrap().stop();
 }
 
 /// The weight (first value) of the samples whose leaf is the function `name`.
@@ -119,17 +99,11 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
         .shutdown_timeout(Duration::from_secs(120))
         .start()
         .unwrap();
-    // Keep the collector busy with a huge window (seconds) while every allocation is sampled:
-    // the ring (4,096 records) fills and the rest of the allocation records are dropped.
-    let frames: Vec<FrameId> =
-        (0..4096).map(|i| FrameId::new(&format!("busy_frame_{i}"), "busy.py", i).unwrap()).collect();
-    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
-    for i in 0..30_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
-    }
-    agent.flush();
-    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());
+    // Hold the collector inside a window close while every allocation is sampled: the ring
+    // (4,096 records) fills and the rest of the allocation records are dropped.
+    let held = flush_and_hold(&agent);
     allocate_small(20_000);
+    drop(held);
     let stats = agent.stop();
     eprintln!("{stats:?}");
     assert!(stats.alloc_samples_lost >= 1000, "the test did not overflow the ring: {stats:?}");
