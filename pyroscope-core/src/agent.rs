@@ -152,6 +152,11 @@ impl Agent {
             }
             crate::alloc::ENABLED.store(true, Ordering::SeqCst);
         }
+        // Allocation sampling is off again if starting fails below (the sampler stops on drop).
+        let failed = |e: Error| {
+            crate::alloc::ENABLED.store(false, Ordering::SeqCst);
+            e
+        };
 
         let (done_tx, done_rx) = mpsc::channel();
         let q = queue.clone();
@@ -163,7 +168,7 @@ impl Agent {
                 q.run(&*exporter, max_retry);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::Os { what: "spawning the upload thread", errno: e.to_string() })?;
+            .map_err(|e| failed(Error::Os { what: "spawning the upload thread", errno: e.to_string() }))?;
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let (collector_tx, collector_rx) = mpsc::channel();
@@ -184,7 +189,7 @@ impl Agent {
             Err(e) => {
                 // The uploader has nothing to wait for.
                 queue.close(Instant::now());
-                return Err(Error::Os { what: "spawning the collector thread", errno: e.to_string() });
+                return Err(failed(Error::Os { what: "spawning the collector thread", errno: e.to_string() }));
             }
         };
         // The collector's first scan must not sample the collector itself.
@@ -215,7 +220,7 @@ impl Agent {
             alloc_samples_lost: s.alloc_lost.load(Ordering::Relaxed),
             samples_truncated: s.truncated.load(Ordering::Relaxed),
             windows: s.windows.load(Ordering::Relaxed),
-            profiles: s.profiles.load(Ordering::Relaxed),
+            profiles: e.queued.load(Ordering::Relaxed),
             uploads_sent: e.sent.load(Ordering::Relaxed),
             uploads_failed: e.dropped_failed.load(Ordering::Relaxed),
             windows_abandoned: s.windows_abandoned.load(Ordering::Relaxed),
@@ -247,7 +252,13 @@ impl Agent {
 
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
     /// first), with the labels it had and its weight in sample periods.
+    /// In a forked child the sample is counted as lost: the parent's collector does not run
+    /// there, and a parent thread may have held the queue's lock at the fork.
     pub fn add_cpu_sample(&self, frames: &[FrameId], labels: &LabelSet, weight: u64) {
+        if sys::getpid() != self.pid {
+            self.shared.lost.fetch_add(weight, Ordering::Relaxed);
+            return;
+        }
         let mut ext = self.shared.external.lock();
         if ext.len() < 100_000 {
             ext.push((frames.to_vec(), labels.clone(), weight));
@@ -275,6 +286,10 @@ impl Agent {
             return;
         }
         let deadline = Instant::now() + self.config.shutdown_timeout;
+        // No new samples from here, even if the collector is not waited for: a hook or handler
+        // that ran on would write into a ring nothing drains.
+        sampler::ENABLED.store(false, Ordering::SeqCst);
+        crate::alloc::ENABLED.store(false, Ordering::SeqCst);
         *self.shared.stop.lock() = true;
         crate::ring::COLLECTOR_WAKE.notify_all();
         // The collector closes the last window (symbolizing every new address in it) and
@@ -282,15 +297,18 @@ impl Agent {
         // state, drops what it built, and frees the agent slot when it ends.
         match collector_done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.shared.abandoned.store(true, Ordering::SeqCst);
+                // Closing first: from here the queue refuses (and counts nowhere) what the
+                // collector still pushes, so `profiles` holds only what the uploader sends or
+                // counts as dropped.
+                self.queue.close(deadline);
                 self.shared.windows_abandoned.fetch_add(1, Ordering::Relaxed);
                 drop(collector);
             }
             _ => {
                 let _ = collector.join();
+                self.queue.close(deadline);
             }
         }
-        self.queue.close(deadline);
         let uploaded = self
             .uploader_done
             .take()
@@ -303,11 +321,14 @@ impl Agent {
     }
 }
 
-/// Frees the one-agent slot, then tells the agent the collector has ended.
+/// Turns allocation sampling off (however the collector ended: stopped, abandoned or
+/// panicked, nothing drains the ring any more), frees the one-agent slot, then tells the
+/// agent the collector has ended.
 struct ReleaseSlot(mpsc::Sender<()>);
 
 impl Drop for ReleaseSlot {
     fn drop(&mut self) {
+        crate::alloc::ENABLED.store(false, Ordering::SeqCst);
         RUNNING.store(false, Ordering::SeqCst);
         let _ = self.0.send(());
     }

@@ -31,12 +31,8 @@ pub(crate) struct Shared {
     pub(crate) alloc_samples: AtomicU64,
     pub(crate) external: Mutex<Vec<(Vec<FrameId>, LabelSet, u64)>>,
     pub(crate) export: Arc<ExportStats>,
-    /// Set when shutdown stopped waiting: whatever the collector still builds is not queued.
-    pub(crate) abandoned: AtomicBool,
     /// Windows shutdown did not wait for (at most one per agent).
     pub(crate) windows_abandoned: AtomicU64,
-    /// Profiles queued for delivery.
-    pub(crate) profiles: AtomicU64,
 }
 
 impl Shared {
@@ -54,9 +50,7 @@ impl Shared {
             alloc_samples: AtomicU64::new(0),
             external: Mutex::new(Vec::new()),
             export,
-            abandoned: AtomicBool::new(false),
             windows_abandoned: AtomicU64::new(0),
-            profiles: AtomicU64::new(0),
         }
     }
 }
@@ -192,11 +186,12 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
-                if shared.abandoned.load(Ordering::SeqCst) {
+                #[cfg(feature = "test-hooks")]
+                sampler::test_hooks::hold_collector_here();
+                // Refused once shutdown stopped waiting: what is still built is dropped.
+                if !queue.push(upload("process_cpu", &profile, closed.start, end)) {
                     return;
                 }
-                shared.profiles.fetch_add(1, Ordering::Relaxed);
-                queue.push(upload("process_cpu", &profile, closed.start, end));
             }
             if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
                 let live = crate::alloc::live_snapshot();
@@ -212,11 +207,11 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                         end,
                         &extra,
                     );
-                    if shared.abandoned.load(Ordering::SeqCst) {
+                    #[cfg(feature = "test-hooks")]
+                    sampler::test_hooks::hold_collector_here();
+                    if !queue.push(upload("memory", &profile, closed.start, end)) {
                         return;
                     }
-                    shared.profiles.fetch_add(1, Ordering::Relaxed);
-                    queue.push(upload("memory", &profile, closed.start, end));
                 }
             }
             // The window's new addresses are named: drop the debug info parsed for them.

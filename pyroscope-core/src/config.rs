@@ -384,18 +384,20 @@ fn env_number<T: std::str::FromStr>(var: &'static str, value: Option<String>, re
 const REDACTED: &str = "<redacted>";
 
 /// `s` (a URL, or text meant to be one) without the user info of its authority and without
-/// its query, which may carry credentials: for messages and `Debug` output.
+/// its query, which may carry credentials: for messages and `Debug` output. A password may
+/// hold `/`, `?` or `#` (unencoded, which the URL parser refuses), so when an `@` follows the
+/// scheme anywhere, everything up to the last `@` is redacted: too much rather than a secret.
 pub(crate) fn redact_url(s: &str) -> String {
     let (scheme, rest) = match s.find("://") {
         Some(i) => s.split_at(i + 3),
         None => ("", s),
     };
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (format!("{REDACTED}@"), &rest[at + 1..]),
+        None => (String::new(), rest),
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("{REDACTED}@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
-    };
     let tail = match tail.find('?') {
         Some(q) => {
             let fragment = tail[q..].find('#').map_or("", |f| &tail[q + f..]);
@@ -403,7 +405,7 @@ pub(crate) fn redact_url(s: &str) -> String {
         }
         None => tail.to_owned(),
     };
-    format!("{scheme}{authority}{tail}")
+    format!("{scheme}{userinfo}{authority}{tail}")
 }
 
 /// Header names with their values redacted.
@@ -432,7 +434,8 @@ impl Config {
             .field("sample_rate", &self.sample_rate)
             .field("upload_interval", &self.upload_interval)
             .field("auth", &self.auth)
-            .field("tenant_id", &self.tenant_id)
+            // Sent as the X-Scope-OrgID header: a header value, redacted like the others.
+            .field("tenant_id", &self.tenant_id.as_ref().map(|_| REDACTED))
             .field("headers", &HeaderNames(&self.headers))
             .field("request_timeout", &self.request_timeout)
             .field("protocol", &self.protocol)
@@ -615,6 +618,10 @@ mod tests {
             ("http://h:1/p?token=pw#f", "http://h:1/p?<redacted>#f"),
             ("http://a b:pw@h", "http://<redacted>@h"),
             ("http://localhost:4040", "http://localhost:4040"),
+            // Unencoded `#`, `/`, `?` in a password: everything up to the last `@` goes.
+            ("http://user:pa#ss@host", "http://<redacted>@host"),
+            ("http://user:p/w@host", "http://<redacted>@host"),
+            ("http://u:a?b@host", "http://<redacted>@host"),
         ] {
             assert_eq!(redact_url(input), shown, "{input}");
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use pyroscope_core::{Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
+use pyroscope_core::{test_hooks, Agent, AgentBuilder, Destination, Error, FrameId, LabelSet};
 
 use crate::util::*;
 
@@ -37,56 +37,36 @@ fn start_checks_a_config_changed_after_build() {
     Agent::start(good).unwrap().stop();
 }
 
-/// Frames of `depth` taken from `frames` so that each `i` gives a different stack.
-fn distinct_stack(frames: &[FrameId], i: usize, depth: usize) -> Vec<FrameId> {
-    (0..depth).map(|j| frames[(i / frames.len().pow(j.min(2) as u32) + j * 7919) % frames.len()]).collect()
-}
-
 #[test]
-fn stop_returns_within_the_timeout_while_a_huge_last_window_is_built() {
+fn stop_returns_within_the_timeout_while_the_last_window_is_built() {
     let _g = crate::agent_lock();
-    let dir = temp_dir("huge-window");
+    let dir = temp_dir("held-window");
     let timeout = Duration::from_millis(300);
-    let agent = AgentBuilder::new("huge")
+    let agent = AgentBuilder::new("held")
         .export_dir(&dir)
         .memory(false)
         .upload_interval(Duration::from_secs(3600))
         .shutdown_timeout(timeout)
         .start()
         .unwrap();
-    // The most distinct stacks a window keeps, each 256 frames deep: building, encoding and
-    // compressing its profile takes seconds.
-    let frames: Vec<FrameId> =
-        (0..4096).map(|i| FrameId::new(&format!("huge_frame_{i}"), "huge.py", i).unwrap()).collect();
-    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
-    for i in 0..50_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
-    }
+    let frame = FrameId::new("last_window", "held.py", 1).unwrap();
+    agent.add_cpu_sample(&[frame], &LabelSet::new::<&str, &str>(&[]).unwrap(), 1);
+    // The collector builds the last window's profile, then stays there until released.
+    let held = HeldCollector::hold();
     let t = Instant::now();
     let stats = agent.stop();
     let took = t.elapsed();
-    // The detached collector still holds the one-agent slot: poll until it frees it.
-    let mut next = None;
-    let freed = wait_until(Duration::from_secs(300), || match AgentBuilder::new("next").export_dir(&dir).start() {
-        Ok(a) => {
-            next = Some(a);
-            true
-        }
-        Err(e) => {
-            assert_eq!(e, Error::AlreadyRunning);
-            false
-        }
-    });
-    let collector_took = t.elapsed();
-    assert!(freed, "the detached collector never finished");
-    eprintln!("stop took {took:?}, the collector {collector_took:?}: {stats:?}");
+    assert!(test_hooks::collector_held(), "stop returned before the collector built the last window: {stats:?}");
+    eprintln!("stop took {took:?}: {stats:?}");
     let bound = timeout + Duration::from_millis(1000);
     assert!(took < bound, "stop took {took:?}");
-    assert!(collector_took > bound, "the window was built in {collector_took:?}: not huge enough to test the bound");
     assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
     assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");
+    // The detached collector holds the one-agent slot until it ends.
+    assert_eq!(AgentBuilder::new("next").export_dir(&dir).start().unwrap_err(), Error::AlreadyRunning);
+    drop(held);
+    next_agent(&dir).stop();
     assert!(read_profiles(&dir).is_empty(), "the abandoned window is not written");
-    next.unwrap().stop();
 }
 
 /// The weight (first value) of the samples whose leaf is the function `name`.
@@ -119,17 +99,11 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
         .shutdown_timeout(Duration::from_secs(120))
         .start()
         .unwrap();
-    // Keep the collector busy with a huge window (seconds) while every allocation is sampled:
-    // the ring (4,096 records) fills and the rest of the allocation records are dropped.
-    let frames: Vec<FrameId> =
-        (0..4096).map(|i| FrameId::new(&format!("busy_frame_{i}"), "busy.py", i).unwrap()).collect();
-    let none = LabelSet::new::<&str, &str>(&[]).unwrap();
-    for i in 0..30_000 {
-        agent.add_cpu_sample(&distinct_stack(&frames, i, 256), &none, 1);
-    }
-    agent.flush();
-    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());
+    // Hold the collector inside a window close while every allocation is sampled: the ring
+    // (4,096 records) fills and the rest of the allocation records are dropped.
+    let held = flush_and_hold(&agent);
     allocate_small(20_000);
+    drop(held);
     let stats = agent.stop();
     eprintln!("{stats:?}");
     assert!(stats.alloc_samples_lost >= 1000, "the test did not overflow the ring: {stats:?}");
@@ -143,11 +117,121 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
     assert!(stats.samples_lost < 50, "{stats:?}");
 }
 
+/// Holds the collector before it queues a window's profile (test hooks); lets it go when
+/// dropped, even when the test fails.
+struct HeldCollector;
+
+impl HeldCollector {
+    fn hold() -> Self {
+        test_hooks::hold_collector();
+        HeldCollector
+    }
+}
+
+impl Drop for HeldCollector {
+    fn drop(&mut self) {
+        test_hooks::release_collector();
+    }
+}
+
+/// Starts an agent without allocation sampling as soon as the detached collector of a stopped
+/// one has freed the agent slot.
+fn next_agent(dir: &std::path::Path) -> Agent {
+    let mut next = None;
+    let freed =
+        wait_until(Duration::from_secs(60), || match AgentBuilder::new("next").export_dir(dir).memory(false).start() {
+            Ok(a) => {
+                next = Some(a);
+                true
+            }
+            Err(e) => {
+                assert_eq!(e, Error::AlreadyRunning);
+                false
+            }
+        });
+    assert!(freed, "the detached collector never finished");
+    next.unwrap()
+}
+
+/// A window of one external CPU sample, flushed; returns once the collector is held before
+/// queueing its profile.
+fn flush_and_hold(agent: &Agent) -> HeldCollector {
+    let held = HeldCollector::hold();
+    let frame = FrameId::new("held_window", "held.py", 1).unwrap();
+    agent.add_cpu_sample(&[frame], &LabelSet::new::<&str, &str>(&[]).unwrap(), 1);
+    agent.flush();
+    assert!(
+        wait_until(Duration::from_secs(30), test_hooks::collector_held),
+        "the collector never closed the flushed window: {:?}",
+        agent.stats()
+    );
+    held
+}
+
+#[test]
+fn allocation_sampling_stops_when_stop_times_out() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("alloc-off-after-timeout");
+    let agent = AgentBuilder::new("alloc-off")
+        .export_dir(&dir)
+        .alloc_sample_bytes(1)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    // This thread's countdown may still be one drawn at the default rate (512 KiB).
+    let before = test_hooks::alloc_samples();
+    let sampled = (0..100).any(|_| {
+        allocate_small(10_000);
+        test_hooks::alloc_samples() > before
+    });
+    assert!(sampled, "allocations are sampled while the agent runs");
+    allocate_small(1000);
+    let held = flush_and_hold(&agent);
+    let stats = agent.stop();
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    let before = test_hooks::alloc_samples();
+    allocate_small(1000);
+    assert_eq!(test_hooks::alloc_samples(), before, "allocations sampled after stop returned");
+    // The detached collector ends without closing a last window.
+    drop(held);
+    let next = next_agent(&dir);
+    let before = test_hooks::alloc_samples();
+    allocate_small(1000);
+    assert_eq!(test_hooks::alloc_samples(), before, "allocations sampled after the collector ended");
+    next.stop();
+}
+
+#[test]
+fn a_window_built_after_a_timed_out_stop_is_counted_once() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("abandoned-counters");
+    let agent = AgentBuilder::new("abandoned")
+        .export_dir(&dir)
+        .memory(false)
+        .upload_interval(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let held = flush_and_hold(&agent);
+    let stats = agent.stop();
+    assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
+    assert_eq!(stats.profiles, stats.uploads_sent + stats.uploads_dropped, "{stats:?}");
+    // Let the collector queue the profile it built: the closed queue refuses it.
+    drop(held);
+    next_agent(&dir).stop();
+    assert!(
+        read_profiles(&dir).iter().all(|(name, _)| !name.contains("abandoned")),
+        "the abandoned window was written"
+    );
+}
+
 #[test]
 fn secrets_never_appear_in_debug_output_or_errors() {
     let _g = crate::agent_lock();
-    const SECRETS: [&str; 5] = ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET"];
-    let [password, token, header, userinfo, query] = SECRETS;
+    const SECRETS: [&str; 6] =
+        ["pw-0xSECRET", "tok-0xSECRET", "hdr-0xSECRET", "userinfo-0xSECRET", "query-0xSECRET", "tenant-0xSECRET"];
+    let [password, token, header, userinfo, query, tenant] = SECRETS;
     let mut printed = Vec::new();
     let shown = |e: Error| [e.to_string(), format!("{e:?}")];
 
@@ -157,25 +241,32 @@ fn secrets_never_appear_in_debug_output_or_errors() {
         format!("http://admin:{userinfo}@bad host"),
         format!("admin:{userinfo}@127.0.0.1:4040"),
         format!("http://127.0.0.1:4040/?token={query}"),
+        // Unencoded `#`, `/` or `?` in the password: the URL does not parse.
+        format!("http://user:pa#{userinfo}@127.0.0.1:4040"),
+        format!("http://user:p/{userinfo}@127.0.0.1:4040"),
+        format!("http://u:a?{userinfo}@127.0.0.1:4040"),
     ] {
         let b = with_secrets(AgentBuilder::new("s")).server_address(&address);
         printed.push(format!("{b:?}"));
         printed.extend(shown(b.build().unwrap_err()));
     }
-    let vars = [
-        (pyroscope_core::env::SERVER_ADDRESS, format!("http://u:{userinfo}@h:4040")),
-        (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
-        (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
-    ];
-    let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
-    printed.push(format!("{b:?}"));
-    printed.extend(shown(b.build().unwrap_err()));
+    for address in [format!("http://u:{userinfo}@h:4040"), format!("http://u:x#{userinfo}@h:4040")] {
+        let vars = [
+            (pyroscope_core::env::SERVER_ADDRESS, address),
+            (pyroscope_core::env::AUTH_TOKEN, token.to_string()),
+            (pyroscope_core::env::APPLICATION_NAME, "s".to_string()),
+        ];
+        let b = AgentBuilder::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        printed.push(format!("{b:?}"));
+        printed.extend(shown(b.build().unwrap_err()));
+    }
 
     // A valid config, then one changed after build.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let config = with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).build().unwrap();
+    let config =
+        with_secrets(AgentBuilder::new("s")).server_address(&url).auth_token(token).tenant_id(tenant).build().unwrap();
     printed.push(format!("{config:?}"));
     let mut changed = config.clone();
     if let Destination::Server(u) = &mut changed.destination {

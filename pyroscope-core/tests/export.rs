@@ -273,9 +273,11 @@ fn each_kind_of_failure_is_logged_once() {
     logged();
     // Statuses no other test uses: each kind is logged once per process.
     let rx = Receiver::start(Mode::Status(403, "forbidden"));
+    // Retries of a 500 run out after three upload intervals: 3 s.
     let agent = AgentBuilder::new("log-kinds")
         .memory(false)
         .server_address(rx.url())
+        .upload_interval(Duration::from_secs(1))
         .shutdown_timeout(Duration::from_secs(3))
         .start()
         .unwrap();
@@ -288,9 +290,12 @@ fn each_kind_of_failure_is_logged_once() {
     rx.set_mode(Mode::Status(500, "internal"));
     run_labelled_work(30);
     agent.flush();
+    let count = |status: &str| logged().iter().filter(|l| l.contains(&format!("answered {status}"))).count();
+    // Not stop at once: an attempt still in flight at the shutdown deadline would be dropped
+    // at shutdown, not failed, and never logged.
+    assert!(wait_until(Duration::from_secs(30), || count("500") >= 1), "500 never logged: {:?}", agent.stats());
     let stats = agent.stop();
     let lines = logged();
-    let count = |status: &str| lines.iter().filter(|l| l.contains(&format!("answered {status}"))).count();
     assert_eq!((count("403"), count("500")), (1, 1), "same URL, two kinds, each logged once: {lines:?} {stats:?}");
 }
 
@@ -301,10 +306,18 @@ fn counters_follow_the_server() {
         [Mode::Normal, Mode::FailFirst(1, 503), Mode::Status(400, "invalid_argument"), Mode::Status(502, "down")]
     {
         let rx = Receiver::start(mode.clone());
+        // A 502 is retried until three upload intervals (3 s) have passed, long before the
+        // shutdown deadline (20 s): an attempt still in flight at the deadline would count as
+        // dropped at shutdown, not failed.
+        let (interval, timeout) = match mode {
+            Mode::Status(502, _) => (Duration::from_secs(1), Duration::from_secs(20)),
+            _ => (Duration::from_secs(10), Duration::from_secs(3)),
+        };
         let agent = AgentBuilder::new("counters")
             .memory(false)
             .server_address(rx.url())
-            .shutdown_timeout(Duration::from_secs(3))
+            .upload_interval(interval)
+            .shutdown_timeout(timeout)
             .start()
             .unwrap();
         run_labelled_work(50);
@@ -317,7 +330,7 @@ fn counters_follow_the_server() {
             Mode::FailFirst(..) => assert_eq!((sent, failed, retried), (s.profiles, 0, 1), "{s:?}"),
             // Refused: not retried, failed at once.
             Mode::Status(400, _) => assert_eq!((sent, failed, retried), (0, s.profiles, 0), "{s:?}"),
-            // Retried with backoff until the shutdown deadline, then failed.
+            // Retried with backoff until retries ran out, then failed.
             _ => assert!(sent == 0 && failed == s.profiles && retried >= 2, "{s:?}"),
         }
         assert_eq!(s.uploads_dropped, failed, "{mode:?}: nothing else was dropped: {s:?}");

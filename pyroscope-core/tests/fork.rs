@@ -43,7 +43,17 @@ fn forked_child_is_silent_then_can_profile_itself() {
     // SAFETY: the child only calls our API and then _exit; the test checks it does not hang.
     let pid = unsafe { libc_fork() };
     if pid == 0 {
-        // Child: the parent's agent must not flush here.
+        // Child: samples handed to the parent's agent are counted as lost, never queued (its
+        // lock may have been held by a parent thread at the fork).
+        let frame = pyroscope_core::FrameId::new("child_external", "child.py", 1).unwrap();
+        let none = pyroscope_core::LabelSet::new::<&str, &str>(&[]).unwrap();
+        let lost = agent.stats().samples_lost;
+        agent.add_cpu_sample(&[frame], &none, 5);
+        if agent.stats().samples_lost != lost + 5 {
+            // SAFETY: _exit is always safe to call.
+            unsafe { libc_exit(4) };
+        }
+        // The parent's agent must not flush here.
         drop(agent);
         let ok = pyroscope_core::tag_wrapper(&[("in", "child")], || {
             let a = AgentBuilder::new("forked-child").export_dir(&child_dir).start().unwrap();

@@ -43,9 +43,6 @@ pub mod push {
 /// URL, body and content headers of one upload.
 type Request = (String, Vec<u8>, Vec<(&'static str, String)>);
 
-/// Secrets shorter than this are not searched for in messages.
-const MIN_SECRET_LEN: usize = 4;
-
 pub(crate) const SPY_NAME: &str = "pyroscope-core";
 const USER_AGENT: &str = concat!("pyroscope-core/", env!("CARGO_PKG_VERSION"));
 
@@ -97,8 +94,9 @@ impl HttpExporter {
         {
             secrets.push(token.to_owned());
         }
-        // Shorter values would cut ordinary words out of messages.
-        secrets.retain(|s| s.len() >= MIN_SECRET_LEN);
+        // Every non-empty secret is cut, however short: a short one also cuts ordinary
+        // letters out of messages, which is the lesser harm.
+        secrets.retain(|s| !s.is_empty());
         // Longest first, so a secret containing another is cut whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         HttpExporter {
@@ -272,6 +270,16 @@ mod tests {
             assert!(!scrubbed.contains(secret), "{scrubbed}");
         }
         assert!(scrubbed.starts_with("answered 401: got <redacted>"), "{scrubbed}");
+
+        let short = crate::AgentBuilder::new("a")
+            .server_address("http://127.0.0.1:1")
+            .basic_auth("user", "p7")
+            .tenant_id("t9")
+            .build()
+            .unwrap();
+        let Destination::Server(url) = &short.destination else { unreachable!() };
+        let scrubbed = HttpExporter::new(&short, url).scrub("answered 401: bad password p7 for t9".into());
+        assert_eq!(scrubbed, "answered 401: bad password <redacted> for <redacted>");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub trait Exporter: Send + Sync {
 /// Counters of the delivery path.
 #[derive(Debug, Default)]
 pub struct ExportStats {
+    /// Profiles accepted into the queue.
+    pub queued: AtomicU64,
     /// Profiles delivered.
     pub sent: AtomicU64,
     /// Profiles dropped because the queue was full (oldest first).
@@ -90,19 +92,24 @@ impl Queue {
         }
     }
 
-    /// Adds an upload; drops the oldest when full. Never blocks on the network.
-    pub fn push(&self, upload: Upload) {
+    /// Adds an upload, counted in `queued`; drops the oldest when full. Never blocks on the
+    /// network. Refuses it (false, counted nowhere) once shutdown has closed the queue: the
+    /// collector closed its last window before that, unless shutdown stopped waiting for it.
+    /// Counting under the lock keeps `queued == sent + dropped` whenever nothing is queued
+    /// or in flight, even against a concurrent [`abandon`](Queue::abandon).
+    pub fn push(&self, upload: Upload) -> bool {
         let mut s = self.state.lock();
-        if s.abandoned {
-            self.stats.dropped_at_shutdown.fetch_add(1, Ordering::Relaxed);
-            return;
+        if s.abandoned || s.closing.is_some() {
+            return false;
         }
         while s.items.len() >= self.capacity {
             s.items.pop_front();
             self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
         }
         s.items.push_back(upload);
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.cv.notify_one();
+        true
     }
 
     /// Asks the uploader to send what is queued and stop by `deadline`.
@@ -262,6 +269,20 @@ mod tests {
         q.run(&ex, Duration::from_secs(10));
         assert_eq!(q.stats.sent.load(Ordering::SeqCst), 2);
         assert_eq!(q.stats.retries.load(Ordering::SeqCst), 2);
+        assert_eq!(q.stats.queued.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_and_counts_nothing() {
+        let q = Queue::new(4, Default::default());
+        assert!(q.push(upload()));
+        q.close(Instant::now() + Duration::from_secs(10));
+        assert!(!q.push(upload()), "pushed after close");
+        q.abandon();
+        assert!(!q.push(upload()), "pushed after abandon");
+        let s = &q.stats;
+        assert_eq!(s.queued.load(Ordering::SeqCst), 1);
+        assert_eq!(s.dropped_at_shutdown.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub fn in_signal_handler() -> bool {
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
-    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
     static IN_HANDLER_TID: AtomicI32 = AtomicI32::new(0);
     static IN_HOOK_TID: AtomicI32 = AtomicI32::new(0);
@@ -114,6 +114,36 @@ pub mod test_hooks {
     /// Unwind snapshots, maps tables and thread states retired but not freed yet.
     pub fn retained_tables() -> usize {
         crate::unwind::retained() + super::RETIRED.lock().len()
+    }
+
+    static HOLD_COLLECTOR: AtomicBool = AtomicBool::new(false);
+    static COLLECTOR_HELD: AtomicBool = AtomicBool::new(false);
+
+    /// Holds the collector thread the next times it has built a window's profile, before it
+    /// queues it, until [`release_collector`].
+    pub fn hold_collector() {
+        HOLD_COLLECTOR.store(true, Ordering::SeqCst);
+    }
+
+    /// The collector is being held now.
+    pub fn collector_held() -> bool {
+        COLLECTOR_HELD.load(Ordering::SeqCst)
+    }
+
+    /// Lets the collector go on.
+    pub fn release_collector() {
+        HOLD_COLLECTOR.store(false, Ordering::SeqCst);
+    }
+
+    /// See [`hold_collector`].
+    pub(crate) fn hold_collector_here() {
+        if HOLD_COLLECTOR.load(Ordering::SeqCst) {
+            COLLECTOR_HELD.store(true, Ordering::SeqCst);
+            while HOLD_COLLECTOR.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            COLLECTOR_HELD.store(false, Ordering::SeqCst);
+        }
     }
 
     /// # Signal safety
