@@ -86,6 +86,12 @@ pub struct Stats {
     pub labels_rejected_duplicate: u64,
     /// ... beyond the 32 labels a sample may carry.
     pub labels_rejected_too_many: u64,
+    /// Timer signals that arrived after their timer was deleted (kernels before 6.13) and were
+    /// dropped, so far (process-wide): never recorded against another thread.
+    pub signals_stale: u64,
+    /// Times a scan found a signal handler still running and kept the states of exited threads
+    /// for a later scan instead of freeing them, so far (process-wide).
+    pub thread_frees_deferred: u64,
 }
 
 /// A running profiler. Dropping it stops profiling and flushes the last window, waiting at
@@ -241,6 +247,8 @@ impl Agent {
             labels_rejected_value: labels.rejected_value,
             labels_rejected_duplicate: labels.rejected_duplicate,
             labels_rejected_too_many: labels.rejected_too_many,
+            signals_stale: sampler::STALE_SIGNALS.load(Ordering::Relaxed),
+            thread_frees_deferred: sampler::RETIRE_DEFERRED.load(Ordering::Relaxed),
         }
     }
 

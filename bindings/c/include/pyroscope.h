@@ -99,6 +99,10 @@ typedef struct pyroscope_stats {
   uint64_t labels_rejected_duplicate;
   // ... beyond the 32 labels a sample may carry.
   uint64_t labels_rejected_too_many;
+  // Timer signals that arrived after their timer was deleted and were dropped (process-wide).
+  uint64_t signals_stale;
+  // Scans that kept exited threads' states for later because a handler still ran.
+  uint64_t thread_frees_deferred;
 } pyroscope_stats;
 
 #ifdef __cplusplus

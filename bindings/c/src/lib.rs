@@ -99,6 +99,10 @@ pub struct pyroscope_stats {
     pub labels_rejected_duplicate: u64,
     /// ... beyond the 32 labels a sample may carry.
     pub labels_rejected_too_many: u64,
+    /// Timer signals that arrived after their timer was deleted and were dropped (process-wide).
+    pub signals_stale: u64,
+    /// Scans that kept exited threads' states for later because a handler still ran.
+    pub thread_frees_deferred: u64,
 }
 
 impl From<&Stats> for pyroscope_stats {
@@ -126,6 +130,8 @@ impl From<&Stats> for pyroscope_stats {
             labels_rejected_value: s.labels_rejected_value,
             labels_rejected_duplicate: s.labels_rejected_duplicate,
             labels_rejected_too_many: s.labels_rejected_too_many,
+            signals_stale: s.signals_stale,
+            thread_frees_deferred: s.thread_frees_deferred,
         }
     }
 }
