@@ -191,8 +191,15 @@ impl Table {
         let since = self.pass;
         self.pass = self.pass.wrapping_add(1);
         used.resize(self.entries.len(), false);
-        // No handle can be made while the caller holds the lock, and a slot takes an id only
-        // while a handle on it exists: a set with no handle and in no slot now stays so.
+        // Handles first, then slots. No handle can be made while the caller holds the lock, and
+        // a slot takes an id only while a handle on it exists, stored before that handle is
+        // dropped: a set seen with no handle here is either in a slot the scan below sees (the
+        // fence orders the count read before the slot reads) or stays out of every slot.
+        for (u, e) in used.iter_mut().zip(&self.entries) {
+            if e.as_ref().is_some_and(|e| Arc::strong_count(e) > 1) {
+                *u = true;
+            }
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
         slot_ids(&mut |id| {
             if let Some(u) = used.get_mut(index_of(id)) {
@@ -202,8 +209,7 @@ impl Table {
         let mut freed = Vec::new();
         for (i, &named) in used.iter().enumerate().skip(FIRST_RECLAIMABLE) {
             let Some(entry) = &self.entries[i] else { continue };
-            let handled = named || Arc::strong_count(entry) > 1;
-            let in_use = handled || (!settled && entry.stamp.load(Ordering::Relaxed) == since);
+            let in_use = named || (!settled && entry.stamp.load(Ordering::Relaxed) == since);
             if in_use || !(self.idle[i] || settled) {
                 self.idle[i] = !in_use;
                 continue;
@@ -854,6 +860,33 @@ mod tests {
         assert!(t.get(id).is_none(), "unused at two passes in a row");
         assert_eq!(t.live, 0);
         assert_eq!(t.index.len(), 1, "only the overflow set");
+    }
+
+    /// A pass scans the slots (the set is in none), then the owning thread stores the set in
+    /// its slot (a fast-path `enter`, or a guard restoring it) and drops its last handle, then
+    /// the pass would read the handle count: the set must survive.
+    #[test]
+    fn a_set_entered_and_released_during_the_slot_scan_is_kept() {
+        let mut t = Table::new(16);
+        let h = set_of(&mut t, "s").unwrap();
+        let id = h.id();
+        // Age the stamp so only the handle and the slot protect the set.
+        t.reclaim(Vec::new(), no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
+        assert!(t.get(id).is_some(), "kept while a handle exists");
+        let slot = std::cell::Cell::new(EMPTY);
+        let mut h = Some(h);
+        // Settled pass (no agent): the slot scan sees nothing, then the thread enters the set
+        // and drops its handle.
+        t.reclaim(
+            Vec::new(),
+            |_| {
+                slot.set(id);
+                drop(h.take());
+            },
+            true,
+        );
+        assert!(t.get(id).is_some(), "set {id} freed while a thread slot holds {}", slot.get());
     }
 
     #[test]
