@@ -24,8 +24,8 @@
 //! overflow set `pyroscope_overflow="true"` (counted). With no agent running there is no
 //! collector and no record in flight: a label call that finds the table full runs a pass
 //! itself and frees at once what no handle or slot holds. No lock is taken on the signal path;
-//! the table's lock is taken by label calls that intern or merge, and by the collector. See
-//! docs/labels.md.
+//! the table's lock is taken by label calls that intern or merge, and by a pass for one batch
+//! of entries at a time ([`Pass`]). See docs/labels.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::sync::RwLock;
+use crate::sync::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::thread::{current_slot, ThreadState};
@@ -134,10 +134,6 @@ impl Table {
         self.entries.get(index_of(id))?.as_ref().filter(|e| e.id == id)
     }
 
-    fn valid(&self, id: u32) -> bool {
-        id == EMPTY || self.get(id).is_some()
-    }
-
     /// A handle on set `id`: the empty set for [`EMPTY`] and for ids whose set was reclaimed.
     fn handle(&self, id: u32) -> LabelSet {
         let entry = self.get(id).cloned();
@@ -177,54 +173,176 @@ impl Table {
         Some(LabelSet { entry: Some(entry) })
     }
 
-    /// One reclaim pass (see the module docs): `referenced` are ids the collector holds,
-    /// `slot_ids` calls its argument with the id in every thread slot. `settled`: no record
-    /// or window can hold an id (no agent runs), so a set unused now is freed now. Returns how
-    /// many sets were freed.
+    /// Starts a pass: lookups from now on stamp their set with the new pass number. Returns
+    /// the previous one, which lookups since the previous pass stamped.
+    fn begin_pass(&mut self) -> u32 {
+        let since = self.pass;
+        self.pass = self.pass.wrapping_add(1);
+        since
+    }
+
+    /// One whole reclaim pass over a table the caller owns (see [`Pass`]).
+    #[cfg(test)]
     fn reclaim(
         &mut self,
-        mut used: Vec<bool>,
+        used: Vec<bool>,
         slot_ids: impl FnOnce(&mut dyn FnMut(u32)),
         settled: bool,
     ) -> Vec<Arc<SetEntry>> {
-        // Lookups since the previous pass stamped their set with `since`.
-        let since = self.pass;
-        self.pass = self.pass.wrapping_add(1);
-        used.resize(self.entries.len(), false);
-        // No handle can be made while the caller holds the lock, and a slot takes an id only
-        // while a handle on it exists: a set with no handle and in no slot now stays so.
+        let mut pass = Pass::new(self, used, settled);
+        pass.scan(self, usize::MAX);
+        pass.read_slots(slot_ids);
+        pass.unlink(self, usize::MAX);
+        pass.freed
+    }
+}
+
+/// Most table entries a pass looks at, or settles, under one hold of the table's lock.
+const PASS_BATCH: usize = 1024;
+
+/// One reclaim pass (see the module docs), in steps, so that no label call waits for a walk
+/// of the whole table:
+/// 1. [`Pass::new`] (lock exclusive, constant time) starts a new pass number;
+/// 2. [`Pass::scan`] (lock shared, a batch of entries per hold) notes the candidates: the sets
+///    with no handle, not named by the collector and not looked up lately, and the idle ones;
+/// 3. [`Pass::read_slots`] (no table lock) marks the sets in thread slots;
+/// 4. [`Pass::unlink`] (lock exclusive, a batch of candidates per hold) checks each candidate
+///    again and frees the unused ones; the caller drops their memory after the lock.
+///
+/// Why a set in use is never freed: handles are counted before slots are read. A handle is
+/// made only by a lookup (which stamps the set with the pass number of step 1, so step 4 sees
+/// it) or by cloning a handle (which step 2 counts). A slot takes an id only while a handle
+/// on it exists, and stores it before that handle is dropped: a set step 2 sees with no
+/// handle is either in a slot step 3 sees (the fence orders the count read before the slot
+/// reads) or stays out of every slot until a lookup stamps it. Passes never overlap
+/// ([`PASS`]), so entries are only freed here.
+struct Pass {
+    /// The pass number lookups since the previous pass stamped.
+    since: u32,
+    /// No record or window can hold an id (no agent runs): a set unused now is freed now.
+    settled: bool,
+    /// Per entry (as many as the table had at step 1): named by the collector, or in a slot.
+    used: Vec<bool>,
+    /// Ids of the entries whose state may change at step 4.
+    candidates: Vec<u32>,
+    /// Next entry to scan, next candidate to settle.
+    scanned: usize,
+    settled_upto: usize,
+    freed: Vec<Arc<SetEntry>>,
+    /// The merge cache, when step 4 dropped it (freed after the lock).
+    merged: HashMap<(u32, u32), u32>,
+    /// Live sets after the last step 4 batch.
+    live: usize,
+    /// Exclusive holds of the lock, and the most entries settled under one.
+    writes: usize,
+    most_per_write: usize,
+}
+
+impl Pass {
+    fn new(t: &mut Table, mut used: Vec<bool>, settled: bool) -> Pass {
+        let since = t.begin_pass();
+        used.resize(t.entries.len(), false);
+        Pass {
+            since,
+            settled,
+            used,
+            candidates: Vec::new(),
+            scanned: FIRST_RECLAIMABLE,
+            settled_upto: 0,
+            freed: Vec::new(),
+            merged: HashMap::new(),
+            live: t.live,
+            writes: 1,
+            most_per_write: 0,
+        }
+    }
+
+    /// Whether the set at entry `i` is in use, by what this pass knows now.
+    fn in_use(&self, t: &Table, i: usize, entry: &Arc<SetEntry>) -> bool {
+        let stamp = entry.stamp.load(Ordering::Relaxed);
+        self.used.get(i).copied().unwrap_or(true)
+            || Arc::strong_count(entry) > 1
+            || stamp == t.pass
+            || (!self.settled && stamp == self.since)
+    }
+
+    /// Step 2 on up to `batch` more entries; true once every entry is scanned.
+    fn scan(&mut self, t: &Table, batch: usize) -> bool {
+        let end = self.used.len().min(self.scanned.saturating_add(batch));
+        for i in self.scanned..end {
+            let Some(entry) = &t.entries[i] else { continue };
+            if t.idle[i] || !self.in_use(t, i, entry) {
+                self.candidates.push(entry.id);
+            }
+        }
+        self.scanned = end;
+        end == self.used.len()
+    }
+
+    /// Step 3: marks the ids `slot_ids` gives (the id in every thread slot).
+    fn read_slots(&mut self, slot_ids: impl FnOnce(&mut dyn FnMut(u32))) {
         std::sync::atomic::fence(Ordering::SeqCst);
+        let used = &mut self.used;
         slot_ids(&mut |id| {
             if let Some(u) = used.get_mut(index_of(id)) {
                 *u = true;
             }
         });
-        let mut freed = Vec::new();
-        for (i, &named) in used.iter().enumerate().skip(FIRST_RECLAIMABLE) {
-            let Some(entry) = &self.entries[i] else { continue };
-            let handled = named || Arc::strong_count(entry) > 1;
-            let in_use = handled || (!settled && entry.stamp.load(Ordering::Relaxed) == since);
-            if in_use || !(self.idle[i] || settled) {
-                self.idle[i] = !in_use;
+    }
+
+    /// Step 4 on up to `batch` more candidates: a set unused at two passes in a row (at this
+    /// one if settled) is freed. True once every candidate is settled.
+    fn unlink(&mut self, t: &mut Table, batch: usize) -> bool {
+        let end = self.candidates.len().min(self.settled_upto.saturating_add(batch));
+        for &id in &self.candidates[self.settled_upto..end] {
+            let i = index_of(id);
+            let Some(in_use) = t.get(id).map(|e| self.in_use(t, i, e)) else { continue };
+            if in_use || !(t.idle[i] || self.settled) {
+                t.idle[i] = !in_use;
                 continue;
             }
-            if let Some(entry) = self.entries[i].take() {
-                self.index.remove(&entry.labels);
-                freed.push(entry);
+            if let Some(entry) = t.entries[i].take() {
+                t.index.remove(&entry.labels);
+                self.freed.push(entry);
             }
-            self.idle[i] = false;
-            self.generations[i] = (self.generations[i] + 1) % GENERATIONS;
-            self.free.push_back(i);
-            self.live -= 1;
+            t.idle[i] = false;
+            t.generations[i] = (t.generations[i] + 1) % GENERATIONS;
+            t.free.push_back(i);
+            t.live -= 1;
         }
-        // Cached merges naming a freed set never match again (generations); forget them
-        // once they take half the cache.
-        if !freed.is_empty() && self.merged.len() >= MAX_MERGED / 2 {
-            let mut merged = std::mem::take(&mut self.merged);
-            merged.retain(|(a, b), m| self.valid(*a) && self.valid(*b) && self.valid(*m));
-            self.merged = merged;
+        self.most_per_write = self.most_per_write.max(end - self.settled_upto);
+        self.settled_upto = end;
+        self.live = t.live;
+        let done = end == self.candidates.len();
+        // Cached merges naming a freed set never match again (generations); drop the cache
+        // once it is half full.
+        if done && !self.freed.is_empty() && t.merged.len() >= MAX_MERGED / 2 {
+            self.merged = std::mem::take(&mut t.merged);
         }
-        freed
+        done
+    }
+}
+
+/// Runs one pass on the table behind `lock`, holding the lock for one batch at a time (see
+/// [`Pass`]); the caller holds [`PASS`]. `None` if there is no table.
+fn run_pass(
+    lock: &RwLock<Option<Table>>,
+    used: Vec<bool>,
+    slot_ids: impl FnOnce(&mut dyn FnMut(u32)),
+    settled: bool,
+) -> Option<Pass> {
+    let mut pass = Pass::new(lock.write().as_mut()?, used, settled);
+    while !pass.scan(lock.read().as_ref()?, PASS_BATCH) {}
+    pass.read_slots(slot_ids);
+    loop {
+        pass.writes += 1;
+        if pass.unlink(lock.write().as_mut()?, PASS_BATCH) {
+            return Some(pass);
+        }
+        // Let the label calls that queued behind this batch in before the next one: a woken
+        // reader needs a few microseconds to take the lock, which this thread would otherwise
+        // take again first (tens of microseconds per batch, a few ms per full pass).
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 
@@ -243,6 +361,8 @@ fn mark(ids: impl IntoIterator<Item = u32>) -> Vec<bool> {
 }
 
 static TABLE: RwLock<Option<Table>> = RwLock::new(None);
+/// Held for a whole pass, so passes never overlap; taken before the table's lock.
+static PASS: Mutex<()> = Mutex::new(());
 
 static LIVE: AtomicU64 = AtomicU64::new(0);
 static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
@@ -334,12 +454,20 @@ fn intern(mut labels: Vec<Label>) -> Option<LabelSet> {
     if let Some(set) = read(|t| t.lookup(&labels)).flatten() {
         return Some(set);
     }
+    // With no agent running no collector reclaims, but nothing holds ids but handles and
+    // slots either: at the cap, free what those do not hold (at most once a second when that
+    // frees little, so a full table of held sets does not make every call scan it). A pass
+    // already under way on another thread is not waited for.
+    let due = read(|t| t.live >= t.cap && t.next_call_pass.is_none_or(|at| Instant::now() >= at));
+    let mut freed = None;
+    if due == Some(true) && !crate::agent::running() {
+        if let Some(_pass) = PASS.try_lock() {
+            let pass = run_pass(&TABLE, Vec::new(), |f| crate::thread::for_each_label_id(f), true);
+            freed = pass.map(|p| p.freed.len());
+        }
+    }
     write(|t| {
-        // With no agent running no collector reclaims, but nothing holds ids but handles and
-        // slots either: at the cap, free what those do not hold (at most once a second when
-        // that frees little, so a full table of held sets does not make every call scan it).
-        if t.live >= t.cap && !crate::agent::running() && t.next_call_pass.is_none_or(|at| Instant::now() >= at) {
-            let freed = t.reclaim(Vec::new(), |f| crate::thread::for_each_label_id(f), true).len();
+        if let Some(freed) = freed {
             RECLAIMED.fetch_add(freed as u64, Ordering::Relaxed);
             t.next_call_pass = (freed < t.cap / 16).then(|| Instant::now() + Duration::from_secs(1));
         }
@@ -420,16 +548,13 @@ fn merge_into(slot: &AtomicU32, outer: u32, inner: &LabelSet) -> LabelSet {
 /// close, after draining the ring.
 pub(crate) fn reclaim(referenced: impl IntoIterator<Item = u32>) {
     let used = mark(referenced);
-    let freed = {
-        let mut guard = TABLE.write();
-        let Some(t) = guard.as_mut() else { return };
-        let freed = t.reclaim(used, |f| crate::thread::for_each_label_id(f), false);
-        LIVE.store(t.live as u64, Ordering::Relaxed);
-        freed
-    };
-    RECLAIMED.fetch_add(freed.len() as u64, Ordering::Relaxed);
-    // The sets' memory is given back after the lock, which label calls may be waiting for.
-    drop(freed);
+    let _pass = PASS.lock();
+    let Some(pass) = run_pass(&TABLE, used, |f| crate::thread::for_each_label_id(f), false) else { return };
+    LIVE.store(pass.live as u64, Ordering::Relaxed);
+    RECLAIMED.fetch_add(pass.freed.len() as u64, Ordering::Relaxed);
+    // The sets' memory (and a dropped merge cache) is given back after the lock, which label
+    // calls may be waiting for.
+    drop(pass);
 }
 
 /// Checks a label name: 1..=1024 chars of `[A-Za-z0-9_.]`, not starting with `__`.
@@ -692,12 +817,14 @@ impl<F: Future> Future for WithLabels<F> {
 
 /// Takes the table's lock before fork, so no other thread of the parent holds it then.
 pub(crate) fn prepare_fork() {
+    PASS.fork_hold();
     TABLE.fork_hold();
 }
 
 /// Gives the lock back, in the parent and in the child.
 pub(crate) fn after_fork() {
     TABLE.fork_release();
+    PASS.fork_release();
 }
 
 #[cfg(test)]
@@ -854,6 +981,113 @@ mod tests {
         assert!(t.get(id).is_none(), "unused at two passes in a row");
         assert_eq!(t.live, 0);
         assert_eq!(t.index.len(), 1, "only the overflow set");
+    }
+
+    /// A pass scans the slots (the set is in none), then the owning thread stores the set in
+    /// its slot (a fast-path `enter`, or a guard restoring it) and drops its last handle, then
+    /// the pass would read the handle count: the set must survive.
+    #[test]
+    fn a_set_entered_and_released_during_the_slot_scan_is_kept() {
+        let mut t = Table::new(16);
+        let h = set_of(&mut t, "s").unwrap();
+        let id = h.id();
+        // Age the stamp so only the handle and the slot protect the set.
+        t.reclaim(Vec::new(), no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
+        assert!(t.get(id).is_some(), "kept while a handle exists");
+        let slot = std::cell::Cell::new(EMPTY);
+        let mut h = Some(h);
+        // Settled pass (no agent): the slot scan sees nothing, then the thread enters the set
+        // and drops its handle.
+        t.reclaim(
+            Vec::new(),
+            |_| {
+                slot.set(id);
+                drop(h.take());
+            },
+            true,
+        );
+        assert!(t.get(id).is_some(), "set {id} freed while a thread slot holds {}", slot.get());
+    }
+
+    /// A table of `n` sets no handle holds, unused at two passes already, and a merge cache
+    /// `merges` entries full, behind a lock of its own.
+    fn full_table(n: usize, merges: usize) -> RwLock<Option<Table>> {
+        let mut t = Table::new(MAX_LABEL_SETS);
+        for i in 0..n {
+            drop(set_of(&mut t, &format!("u{i}")));
+        }
+        for i in 0..merges as u32 {
+            t.merged.insert((i, i + 1), i + 2);
+        }
+        t.reclaim(Vec::new(), no_slots, false);
+        t.reclaim(Vec::new(), no_slots, false);
+        assert_eq!(t.live, n);
+        RwLock::new(Some(t))
+    }
+
+    #[test]
+    fn a_pass_holds_the_write_lock_for_one_batch_at_a_time() {
+        let lock = full_table(MAX_LABEL_SETS, MAX_MERGED / 2);
+        let in_slot =
+            lock.read().as_ref().and_then(|t| t.index.get(&[(Arc::from("user"), Arc::from("u7"))][..]).copied());
+        let in_slot = in_slot.unwrap();
+        let pass = run_pass(
+            &lock,
+            Vec::new(),
+            |f| {
+                // No table lock is held while thread slots are read: a label call goes through.
+                assert!(lock.read().is_some());
+                f(in_slot);
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(pass.freed.len(), MAX_LABEL_SETS - 1);
+        assert!(pass.most_per_write <= PASS_BATCH, "{} entries under one write lock", pass.most_per_write);
+        assert!(pass.writes > MAX_LABEL_SETS / PASS_BATCH, "{} write locks", pass.writes);
+        let guard = lock.read();
+        let t = guard.as_ref().unwrap();
+        assert_eq!((t.live, t.index.len()), (1, 2), "the set in a slot and the overflow set are left");
+        assert!(t.get(in_slot).is_some());
+        assert!(t.merged.is_empty(), "the merge cache is dropped once half full");
+    }
+
+    /// Figures for docs/labels.md: `cargo test --release -p pyroscope-core --lib
+    /// longest_label_call_wait -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release mode"]
+    fn longest_label_call_wait_during_a_pass() {
+        use std::sync::atomic::AtomicBool;
+        for merges in [0, MAX_MERGED / 2] {
+            let lock = full_table(MAX_LABEL_SETS, merges);
+            let key: Vec<Label> = vec![(Arc::from("user"), Arc::from("u1"))];
+            let (stop, started) = (AtomicBool::new(false), AtomicBool::new(false));
+            let (took, worst) = std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut worst = Duration::ZERO;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        drop(lock.read().as_ref().map(|t| t.lookup(&key)));
+                        worst = worst.max(t0.elapsed());
+                        started.store(true, Ordering::Relaxed);
+                    }
+                    worst
+                });
+                while !started.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+                let t0 = Instant::now();
+                let pass = run_pass(&lock, Vec::new(), no_slots, false).unwrap();
+                let took = t0.elapsed();
+                stop.store(true, Ordering::Relaxed);
+                // All but the set the reader looks up.
+                assert!(pass.freed.len() >= MAX_LABEL_SETS - 1, "{} freed", pass.freed.len());
+                drop(pass);
+                (took, reader.join().unwrap())
+            });
+            eprintln!("{MAX_LABEL_SETS} sets, {merges} merges: pass {took:?}, longest label-call wait {worst:?}");
+        }
     }
 
     #[test]

@@ -40,6 +40,15 @@ impl<T: 'static> Mutex<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The lock, if no other thread holds it now.
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        match self.inner.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Takes the lock and keeps it until [`Mutex::fork_release`] on this thread (a
     /// `pthread_atfork` prepare handler).
     pub(crate) fn fork_hold(&'static self) {
