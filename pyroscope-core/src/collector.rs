@@ -77,6 +77,8 @@ fn tags_hash(app: &str, tags: &BTreeMap<String, String>) -> u64 {
 /// The collector thread's body: drains the ring, aggregates, scans for threads, closes a
 /// window every upload interval (or on flush and stop) and queues its profiles.
 pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc<Queue>) {
+    // The unwind tables, off the thread that started the agent (see `Sampler::start`).
+    unwind::refresh();
     let ring = ring::RING_CELL.get();
     // Records left by an earlier agent belong to no window of ours.
     if let Some(r) = ring {

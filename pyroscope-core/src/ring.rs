@@ -6,6 +6,15 @@
 //! A writer claims a ticket with one CAS, fills the slot and publishes it with one release
 //! store. When the ring is full the record is dropped and counted, never waited for.
 //!
+//! The slots live in an anonymous mapping that nothing writes at creation: a page becomes
+//! resident when a writer first fills a slot in it, so a process that exits at once, or samples
+//! little, never pays for the 4 MiB (a ring written in full at start was most of the memory the
+//! preload library added to `sqlite3 :memory: 'select 1'`). Each slot's sequence number is
+//! stored relative to its index, so a page of zeros is a page of free slots; a writer on the
+//! ring's first lap does not read the sequence of its slot (it knows the slot is free), so its
+//! first touch of a page is a write (one fault that maps a fresh page, not a read fault on the
+//! shared zero page followed by a copy-on-write fault and a TLB shootdown).
+//!
 //! # Signal safety
 //! [`Lanes::push`] uses only atomics and plain memory writes to preallocated slots.
 
@@ -99,9 +108,93 @@ impl Record {
     }
 }
 
+/// A slot: all zero bytes are a valid free slot (its relative sequence number is 0 and a
+/// zeroed [`Record`] is valid).
 struct Slot {
+    /// The Vyukov sequence number minus the slot's index (wrapping).
     seq: AtomicUsize,
     record: UnsafeCell<Record>,
+}
+
+impl Slot {
+    /// The slot's sequence number (`index` is its position in the ring).
+    ///
+    /// # Signal safety
+    /// One atomic load.
+    #[inline(always)]
+    fn seq(&self, index: usize, order: Ordering) -> usize {
+        self.seq.load(order).wrapping_add(index)
+    }
+
+    /// # Signal safety
+    /// One atomic store.
+    #[inline(always)]
+    fn set_seq(&self, index: usize, seq: usize, order: Ordering) {
+        self.seq.store(seq.wrapping_sub(index), order);
+    }
+}
+
+/// The slots of one ring: an anonymous private mapping whose pages the kernel gives as zeros on
+/// first touch (or, when the mapping is refused, zeroed heap memory).
+enum Slots {
+    Mapped { base: std::ptr::NonNull<Slot>, len: usize },
+    Heap(Box<[Slot]>),
+}
+
+impl Slots {
+    fn new(len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<Slot>();
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        match std::ptr::NonNull::new(p.cast::<Slot>()) {
+            Some(base) if p != libc::MAP_FAILED => Slots::Mapped { base, len },
+            _ => Slots::Heap(
+                (0..len)
+                    .map(|_| Slot { seq: AtomicUsize::new(0), record: UnsafeCell::new(Record::zeroed()) })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The mapping (start, bytes), when the slots have one of their own.
+    fn mapping(&self) -> Option<(*mut libc::c_void, usize)> {
+        match self {
+            Slots::Mapped { base, len } => Some((base.as_ptr().cast(), len * std::mem::size_of::<Slot>())),
+            Slots::Heap(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Slot];
+    #[inline(always)]
+    fn deref(&self) -> &[Slot] {
+        match self {
+            // SAFETY: the mapping holds `len` slots, is page aligned (so aligned for `Slot`), is
+            // unmapped only when `self` is dropped, and all-zero bytes are valid slots; slots are
+            // only accessed through atomics and the `UnsafeCell` protocol of the ring.
+            Slots::Mapped { base, len } => unsafe { std::slice::from_raw_parts(base.as_ptr(), *len) },
+            Slots::Heap(b) => b,
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if let Some((p, bytes)) = self.mapping() {
+            // SAFETY: our own mapping, unmapped once, and no reference into it outlives `self`.
+            unsafe { libc::munmap(p, bytes) };
+        }
+    }
 }
 
 /// What became of a push.
@@ -180,7 +273,7 @@ impl Lanes {
 
 /// The ring. Allocated once, never resized.
 pub struct Ring {
-    slots: Box<[Slot]>,
+    slots: Slots,
     mask: usize,
     /// Writers' ticket counter, on a cache line of its own: the collector's stores to
     /// `dequeue` must not steal it from the writers.
@@ -195,19 +288,16 @@ pub struct Ring {
 // `enqueue`) and read only by the single reader after the writer's release store of `seq`;
 // the sequence protocol makes those accesses exclusive.
 unsafe impl Sync for Ring {}
-// SAFETY: the ring owns its slots; moving it between threads moves plain memory.
+// SAFETY: the ring owns its slots (their mapping); moving it between threads moves plain memory.
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// A ring of `capacity` records, rounded up to a power of two. Every slot is written once
-    /// here so that the pages are resident before a signal handler touches them.
+    /// A ring of `capacity` records, rounded up to a power of two. Nothing is written here:
+    /// see the module's doc for when its pages become resident.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
-        let slots: Box<[Slot]> = (0..capacity)
-            .map(|i| Slot { seq: AtomicUsize::new(i), record: UnsafeCell::new(Record::zeroed()) })
-            .collect();
         Ring {
-            slots,
+            slots: Slots::new(capacity),
             mask: capacity - 1,
             enqueue: CachePadded(AtomicUsize::new(0)),
             dequeue: CachePadded(AtomicUsize::new(0)),
@@ -234,7 +324,9 @@ impl Ring {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];
-            let seq = slot.seq.load(Ordering::Acquire);
+            // On the first lap no ticket before `pos` used this slot: it is free, and not reading
+            // it keeps a fresh page from being mapped to the zero page before it is written.
+            let seq = if pos <= self.mask { pos } else { slot.seq(pos & self.mask, Ordering::Acquire) };
             let diff = seq as isize - pos as isize;
             if diff == 0 {
                 match self.enqueue.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
@@ -242,7 +334,7 @@ impl Ring {
                         // SAFETY: winning the CAS for ticket `pos` gives this writer exclusive
                         // access to the slot until it stores `seq = pos + 1` below.
                         fill(unsafe { &mut *slot.record.get() });
-                        slot.seq.store(pos + 1, Ordering::Release);
+                        slot.set_seq(pos & self.mask, pos + 1, Ordering::Release);
                         self.prefetch(pos + 1);
                         // Every 64th record looks at the reader's position (a line the
                         // collector writes, so not on every push).
@@ -277,17 +369,26 @@ impl Ring {
     /// may call this (the collector). Returns how many were read.
     pub fn drain(&self, mut f: impl FnMut(&Record)) -> usize {
         let mut n = 0;
+        // Slots past the last ticket taken are not read: a read would map a page no writer has
+        // touched to the zero page (see the module's doc).
+        let mut end = self.enqueue.load(Ordering::Relaxed);
         loop {
             let pos = self.dequeue.load(Ordering::Relaxed);
+            if pos == end {
+                end = self.enqueue.load(Ordering::Relaxed);
+                if pos == end {
+                    return n;
+                }
+            }
             let slot = &self.slots[pos & self.mask];
-            if slot.seq.load(Ordering::Acquire) != pos + 1 {
+            if slot.seq(pos & self.mask, Ordering::Acquire) != pos + 1 {
                 return n;
             }
             // SAFETY: `seq == pos + 1` means the writer published this slot and no writer will
             // touch it until we store `seq = pos + capacity` below; we are the only reader.
             f(unsafe { &*slot.record.get() });
             self.dequeue.store(pos + 1, Ordering::Relaxed);
-            slot.seq.store(pos + self.mask + 1, Ordering::Release);
+            slot.set_seq(pos & self.mask, pos + self.mask + 1, Ordering::Release);
             n += 1;
         }
     }
@@ -299,10 +400,20 @@ impl Ring {
     }
 
     /// Empties the ring. Only valid when no writer can be running: in a forked child, where a
-    /// parent thread may have claimed a slot it will never publish.
+    /// parent thread may have claimed a slot it will never publish. The child's copy of the
+    /// mapping is given back to the kernel (its pages read as zeros again: free slots), so a
+    /// child does not keep, nor write, the pages its parent had filled.
     pub fn reset_after_fork(&self) {
-        for (i, slot) in self.slots.iter().enumerate() {
-            slot.seq.store(i, Ordering::SeqCst);
+        let released = self.slots.mapping().is_some_and(|(p, bytes)| {
+            // SAFETY: our own private anonymous mapping; no writer runs (see above) and no
+            // reference to a record is held across this call, so dropping its pages (they read
+            // as zeros afterwards) changes nothing a reference could see.
+            unsafe { libc::madvise(p, bytes, libc::MADV_DONTNEED) == 0 }
+        });
+        if !released {
+            for (i, slot) in self.slots.iter().enumerate() {
+                slot.set_seq(i, i, Ordering::SeqCst);
+            }
         }
         self.enqueue.store(0, Ordering::SeqCst);
         self.dequeue.store(0, Ordering::SeqCst);
@@ -313,6 +424,50 @@ impl Ring {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// Resident pages of a ring's mapping, from `mincore`.
+    fn resident_pages(ring: &Ring) -> usize {
+        let (p, bytes) = ring.slots.mapping().expect("the ring has a mapping of its own");
+        let pages = bytes.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `p` is the page-aligned start of a live mapping of `bytes` bytes and `vec` has
+        // one byte per page.
+        let rc = unsafe { libc::mincore(p, bytes, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().filter(|b| **b & 1 != 0).count()
+    }
+
+    /// A new ring is not resident (4 MiB for the agent's ring, paid by every process that
+    /// loads the preload library, however briefly it runs): its pages come in as writers first
+    /// fill them, and a drain does not touch the pages past the last record.
+    #[test]
+    fn a_ring_is_resident_only_where_written() {
+        let lanes = Lanes::new(4, 1024);
+        let total: usize = lanes.lanes.iter().map(|l| l.slots.mapping().map_or(0, |m| m.1.div_ceil(4096))).sum();
+        assert!(total >= 1024, "{total} pages");
+        let resident = || lanes.lanes.iter().map(resident_pages).sum::<usize>();
+        assert_eq!(resident(), 0, "a new ring is resident");
+        // 10 records of about 1 KiB each: 3 or 4 pages of one lane.
+        for i in 0..10 {
+            assert!(lanes.push(0, Kind::Cpu, |r| r.weight = i).written());
+        }
+        let mut seen = Vec::new();
+        lanes.drain(|r| seen.push(r.weight));
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert!(resident() <= 4, "{} pages resident after 10 records", resident());
+        // A forked child's reset gives the pages back and leaves an empty ring that works.
+        assert!(lanes.push(0, Kind::Cpu, |r| r.weight = 99).written());
+        lanes.reset_after_fork();
+        assert_eq!(resident(), 0, "the reset kept pages");
+        assert_eq!(lanes.drain(|_| {}), 0, "the reset left records");
+        for i in 0..2000 {
+            assert!(lanes.push(1, Kind::Cpu, |r| r.weight = i).written());
+        }
+        seen.clear();
+        lanes.drain(|r| seen.push(r.weight));
+        seen.sort_unstable();
+        assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+    }
 
     #[test]
     fn full_ring_drops_and_counts() {

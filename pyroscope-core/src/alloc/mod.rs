@@ -606,15 +606,24 @@ pub(crate) fn reset_live() {
     });
 }
 
+/// Allocations sampled before [`make_resident`] writes the tables: 16 MiB allocated at the
+/// default mean.
+const RESIDENT_AFTER_SAMPLES: u64 = 32;
+
 /// Writes every page of the exact set and of the filters once, without changing a value.
-/// The collector calls it when it first sees a hooked allocation (so a program without a
-/// sampling allocator never pays the 3 MiB). A page that a hook first reads is mapped to the
-/// shared zero page, and the first write to it then costs a copy-on-write fault with a TLB
-/// shootdown on every CPU: hundreds of those in the first seconds of sampling cost a busy
-/// program more than everything else the sampler did.
+/// The collector calls it at every pass while hooked allocations are sampled; it acts once,
+/// after [`RESIDENT_AFTER_SAMPLES`] samples (so a program without a sampling allocator, or one
+/// that exits after a few samples, such as a short command under the preload library, never
+/// pays the 3 MiB). A page that a hook first reads is mapped to the shared zero page, and the
+/// first write to it then costs a copy-on-write fault with a TLB shootdown on every CPU:
+/// hundreds of those in the first seconds of sampling cost a busy program more than everything
+/// else the sampler did; the first samples cause a few of them at most.
 pub(crate) fn make_resident() {
-    // The collector asks at every tick: a plain load answers all but the first time.
-    if RESIDENT.load(Ordering::Relaxed) || RESIDENT.swap(true, Ordering::Relaxed) {
+    // The collector asks at every pass: plain loads answer all but one time.
+    if RESIDENT.load(Ordering::Relaxed)
+        || SAMPLED.load(Ordering::Relaxed) < RESIDENT_AFTER_SAMPLES
+        || RESIDENT.swap(true, Ordering::Relaxed)
+    {
         return;
     }
     // Every half page, so that every page is reached whatever the arrays' alignment.

@@ -271,12 +271,16 @@ impl Drop for Sampler {
 }
 
 impl Sampler {
+    /// Installs the handler and arms a timer for every thread found now. The unwind tables
+    /// are not copied here, on the caller's thread (under the preload library, before the
+    /// program's `main`): the collector publishes them when it starts (see
+    /// [`crate::unwind::refresh`]), and the few samples taken before that are recorded as
+    /// truncated, as for code in a module loaded since the last refresh. The maps table is
+    /// read by the first scan below.
     pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, lanes: usize, lane_capacity: usize) -> Result<Self> {
         RING_CELL.get_or_init(|| Lanes::new(lanes, lane_capacity));
         thread::on_new_thread(arm_new_thread);
         install_handler(signal, on_alt_stack)?;
-        crate::unwind::refresh();
-        crate::unwind::refresh_maps();
         ENABLED.store(true, Ordering::SeqCst);
         let seed =
             Instant::now().elapsed().as_nanos() as u64 ^ (sys::getpid() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
