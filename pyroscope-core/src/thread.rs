@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::sync::Mutex;
@@ -368,6 +368,70 @@ pub(crate) fn after_fork_child() {
     *OWN_THREADS.lock() = None;
     let me = sys::gettid();
     retain(|tid, _| *tid == me);
+}
+
+thread_local! {
+    // The allocation hook's per-thread state (`crate::alloc`): destructor-less cells only,
+    // except the unwind cache, freed at thread exit.
+    /// Bytes left before this thread's next sample.
+    pub(crate) static COUNTDOWN: Cell<i64> = const { Cell::new(0) };
+    /// Inside the profiler's own allocation handling.
+    pub(crate) static BUSY: Cell<bool> = const { Cell::new(false) };
+
+    /// xorshift state (0 = not seeded yet).
+    pub(crate) static RNG: Cell<u64> = const { Cell::new(0) };
+    /// The unwinder's rule cache for allocation samples (not the signal handler's).
+    static CACHE: ThreadCache = const { ThreadCache(Cell::new(std::ptr::null_mut())) };
+    /// This thread's key for the reader count's stripes and the ring's lanes (`usize::MAX`:
+    /// not drawn yet).
+    static READER_KEY: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Threads that sample get consecutive keys, so up to 16 of them count themselves on
+/// separate cache lines, and write to separate ring lanes.
+pub(crate) fn reader_key() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    READER_KEY
+        .try_with(|k| {
+            if k.get() == usize::MAX {
+                k.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            }
+            k.get()
+        })
+        .unwrap_or(0)
+}
+
+/// A thread's unwind cache for allocation samples (33 KiB), created by its first sample and
+/// freed when the thread exits.
+struct ThreadCache(Cell<*mut SignalCache>);
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        let p = self.0.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: `p` came from Box::into_raw in `thread_cache` and is freed only here, once:
+            // the thread is exiting, its thread-local is being destroyed, and a sample taken
+            // later on this thread finds the thread-local gone and takes no cache. The free goes
+            // through the global allocator's hooks, which use only destructor-less thread-locals.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+pub(crate) fn thread_cache() -> Option<&'static mut SignalCache> {
+    CACHE
+        .try_with(|c| {
+            if c.0.get().is_null() {
+                c.0.set(Box::into_raw(Box::new(SignalCache::new_in())));
+            }
+            c.0.get()
+        })
+        .ok()
+        // SAFETY: the pointer is this thread's own, created above and freed only by the
+        // thread-local's destructor at thread exit (after which `try_with` fails); only this
+        // thread, under the re-entrancy guard, uses it, and `record` drops the reference before
+        // returning.
+        .map(|p| unsafe { &mut *p })
 }
 
 #[cfg(test)]

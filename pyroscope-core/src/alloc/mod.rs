@@ -25,7 +25,8 @@ use framehop::{FrameAddress, Unwinder};
 use crate::ring::{self, Kind, Pushed, MAX_DEPTH};
 use crate::sync::Mutex;
 use crate::sys::{prefetch, CachePadded};
-use crate::unwind::{self, memory, NativeRegs, SignalCache};
+use crate::thread::{reader_key, thread_cache, BUSY, COUNTDOWN, RNG};
+use crate::unwind::{self, memory, NativeRegs};
 
 /// Default mean bytes between samples.
 pub const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
@@ -44,35 +45,6 @@ pub(crate) static HOOKED: AtomicBool = AtomicBool::new(false);
 pub(crate) static LIVE_OVERFLOW: AtomicU64 = AtomicU64::new(0);
 /// Allocations sampled (records written), since the process started.
 pub(crate) static SAMPLED: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Bytes left before this thread's next sample.
-    static COUNTDOWN: Cell<i64> = const { Cell::new(0) };
-    /// Inside the profiler's own allocation handling.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
-
-    /// xorshift state (0 = not seeded yet).
-    static RNG: Cell<u64> = const { Cell::new(0) };
-    /// The unwinder's rule cache for allocation samples (not the signal handler's).
-    static CACHE: ThreadCache = const { ThreadCache(Cell::new(std::ptr::null_mut())) };
-    /// This thread's key for the reader count's stripes and the ring's lanes (`usize::MAX`:
-    /// not drawn yet).
-    static READER_KEY: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// Threads that sample get consecutive keys, so up to 16 of them count themselves on
-/// separate cache lines, and write to separate ring lanes.
-fn reader_key() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    READER_KEY
-        .try_with(|k| {
-            if k.get() == usize::MAX {
-                k.set(NEXT.fetch_add(1, Ordering::Relaxed));
-            }
-            k.get()
-        })
-        .unwrap_or(0)
-}
 
 /// A live sampled allocation.
 #[derive(Clone, Copy, Debug)]
@@ -522,39 +494,6 @@ fn current_regs() -> (u64, u64, u64) {
         std::arch::asm!("lea {0}, [rip]", "mov {1}, rsp", "mov {2}, rbp", out(reg) pc, out(reg) sp, out(reg) bp, options(nomem, nostack, preserves_flags));
     }
     (pc, sp, bp)
-}
-
-/// A thread's unwind cache for allocation samples (33 KiB), created by its first sample and
-/// freed when the thread exits.
-struct ThreadCache(Cell<*mut SignalCache>);
-
-impl Drop for ThreadCache {
-    fn drop(&mut self) {
-        let p = self.0.replace(std::ptr::null_mut());
-        if !p.is_null() {
-            // SAFETY: `p` came from Box::into_raw in `thread_cache` and is freed only here, once:
-            // the thread is exiting, its thread-local is being destroyed, and a sample taken
-            // later on this thread finds the thread-local gone and takes no cache. The free goes
-            // through the global allocator's hooks, which use only destructor-less thread-locals.
-            drop(unsafe { Box::from_raw(p) });
-        }
-    }
-}
-
-fn thread_cache() -> Option<&'static mut SignalCache> {
-    CACHE
-        .try_with(|c| {
-            if c.0.get().is_null() {
-                c.0.set(Box::into_raw(Box::new(SignalCache::new_in())));
-            }
-            c.0.get()
-        })
-        .ok()
-        // SAFETY: the pointer is this thread's own, created above and freed only by the
-        // thread-local's destructor at thread exit (after which `try_with` fails); only this
-        // thread, under the re-entrancy guard, uses it, and `record` drops the reference before
-        // returning.
-        .map(|p| unsafe { &mut *p })
 }
 
 /// The live sampled allocations, grouped by (stack hash, labels): (count, bytes).
