@@ -214,6 +214,10 @@ impl Pushed {
     }
 }
 
+/// Allocation records may fill a lane up to all but one `CPU_RESERVE_DIV`th of it: the last
+/// quarter is kept for CPU records.
+const CPU_RESERVE_DIV: usize = 4;
+
 /// Rings side by side, one per group of writer threads: a thread always writes to the same
 /// lane, so writers on different lanes never contend for a ticket counter or a slot's cache
 /// line, and the slot a thread prefetches after a push is the one it writes next. (With one
@@ -241,11 +245,20 @@ impl Lanes {
     ///
     /// # Signal safety
     /// As [`Ring::try_push`].
+    ///
+    /// Allocation records fill a lane only up to three quarters of it: the rest is kept for
+    /// CPU records, so a storm of sampled allocations that outruns the collector never costs
+    /// the CPU profile its samples.
     pub fn push(&self, key: usize, kind: Kind, fill: impl FnOnce(&mut Record)) -> Pushed {
         let mask = self.lanes.len() - 1;
         let mut fill = fill;
         for i in 0..self.lanes.len() {
-            match self.lanes[key.wrapping_add(i) & mask].try_push(fill) {
+            let lane = &self.lanes[key.wrapping_add(i) & mask];
+            let room = match kind {
+                Kind::Cpu => lane.slots.len(),
+                Kind::Alloc => lane.slots.len() - lane.slots.len() / CPU_RESERVE_DIV,
+            };
+            match lane.try_push(room, fill) {
                 Ok(pushed) if i == 0 => return pushed,
                 Ok(_) => return Pushed::Filling,
                 Err(back) => fill = back,
@@ -309,7 +322,7 @@ impl Ring {
     /// [`Ring::try_push`], counting a drop when the ring is full (one ring on its own, in tests).
     #[cfg(test)]
     pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Pushed {
-        self.try_push(fill).unwrap_or_else(|_| {
+        self.try_push(self.slots.len(), fill).unwrap_or_else(|_| {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             Pushed::Full
         })
@@ -320,8 +333,12 @@ impl Ring {
     ///
     /// # Signal safety
     /// Atomics only; `fill` must be async-signal-safe too.
-    fn try_push<F: FnOnce(&mut Record)>(&self, fill: F) -> Result<Pushed, F> {
+    fn try_push<F: FnOnce(&mut Record)>(&self, room: usize, fill: F) -> Result<Pushed, F> {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
+        // A writer limited to part of the ring looks at the reader's position first.
+        if room < self.slots.len() && pos.wrapping_sub(self.dequeue.load(Ordering::Acquire)) >= room {
+            return Err(fill);
+        }
         loop {
             let slot = &self.slots[pos & self.mask];
             // On the first lap no ticket before `pos` used this slot: it is free, and not reading
@@ -482,6 +499,24 @@ mod tests {
         assert!(ring.push(|r| r.weight = 9).written());
         ring.drain(|r| seen.push(r.weight));
         assert_eq!(seen.last(), Some(&9));
+    }
+
+    #[test]
+    fn an_allocation_storm_leaves_a_quarter_of_every_lane_to_cpu_records() {
+        let lanes = Lanes::new(4, 1 << 10);
+        // Allocation records overflow from lane to lane, but fill none past three quarters.
+        let written = (0..8 * 1024).filter(|&i| lanes.push(1, Kind::Alloc, |r| r.weight = i).written()).count();
+        assert_eq!(written, 4 * 768);
+        assert_eq!(lanes.dropped(Kind::Alloc), 8 * 1024 - 4 * 768);
+        // CPU records still find the last quarter of every lane.
+        for key in 0..4 {
+            for i in 0..256 {
+                assert!(lanes.push(key, Kind::Cpu, |r| r.weight = i).written(), "lane {key}, record {i}");
+            }
+        }
+        assert_eq!(lanes.dropped(Kind::Cpu), 0);
+        assert_eq!(lanes.push(0, Kind::Cpu, |_| {}), Pushed::Full);
+        assert_eq!(lanes.drain(|_| {}), 1024);
     }
 
     #[test]
