@@ -177,10 +177,6 @@ impl ThreadState {
     /// is swapped out runs to completion before this code goes on (the handler interrupts this
     /// thread), and one that arrives after finds no cache (no sample) and no stack.
     pub(crate) fn release_caches(&self) {
-        self.free_caches();
-    }
-
-    fn free_caches(&self) {
         let cache = self.cache.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !cache.is_null() {
             // SAFETY: came from Box::into_raw in `install_caches`, swapped out once, unused (see
@@ -219,7 +215,7 @@ impl ThreadState {
 
 impl Drop for ThreadState {
     fn drop(&mut self) {
-        self.free_caches();
+        self.release_caches();
     }
 }
 
