@@ -17,7 +17,7 @@ use crate::{sys, unwind};
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// An agent runs in this process (from start until its collector has finished).
-pub(crate) fn running() -> bool {
+pub fn running() -> bool {
     RUNNING.load(Ordering::SeqCst)
 }
 
@@ -353,6 +353,8 @@ fn install_fork_handlers() {
     // Every lock the profiler's threads take is held across fork, so the child never inherits
     // one held by a thread that does not exist there. Fixed order, reversed on release.
     extern "C" fn prepare() {
+        // Lock order: the resolver (held while a drain names frames and merges labels) first.
+        crate::interp::prepare_fork();
         crate::labels::prepare_fork();
         sampler::prepare_fork();
         crate::alloc::prepare_fork();
@@ -367,6 +369,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
         crate::labels::after_fork();
+        crate::interp::after_fork();
     }
     extern "C" fn child() {
         crate::log_after_fork();
@@ -375,6 +378,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_child();
         sampler::after_fork_child();
         crate::labels::after_fork();
+        crate::interp::after_fork();
         // The parent's agent does not run here; a new one may be started.
         RUNNING.store(false, Ordering::SeqCst);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::sync::Mutex;
 
-use crate::labels;
+use crate::labels::{self, LabelSet};
 use crate::pprof::{proto::Profile, ProfileBuilder};
 use crate::symbolize::{Symbol, Symbolizer};
 use crate::unwind::Snapshot;
@@ -254,6 +254,8 @@ pub(crate) struct AllocWindow {
     pub sampled: FxHashMap<(u64, u32), [f64; 2]>,
     /// Stacks by hash, for this window's samples and every live sampled allocation.
     pub stacks: FxHashMap<u64, Arc<[u64]>>,
+    /// Labels an interpreter had in force, by stack hash (laid over the thread's labels).
+    pub contexts: FxHashMap<u64, LabelSet>,
 }
 
 /// The unbiasing factor for an allocation of `size` bytes sampled with mean interval `rate`.
@@ -267,8 +269,11 @@ pub(crate) fn unbias(size: u64, rate: u64) -> f64 {
 }
 
 impl AllocWindow {
-    pub fn add(&mut self, stack: &[u64], hash: u64, label_id: u32, size: u64, rate: u64) {
+    pub fn add(&mut self, stack: &[u64], hash: u64, label_id: u32, context: Option<LabelSet>, size: u64, rate: u64) {
         self.stacks.entry(hash).or_insert_with(|| Arc::from(stack));
+        if let Some(context) = context {
+            self.contexts.entry(hash).or_insert(context);
+        }
         let scale = unbias(size, rate);
         let e = self.sampled.entry((hash, label_id)).or_default();
         e[0] += scale;
@@ -364,7 +369,8 @@ impl AllocWindow {
                 trimming = false;
                 locs.push(b.location(pc, pc, || syms.iter().map(|s| (&*s.function, &*s.file, s.line)).collect()));
             }
-            let dynamic = labels::resolve(key.1);
+            let label_id = self.contexts.get(&key.0).map_or(key.1, |c| labels::merge_ids(key.1, c));
+            let dynamic = labels::resolve(label_id);
             let mut pairs: Vec<(&str, &str)> = dynamic.iter().map(|(k, v)| (&**k, &**v)).collect();
             for (k, v) in extra_labels {
                 if !pairs.iter().any(|(n, _)| *n == k) {
@@ -377,6 +383,7 @@ impl AllocWindow {
         // put in the ring before it enters the live map, so it may join the live set later.
         let needed: std::collections::HashSet<u64> = live.keys().chain(self.sampled.keys()).map(|(h, _)| *h).collect();
         self.stacks.retain(|h, _| needed.contains(h));
+        self.contexts.retain(|h, _| needed.contains(h));
         self.sampled.clear();
         b.build()
     }

@@ -120,12 +120,32 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         shared.alloc_lost.fetch_add(alloc - alloc_lost_seen, Ordering::Relaxed);
         (cpu_lost_seen, alloc_lost_seen) = (cpu, alloc);
     };
-    let drain = |window: &mut Window, allocs: &mut AllocWindow| {
-        ring.map_or(0, |r| {
-            r.drain(|rec| match rec.kind {
-                Kind::Cpu => window.add_cpu(rec.stack(), rec.truncated, rec.label_id, rec.weight),
-                Kind::Alloc => allocs.add(rec.stack(), rec.aux, rec.label_id, rec.weight, rate),
-            })
+    let mut frames: Vec<FrameId> = Vec::new();
+    let mut keys: Vec<u64> = Vec::new();
+    let mut drain = |window: &mut Window, allocs: &mut AllocWindow| {
+        let Some(r) = ring else { return 0 };
+        let mut resolver = crate::interp::resolver();
+        r.drain(|rec| {
+            let (stack, context) = if rec.interp == 0 {
+                (rec.stack(), None)
+            } else {
+                // An interpreter's frames: named now, while what they point at is fresh.
+                frames.clear();
+                let context = resolver.as_mut().and_then(|r| r.resolve(rec.interp_words(), &mut frames));
+                keys.clear();
+                keys.extend(rec.stack().iter().copied().chain(frames.iter().map(|f| f.key())));
+                (&keys[..], context)
+            };
+            match rec.kind {
+                // The labels the interpreter had in force lie over the thread's.
+                Kind::Cpu => {
+                    let label_id = context.map_or(rec.label_id, |c| crate::labels::merge_ids(rec.label_id, &c));
+                    window.add_cpu(stack, rec.truncated, label_id, rec.weight)
+                }
+                // Live allocations are keyed by the thread's labels: the interpreter's are
+                // kept per stack (its words, context included, make the hash).
+                Kind::Alloc => allocs.add(stack, rec.aux, rec.label_id, context, rec.weight, rate),
+            }
         })
     };
     let mut busy = false;

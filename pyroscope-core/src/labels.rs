@@ -542,6 +542,15 @@ fn merge_into(slot: &AtomicU32, outer: u32, inner: &LabelSet) -> LabelSet {
     prev
 }
 
+/// The id of `inner` laid over set `outer` (as [`LabelSet::enter`] merges them), for the
+/// collector: the interned merge is cached, and the ids a window's samples carry stay
+/// interned until the window is reported (see [`reclaim`]).
+pub(crate) fn merge_ids(outer: u32, inner: &LabelSet) -> u32 {
+    let slot = AtomicU32::new(EMPTY);
+    drop(merge_into(&slot, outer, inner));
+    slot.load(Ordering::Acquire)
+}
+
 /// Frees the label sets nobody uses any more (see the module docs). `referenced` are the ids
 /// the collector still holds: the samples of the window it just closed, its allocation samples
 /// not yet reported and the live sampled allocations. The collector calls it at each window

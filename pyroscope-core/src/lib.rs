@@ -57,6 +57,7 @@ mod collector;
 mod config;
 mod error;
 mod export;
+mod interp;
 mod labels;
 mod ring;
 mod sampler;
@@ -69,11 +70,16 @@ mod unwind;
 // The pprof codec lives in its own crate so the report command can use it without the sampler.
 use pyroscope_pprof as pprof;
 
+/// Whether an agent (or the collector of one whose shutdown stopped waiting) holds the
+/// process's agent slot; for tests that start agents one after another.
+#[doc(hidden)]
+pub use agent::running as agent_running;
 pub use agent::{Agent, Stats};
 pub use aggregate::FrameId;
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
+pub use interp::{set_interpreter, Resolver, WalkFn};
 pub use labels::{
     current as current_labels, push as push_labels, register_thread, tag_wrapper, validate_label, LabelGuard, LabelSet,
     WithLabels,

@@ -83,6 +83,8 @@ pub struct Record {
     pub depth: u16,
     pub tid: i32,
     pub label_id: u32,
+    /// Words an interpreter's walker wrote after the native frames (`pcs[depth..depth + interp]`).
+    pub interp: u16,
     pub weight: u64,
     /// Kind-specific: the stack hash for `Alloc`.
     pub aux: u64,
@@ -97,6 +99,7 @@ impl Record {
             depth: 0,
             tid: 0,
             label_id: 0,
+            interp: 0,
             weight: 0,
             aux: 0,
             pcs: [0; MAX_DEPTH],
@@ -105,6 +108,12 @@ impl Record {
 
     pub fn stack(&self) -> &[u64] {
         &self.pcs[..(self.depth as usize).min(MAX_DEPTH)]
+    }
+
+    /// What an interpreter's walker wrote (see [`crate::interp`]).
+    pub fn interp_words(&self) -> &[u64] {
+        let start = (self.depth as usize).min(MAX_DEPTH);
+        &self.pcs[start..(start + self.interp as usize).min(MAX_DEPTH)]
     }
 }
 

@@ -12,6 +12,7 @@ mod agent;
 mod cpu;
 mod export;
 mod fork;
+mod interp;
 mod labels;
 mod memory;
 mod properties;
@@ -19,6 +20,10 @@ mod tasks;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Takes the agent slot for one test: also waits (bounded) for the collector of an earlier
+/// test whose shutdown stopped waiting at its timeout, as happens on a loaded machine.
 pub fn agent_lock() -> std::sync::MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = AGENT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    util::wait_until(std::time::Duration::from_secs(60), || !pyroscope_core::agent_running());
+    guard
 }

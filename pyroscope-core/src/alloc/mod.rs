@@ -424,6 +424,7 @@ fn record(ptr: *mut u8, size: usize) {
     let stack = unwind::stack_window(sp);
     let label_id = crate::thread::current_label_id();
     let snapshot = unwind::current();
+    let walker = crate::interp::walker();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let pushed = ring::push(key, Kind::Alloc, |rec| {
         rec.kind = Kind::Alloc;
@@ -431,8 +432,14 @@ fn record(ptr: *mut u8, size: usize) {
         rec.label_id = label_id;
         rec.weight = size as u64;
         rec.truncated = false;
+        rec.interp = 0;
         let mut depth = 0;
-        if let Some(snapshot) = snapshot {
+        // SAFETY: a registered walker is async-signal-safe by its contract (`WalkFn`), so it
+        // is safe here too, on the allocating thread as it expects.
+        let words = walker.map_or(0, |walk| unsafe { walk(&mut rec.pcs[..]) }.min(MAX_DEPTH));
+        if words > 0 {
+            rec.interp = words as u16;
+        } else if let Some(snapshot) = snapshot {
             let mut read = |addr: u64| memory::read_word(addr, stack);
             let mut frames = snapshot.unwinder.iter_frames(pc, NativeRegs::new(pc, sp, bp), cache, &mut read);
             loop {
@@ -458,7 +465,7 @@ fn record(ptr: *mut u8, size: usize) {
             }
         }
         rec.depth = depth as u16;
-        for pc in &rec.pcs[..depth] {
+        for pc in &rec.pcs[..depth + words] {
             hash = (hash ^ pc).wrapping_mul(0x100_0000_01b3);
         }
         hash ^= rec.truncated as u64;

@@ -5,7 +5,8 @@
 //! - `process_vm_readv` (raw syscall) through [`crate::unwind::memory`] when a stack word lies
 //!   outside the thread's known stack mapping;
 //! - `clock_gettime(CLOCK_MONOTONIC)` (listed in signal-safety(7)) to time the handler;
-//! - the previous handler of the signal, when the signal is not one of our timers.
+//! - the previous handler of the signal, when the signal is not one of our timers;
+//! - a binding's interpreter walker ([`crate::interp::WalkFn`]), async-signal-safe by contract.
 //!
 //! Not called: malloc/free, locks (not even try-locks), formatting, thread-locals (a cdylib's
 //! TLS may allocate on first touch), `dladdr`/`dl_iterate_phdr`, libgcc's unwinder.
@@ -143,12 +144,24 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let label_id = state.label_id.load(Ordering::Relaxed);
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
+    let walker = crate::interp::walker();
     ring::push(state.tid as usize, Kind::Cpu, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
         rec.label_id = label_id;
         rec.weight = weight;
         rec.truncated = false;
+        rec.interp = 0;
+        if let Some(walk) = walker {
+            // SAFETY: a registered walker is async-signal-safe by its contract (`WalkFn`), and
+            // runs here on the sampled thread as it expects.
+            let words = unsafe { walk(&mut rec.pcs[..]) }.min(MAX_DEPTH);
+            if words > 0 {
+                rec.depth = 0;
+                rec.interp = words as u16;
+                return;
+            }
+        }
         rec.pcs[0] = ip;
         let mut depth = 1;
         if let Some(snapshot) = snapshot {

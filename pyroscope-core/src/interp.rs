@@ -1,0 +1,72 @@
+//! Interpreter stacks: a binding (Python) registers a walker that reads its interpreter's
+//! frames on the sampled thread, and a resolver that names them on the collector thread.
+//!
+//! The walker runs inside the CPU-timer signal handler (on the handler's own 64 KiB stack) and
+//! inside the allocation hook, in place of the native unwinder. It writes opaque words into the
+//! sample record (up to [`crate::ring::MAX_DEPTH`]); the collector hands those words to the
+//! resolver, which turns them into [`FrameId`]s and may add labels it read from the
+//! interpreter (a context variable's labels, which follow asyncio tasks). A thread for which
+//! the walker writes nothing (a thread that never ran interpreter code) keeps its native stack.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::aggregate::FrameId;
+use crate::labels::LabelSet;
+use crate::sync::{Mutex, MutexGuard};
+
+/// Reads the calling thread's interpreter frames into `out` and returns how many words it
+/// wrote; 0 when the thread has no interpreter frames (its native stack is recorded instead).
+///
+/// # Safety
+/// The walker is called from a signal handler on the sampled thread: it must be
+/// async-signal-safe (no allocation, no locks, no formatting, no thread-locals that may
+/// allocate on first use) and must read memory that may be unmapped or half-written only
+/// through fault-tolerant reads. It must never unwind.
+pub type WalkFn = unsafe fn(out: &mut [u64]) -> usize;
+
+/// Names what a [`WalkFn`] recorded; runs on the collector thread.
+pub trait Resolver: Send + 'static {
+    /// Pushes the frames that `words` (one record's walker output) stand for onto `frames`,
+    /// leaf first, and returns labels the interpreter had in force for the sample (they
+    /// override the thread's labels name by name), or `None`.
+    fn resolve(&mut self, words: &[u64], frames: &mut Vec<FrameId>) -> Option<LabelSet>;
+}
+
+/// The walker as a function address; 0 for none.
+static WALK: AtomicUsize = AtomicUsize::new(0);
+static RESOLVER: Mutex<Option<Box<dyn Resolver>>> = Mutex::new(None);
+
+/// Registers the interpreter's walker and resolver for every agent of the process, replacing
+/// earlier ones. Call it before [`crate::Agent::start`]; samples taken before it keep native
+/// stacks.
+pub fn set_interpreter(walk: WalkFn, resolver: Box<dyn Resolver>) {
+    *RESOLVER.lock() = Some(resolver);
+    WALK.store(walk as usize, Ordering::Release);
+}
+
+/// The registered walker.
+///
+/// # Signal safety
+/// One atomic load.
+#[inline(always)]
+pub(crate) fn walker() -> Option<WalkFn> {
+    match WALK.load(Ordering::Acquire) {
+        0 => None,
+        // SAFETY: a non-zero value was stored from a `WalkFn` by `set_interpreter`, and
+        // function pointers round-trip through usize on every target we build for.
+        f => Some(unsafe { std::mem::transmute::<usize, WalkFn>(f) }),
+    }
+}
+
+/// The resolver, locked for one drain of the ring.
+pub(crate) fn resolver() -> MutexGuard<'static, Option<Box<dyn Resolver>>> {
+    RESOLVER.lock()
+}
+
+pub(crate) fn prepare_fork() {
+    RESOLVER.fork_hold();
+}
+
+pub(crate) fn after_fork() {
+    RESOLVER.fork_release();
+}
