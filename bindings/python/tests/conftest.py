@@ -118,6 +118,7 @@ class Run:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self.elapsed = elapsed
+        self.ended = time.monotonic()
 
 
 @pytest.fixture
