@@ -229,13 +229,15 @@ pub fn sweep_now() {
     });
 }
 
+/// A thread's added tags, in the order added, and the guard of their set in the core's slot.
+type ThreadTags = (Vec<(String, String)>, Option<LabelGuard>);
+
 thread_local! {
-    /// This thread's added tags, in the order added, and the guard of their set in the core's slot.
-    static THREAD_TAGS: RefCell<(Vec<(String, String)>, Option<LabelGuard>)> = const { RefCell::new((Vec::new(), None)) };
+    static THREAD_TAGS: RefCell<ThreadTags> = const { RefCell::new((Vec::new(), None)) };
 }
 
 /// Re-enters this thread's tag set after a change.
-fn apply(tags: &mut (Vec<(String, String)>, Option<LabelGuard>)) {
+fn apply(tags: &mut ThreadTags) {
     // The old guard restores what was below it before the new set is entered over that.
     tags.1 = None;
     if tags.0.is_empty() {

@@ -94,7 +94,9 @@ fn start(
 fn stop(py: Python<'_>) -> bool {
     match agent::take() {
         Some(a) => {
-            py.detach(move || drop(a.stop()));
+            py.detach(move || {
+                a.stop();
+            });
             true
         }
         None => false,
@@ -179,6 +181,12 @@ fn context_labels() -> bool {
     labels::CONTEXT_LABELS.load(Ordering::SeqCst)
 }
 
+/// Tests only: makes `tag_wrapper` use the context variable even without the walker.
+#[pyfunction]
+fn force_context_labels(on: bool) {
+    labels::CONTEXT_LABELS.store(on, Ordering::SeqCst);
+}
+
 #[pyfunction]
 #[pyo3(signature = (ident, name=None))]
 fn set_thread_name(ident: u64, name: Option<String>) {
@@ -217,6 +225,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sweep_now, m)?)?;
     m.add_function(wrap_pyfunction!(context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_name, m)?)?;
+    m.add_function(wrap_pyfunction!(force_context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork, m)?)?;
     Ok(())

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use pyroscope_core::proto::Profile;
-use pyroscope_receiver::{Mode, Receiver, Received};
+use pyroscope_receiver::{Mode, Received, Receiver};
 use serde_json::{json, Value};
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -128,7 +128,8 @@ fn main() {
     });
     let (mut printed, mut rejected) = (0usize, 0usize);
     loop {
-        let stop = !matches!(eof_rx.recv_timeout(Duration::from_millis(20)), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+        let stop =
+            !matches!(eof_rx.recv_timeout(Duration::from_millis(20)), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
         let received = receiver.received();
         for r in &received[printed.min(received.len())..] {
             let _ = writeln!(out, "{}", profile_json(r));
