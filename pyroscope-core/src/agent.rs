@@ -144,6 +144,7 @@ impl Agent {
         let queue = Arc::new(Queue::new(config.queue_capacity, stats.clone()));
         let shared = Arc::new(Shared::new(stats));
         let sampler = Sampler::start(
+            config.cpu,
             config.signal,
             config.signal_on_alt_stack,
             config.sample_rate,

@@ -96,6 +96,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most profiles waiting for upload; when full the oldest is dropped (and counted).
     pub queue_capacity: usize,
+    /// CPU profiles (default on); off, no timer is armed and no signal is sent.
+    pub cpu: bool,
     /// Memory profiles (when a sampling allocator or the preload library is in place).
     pub memory: bool,
     /// Mean bytes between allocation samples.
@@ -135,6 +137,7 @@ impl AgentBuilder {
                 signal_on_alt_stack: false,
                 shutdown_timeout: Duration::from_secs(2),
                 queue_capacity: 32,
+                cpu: true,
                 memory: true,
                 alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
                 alloc_seed: None,
@@ -202,11 +205,13 @@ impl AgentBuilder {
             Ok(None) => {}
             Err(e) => fail(e),
         }
-        if let Some(v) = var(env::MEMORY) {
-            match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => b2.config.memory = true,
-                "0" | "false" | "no" | "off" => b2.config.memory = false,
-                _ => fail(Error::InvalidEnv { var: env::MEMORY, value: v, reason: "use true or false".into() }),
+        for (name, field) in [(env::CPU, &mut b2.config.cpu), (env::MEMORY, &mut b2.config.memory)] {
+            if let Some(v) = var(name) {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => *field = true,
+                    "0" | "false" | "no" | "off" => *field = false,
+                    _ => fail(Error::InvalidEnv { var: name, value: v, reason: "use true or false".into() }),
+                }
             }
         }
         b2.env_error = env_error;
@@ -296,6 +301,12 @@ impl AgentBuilder {
     /// Longest `stop()`/drop may take (default 2 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// CPU profiles on (default) or off (memory profiles only: no timer, no signal).
+    pub fn cpu(mut self, enabled: bool) -> Self {
+        self.config.cpu = enabled;
         self
     }
 
@@ -443,6 +454,7 @@ impl Config {
             .field("signal_on_alt_stack", &self.signal_on_alt_stack)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("queue_capacity", &self.queue_capacity)
+            .field("cpu", &self.cpu)
             .field("memory", &self.memory)
             .field("alloc_sample_bytes", &self.alloc_sample_bytes)
             .field("alloc_seed", &self.alloc_seed);
@@ -494,6 +506,8 @@ pub mod env {
     pub const ALLOC_SAMPLE_BYTES: &str = "PYROSCOPE_ALLOC_SAMPLE_BYTES";
     /// `false` turns memory profiles off.
     pub const MEMORY: &str = "PYROSCOPE_MEMORY";
+    /// `false` turns CPU profiles off.
+    pub const CPU: &str = "PYROSCOPE_CPU";
 }
 
 /// Checks an application name: non-empty, `[A-Za-z0-9_.\-/]`.

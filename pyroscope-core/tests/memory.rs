@@ -234,3 +234,34 @@ fn short_lived_threads_leave_no_memory_behind() {
     let above = peak.saturating_sub(before);
     assert!(above < 12 << 20, "RSS peaked {} MiB above its start", above >> 20);
 }
+
+#[test]
+fn memory_only_sends_no_cpu_and_arms_no_timer() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("memory-only");
+    let agent =
+        AgentBuilder::new("mem-only").export_dir(&dir).cpu(false).alloc_sample_bytes(16 * 1024).start().unwrap();
+    let kept = std::thread::spawn(|| {
+        spin_cpu(std::time::Duration::from_millis(200));
+        alloc_big(256)
+    })
+    .join()
+    .unwrap();
+    let stats = agent.stop();
+    assert_eq!((stats.samples, stats.threads_sampled), (0, 0), "no CPU sampled: {stats:?}");
+    let profiles = read_profiles(&dir);
+    assert!(
+        profiles.iter().all(|(n, _)| !n.contains(".process_cpu.")),
+        "{:?}",
+        profiles.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let inuse: i64 = profiles
+        .iter()
+        .filter(|(n, _)| n.contains(".memory."))
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|f| find(&f.stack, "alloc_big").is_some())
+        .map(|f| f.values[3])
+        .sum();
+    assert!(inuse > 0, "memory profiles still come: {stats:?}");
+    drop(kept);
+}

@@ -20,6 +20,7 @@ pub struct Settings {
     pub http_headers: Vec<(String, String)>,
     pub sample_rate: Option<i64>,
     pub upload_interval: Option<f64>,
+    pub cpu: Option<bool>,
     pub memory: Option<bool>,
     pub alloc_sample_bytes: Option<i64>,
     pub shutdown_timeout: Option<f64>,
@@ -76,6 +77,9 @@ pub fn build(s: &Settings) -> Result<pyroscope_core::Config, String> {
             return Err(format!("invalid upload interval {secs} s: must be between 1 s and 1 h"));
         }
         b = b.upload_interval(Duration::from_secs_f64(secs));
+    }
+    if let Some(c) = s.cpu {
+        b = b.cpu(c);
     }
     if let Some(m) = s.memory {
         b = b.memory(m);

@@ -37,7 +37,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (*, application_name=None, server_address=None, basic_auth=None, tenant_id=None,
     tags=Vec::new(), runtime_tags=Vec::new(), http_headers=Vec::new(), sample_rate=None, upload_interval=None,
-    memory=None, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
+    cpu=None, memory=None, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
     report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -50,6 +50,7 @@ fn start(
     http_headers: Vec<(String, String)>,
     sample_rate: Option<i64>,
     upload_interval: Option<f64>,
+    cpu: Option<bool>,
     memory: Option<bool>,
     alloc_sample_bytes: Option<i64>,
     shutdown_timeout: Option<f64>,
@@ -70,6 +71,7 @@ fn start(
         http_headers,
         sample_rate,
         upload_interval,
+        cpu,
         memory,
         alloc_sample_bytes,
         shutdown_timeout,

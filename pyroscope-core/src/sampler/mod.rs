@@ -277,8 +277,19 @@ impl Sampler {
     /// [`crate::unwind::refresh`]), and the few samples taken before that are recorded as
     /// truncated, as for code in a module loaded since the last refresh. The maps table is
     /// read by the first scan below.
-    pub(crate) fn start(signal: i32, on_alt_stack: bool, hz: u32, lanes: usize, lane_capacity: usize) -> Result<Self> {
+    /// With `cpu` false only the ring is made (allocation samples use it): no handler, no timer.
+    pub(crate) fn start(
+        cpu: bool,
+        signal: i32,
+        on_alt_stack: bool,
+        hz: u32,
+        lanes: usize,
+        lane_capacity: usize,
+    ) -> Result<Self> {
         RING_CELL.get_or_init(|| Lanes::new(lanes, lane_capacity));
+        if !cpu {
+            return Ok(Sampler { stopped: false });
+        }
         thread::on_new_thread(arm_new_thread);
         install_handler(signal, on_alt_stack)?;
         ENABLED.store(true, Ordering::SeqCst);
@@ -741,7 +752,7 @@ mod tests {
     #[test]
     fn dropping_the_sampler_disarms_every_timer() {
         let _g = lock();
-        let sampler = Sampler::start(libc::SIGPROF, false, 100, 4, 1024).unwrap();
+        let sampler = Sampler::start(true, libc::SIGPROF, false, 100, 4, 1024).unwrap();
         let ids: Vec<usize> = ACTIVE.lock().as_ref().unwrap().timers.values().map(|t| t.id as usize).collect();
         assert!(!ids.is_empty(), "the scan armed no timer");
         assert!(ENABLED.load(Ordering::SeqCst));

@@ -259,6 +259,7 @@ def configure(
         http_headers=header_pairs,
         sample_rate=sample_rate if given(sample_rate) else None,
         upload_interval=float(upload_interval) if given(upload_interval) else None,
+        cpu=None if cpu_enabled else False,
         memory=bool(mem_enabled) if given(mem_enabled) else None,
         alloc_sample_bytes=mem_heap_sample_size if given(mem_heap_sample_size) else None,
         shutdown_timeout=shutdown_timeout,
@@ -276,7 +277,6 @@ def configure(
         if given(mem_enabled) and not mem_enabled:
             LOGGER.warning("cpu_enabled=False and mem_enabled=False: nothing to profile")
             return True
-        LOGGER.warning("cpu_enabled=False is not supported yet: CPU is sampled too")
     if report_thread_name:
         _install_thread_names()
     _state["settings"] = dict(

@@ -26,6 +26,7 @@ def start(
     http_headers: list[tuple[str, str]] = ...,
     sample_rate: Optional[int] = None,
     upload_interval: Optional[float] = None,
+    cpu: Optional[bool] = None,
     memory: Optional[bool] = None,
     alloc_sample_bytes: Optional[int] = None,
     shutdown_timeout: Optional[float] = None,
