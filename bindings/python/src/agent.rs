@@ -135,6 +135,41 @@ pub fn start(config: pyroscope_core::Config, line_no: u8) -> Result<bool, String
     }
 }
 
+thread_local! {
+    /// The agent slot's lock, held by the forking thread from `before_fork` to `after_fork`.
+    static FORK_HOLD: std::cell::RefCell<Option<MutexGuard<'static, Option<Agent>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `os.register_at_fork(before=...)`: holds the agent slot across the fork, so the child never
+/// inherits it locked by another thread.
+pub fn before_fork() {
+    let guard = agent();
+    let _ = FORK_HOLD.try_with(|h| *h.borrow_mut() = Some(guard));
+}
+
+/// `after_in_parent` / `after_in_child`. In the child, the parent's agent is let go (the core
+/// sends nothing of the parent's from a child) and the answer says whether one ran, so the
+/// caller starts the child's own with the same settings.
+pub fn after_fork(child: bool) -> bool {
+    let held = FORK_HOLD.try_with(|h| h.borrow_mut().take()).ok().flatten();
+    let mut slot = match held {
+        Some(guard) => guard,
+        // Forked without `before` (from C): the slot's lock may be held by a thread that no
+        // longer exists in the child; never wait for it there.
+        None if child => match AGENT.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        },
+        None => return false,
+    };
+    if !child {
+        return false;
+    }
+    slot.take().is_some()
+}
+
 /// Takes the running agent out, if any (stop it without the GIL).
 pub fn take() -> Option<Agent> {
     agent().take()

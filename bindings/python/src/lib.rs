@@ -197,12 +197,15 @@ fn set_thread_name(ident: u64, name: Option<String>) {
 
 #[pyfunction]
 fn before_fork() {
+    agent::before_fork();
     labels::before_fork();
 }
 
+/// True in a child whose parent was profiling: the caller starts the child's own agent.
 #[pyfunction]
-fn after_fork(child: bool) {
+fn after_fork(child: bool) -> bool {
     labels::after_fork(child);
+    agent::after_fork(child)
 }
 
 /// The module `pyroscope._native`.

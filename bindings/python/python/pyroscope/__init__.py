@@ -91,7 +91,7 @@ _HOLDERS = weakref.WeakValueDictionary()
 _HOLDERS_LOCK = threading.Lock()
 _ENTERS = itertools.count()
 
-_state = {"atexit": False, "threads": False, "stack_options": None, "settings": None}
+_state = {"atexit": False, "threads": False, "stack_options": None, "settings": None, "args": None}
 
 _BOOL_SETTINGS = (
     "oncpu",
@@ -288,6 +288,8 @@ def configure(
         cpu_implementation=ProfilerImplementation(cpu_implementation),
     )
     started = _native.start(**args)
+    if started:
+        _state["args"] = args
     if not started:
         LOGGER.warning("pyroscope is already configured: call shutdown() before configure() again")
         return False
@@ -497,11 +499,29 @@ def _install_thread_names():
             _native.set_thread_name(t.ident, t.name)
 
 
+def _after_fork_in_child():
+    # A forked child (gunicorn worker, multiprocessing "fork", os.fork) profiles itself: the
+    # parent's agent is let go without sending anything, and a new one starts with the same
+    # settings (its own pid, none of the parent's samples).
+    if not _native.after_fork(True) or _state["args"] is None:
+        return
+    try:
+        _native.start(**_state["args"])
+    except Exception as e:  # never raise into the child
+        LOGGER.warning("pyroscope: profiling could not restart in the forked child: %s", e)
+        return
+    # multiprocessing ends its children with os._exit(), after its own exit hooks but without
+    # atexit: flush the last window from one of those.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, _native.stop, exitpriority=-1000)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_native.before_fork,
         after_in_parent=lambda: _native.after_fork(False),
-        after_in_child=lambda: _native.after_fork(True),
+        after_in_child=_after_fork_in_child,
     )
 
 
