@@ -57,6 +57,7 @@ mod collector;
 mod config;
 mod error;
 mod export;
+pub mod fault;
 mod interp;
 mod labels;
 mod ring;

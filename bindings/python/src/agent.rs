@@ -108,23 +108,26 @@ pub fn build(s: &Settings) -> Result<pyroscope_core::Config, String> {
 
 /// Starts the agent. Ok(false): one is running already (pyroscope-io refuses a second
 /// `configure` too; the first keeps running).
-pub fn start(config: pyroscope_core::Config, line_no: u8) -> Result<bool, String> {
+/// `walker` is the outcome of `cpython::init` (None: not tried, keep what is registered).
+pub fn start(config: pyroscope_core::Config, line_no: u8, walker: Option<Result<(), String>>) -> Result<bool, String> {
     let mut slot = agent();
     if slot.is_some() {
         return Ok(false);
     }
     LINE_NO.store(line_no, Ordering::Relaxed);
-    // TODO-INTEGRATE: register the CPython walker here, before the agent starts, once the core
-    // has the hook and the walker module exists (see PYTHON-CONTRACT.md):
-    //     match crate::cpython::init(py, label_var) { Ok(()) => {
-    //         pyroscope_core::set_interpreter(
-    //             crate::cpython::walk,
-    //             Box::new(crate::cpython::PyResolver::new(crate::labels::lookup)),
-    //         );
-    //         crate::labels::CONTEXT_LABELS.store(true, Ordering::SeqCst);
-    //     } Err(why) => log::warn!("pyroscope: Python stacks unavailable: {why}") }
-    // (`label_var` is `crate::label_var(py)`.) Until then samples carry native frames and
+    // Python stacks: the walker is proven on this thread once per process, then registered
+    // with the core before its first sample; without it samples keep native frames and
     // `tag_wrapper` falls back to thread tags.
+    if let Some(walker) = walker {
+        crate::labels::CONTEXT_LABELS.store(walker.is_ok(), Ordering::SeqCst);
+        match walker {
+            Ok(()) => pyroscope_core::set_interpreter(
+                crate::cpython::walk,
+                Box::new(crate::cpython::PyResolver::new(crate::labels::lookup)),
+            ),
+            Err(why) => log::warn!("{why}"),
+        }
+    }
     match Agent::start(config) {
         Ok(a) => {
             *slot = Some(a);

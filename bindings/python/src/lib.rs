@@ -10,6 +10,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
 mod agent;
+mod cpython;
 mod labels;
 
 pyo3::create_exception!(
@@ -21,9 +22,10 @@ pyo3::create_exception!(
 
 /// The package's label context variable (`tag_wrapper`), handed to the CPython walker.
 static LABEL_VAR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// Whether the CPython walker passed its self-test (set by the first `start`).
+static WALKER: PyOnceLock<bool> = PyOnceLock::new();
 
 /// The context variable `tag_wrapper` sets, once the package has registered it.
-#[allow(dead_code)] // TODO-INTEGRATE: read by `cpython::init` in agent::start.
 pub(crate) fn label_var(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
     LABEL_VAR.get(py).map(|v| v.bind(py))
 }
@@ -41,6 +43,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
     report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
+    py: Python<'_>,
     application_name: Option<String>,
     server_address: Option<String>,
     basic_auth: Option<(String, String)>,
@@ -87,7 +90,19 @@ fn start(
     labels::REPORT_PID.store(report_pid, Ordering::SeqCst);
     labels::REPORT_THREAD_ID.store(report_thread_id, Ordering::SeqCst);
     labels::REPORT_THREAD_NAME.store(report_thread_name, Ordering::SeqCst);
-    agent::start(config, line_no).map_err(ConfigError::new_err)
+    // The walker is proven and registered once per process (a forked child keeps it).
+    let walker = match WALKER.get(py) {
+        Some(_) => None,
+        None => {
+            let outcome = match label_var(py) {
+                Some(var) => cpython::init(py, var),
+                None => Err("Python stacks are disabled: the package did not register its label variable".into()),
+            };
+            let _ = WALKER.set(py, outcome.is_ok());
+            Some(outcome)
+        }
+    };
+    agent::start(config, line_no, walker).map_err(ConfigError::new_err)
 }
 
 /// Stops the agent, flushing the last window (at most the shutdown timeout, without the GIL).
@@ -233,5 +248,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(force_context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork, m)?)?;
+    cpython::testing::register(m)?;
     Ok(())
 }

@@ -35,8 +35,12 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 0
 ctx = multiprocessing.get_context("fork")
-with ctx.Pool(2) as pool:
-    pool.map(pool_child_work, range(2))
+# close() + join(): the workers end normally. (Leaving the `with` block terminates them with
+# SIGTERM, whose default action ends a process before any exit hook: their last window is lost.)
+pool = ctx.Pool(2)
+pool.map(pool_child_work, range(2))
+pool.close()
+pool.join()
 stop.set()
 t.join()
 print("pids", pid, os.getpid())

@@ -510,16 +510,33 @@ def _after_fork_in_child():
     except Exception as e:  # never raise into the child
         LOGGER.warning("pyroscope: profiling could not restart in the forked child: %s", e)
         return
+
+
+class _MultiprocessingExit:
     # multiprocessing ends its children with os._exit(), after its own exit hooks but without
-    # atexit: flush the last window from one of those.
+    # atexit. A child clears the finalizers it inherits, then runs its after-fork callbacks:
+    # this one registers the finalizer that sends the child's last window.
+    registered = False
+
+    @staticmethod
+    def after_fork(_self):
+        sys.modules["multiprocessing.util"].Finalize(None, _native.stop, exitpriority=-1000)
+
+
+_MP_EXIT = _MultiprocessingExit()
+
+
+def _before_fork():
     mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, _native.stop, exitpriority=-1000)
+    if mp_util is not None and not _MultiprocessingExit.registered and _state["args"] is not None:
+        mp_util.register_after_fork(_MP_EXIT, _MultiprocessingExit.after_fork)
+        _MultiprocessingExit.registered = True
+    _native.before_fork()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_native.before_fork,
+        before=_before_fork,
         after_in_parent=lambda: _native.after_fork(False),
         after_in_child=_after_fork_in_child,
     )

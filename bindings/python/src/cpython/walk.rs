@@ -1,0 +1,307 @@
+//! The frame walker: reads the calling thread's Python frames into words. ⚠ (signal path)
+//!
+//! Runs on the sampled thread, inside the CPU-timer signal handler or an allocation hook. Every
+//! read of interpreter memory goes through `pyroscope_core::fault` (a torn or freed frame gives
+//! an error, never a crash); the only calls are `PyGILState_GetThisThreadState` (a
+//! `pthread_getspecific`, lock-free reads in glibc, resolved by `dlsym` at init so no lazy
+//! binding runs here), two `sigaction` queries ([`fault::armed`]) and the raw `gettid` syscall.
+//! No allocation, no locks, no formatting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyroscope_core::fault::{self, Fault};
+
+use super::offsets::{self as off, OWNER_GENERATOR};
+use super::Runtime;
+
+/// Most frames kept per sample; deeper stacks keep their leaf-most frames.
+pub(crate) const MAX_FRAMES: usize = 126;
+/// Words before the frames: context label key, thread ident.
+pub(crate) const HEADER: usize = 2;
+
+/// Walk outcomes, for stats (all relaxed counters).
+pub(crate) struct Counters {
+    /// Walks that wrote a Python stack.
+    pub(crate) stacks: AtomicU64,
+    /// Threads with no Python thread state, or no Python frame running.
+    pub(crate) not_python: AtomicU64,
+    /// The fault handler was not ours any more (faulthandler.enable()): nothing read.
+    pub(crate) disarmed: AtomicU64,
+    /// The thread state's `native_thread_id` was not the calling thread's id.
+    pub(crate) wrong_thread: AtomicU64,
+    /// Stacks cut short: deeper than the buffer.
+    pub(crate) truncated: AtomicU64,
+    /// Stacks cut short by a torn chain: a read faulted, a frame's code was not a code object,
+    /// or the chain looped. The frames read before are kept.
+    pub(crate) torn: AtomicU64,
+    /// Context label lookups that found a value that was not `(8-byte bytes, ...)` or faulted.
+    pub(crate) bad_label: AtomicU64,
+}
+
+pub(crate) static COUNTERS: Counters = Counters {
+    stacks: AtomicU64::new(0),
+    not_python: AtomicU64::new(0),
+    disarmed: AtomicU64::new(0),
+    wrong_thread: AtomicU64::new(0),
+    truncated: AtomicU64::new(0),
+    torn: AtomicU64::new(0),
+    bad_label: AtomicU64::new(0),
+};
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Packs a frame's second word: `lasti` (code units, may be -1) high, `co_firstlineno` low.
+pub(crate) fn pack(lasti: i32, firstlineno: i32) -> u64 {
+    (u64::from(lasti as u32) << 32) | u64::from(firstlineno as u32)
+}
+
+/// The inverse of [`pack`].
+pub(crate) fn unpack(word: u64) -> (i32, i32) {
+    ((word >> 32) as u32 as i32, word as u32 as i32)
+}
+
+/// Reads the calling thread's Python frames into `out`: `out[0]` the context label key (0 when
+/// unset), `out[1]` the thread's `threading.get_ident()`, then per frame, leaf first, the code
+/// object's address and [`pack`]`(lasti, co_firstlineno)`. Returns the words written; 0 when
+/// this is not a Python thread, Python is not running on it, the walker was never initialised,
+/// or reading is not safe (our fault handler was replaced).
+///
+/// # Safety
+/// None beyond the signature (`pyroscope_core::WalkFn`): every read is guarded.
+///
+/// # Signal safety
+/// Async-signal-safe: guarded loads, atomics, `sigaction` queries, raw `gettid`, and
+/// `PyGILState_GetThisThreadState` (a `pthread_getspecific`, lock-free in glibc).
+pub unsafe fn walk(out: &mut [u64]) -> usize {
+    let Some(rt) = super::runtime() else {
+        return 0;
+    };
+    if out.len() < HEADER + 2 {
+        return 0;
+    }
+    if !fault::armed() {
+        bump(&COUNTERS.disarmed);
+        return 0;
+    }
+    // SAFETY: the function pointer came from dlsym of this exact symbol at init; it takes no
+    // arguments, returns the thread's own state or NULL and neither allocates nor locks.
+    let tstate = unsafe { (rt.get_tstate)() } as usize;
+    if tstate == 0 {
+        bump(&COUNTERS.not_python);
+        return 0;
+    }
+    match walk_tstate(rt, tstate, out) {
+        Ok(0) => {
+            bump(&COUNTERS.not_python);
+            0
+        }
+        Ok(n) => {
+            bump(&COUNTERS.stacks);
+            n
+        }
+        Err(Fault) => {
+            bump(&COUNTERS.wrong_thread);
+            0
+        }
+    }
+}
+
+/// # Signal safety
+/// As [`walk`].
+fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fault> {
+    let o = rt.offsets;
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+    if fault::read_u64(tstate + o.tstate_native_thread_id)? != tid {
+        return Err(Fault);
+    }
+    let thread_ident = fault::read_u64(tstate + o.tstate_thread_id)?;
+    let first = match o.tstate_cframe {
+        Some(cframe) => fault::read_u64(tstate + cframe).and_then(|c| read_ptr(c as usize + o.cframe_current_frame)),
+        None => read_ptr(tstate + o.tstate_current_frame),
+    };
+    let Ok(mut frame) = first else {
+        bump(&COUNTERS.torn);
+        return Ok(0);
+    };
+    let limit = out.len().min(HEADER + 2 * MAX_FRAMES);
+    let mut n = HEADER;
+    // Brent's cycle check: `mark` is re-anchored at powers of two.
+    let (mut mark, mut power, mut steps) = (0usize, 1usize, 0usize);
+    while frame != 0 {
+        if n + 2 > limit {
+            bump(&COUNTERS.truncated);
+            break;
+        }
+        match read_frame(rt, frame) {
+            Ok((word0, word1, previous)) => {
+                if word0 != 0 {
+                    out[n] = word0;
+                    out[n + 1] = word1;
+                    n += 2;
+                }
+                frame = previous;
+            }
+            Err(Fault) => {
+                bump(&COUNTERS.torn);
+                break;
+            }
+        }
+        if frame != 0 && frame == mark {
+            bump(&COUNTERS.torn);
+            break;
+        }
+        steps += 1;
+        if steps == power {
+            mark = frame;
+            power *= 2;
+            steps = 0;
+        }
+    }
+    if n == HEADER {
+        return Ok(0);
+    }
+    out[0] = context_key(rt, tstate);
+    out[1] = thread_ident;
+    Ok(n)
+}
+
+/// One frame: (code address, packed word, previous frame), or code address 0 for a frame to
+/// skip (a C-entry shim, or an incomplete frame CPython's tracebacks hide too).
+///
+/// # Signal safety
+/// Guarded loads only.
+fn read_frame(rt: &Runtime, frame: usize) -> Result<(u64, u64, usize), Fault> {
+    let o = rt.offsets;
+    let previous = read_ptr(frame + o.frame_previous)?;
+    let owner = read_u8(frame + o.frame_owner)?;
+    if Some(owner) == o.owner_cstack {
+        return Ok((0, 0, previous));
+    }
+    let code = read_ptr(frame + o.frame_code)?;
+    if code == 0 || fault::read_u64(code + off::OB_TYPE)? != rt.code_type as u64 {
+        return Err(Fault);
+    }
+    let instr = fault::read_u64(frame + o.frame_instr)? as i64;
+    let start = (code + o.code_adaptive) as i64;
+    let lasti = instr.wrapping_sub(start) / 2;
+    let Ok(lasti) = i32::try_from(lasti) else {
+        return Err(Fault);
+    };
+    let firstlineno = fault::read_u32(code + o.code_firstlineno)? as i32;
+    if owner != OWNER_GENERATOR {
+        let firsttraceable = fault::read_u32(code + o.code_firsttraceable)? as i32;
+        if lasti < firsttraceable {
+            return Ok((0, 0, previous)); // _PyFrame_IsIncomplete
+        }
+    }
+    Ok((code as u64, pack(lasti, firstlineno), previous))
+}
+
+/// # Signal safety
+/// One guarded load.
+fn read_ptr(addr: usize) -> Result<usize, Fault> {
+    fault::read_u64(addr).map(|v| v as usize)
+}
+
+/// # Signal safety
+/// One guarded load (of the 8 bytes starting at the aligned word that holds `addr`).
+fn read_u8(addr: usize) -> Result<u8, Fault> {
+    let word = fault::read_u64(addr & !7)?;
+    Ok((word >> ((addr & 7) * 8)) as u8)
+}
+
+/// The `u64` key in the thread's current Context's value of the package's label ContextVar,
+/// or 0. The value must be a tuple whose item 0 is an 8-byte `bytes` (little-endian key).
+///
+/// # Signal safety
+/// Guarded loads only.
+pub(crate) fn context_key(rt: &Runtime, tstate: usize) -> u64 {
+    match context_value(rt, tstate).and_then(|v| v.map(|value| key_of(rt, value)).transpose()) {
+        Ok(Some(key)) => key,
+        Ok(None) => 0,
+        Err(Fault) => {
+            bump(&COUNTERS.bad_label);
+            0
+        }
+    }
+}
+
+/// # Signal safety
+/// Guarded loads only.
+fn context_value(rt: &Runtime, tstate: usize) -> Result<Option<usize>, Fault> {
+    let ctx = read_ptr(tstate + rt.offsets.tstate_context)?;
+    if ctx == 0 {
+        return Ok(None); // this thread never entered a Context
+    }
+    if read_ptr(ctx + off::OB_TYPE)? != rt.context_type {
+        return Err(Fault);
+    }
+    let vars = read_ptr(ctx + off::CONTEXT_VARS)?;
+    let root = read_ptr(vars + off::HAMT_ROOT)?;
+    hamt_find(rt, root, rt.var_hash, rt.label_var)
+}
+
+/// # Signal safety
+/// Guarded loads only.
+fn key_of(rt: &Runtime, value: usize) -> Result<u64, Fault> {
+    if read_ptr(value + off::OB_TYPE)? != rt.tuple_type || (fault::read_u64(value + off::OB_SIZE)? as i64) < 1 {
+        return Err(Fault);
+    }
+    let bytes = read_ptr(value + off::TUPLE_ITEM)?;
+    if read_ptr(bytes + off::OB_TYPE)? != rt.bytes_type || fault::read_u64(bytes + off::OB_SIZE)? != 8 {
+        return Err(Fault);
+    }
+    Ok(u64::from_le(fault::read_u64(bytes + off::BYTES_SVAL)?))
+}
+
+/// Looks `key` (compared by address, as ContextVars compare) up in the HAMT under `node`
+/// (CPython Python/hamt.c): the value's address, `None` when absent.
+///
+/// # Signal safety
+/// Guarded loads only; at most 8 levels.
+pub(crate) fn hamt_find(rt: &Runtime, mut node: usize, hash: u32, key: usize) -> Result<Option<usize>, Fault> {
+    let mut shift = 0u32;
+    for _ in 0..8 {
+        let ty = read_ptr(node + off::OB_TYPE)?;
+        let slot = hash.checked_shr(shift).unwrap_or(0) & 31;
+        if ty == rt.bitmap_type {
+            let bitmap = fault::read_u32(node + off::BITMAP_BITMAP)?;
+            let bit = 1u32 << slot;
+            if bitmap & bit == 0 {
+                return Ok(None);
+            }
+            let index = (bitmap & (bit - 1)).count_ones() as usize;
+            if 2 * index + 1 >= fault::read_u64(node + off::OB_SIZE)? as usize {
+                return Err(Fault);
+            }
+            let entry = node + off::BITMAP_ARRAY + 16 * index;
+            let (k, v) = (read_ptr(entry)?, read_ptr(entry + 8)?);
+            if k == 0 {
+                node = v; // a sub-node
+                shift += 5;
+                continue;
+            }
+            return Ok((k == key).then_some(v));
+        } else if ty == rt.array_type {
+            node = read_ptr(node + off::ARRAY_ARRAY + 8 * slot as usize)?;
+            if node == 0 {
+                return Ok(None);
+            }
+            shift += 5;
+        } else if ty == rt.collision_type && ty != 0 {
+            let entries = (fault::read_u64(node + off::OB_SIZE)? as usize).min(64);
+            for i in (0..entries.saturating_sub(1)).step_by(2) {
+                if read_ptr(node + off::COLLISION_ARRAY + 8 * i)? == key {
+                    return read_ptr(node + off::COLLISION_ARRAY + 8 * (i + 1)).map(Some);
+                }
+            }
+            return Ok(None);
+        } else {
+            return Err(Fault);
+        }
+    }
+    Err(Fault)
+}
