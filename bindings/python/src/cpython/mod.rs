@@ -246,7 +246,7 @@ fn self_test(
     let mut named = Vec::new();
     let mut resolver = PyResolver::new(|_, _| None);
     resolver.names(&words[..n], &mut named);
-    let walked: Vec<u64> = words[walk::HEADER..n].chunks_exact(2).map(|p| p[0]).collect();
+    let walked: Vec<u64> = words[walk::HEADER..n].chunks_exact(2).map(|p| p[0] & walk::CODE_MASK).collect();
     if walked.len() != expected.len() || named.len() != expected.len() {
         return Err(format!(
             "the walk found {} frames ({} named), sys._getframe() has {}",

@@ -2,8 +2,9 @@
 //!
 //! The words hold raw code-object addresses that may be stale by now (the code object freed,
 //! its memory reused). Each is validated with guarded reads before a cache is used: its type is
-//! `PyCode_Type`, its `co_firstlineno` is the one captured, and its `co_qualname`/`co_filename`
-//! pointers are the ones the cache entry was built from. Frames that fail are dropped and
+//! `PyCode_Type`, its `co_firstlineno` is the one captured, its `co_qualname` pointer has the
+//! 16-bit tag the walker recorded, and its `co_qualname`/`co_filename` pointers are the ones the
+//! cache entry was built from. Frames that fail are dropped and
 //! counted. Addresses are never INCREF'd (no GIL here, and the object may be gone).
 //!
 //! Names as pyroscope-io 1.4 sends them: function = `co_qualname` (`Thread.run`,
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 
 use super::linetable;
 use super::offsets as off;
-use super::walk::{unpack, HEADER};
+use super::walk::{name_tag, unpack, CODE_MASK, HEADER};
 use super::Runtime;
 
 pub use pyroscope_core::Resolver;
@@ -79,8 +80,9 @@ impl PyResolver {
     }
 
     /// One frame: validates the code object, then names it from the caches.
-    fn frame(&mut self, rt: &Runtime, code: u64, packed: u64) -> Option<(Named, &mut Option<FrameId>)> {
+    fn frame(&mut self, rt: &Runtime, tagged: u64, packed: u64) -> Option<(Named, &mut Option<FrameId>)> {
         let (lasti, firstlineno) = unpack(packed);
+        let code = tagged & CODE_MASK;
         let addr = code as usize;
         let o = rt.offsets;
         if fault::read_u64(addr + off::OB_TYPE).ok()? != rt.code_type as u64
@@ -89,6 +91,9 @@ impl PyResolver {
             return None;
         }
         let qualname_ptr = fault::read_u64(addr + o.code_qualname).ok()? as usize;
+        if u64::from(name_tag(qualname_ptr)) != tagged >> 48 {
+            return None; // another code object now lives at this address
+        }
         let filename_ptr = fault::read_u64(addr + o.code_filename).ok()? as usize;
         let key = (code, firstlineno);
         let fresh =

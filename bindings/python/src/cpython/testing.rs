@@ -38,6 +38,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_walker_init, m)?)?;
     m.add_function(wrap_pyfunction!(_walk_here, m)?)?;
     m.add_function(wrap_pyfunction!(_walk_in_signal, m)?)?;
+    m.add_function(wrap_pyfunction!(_walk_words_here, m)?)?;
+    m.add_function(wrap_pyfunction!(_resolve_words, m)?)?;
     m.add_function(wrap_pyfunction!(_sig_start, m)?)?;
     m.add_function(wrap_pyfunction!(_sig_stop, m)?)?;
     m.add_function(wrap_pyfunction!(context_key_here, m)?)?;
@@ -71,6 +73,21 @@ fn _walk_here() -> Option<Sample> {
     // SAFETY: walk has no preconditions; all its reads are guarded.
     let n = unsafe { walk::walk(&mut words) };
     (n > 0).then(|| named(&words[..n], &mut PyResolver::new(|_, _| None)))
+}
+
+/// The raw words of a walk of the calling thread (empty when it found nothing).
+#[pyfunction]
+fn _walk_words_here() -> Vec<u64> {
+    let mut words = [0u64; WORDS];
+    // SAFETY: walk has no preconditions; all its reads are guarded.
+    let n = unsafe { walk::walk(&mut words) };
+    words[..n].to_vec()
+}
+
+/// Resolves raw words (from `_walk_words_here`) now, with empty caches.
+#[pyfunction]
+fn _resolve_words(words: Vec<u64>) -> Option<Sample> {
+    (words.len() >= walk::HEADER).then(|| named(&words, &mut PyResolver::new(|_, _| None)))
 }
 
 /// The label key the walker reads for the calling thread's current Context (0 when unset).
@@ -176,9 +193,15 @@ fn _walk_in_signal() -> PyResult<Option<Sample>> {
     Ok((n > 0).then(|| named(&words, &mut PyResolver::new(|_, _| None))))
 }
 
-/// Starts `setitimer(ITIMER_PROF)` every `interval_us` with the walking handler.
+static HAMMER_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HAMMER: std::sync::Mutex<Option<std::thread::JoinHandle<u64>>> = std::sync::Mutex::new(None);
+
+/// Starts `setitimer(ITIMER_PROF)` every `interval_us` with the walking handler; with
+/// `hammer_us > 0` a native thread also sends SIGPROF to the calling thread every `hammer_us`
+/// (walks at arbitrary instructions, faster than the kernel tick lets ITIMER_PROF fire).
 #[pyfunction]
-fn _sig_start(interval_us: i64) -> PyResult<()> {
+#[pyo3(signature = (interval_us, hammer_us = 0))]
+fn _sig_start(interval_us: i64, hammer_us: u64) -> PyResult<()> {
     install_prof()?;
     for len in &RING_LEN {
         len.store(0, Ordering::Relaxed);
@@ -186,6 +209,22 @@ fn _sig_start(interval_us: i64) -> PyResult<()> {
     RING_NEXT.store(0, Ordering::Release);
     for c in [&RUNS, &EMPTY, &WALK_NS, &UNSTORED] {
         c.store(0, Ordering::Relaxed);
+    }
+    if hammer_us > 0 {
+        // SAFETY: raw syscalls with no arguments.
+        let (pid, tid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as i32) };
+        HAMMER_STOP.store(false, Ordering::Release);
+        let handle = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !HAMMER_STOP.load(Ordering::Acquire) {
+                // SAFETY: sends SIGPROF (our handler is installed) to the test's thread.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF) };
+                sent += 1;
+                std::thread::sleep(std::time::Duration::from_micros(hammer_us));
+            }
+            sent
+        });
+        *HAMMER.lock().map_err(|_| PyRuntimeError::new_err("poisoned"))? = Some(handle);
     }
     set_timer(interval_us)
 }
@@ -205,6 +244,12 @@ fn set_timer(us: i64) -> PyResult<()> {
 #[pyfunction]
 fn _sig_stop(py: Python<'_>) -> PyResult<(Vec<Sample>, Bound<'_, PyDict>)> {
     set_timer(0)?;
+    HAMMER_STOP.store(true, Ordering::Release);
+    let hammer = HAMMER.lock().map_err(|_| PyRuntimeError::new_err("poisoned"))?.take();
+    let sent = match hammer {
+        Some(h) => py.detach(|| h.join()).unwrap_or(0),
+        None => 0,
+    };
     let stored = RING_NEXT.load(Ordering::Acquire).min(SLOTS);
     let mut resolver = PyResolver::new(|_, _| None);
     let mut samples = Vec::new();
@@ -218,6 +263,7 @@ fn _sig_stop(py: Python<'_>) -> PyResult<(Vec<Sample>, Bound<'_, PyDict>)> {
     let figures = PyDict::new(py);
     let runs = RUNS.load(Ordering::Relaxed);
     figures.set_item("runs", runs)?;
+    figures.set_item("hammer_signals", sent)?;
     figures.set_item("empty", EMPTY.load(Ordering::Relaxed))?;
     figures.set_item("stored", stored)?;
     figures.set_item("unstored", UNSTORED.load(Ordering::Relaxed))?;

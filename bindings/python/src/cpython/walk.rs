@@ -14,8 +14,9 @@ use pyroscope_core::fault::{self, Fault};
 use super::offsets::{self as off, OWNER_GENERATOR};
 use super::Runtime;
 
-/// Most frames kept per sample; deeper stacks keep their leaf-most frames.
-pub(crate) const MAX_FRAMES: usize = 126;
+/// Most frames kept per sample (more if `out` allows); deeper stacks keep their leaf-most
+/// frames. The core's 128-word buffer holds 63.
+pub(crate) const MAX_FRAMES: usize = 255;
 /// Words before the frames: context label key, thread ident.
 pub(crate) const HEADER: usize = 2;
 
@@ -64,7 +65,7 @@ pub(crate) fn unpack(word: u64) -> (i32, i32) {
 
 /// Reads the calling thread's Python frames into `out`: `out[0]` the context label key (0 when
 /// unset), `out[1]` the thread's `threading.get_ident()`, then per frame, leaf first, the code
-/// object's address and [`pack`]`(lasti, co_firstlineno)`. Returns the words written; 0 when
+/// object's address (tagged, see [`CODE_MASK`]) and [`pack`]`(lasti, co_firstlineno)`. Returns the words written; 0 when
 /// this is not a Python thread, Python is not running on it, the walker was never initialised,
 /// or reading is not safe (our fault handler was replaced).
 ///
@@ -191,13 +192,28 @@ fn read_frame(rt: &Runtime, frame: usize) -> Result<(u64, u64, usize), Fault> {
         return Err(Fault);
     };
     let firstlineno = fault::read_u32(code + o.code_firstlineno)? as i32;
+    let qualname = read_ptr(code + o.code_qualname)?;
     if owner != OWNER_GENERATOR {
         let firsttraceable = fault::read_u32(code + o.code_firsttraceable)? as i32;
         if lasti < firsttraceable {
             return Ok((0, 0, previous)); // _PyFrame_IsIncomplete
         }
     }
-    Ok((code as u64, pack(lasti, firstlineno), previous))
+    Ok((code as u64 | u64::from(name_tag(qualname)) << 48, pack(lasti, firstlineno), previous))
+}
+
+/// User-space addresses fit in 47 bits: a frame's first word carries the code address in its
+/// low 48 bits and [`name_tag`] of the code's `co_qualname` pointer in the high 16, so the
+/// resolver can tell a code object from another one later allocated at the same address.
+pub(crate) const CODE_MASK: u64 = (1 << 48) - 1;
+
+/// 16 bits of a string object's address.
+///
+/// # Signal safety
+/// Arithmetic only.
+pub(crate) fn name_tag(ptr: usize) -> u16 {
+    let p = ptr as u64;
+    ((p >> 4) ^ (p >> 20) ^ (p >> 36)) as u16
 }
 
 /// # Signal safety
