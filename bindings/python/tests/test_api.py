@@ -287,3 +287,16 @@ def test_no_server_address_writes_profiles_to_the_default_folder(run_py, tmp_pat
     files = sorted((tmp_path / "profiles").glob("*.pb.gz"))
     assert files, list(tmp_path.iterdir())
     assert any("cpu" in f.name for f in files), files
+
+
+def test_python_stacks_are_on_after_configure(run_py):
+    # The walker passes its self-test on every supported CPython: samples carry Python frames
+    # and tag_wrapper's labels follow the running asyncio task.
+    out = run_py("""
+import pyroscope
+pyroscope.configure(application_name="probe", server_address="http://127.0.0.1:9")
+print(pyroscope._native.context_labels())
+pyroscope.shutdown()
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True", out.stderr
