@@ -2,9 +2,12 @@
 
 use pyo3::prelude::*;
 
+mod memory;
+
 /// The module `pyroscope._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    memory::register(m)?;
     Ok(())
 }
