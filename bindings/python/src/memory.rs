@@ -203,12 +203,30 @@ fn freeing(p: *mut c_void) {
     }
 }
 
+// The fast paths decide before forwarding, so that forwarding is a tail call (no frame of ours
+// under the allocator's). The cold paths are `extern "C"` (they cannot unwind): a call to a Rust
+// function that might unwind needs a frame in the caller, which cost the fast path a push/pop.
+
 unsafe extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    if countdown_take(size) {
+        return malloc_sampled(ctx, size);
+    }
+    // SAFETY: CPython passes the ctx we installed.
+    let prev = unsafe { previous(ctx) };
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.malloc)(prev.inner.ctx, size) }
+}
+
+#[cold]
+#[inline(never)]
+extern "C" fn malloc_sampled(ctx: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: CPython passes the ctx we installed.
     let prev = unsafe { previous(ctx) };
     // SAFETY: forwarded unchanged to the allocator we replaced.
     let p = unsafe { (prev.malloc)(prev.inner.ctx, size) };
-    allocated(p, size);
+    if !p.is_null() {
+        sampled(p, size);
+    }
     p
 }
 
@@ -235,9 +253,21 @@ unsafe extern "C" fn hook_realloc(ctx: *mut c_void, old: *mut c_void, size: usiz
 }
 
 unsafe extern "C" fn hook_free(ctx: *mut c_void, p: *mut c_void) {
+    if pyroscope_core::free_is_tracked(p.cast()) {
+        return free_tracked(ctx, p);
+    }
     // SAFETY: CPython passes the ctx we installed.
     let prev = unsafe { previous(ctx) };
-    freeing(p);
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.free)(prev.inner.ctx, p) }
+}
+
+#[cold]
+#[inline(never)]
+extern "C" fn free_tracked(ctx: *mut c_void, p: *mut c_void) {
+    pyroscope_core::record_free(p.cast());
+    // SAFETY: CPython passes the ctx we installed.
+    let prev = unsafe { previous(ctx) };
     // SAFETY: forwarded unchanged to the allocator we replaced.
     unsafe { (prev.free)(prev.inner.ctx, p) }
 }
