@@ -370,7 +370,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
         crate::labels::after_fork();
-        crate::interp::after_fork();
+        crate::interp::after_fork(false);
     }
     extern "C" fn child() {
         crate::log_after_fork();
@@ -379,7 +379,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_child();
         sampler::after_fork_child();
         crate::labels::after_fork();
-        crate::interp::after_fork();
+        crate::interp::after_fork(true);
         // The parent's agent does not run here; a new one may be started.
         RUNNING.store(false, Ordering::SeqCst);
     }

@@ -30,6 +30,17 @@ pub trait Resolver: Send + 'static {
     /// leaf first, and returns labels the interpreter had in force for the sample (they
     /// override the thread's labels name by name), or `None`.
     fn resolve(&mut self, words: &[u64], frames: &mut Vec<FrameId>) -> Option<LabelSet>;
+
+    /// Called in the forking thread just before `fork()`, with the resolver locked (no drain
+    /// runs): take the locks `resolve` uses, so the child never inherits them held. Locks taken
+    /// here come after the resolver's and before every other lock of the core.
+    fn prepare_fork(&mut self) {}
+
+    /// Called after `fork()` in the parent (`child` false) and in the child: give back what
+    /// [`Resolver::prepare_fork`] took.
+    fn after_fork(&mut self, child: bool) {
+        let _ = child;
+    }
 }
 
 /// The walker as a function address; 0 for none.
@@ -64,9 +75,9 @@ pub(crate) fn resolver() -> MutexGuard<'static, Option<Box<dyn Resolver>>> {
 }
 
 pub(crate) fn prepare_fork() {
-    RESOLVER.fork_hold();
+    RESOLVER.fork_hold_with(|r| r.iter_mut().for_each(|r| r.prepare_fork()));
 }
 
-pub(crate) fn after_fork() {
-    RESOLVER.fork_release();
+pub(crate) fn after_fork(child: bool) {
+    RESOLVER.fork_release_with(|r| r.iter_mut().for_each(|r| r.after_fork(child)));
 }

@@ -57,6 +57,24 @@ impl<T: 'static> Mutex<T> {
         unsafe { *self.held.get() = Some(guard) };
     }
 
+    /// [`Mutex::fork_hold`], then `f` on the value while it is held.
+    pub(crate) fn fork_hold_with(&'static self, f: impl FnOnce(&mut T)) {
+        let mut guard = self.lock();
+        f(&mut guard);
+        // SAFETY: this thread holds the lock, so it alone touches `held` (see the Sync impl).
+        unsafe { *self.held.get() = Some(guard) };
+    }
+
+    /// `f` on the value still held since [`Mutex::fork_hold_with`], then [`Mutex::fork_release`].
+    pub(crate) fn fork_release_with(&'static self, f: impl FnOnce(&mut T)) {
+        // SAFETY: only the holder calls this, after its `fork_hold_with`; nobody else touches
+        // `held`.
+        let guard = unsafe { (*self.held.get()).take() };
+        if let Some(mut guard) = guard {
+            f(&mut guard);
+        }
+    }
+
     /// Gives back the lock [`Mutex::fork_hold`] took (the parent and child handlers; in the
     /// child, the forking thread is the only one left and it is the holder).
     pub(crate) fn fork_release(&'static self) {

@@ -288,8 +288,8 @@ thread_local! {
     static FORK_HOLD: RefCell<Option<MutexGuard<'static, Option<Registry>>>> = const { RefCell::new(None) };
 }
 
-/// `os.register_at_fork(before=...)`: takes the registry's lock so the child never inherits it
-/// held by the collector thread (which does not exist there).
+/// The core's fork handler (through the resolver): takes the registry's lock so the child never
+/// inherits it held by the collector thread (which does not exist there).
 pub fn before_fork() {
     let guard = registry();
     let _ = FORK_HOLD.try_with(|h| *h.borrow_mut() = Some(guard));

@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 mod agent;
 mod cpython;
 mod labels;
+mod memory;
 
 pyo3::create_exception!(
     _native,
@@ -39,7 +40,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (*, application_name=None, server_address=None, basic_auth=None, tenant_id=None,
     tags=Vec::new(), runtime_tags=Vec::new(), http_headers=Vec::new(), sample_rate=None, upload_interval=None,
-    cpu=None, memory=None, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
+    cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
     report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -55,6 +56,7 @@ fn start(
     upload_interval: Option<f64>,
     cpu: Option<bool>,
     memory: Option<bool>,
+    mem_domain: bool,
     alloc_sample_bytes: Option<i64>,
     shutdown_timeout: Option<f64>,
     line_no: u8,
@@ -90,6 +92,13 @@ fn start(
     labels::REPORT_PID.store(report_pid, Ordering::SeqCst);
     labels::REPORT_THREAD_ID.store(report_thread_id, Ordering::SeqCst);
     labels::REPORT_THREAD_NAME.store(report_thread_name, Ordering::SeqCst);
+    // The allocator wrappers stay for the life of the process (another wrapper may sit on
+    // top of ours); they record nothing while no agent samples memory.
+    if config.memory {
+        if let Err(why) = memory::install(py, mem_domain) {
+            log::warn!("pyroscope: {why}");
+        }
+    }
     // The walker is proven and registered once per process (a forked child keeps it).
     let walker = match WALKER.get(py) {
         Some(_) => None,
@@ -212,14 +221,14 @@ fn set_thread_name(ident: u64, name: Option<String>) {
 
 #[pyfunction]
 fn before_fork() {
+    // The label registry's lock is held across fork by the core's own fork handlers (see
+    // `PyResolver::prepare_fork`), in the order the collector takes it.
     agent::before_fork();
-    labels::before_fork();
 }
 
 /// True in a child whose parent was profiling: the caller starts the child's own agent.
 #[pyfunction]
 fn after_fork(child: bool) -> bool {
-    labels::after_fork(child);
     agent::after_fork(child)
 }
 
@@ -249,5 +258,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork, m)?)?;
     cpython::testing::register(m)?;
+    memory::register(m)?;
     Ok(())
 }

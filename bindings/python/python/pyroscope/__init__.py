@@ -261,6 +261,7 @@ def configure(
         upload_interval=float(upload_interval) if given(upload_interval) else None,
         cpu=None if cpu_enabled else False,
         memory=bool(mem_enabled) if given(mem_enabled) else None,
+        mem_domain=bool(mem_enable_mem_domain),
         alloc_sample_bytes=mem_heap_sample_size if given(mem_heap_sample_size) else None,
         shutdown_timeout=shutdown_timeout,
         line_no=int(line_no),

@@ -28,6 +28,7 @@ def start(
     upload_interval: Optional[float] = None,
     cpu: Optional[bool] = None,
     memory: Optional[bool] = None,
+    mem_domain: bool = True,
     alloc_sample_bytes: Optional[int] = None,
     shutdown_timeout: Optional[float] = None,
     line_no: int = 0,

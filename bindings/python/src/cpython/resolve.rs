@@ -149,6 +149,16 @@ impl Resolver for PyResolver {
         }
         (self.labels)(words[0], words[1])
     }
+
+    // `labels` takes the label registry's lock: held across fork in the core's order (after the
+    // resolver's lock, before the label table's), so the child never inherits it held.
+    fn prepare_fork(&mut self) {
+        crate::labels::before_fork();
+    }
+
+    fn after_fork(&mut self, child: bool) {
+        crate::labels::after_fork(child);
+    }
 }
 
 /// Reads a code object's names and line table, then checks the object still holds the same
