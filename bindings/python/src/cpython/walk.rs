@@ -131,7 +131,15 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
     let mut n = HEADER;
     // Brent's cycle check: `mark` is re-anchored at powers of two.
     let (mut mark, mut power, mut steps) = (0usize, 1usize, 0usize);
+    // Skipped frames (shims, incomplete frames) write nothing: a hard cap on links followed
+    // bounds the walk whatever a torn chain points at.
+    let mut links = 0usize;
     while frame != 0 {
+        links += 1;
+        if links > 4 * MAX_FRAMES {
+            bump(&COUNTERS.torn);
+            break;
+        }
         if n + 2 > limit {
             bump(&COUNTERS.truncated);
             break;
