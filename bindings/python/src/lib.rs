@@ -40,7 +40,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (*, application_name=None, server_address=None, basic_auth=None, tenant_id=None,
     tags=Vec::new(), runtime_tags=Vec::new(), http_headers=Vec::new(), sample_rate=None, upload_interval=None,
-    cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
+    cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, native=false, report_pid=false,
     report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -60,6 +60,7 @@ fn start(
     alloc_sample_bytes: Option<i64>,
     shutdown_timeout: Option<f64>,
     line_no: u8,
+    native: bool,
     report_pid: bool,
     report_thread_id: bool,
     report_thread_name: bool,
@@ -111,7 +112,7 @@ fn start(
             Some(outcome)
         }
     };
-    agent::start(config, line_no, walker).map_err(ConfigError::new_err)
+    agent::start(config, line_no, native, walker).map_err(ConfigError::new_err)
 }
 
 /// Stops the agent, flushing the last window (at most the shutdown timeout, without the GIL).

@@ -181,8 +181,9 @@ def configure(
     wrong type also a ``TypeError``) and starts nothing.
 
     ``oncpu=False`` (wall-clock) is not supported: CPU time is sampled. ``gil_only`` is accepted:
-    CPU-time sampling already skips threads waiting for the GIL. ``native=True`` asks for native
-    frames below Python ones (not merged yet). ``cpu_implementation`` and ``mem_max_nframe`` are
+    CPU-time sampling already skips threads waiting for the GIL. ``native=True`` merges the native
+    frames of extension modules and C libraries into the Python stacks, where the interpreter
+    calls them (py-spy's ``--native``); it is off by default. ``cpu_implementation`` and ``mem_max_nframe`` are
     accepted and have no effect. ``cpu_enabled=False`` with ``mem_enabled=False`` starts nothing.
     """
     shutdown_timeout = kwargs.pop("_shutdown_timeout", None)
@@ -265,6 +266,7 @@ def configure(
         alloc_sample_bytes=mem_heap_sample_size if given(mem_heap_sample_size) else None,
         shutdown_timeout=shutdown_timeout,
         line_no=int(line_no),
+        native=bool(native),
         report_pid=bool(report_pid),
         report_thread_id=bool(report_thread_id),
         report_thread_name=bool(report_thread_name),

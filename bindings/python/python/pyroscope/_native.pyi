@@ -32,6 +32,7 @@ def start(
     alloc_sample_bytes: Optional[int] = None,
     shutdown_timeout: Optional[float] = None,
     line_no: int = 0,
+    native: bool = False,
     report_pid: bool = False,
     report_thread_id: bool = False,
     report_thread_name: bool = False,
