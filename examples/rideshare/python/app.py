@@ -34,8 +34,9 @@ stop = threading.Event()
 
 def burn(seconds):
     """Burns CPU for about `seconds` of wall time, allocating (almost) nothing: the loop counts
-    with `repeat`, and ints below 256 are CPython's cached objects, and the clock (one float) is read every ~100 us, so the memory
-    profile shows the program's allocations, not the busy loop's."""
+    with `repeat` (range's ints above 256 are allocated), ints below 256 are CPython's cached
+    objects, and the clock (one float) is read every ~100 us. So the memory profile shows the
+    program's allocations, not the busy loop's."""
     end = time.perf_counter() + seconds
     x = 0x5A
     while time.perf_counter() < end:
