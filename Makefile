@@ -59,6 +59,7 @@ python-env: $(foreach v,$(PY_VERSIONS),target/py/$(v)/.installed)
 
 test-python: python-env lint-python
 	./scripts/python-test.sh $(PY_VERSIONS)
+	./scripts/check-rideshare.sh python
 
 # Python sources formatted and linted with ruff (pinned, in the newest venv); the package's
 # typing is its committed `_native.pyi` and `py.typed`.
