@@ -179,6 +179,12 @@ fn stats(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
     Ok(Some(d))
 }
 
+/// Samples the calling thread's CPU from now on (see `pyroscope_core::register_thread`).
+#[pyfunction]
+fn register_thread() {
+    pyroscope_core::register_thread();
+}
+
 #[pyfunction]
 fn add_thread_tag(key: String, value: String) {
     labels::add_thread_tag(key, value);
@@ -261,6 +267,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(running, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(add_thread_tag, m)?)?;
     m.add_function(wrap_pyfunction!(remove_thread_tag, m)?)?;
     m.add_function(wrap_pyfunction!(thread_tags, m)?)?;

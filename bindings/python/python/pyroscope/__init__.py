@@ -293,6 +293,7 @@ def configure(
     started = _native.start(**args)
     if started:
         _state["args"] = args
+        _install_thread_registration()
     if not started:
         LOGGER.warning("pyroscope is already configured: call shutdown() before configure() again")
         return False
@@ -471,31 +472,50 @@ class tag_wrapper:
         return wrapper
 
 
+def _install_thread_registration():
+    # Each new threading.Thread is sampled from its first instruction: a thread per request
+    # (socketserver's ThreadingMixIn, Flask's development server) often ends before the core's
+    # next scan of the process's threads (every 100 ms) would have found it. `_set_native_id`
+    # runs on the new thread as it starts and returns before `run()`: no frame of ours stays
+    # on the thread's stack.
+    if _state.get("registration"):
+        return
+    _state["registration"] = True
+    orig_set_native_id = threading.Thread._set_native_id
+
+    def _set_native_id(self):
+        orig_set_native_id(self)
+        try:
+            _native.register_thread()
+        except Exception:
+            pass
+
+    threading.Thread._set_native_id = _set_native_id
+
+
 def _install_thread_names():
     # Names for the thread_name label: each thread's name as it starts and when renamed.
     if _state["threads"]:
         return
     _state["threads"] = True
     Thread = threading.Thread
-    orig_bootstrap_inner = Thread._bootstrap_inner
+    orig_set_native_id = Thread._set_native_id
     name_prop = Thread.name
 
-    def _bootstrap_inner(self, *args, **kwargs):
+    def _set_native_id(self):
+        # On the new thread as it starts (an ident reused by a later thread gets its name then).
+        orig_set_native_id(self)
         try:
             _native.set_thread_name(threading.get_ident(), self.name)
         except Exception:
             pass
-        try:
-            orig_bootstrap_inner(self, *args, **kwargs)
-        finally:
-            _native.set_thread_name(threading.get_ident(), None)
 
     def _set_name(self, name):
         name_prop.fset(self, name)
         if self.ident is not None and self.is_alive():
             _native.set_thread_name(self.ident, str(name))
 
-    Thread._bootstrap_inner = _bootstrap_inner
+    Thread._set_native_id = _set_native_id
     Thread.name = property(name_prop.fget, _set_name, doc=name_prop.__doc__)
     for t in threading.enumerate():
         if t.ident is not None:
