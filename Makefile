@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust lint bench setup chromium valgrind c-lib
+.PHONY: all demo test test-rust test-python python-env lint bench setup chromium valgrind c-lib
 
 all: test
 
@@ -19,7 +19,7 @@ valgrind:
 demo: setup
 	./scripts/demo.sh
 
-test: setup chromium valgrind lint test-rust
+test: setup chromium valgrind lint test-rust test-python
 
 lint:
 	cargo fmt --all -- --check
@@ -40,6 +40,24 @@ test-rust:
 	./examples/cgo/check.sh
 	./scripts/check-report.sh
 	STRESS_SECONDS=$${STRESS_SECONDS:-20} cargo run -q -p pyroscope-stress
+
+# The Python package: one abi3 wheel, built when its sources change, installed into one venv per
+# CPython (target/py/<version>); `test-python` runs bindings/python/tests under each.
+PY_VERSIONS := 3.11.7 3.12.1 3.13.0
+PY_WHEEL := target/wheels/.pyroscope-profiler.stamp
+PY_SOURCES := Cargo.lock $(shell find bindings/python pyroscope-core pyroscope-pprof -path bindings/python/tests -prune -o \
+	-type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' -o -name py.typed \) -print)
+
+$(PY_WHEEL): $(PY_SOURCES)
+	./scripts/python-env.sh wheel $(firstword $(PY_VERSIONS))
+
+target/py/%/.installed: $(PY_WHEEL)
+	./scripts/python-env.sh venv $*
+
+python-env: $(foreach v,$(PY_VERSIONS),target/py/$(v)/.installed)
+
+test-python: python-env
+	./scripts/python-test.sh $(PY_VERSIONS)
 
 bench: setup
 	./scripts/bench.sh

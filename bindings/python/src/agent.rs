@@ -1,0 +1,183 @@
+//! The one agent of the process, started and stopped from Python.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyroscope_core::{Agent, AgentBuilder, Error, Stats};
+
+/// Explicit settings from `configure()` (None = not given: the `PYROSCOPE_*` variable, else
+/// the default). Types are checked by the Python layer.
+#[derive(Default, Debug)]
+pub struct Settings {
+    pub application_name: Option<String>,
+    pub server_address: Option<String>,
+    pub basic_auth: Option<(String, String)>,
+    pub tenant_id: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Added after the user's and the environment's tags, unless those have the name.
+    pub runtime_tags: Vec<(String, String)>,
+    pub http_headers: Vec<(String, String)>,
+    pub sample_rate: Option<i64>,
+    pub upload_interval: Option<f64>,
+    pub memory: Option<bool>,
+    pub alloc_sample_bytes: Option<i64>,
+    pub shutdown_timeout: Option<f64>,
+}
+
+static AGENT: Mutex<Option<Agent>> = Mutex::new(None);
+
+/// The `LineNo` of the running configuration, for the CPython resolver: 0 the line of the last
+/// instruction, 1 the function's first line, 2 none.
+pub static LINE_NO: AtomicU8 = AtomicU8::new(0);
+
+fn agent() -> MutexGuard<'static, Option<Agent>> {
+    AGENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why `configure` refused: a sentence for `ConfigError`.
+pub fn message(e: &Error) -> String {
+    match e {
+        Error::EmptyApplicationName => {
+            "application_name is empty: pass configure(application_name=...) or set PYROSCOPE_APPLICATION_NAME".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Checks every setting and builds the core configuration (environment first, then `s`).
+pub fn build(s: &Settings) -> Result<pyroscope_core::Config, String> {
+    let mut b = AgentBuilder::from_env();
+    if let Some(n) = &s.application_name {
+        b = b.application_name(n.clone());
+    }
+    if let Some(a) = &s.server_address {
+        b = b.server_address(a.clone());
+    }
+    if let Some((user, password)) = &s.basic_auth {
+        b = b.basic_auth(user.clone(), password.clone());
+    }
+    if let Some(t) = &s.tenant_id {
+        b = b.tenant_id(t.clone());
+    }
+    b = b.tags(s.tags.iter().cloned());
+    for (k, v) in &s.http_headers {
+        b = b.header(k.clone(), v.clone());
+    }
+    if let Some(rate) = s.sample_rate {
+        let max = pyroscope_core::MAX_SAMPLE_RATE;
+        match u32::try_from(rate) {
+            Ok(r) if r > 0 => b = b.sample_rate(r),
+            _ => return Err(format!("invalid sample rate {rate} Hz: must be 1..={max}")),
+        }
+    }
+    if let Some(secs) = s.upload_interval {
+        if !(1.0..=3600.0).contains(&secs) {
+            return Err(format!("invalid upload interval {secs} s: must be between 1 s and 1 h"));
+        }
+        b = b.upload_interval(Duration::from_secs_f64(secs));
+    }
+    if let Some(m) = s.memory {
+        b = b.memory(m);
+    }
+    if let Some(n) = s.alloc_sample_bytes {
+        match u64::try_from(n) {
+            Ok(n) if n > 0 => b = b.alloc_sample_bytes(n),
+            _ => return Err(format!("invalid mem_heap_sample_size {n} bytes: must be above zero")),
+        }
+    }
+    if let Some(t) = s.shutdown_timeout {
+        if !(t.is_finite() && t > 0.0 && t <= 60.0) {
+            return Err(format!("invalid shutdown timeout {t} s: must be above 0 and at most 60"));
+        }
+        b = b.shutdown_timeout(Duration::from_secs_f64(t));
+    }
+    let mut config = b.build().map_err(|e| message(&e))?;
+    for (k, v) in &s.runtime_tags {
+        // The server allows 30 names per series; the core checks 24 tags: ours give way.
+        if config.tags.len() < 24 && !config.tags.contains_key(k) && pyroscope_core::validate_tag(k, v).is_ok() {
+            config.tags.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(config)
+}
+
+/// Starts the agent. Ok(false): one is running already (pyroscope-io refuses a second
+/// `configure` too; the first keeps running).
+pub fn start(config: pyroscope_core::Config, line_no: u8) -> Result<bool, String> {
+    let mut slot = agent();
+    if slot.is_some() {
+        return Ok(false);
+    }
+    LINE_NO.store(line_no, Ordering::Relaxed);
+    // TODO-INTEGRATE: register the CPython walker here, before the agent starts, once the core
+    // has the hook and the walker module exists (see PYTHON-CONTRACT.md):
+    //     match crate::cpython::init(py, label_var) { Ok(()) => {
+    //         pyroscope_core::set_interpreter(
+    //             crate::cpython::walk,
+    //             Box::new(crate::cpython::PyResolver::new(crate::labels::lookup)),
+    //         );
+    //         crate::labels::CONTEXT_LABELS.store(true, Ordering::SeqCst);
+    //     } Err(why) => log::warn!("pyroscope: Python stacks unavailable: {why}") }
+    // (`label_var` is `crate::label_var(py)`.) Until then samples carry native frames and
+    // `tag_wrapper` falls back to thread tags.
+    match Agent::start(config) {
+        Ok(a) => {
+            *slot = Some(a);
+            Ok(true)
+        }
+        Err(Error::AlreadyRunning) => Ok(false),
+        Err(e) => Err(message(&e)),
+    }
+}
+
+/// Takes the running agent out, if any (stop it without the GIL).
+pub fn take() -> Option<Agent> {
+    agent().take()
+}
+
+/// An agent runs.
+pub fn running() -> bool {
+    agent().is_some()
+}
+
+/// Closes the current window now.
+pub fn flush() -> bool {
+    agent().as_ref().map(Agent::flush).is_some()
+}
+
+/// The running agent's counters.
+pub fn stats() -> Option<Stats> {
+    agent().as_ref().map(Agent::stats)
+}
+
+/// Logging to stderr, for `enable_logging=True` (the core logs from its own threads, which must
+/// not take the GIL, above all while the interpreter finalizes).
+pub struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[pyroscope] {} {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+/// Turns logging on at the level of Python's `logging` number `level`, or off (None).
+pub fn set_logging(level: Option<i32>) {
+    let _ = log::set_logger(&LOGGER);
+    let filter = match level {
+        None => log::LevelFilter::Off,
+        Some(l) if l <= 10 => log::LevelFilter::Debug,
+        Some(l) if l <= 20 => log::LevelFilter::Info,
+        Some(l) if l <= 30 => log::LevelFilter::Warn,
+        Some(_) => log::LevelFilter::Error,
+    };
+    log::set_max_level(filter);
+}
