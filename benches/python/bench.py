@@ -78,6 +78,18 @@ def ratios(paired):
     return f"{statistics.median(paired):.4f} ({min(paired):.3f}-{max(paired):.3f})"
 
 
+def noise_line(per_mode):
+    """What this run can resolve: the widest range of one configuration's per-run ratios."""
+    widths = [max(p) - min(p) for p in per_mode if len(p) > 1]
+    if not widths:
+        return "- one run per configuration: no spread to tell the noise from"
+    return (
+        f"- noise: one configuration's per-run CPU ratios spread over up to {max(widths) * 100:.1f} "
+        f"points (median {statistics.median(widths) * 100:.1f}) in this run; smaller differences "
+        "between rows are not resolved"
+    )
+
+
 def closed_port_url():
     """A loopback URL nobody listens on (connection refused): a server that is down."""
     with socket.socket() as s:
@@ -244,6 +256,7 @@ class Bench:
                     f"wall ratio {ours['wall_ratio']:.4f} (target at most 1.01)"
                     + self.peer_summary(rows)
                 )
+        print(noise_line([r["paired"] for rows in summary.values() for name, r in rows.items() if name != "none"]))
         rows = summary[False]
         ours = rows.get("ours (memory profiling on, its default)")
         if ours:
@@ -294,7 +307,7 @@ class Bench:
                     seen += f" ({rejected} refused)"
             failed = len(runs) - len(ok)
             label = name + (f" ({failed} of {len(runs)} runs failed)" if failed else "")
-            rows[name] = dict(cpu_ratio=cpu / cpu0, wall_ratio=wall / wall0, added=rss - rss0)
+            rows[name] = dict(cpu_ratio=cpu / cpu0, wall_ratio=wall / wall0, added=rss - rss0, paired=paired)
             print(
                 f"| {what} | {label} | {cpu:.3f} | {wall:.3f} | {cpu / cpu0:.4f} | {spread} "
                 f"| {wall / wall0:.4f} | {rss:.1f} | {rss - rss0:+.1f} | {stop} | {seen} |"
@@ -330,7 +343,7 @@ class Bench:
             return
         med = lambda name, key: statistics.median(m[key] for m in ok(name))  # noqa: E731
         cpu0, wall0 = med("none", "cpu"), med("none", "wall")
-        costs = {}
+        costs, spread, mem_seen = {}, [], {}
         for name, cfg in modes:
             if not ok(name):
                 print(f"| {name} | failed | | | | | | | | |")
@@ -348,6 +361,10 @@ class Bench:
             got = [m["received"]["alloc_bytes"] / 2**20 for m in ok(name) if m.get("received")]
             stop = f"{statistics.median(stops):.3f}" if stops else "-"
             seen = f"{statistics.median(got):,.0f}" if got else "-"
+            if cfg.get("mem"):
+                mem_seen[cfg["sdk"]] = bool(got) and statistics.median(got) > 0
+            if name != "none":
+                spread.append(paired)
             print(
                 f"| {name} | {cpu:.3f} | {wall:.3f} | {cpu / cpu0:.4f} "
                 f"| {ratios(paired)} "
@@ -355,6 +372,14 @@ class Bench:
             )
         self.peer_missing_row(10)
         print()
+        print(noise_line(spread))
+        for sdk, seen in mem_seen.items():
+            if not seen:
+                who = "ours" if sdk == "ours" else PEER
+                print(
+                    f"- {who} sent no allocation profile with `mem_enabled=True`: this build records no "
+                    "Python allocations, so its memory rows measure noise, not memory profiling"
+                )
         if "ours" in costs:
             print(
                 f"- memory profiling's CPU cost, ours: {(costs['ours'] - 1) * 100:+.1f}% "
