@@ -1,9 +1,34 @@
 #!/usr/bin/env bash
 # make bench: builds the benchmark (release) and, when it builds, the same workload under the
-# `pyroscope` crate 2.x; runs them side by side and writes BENCHMARKS.md.
+# `pyroscope` crate 2.x; runs them side by side and writes BENCHMARKS.md. Then the Python rows
+# (benches/python/run.sh: our package next to pyroscope-io). BENCH_RUNS runs per configuration
+# (default 5); BENCH_ONLY=symbols|micro|python runs a subset (python: only its section is replaced).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+out="$root/BENCHMARKS.md"
+# `BENCH_ONLY=python`: the Python rows alone (benches/python), put in place of the Python section
+# of BENCHMARKS.md (or added at its end); every other row stays as it was.
+if [ "${BENCH_ONLY:-}" = python ]; then
+  benches/python/run.sh > "$out.python"
+  [ -f "$out" ] || printf '# Benchmarks\n' > "$out"
+  python3 - "$out" "$out.python" <<'PY'
+import re, sys
+path, section = sys.argv[1], open(sys.argv[2]).read().strip("\n")
+text = open(path).read()
+# The Python section: from its "## Python" heading to the next "## " heading or the end.
+m = re.search(r"^## Python.*?(?=^## (?!#)|\Z)", text, flags=re.S | re.M)
+if m:
+    text = text[: m.start()] + section + "\n" + ("\n" if m.end() < len(text) else "") + text[m.end():]
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(path + ".tmp", "w").write(text)
+PY
+  mv "$out.tmp" "$out"
+  rm -f "$out.python"
+  cat "$out"
+  exit 0
+fi
 echo "==> building benchmarks (release)"
 cargo build --release -q -p pyroscope-bench -p alloc-bench -p pyroscope-preload -p pyroscope-cli
 # The floor of any LD_PRELOAD profiler, measured next to ours, and its counting twin.
@@ -29,13 +54,16 @@ if cargo build --release -q --manifest-path benches/vs-pyroscope-rs/Cargo.toml; 
 else
   echo "warning: the pyroscope crate comparison did not build; measuring ours only" >&2
 fi
-out="$root/BENCHMARKS.md"
 {
   echo "# Benchmarks"
   echo
   echo "Produced by \`make bench\` on $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d). Rerun it to refresh."
   echo
   target/release/pyroscope-bench
+  # The Python rows (benches/python), but for the other `BENCH_ONLY` subsets.
+  if [ -z "${BENCH_ONLY:-}" ]; then
+    benches/python/run.sh || echo "warning: the Python rows failed" >&2
+  fi
 } > "$out.tmp"
 mv "$out.tmp" "$out"
 cat "$out"

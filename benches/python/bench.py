@@ -1,0 +1,477 @@
+"""`make bench`, Python rows: our package (pyroscope-profiler) next to pyroscope-io 1.4.0 on the
+same workloads, in one run, as interleaved child processes (workload.py), medians of the runs.
+
+    python bench.py --ours-python VENV/bin/python --receiver PATH
+                    [--peer-python VENV/bin/python | --peer-error WHY]
+
+Every profiled child pushes to its own loopback receiver (tests/receiver, `pyroscope-receiver`),
+whose output is read back to count what arrived (the workload is measured from the child, never
+from frame names). Prints Markdown on stdout, progress on stderr. BENCH_RUNS (default 5) runs
+per configuration, BENCH_SECONDS (default 5) of work per measured run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOAD = os.path.join(HERE, "workload.py")
+PEER = "pyroscope-io 1.4.0"
+CPU_THREADS = 3
+ALLOC_THREADS = 2
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Receiver:
+    """One `pyroscope-receiver` process: its URL, then what it received (JSON lines in a file)."""
+
+    def __init__(self, binary, mode=None):
+        fd, self.path = tempfile.mkstemp(prefix="pybench-recv-", suffix=".jsonl")
+        os.close(fd)
+        args = [binary, "--out", self.path] + (["--mode", mode] if mode else [])
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.proc.kill()
+            raise RuntimeError(f"pyroscope-receiver printed {self.url!r}, not its URL")
+
+    def stop(self):
+        """Stops the receiver; returns profiles, refused requests, CPU s and allocated bytes received."""
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        got = dict(profiles=0, rejected=0, cpu=0.0, alloc_bytes=0)
+        with open(self.path) as f:
+            for line in f:
+                d = json.loads(line)
+                if "rejected" in d:
+                    got["rejected"] += 1
+                    continue
+                got["profiles"] += 1
+                types = [t[0] for t in d["sample_types"]]
+                for name, key, scale in (("cpu", "cpu", 1e-9), ("alloc_space", "alloc_bytes", 1)):
+                    if name in types:
+                        i = types.index(name)
+                        got[key] += sum(s["values"][i] for s in d["samples"]) * scale
+        os.unlink(self.path)
+        return got
+
+
+def ratios(paired):
+    """Per-run ratios as "median (lowest-highest)"."""
+    if not paired:
+        return "-"
+    return f"{statistics.median(paired):.4f} ({min(paired):.3f}-{max(paired):.3f})"
+
+
+def noise_line(per_mode):
+    """What this run can resolve: the widest range of one configuration's per-run ratios."""
+    widths = [max(p) - min(p) for p in per_mode if len(p) > 1]
+    if not widths:
+        return "- one run per configuration: no spread to tell the noise from"
+    return (
+        f"- noise: one configuration's per-run CPU ratios spread over up to {max(widths) * 100:.1f} "
+        f"points (median {statistics.median(widths) * 100:.1f}) in this run; smaller differences "
+        "between rows are not resolved"
+    )
+
+
+def closed_port_url():
+    """A loopback URL nobody listens on (connection refused): a server that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def run_child(python, cfg, timeout):
+    """Runs workload.py once. Returns its JSON (plus rss_mib, child_cpu, exit s), or None."""
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [python, WORKLOAD, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
+    )
+    killed = []
+
+    def kill():
+        killed.append(True)
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    _, status, ru = os.wait4(proc.pid, 0)
+    ended = time.monotonic()
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout.read().decode(errors="replace").strip().splitlines()
+    proc.stdout.close()
+    if killed:
+        m = json.loads(out[-1]) if out else {}
+        m.update(killed=timeout)
+        return m
+    if proc.returncode != 0 or not out:
+        err.seek(0)
+        log(f"  child failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
+        return None
+    m = json.loads(out[-1])
+    m.update(
+        rss_mib=ru.ru_maxrss / 1024.0,
+        child_cpu=ru.ru_utime + ru.ru_stime,
+        exit=ended - m["main_end"],
+    )
+    return m
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.runs = max(1, int(os.environ.get("BENCH_RUNS", "5")))
+        self.seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+        self.peer = args.peer_python
+
+    def python_of(self, sdk):
+        return self.peer if sdk == "pyroscope-io" else self.args.ours_python
+
+    def measure(self, cfg, receiver_mode=None, server=None, timeout=None):
+        """One child run with a fresh receiver (unless `server` is given or sdk is none)."""
+        cfg = dict(cfg)
+        rec = None
+        if cfg["sdk"] != "none":
+            if server is None:
+                rec = Receiver(self.args.receiver, receiver_mode)
+                cfg["server"] = rec.url
+            else:
+                cfg["server"] = server
+        try:
+            m = run_child(self.python_of(cfg["sdk"]), cfg, timeout or 60 + 20 * self.seconds)
+        finally:
+            got = rec.stop() if rec else None
+        if m is not None:
+            m["received"] = got
+        return m
+
+    def units_for(self, work, threads, seconds):
+        """Units per thread for `seconds` of work with no profiler (from a short run here)."""
+        probe = 300 if work == "cpu" else 3000
+        m = run_child(
+            self.args.ours_python,
+            dict(sdk="none", work=work, threads=threads, units=probe, warmup=0.2),
+            120,
+        )
+        if m is None:
+            sys.exit("the workload failed to run without a profiler")
+        return max(probe, int(probe * seconds / m["wall"]))
+
+    def interleaved(self, modes, base, what):
+        """modes: [(name, cfg)]; runs each in turn, `runs` times. Returns {name: [measurements]}."""
+        results = {name: [] for name, _ in modes}
+        for r in range(self.runs):
+            for name, cfg in modes:
+                log(f"run {r + 1}/{self.runs}, {what}, {name}")
+                m = self.measure({**base, **cfg})
+                if m is not None and "killed" not in m:
+                    results[name].append(m)
+                else:
+                    results[name].append(None)
+        return results
+
+    # ---- sections ----
+
+    def header(self):
+        load = os.getloadavg()
+        note = os.environ.get("BENCH_NOTE", "").strip()
+        print(
+            f"\n## Python (CPython {platform.python_version()}, {os.cpu_count()} cores, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}, load average {load[0]:.1f} at the start "
+            f"of this section{'; ' + note if note else ''})\n"
+        )
+        print(
+            "Our package (`pip install ./bindings/python`, the abi3 wheel) and "
+            f"{PEER} from PyPI (its own venv), each importing `pyroscope`, pushing to the loopback "
+            f"test receiver at 100 Hz, 10 s windows; medians of {self.runs} interleaved runs, "
+            "every configuration in the same run; each ratio is against the no-profiler row of its "
+            "own table (ratio of medians), and per run against the no-profiler run of the same "
+            "round (median, lowest and highest: the spread). CPU: the process's CPU time over the measured phase "
+            "(`time.process_time()`, profiler threads included); wall: its `perf_counter` time; "
+            "peak RSS: the child's `ru_maxrss`. \"In profiles\": what the receiver got, as a share "
+            "of the child's whole CPU time (rusage), a check that the profiler sampled."
+        )
+
+    def peer_modes(self, modes):
+        return [m for m in modes if m[1]["sdk"] != "pyroscope-io" or self.peer]
+
+    def peer_missing_row(self, columns):
+        if not self.peer:
+            cells = " | ".join(["-"] * (columns - 1))
+            why = self.args.peer_error.replace("|", "/")
+            print(f"| {PEER}: could not be installed ({why}) | {cells} |")
+
+    def cpu_section(self):
+        units = self.units_for("cpu", CPU_THREADS, self.seconds)
+        modes = self.peer_modes(
+            [
+                ("none", dict(sdk="none")),
+                ("ours (memory profiling on, its default)", dict(sdk="ours")),
+                ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                (f"{PEER}, PySpy (its default)", dict(sdk="pyroscope-io", impl="pyspy")),
+                (f"{PEER}, Stack, 10 ms CPU timer (adaptive off)", dict(sdk="pyroscope-io", impl="stack")),
+                (f"{PEER}, Stack, its defaults (adaptive)", dict(sdk="pyroscope-io", impl="stack-adaptive")),
+            ]
+        )
+        print(
+            f"\n### CPU-bound pure Python ({CPU_THREADS} threads x {units:,} units of about "
+            f"{self.seconds * 1000 / units:.1f} ms: recursive calls, a dict, integer arithmetic)\n"
+        )
+        print(
+            "| labels | profiler | CPU s | wall s | CPU ratio | per-run CPU ratio, median (range) | wall ratio "
+            "| peak RSS MiB | added MiB | `shutdown()` s | in profiles |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        summary = {}
+        for labels in (False, True):
+            what = "tag_wrapper per unit" if labels else "no labels"
+            base = dict(work="cpu", threads=CPU_THREADS, units=units, labels=labels)
+            res = self.interleaved(modes, base, f"CPU, {what}")
+            summary[labels] = self.print_rows(modes, res, what, prof_key="cpu")
+            self.peer_missing_row(11)
+        print()
+        for labels, rows in summary.items():
+            ours = rows.get("ours (memory profiling on, its default)")
+            if ours:
+                print(
+                    f"- {'with' if labels else 'without'} labels: ours CPU ratio {ours['cpu_ratio']:.4f}, "
+                    f"wall ratio {ours['wall_ratio']:.4f} (target at most 1.01)"
+                    + self.peer_summary(rows)
+                )
+        print(noise_line([r["paired"] for rows in summary.values() for name, r in rows.items() if name != "none"]))
+        rows = summary[False]
+        ours = rows.get("ours (memory profiling on, its default)")
+        if ours:
+            peer = rows.get(f"{PEER}, PySpy (its default)")
+            print(
+                f"- peak RSS added: ours {ours['added']:.1f} MiB (target under 10 MiB)"
+                + (f", {PEER} (PySpy) {peer['added']:.1f} MiB" if peer else "")
+            )
+
+    def peer_summary(self, rows):
+        parts = [
+            f"{name.split(', ', 1)[1]} {r['cpu_ratio']:.4f}"
+            for name, r in rows.items()
+            if name.startswith(PEER)
+        ]
+        return f"; {PEER}: " + ", ".join(parts) if parts else ""
+
+    def print_rows(self, modes, res, what, prof_key):
+        base = [m for m in res["none"]]
+        ok_base = [m for m in base if m]
+        if not ok_base:
+            print(f"| {what} | none | failed | | | | | | | | |")
+            return {}
+        cpu0 = statistics.median(m["cpu"] for m in ok_base)
+        wall0 = statistics.median(m["wall"] for m in ok_base)
+        rss0 = statistics.median(m["rss_mib"] for m in ok_base)
+        rows = {}
+        for name, _ in modes:
+            runs = res[name]
+            ok = [m for m in runs if m]
+            if not ok:
+                print(f"| {what} | {name} | failed ({len(runs)} runs) | | | | | | | | |")
+                continue
+            cpu = statistics.median(m["cpu"] for m in ok)
+            wall = statistics.median(m["wall"] for m in ok)
+            rss = statistics.median(m["rss_mib"] for m in ok)
+            paired = [m["cpu"] / b["cpu"] for m, b in zip(runs, base) if m and b]
+            spread = ratios(paired)
+            stops = [m["shutdown"] for m in ok if m.get("shutdown") is not None]
+            stop = f"{statistics.median(stops):.3f}" if stops else "-"
+            if name == "none":
+                seen = "-"
+            else:
+                shares = [m["received"][prof_key] / m["child_cpu"] for m in ok if m.get("received")]
+                seen = f"{statistics.median(shares) * 100:.0f}%" if shares else "-"
+                rejected = sum(m["received"]["rejected"] for m in ok if m.get("received"))
+                if rejected:
+                    seen += f" ({rejected} refused)"
+            failed = len(runs) - len(ok)
+            label = name + (f" ({failed} of {len(runs)} runs failed)" if failed else "")
+            rows[name] = dict(cpu_ratio=cpu / cpu0, wall_ratio=wall / wall0, added=rss - rss0, paired=paired)
+            print(
+                f"| {what} | {label} | {cpu:.3f} | {wall:.3f} | {cpu / cpu0:.4f} | {spread} "
+                f"| {wall / wall0:.4f} | {rss:.1f} | {rss - rss0:+.1f} | {stop} | {seen} |"
+            )
+        return rows
+
+    def memory_section(self):
+        units = self.units_for("alloc", ALLOC_THREADS, self.seconds)
+        modes = self.peer_modes(
+            [
+                ("none", dict(sdk="none")),
+                ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                ("ours, `mem_enabled=True` (512 KiB)", dict(sdk="ours", mem=True)),
+                (f"{PEER}, `mem_enabled=False` (its default)", dict(sdk="pyroscope-io", mem=False)),
+                (f"{PEER}, `mem_enabled=True` (512 KiB)", dict(sdk="pyroscope-io", mem=True)),
+            ]
+        )
+        print(
+            f"\n### Memory profiling on an allocation-heavy workload ({ALLOC_THREADS} threads x "
+            f"{units:,} requests: a dict of formatted keys, a list, a 16 B-4 KiB bytes, a rendered "
+            "string each, 1,024 kept live per thread; CPU profiling on in every profiled row)\n"
+        )
+        print(
+            "| profiler | CPU s | wall s | CPU ratio | per-run CPU ratio, median (range) | vs memory off, same SDK "
+            "| wall ratio | peak RSS MiB | `shutdown()` s | allocated MiB in profiles |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        base = dict(work="alloc", threads=ALLOC_THREADS, units=units)
+        res = self.interleaved(modes, base, "allocations")
+        ok = lambda name: [m for m in res.get(name, []) if m]  # noqa: E731
+        if not ok("none"):
+            print("| none | failed | | | | | | | | |")
+            return
+        med = lambda name, key: statistics.median(m[key] for m in ok(name))  # noqa: E731
+        cpu0, wall0 = med("none", "cpu"), med("none", "wall")
+        costs, spread, mem_seen = {}, [], {}
+        for name, cfg in modes:
+            if not ok(name):
+                print(f"| {name} | failed | | | | | | | | |")
+                continue
+            cpu, wall, rss = med(name, "cpu"), med(name, "wall"), med(name, "rss_mib")
+            paired = [m["cpu"] / b["cpu"] for m, b in zip(res[name], res["none"]) if m and b]
+            vs_off = "-"
+            if cfg.get("mem"):
+                off = next(n for n, c in modes if c["sdk"] == cfg["sdk"] and c.get("mem") is False)
+                if ok(off):
+                    costs[cfg["sdk"]] = cpu / med(off, "cpu")
+                    pairs = [m["cpu"] / o["cpu"] for m, o in zip(res[name], res[off]) if m and o]
+                    vs_off = f"{costs[cfg['sdk']]:.4f}; per run {ratios(pairs)}"
+            stops = [m["shutdown"] for m in ok(name) if m.get("shutdown") is not None]
+            got = [m["received"]["alloc_bytes"] / 2**20 for m in ok(name) if m.get("received")]
+            stop = f"{statistics.median(stops):.3f}" if stops else "-"
+            seen = f"{statistics.median(got):,.0f}" if got else "-"
+            if cfg.get("mem"):
+                mem_seen[cfg["sdk"]] = bool(got) and statistics.median(got) > 0
+            if name != "none":
+                spread.append(paired)
+            print(
+                f"| {name} | {cpu:.3f} | {wall:.3f} | {cpu / cpu0:.4f} "
+                f"| {ratios(paired)} "
+                f"| {vs_off} | {wall / wall0:.4f} | {rss:.1f} | {stop} | {seen} |"
+            )
+        self.peer_missing_row(10)
+        print()
+        print(noise_line(spread))
+        for sdk, seen in mem_seen.items():
+            if not seen:
+                who = "ours" if sdk == "ours" else PEER
+                print(
+                    f"- {who} sent no allocation profile with `mem_enabled=True`: this build records no "
+                    "Python allocations, so its memory rows measure noise, not memory profiling"
+                )
+        if "ours" in costs:
+            print(
+                f"- memory profiling's CPU cost, ours: {(costs['ours'] - 1) * 100:+.1f}% "
+                "(memory on vs off, target under 3%)"
+                + (
+                    f"; {PEER}: {(costs['pyroscope-io'] - 1) * 100:+.1f}%"
+                    if "pyroscope-io" in costs
+                    else ""
+                )
+            )
+
+    def shutdown_section(self):
+        units = self.units_for("cpu", CPU_THREADS, 1.0)
+        modes = self.peer_modes(
+            [
+                ("none", dict(sdk="none")),
+                ("ours", dict(sdk="ours")),
+                (f"{PEER}, PySpy", dict(sdk="pyroscope-io", impl="pyspy")),
+                (f"{PEER}, Stack (10 ms timer)", dict(sdk="pyroscope-io", impl="stack")),
+            ]
+        )
+        limit = 20.0
+        # (column, end, server: "up" | "down" | a receiver mode)
+        scenarios = [
+            ("`shutdown()` s, server up", "shutdown", "up"),
+            ("`shutdown()` s, server hung", "shutdown", "slow:120000"),
+            ("exit s, no `shutdown()`, server up", "exit", "up"),
+            ("exit s, no `shutdown()`, server down", "exit", "down"),
+            ("exit s, no `shutdown()`, server hung", "exit", "slow:120000"),
+        ]
+        print(
+            f"\n### Shutdown and exit (1 s of the CPU-bound work in {CPU_THREADS} threads, then "
+            "`shutdown()` timed around the call, or main returns and the exit is timed from its "
+            "last line to the parent's `wait4`; down: a loopback port nobody listens on; hung: the "
+            f"receiver holds every request; killed after {limit:.0f} s; medians of {self.runs} runs, "
+            "in brackets the profiles the receiver got)\n"
+        )
+        print("| profiler | " + " | ".join(s[0] for s in scenarios) + " |")
+        print("|---|" + "---|" * len(scenarios))
+        cells = {name: {} for name, _ in modes}
+        for r in range(self.runs):
+            for col, end, server in scenarios:
+                for name, cfg in modes:
+                    if cfg["sdk"] == "none" and end == "shutdown":
+                        continue
+                    log(f"run {r + 1}/{self.runs}, shutdown, {col}, {name}")
+                    base = dict(work="cpu", threads=CPU_THREADS, units=units, end=end, warmup=0.1)
+                    url = closed_port_url() if server == "down" else None
+                    mode = server if server.startswith("slow") else None
+                    m = self.measure({**base, **cfg}, receiver_mode=mode, server=url, timeout=limit)
+                    cells[name].setdefault(col, []).append(m)
+        for name, _ in modes:
+            row = []
+            for col, end, server in scenarios:
+                ms = [m for m in cells[name].get(col, []) if m is not None]
+                if not ms:
+                    row.append("-" if cells[name].get(col) is None else "failed")
+                    continue
+                if any("killed" in m for m in ms):
+                    row.append(f"> {limit:.0f} (killed, {sum('killed' in m for m in ms)} of {len(ms)})")
+                    continue
+                key = "shutdown" if end == "shutdown" else "exit"
+                t = statistics.median(m[key] for m in ms)
+                got = [m["received"]["profiles"] for m in ms if m.get("received")]
+                row.append(f"{t:.3f}" + (f" ({statistics.median(got):.0f})" if got and server == "up" else ""))
+            print(f"| {name} | " + " | ".join(row) + " |")
+        self.peer_missing_row(len(scenarios) + 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours-python", required=True)
+    ap.add_argument("--receiver", required=True)
+    ap.add_argument("--peer-python")
+    ap.add_argument("--peer-error", default="not given")
+    ap.add_argument("--only", default="cpu,memory,shutdown")
+    args = ap.parse_args()
+    # The children run in the temporary folder: absolute paths (not the resolved venv symlink).
+    for name in ("ours_python", "receiver", "peer_python"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    bench = Bench(args)
+    bench.header()
+    only = args.only.split(",")
+    if "cpu" in only:
+        bench.cpu_section()
+    if "memory" in only:
+        bench.memory_section()
+    if "shutdown" in only:
+        bench.shutdown_section()
+    print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Python rows.")
+
+
+if __name__ == "__main__":
+    main()
