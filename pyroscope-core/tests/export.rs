@@ -135,6 +135,20 @@ fn does_not_retry_400_or_oversize_429() {
 }
 
 #[test]
+fn a_server_that_is_down_at_shutdown_is_not_waited_for() {
+    let _g = crate::agent_lock();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let agent = AgentBuilder::new("down").memory(false).server_address(&url).start().unwrap();
+    run_labelled_work(50);
+    let stats = agent.stop();
+    // The last window's upload found nothing listening: dropped at once, not retried until
+    // the deadline (which held the program's exit for up to 2 s).
+    assert_eq!((stats.upload_retries, stats.uploads_dropped, stats.uploads_sent), (0, 1, 0), "{stats:?}");
+}
+
+#[test]
 fn stop_is_bounded_when_server_is_down_slow_or_broken() {
     let _g = crate::agent_lock();
     // Down: a port nobody listens on.

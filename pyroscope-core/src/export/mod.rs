@@ -181,7 +181,11 @@ impl Queue {
                         // Full jitter: sleep a random time in [backoff/2, backoff].
                         rng = xorshift(rng);
                         let sleep = backoff / 2 + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
-                        if !e.retryable || Instant::now() + sleep >= stop_at {
+                        // Shutting down and nothing listens: waiting for it to come back would
+                        // only hold the program's exit until the deadline.
+                        let gone = s.closing.is_some()
+                            && e.kind == crate::FailureKind::HttpTransport(crate::Transport::Connect);
+                        if !e.retryable || gone || Instant::now() + sleep >= stop_at {
                             s.in_flight = false;
                             self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
                             drop(s);
