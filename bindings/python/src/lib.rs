@@ -219,6 +219,14 @@ fn set_thread_name(ident: u64, name: Option<String>) {
     labels::set_thread_name(ident, name);
 }
 
+/// Arms the calling thread's CPU timer now (a running agent), rather than at the collector's
+/// next scan of the process's threads, up to 100 ms later: called as each `threading` thread
+/// starts, so a new thread's first milliseconds of CPU are sampled.
+#[pyfunction]
+fn register_thread() {
+    pyroscope_core::register_thread();
+}
+
 #[pyfunction]
 fn before_fork() {
     // The label registry's lock is held across fork by the core's own fork handlers (see
@@ -254,6 +262,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sweep_now, m)?)?;
     m.add_function(wrap_pyfunction!(context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_name, m)?)?;
+    m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(force_context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork, m)?)?;

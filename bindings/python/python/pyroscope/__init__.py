@@ -278,6 +278,7 @@ def configure(
         if given(mem_enabled) and not mem_enabled:
             LOGGER.warning("cpu_enabled=False and mem_enabled=False: nothing to profile")
             return True
+    _install_thread_register()
     if report_thread_name:
         _install_thread_names()
     _state["settings"] = dict(
@@ -467,6 +468,24 @@ class tag_wrapper:
                 return fn(*args, **kwargs)
 
         return wrapper
+
+
+def _install_thread_register():
+    # Each threading thread arms its own CPU timer as it starts: the collector's scan of the
+    # process's threads would find it up to 100 ms later, its first milliseconds unsampled.
+    if _state.get("register"):
+        return
+    _state["register"] = True
+    orig_bootstrap_inner = threading.Thread._bootstrap_inner
+
+    def _bootstrap_inner(self, *args, **kwargs):
+        try:
+            _native.register_thread()
+        except Exception:
+            pass
+        orig_bootstrap_inner(self, *args, **kwargs)
+
+    threading.Thread._bootstrap_inner = _bootstrap_inner
 
 
 def _install_thread_names():

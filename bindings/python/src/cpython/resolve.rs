@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use super::linetable;
 use super::offsets as off;
-use super::walk::{name_tag, unpack, CODE_MASK, HEADER};
+use super::walk::{name_tag, thread_ident, unpack, CODE_MASK, HEADER, TRUNCATED};
 use super::Runtime;
 
 pub use pyroscope_core::Resolver;
@@ -56,12 +56,14 @@ pub struct PyResolver {
     labels: fn(u64, u64) -> Option<LabelSet>,
     codes: HashMap<(u64, i32), Code>,
     lines: HashMap<(u64, i32, i32), (u32, Option<FrameId>)>,
+    /// The root frame of stacks the walker cut (`[truncated]`, as the core names native ones).
+    truncated: Option<FrameId>,
 }
 
 impl PyResolver {
     /// `labels(context_key, thread_ident)` gives the labels of a sample (see `labels::lookup`).
     pub fn new(labels: fn(u64, u64) -> Option<LabelSet>) -> Self {
-        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new() }
+        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), truncated: None }
     }
 
     /// Names the frames in `words` (leaf first) into `out`, dropping those that fail validation.
@@ -146,8 +148,14 @@ impl Resolver for PyResolver {
                     }
                 }
             }
+            if words[1] & TRUNCATED != 0 && !frames.is_empty() {
+                if self.truncated.is_none() {
+                    self.truncated = FrameId::new("[truncated]", "", 0);
+                }
+                frames.extend(self.truncated);
+            }
         }
-        (self.labels)(words[0], words[1])
+        (self.labels)(words[0], thread_ident(words[1]))
     }
 
     // `labels` takes the label registry's lock: held across fork in the core's order (after the
