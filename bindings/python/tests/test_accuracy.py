@@ -167,7 +167,7 @@ def c_work():
     end = time.thread_time() + 1.0
     while time.thread_time() < end:
         hashlib.sha256(DATA).digest()  # sha-line
-        zlib.compress(DATA[:1 << 19], 6)  # zlib-line
+        zlib.compress(DATA[:1 << 17], 6)  # zlib-line
     truth["c_work"] = since(start)
     truth["c_work_wall"] = time.monotonic() - t0
 
@@ -219,11 +219,12 @@ def test_c_extension_cpu_is_charged_to_the_calling_line_and_blocked_threads_cost
 
     def check(p, truth):
         c = containing(p, "c_work")
-        # The leaf Python frame of every c_work sample is c_work itself, at one of the two lines
-        # calling into C (the C functions have no Python frame), in this script.
-        leaves = {(s["frames"][0]["function"], s["frames"][0]["file"], s["frames"][0]["line"]) for s in c}
-        assert leaves <= {("c_work", script, sha), ("c_work", script, zlib_line)}, leaves
-        by_line = {line: cpu_ns(p, [s for s in c if s["frames"][0]["line"] == line]) for line in (sha, zlib_line)}
+        assert {(f["file"], f["line"] > 0) for s in c for f in s["frames"] if f["function"] == "c_work"} == \
+            {(script, True)}
+        # The C functions have no Python frame: their CPU is on c_work's line that called them,
+        # the leaf Python frame. The loop's own line and clock() take the rest.
+        by_line = {line: cpu_ns(p, [s for s in c if frames_of(s)[0] == ("c_work", script, line)])
+                   for line in (sha, zlib_line)}
         print(f"c_work: sha256 line {by_line[sha] / 1e6:.0f} ms, zlib line {by_line[zlib_line] / 1e6:.0f} ms, "
               f"wall {truth['c_work_wall'] * 1e3:.0f} ms, spinner CPU {truth['spin_gil'][0] / 1e6:.0f} ms")
         assert by_line[sha] > 0.1 * truth["c_work"][0] and by_line[zlib_line] > 0.1 * truth["c_work"][0], by_line
