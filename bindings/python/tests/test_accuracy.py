@@ -233,13 +233,13 @@ def test_c_extension_cpu_is_charged_to_the_calling_line_and_blocked_threads_cost
         errors.append(within("spin_gil", cpu_ns(p, containing(p, "spin_gil")), *truth["spin_gil"], period))
         for name in ("sleeper", "reader", "gil_waiter"):
             cpu, waited = truth[name]
-            # Blocked for the whole second: next to no CPU of their own, and no more sampled.
+            # Blocked for seconds: next to no CPU of their own, and no more sampled (a sample may
+            # fall in their own few hundred microseconds: the timer's first expiry is random).
             assert cpu < 0.1 * truth["c_work_wall"] * 1e9, (name, cpu)
             sampled = cpu_ns(p, containing(p, name))
             print(f"{name}: blocked {truth['c_work_wall'] * 1e3:.0f} ms, own CPU {cpu / 1e6:.2f} ms, "
                   f"sampled {sampled / 1e6:.0f} ms")
             assert sampled <= cpu + 2 * period, (name, sampled, cpu)
-        assert not containing(p, "reader"), "a thread blocked in read() from start to end was sampled"
         return errors
 
     run_until_accurate(receiver, run_py, C_WORK, check)
