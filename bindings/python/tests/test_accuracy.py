@@ -59,8 +59,10 @@ def within(what, sampled, cpu, waited, period, low=0.9, high=1.1):
     """As util.rs `cpu_within`: above `high` x the thread's CPU plus two periods fails at once (a
     profiler must never invent CPU); below `low` x minus two periods returns why, with whether
     the thread waited for a CPU more than twice as long as it ran (overloaded)."""
-    print(f"{what}: sampled {sampled / 1e6:.1f} ms, thread CPU {cpu / 1e6:.1f} ms "
-          f"({(sampled - cpu) / cpu * 100:+.1f}%), waited for a CPU {waited / 1e6:.0f} ms")
+    print(
+        f"{what}: sampled {sampled / 1e6:.1f} ms, thread CPU {cpu / 1e6:.1f} ms "
+        f"({(sampled - cpu) / cpu * 100:+.1f}%), waited for a CPU {waited / 1e6:.0f} ms"
+    )
     assert sampled <= cpu * high + 2 * period, f"{what}: sampled {sampled} ns, more than {high} x {cpu} ns"
     if sampled >= cpu * low - 2 * period:
         return None
@@ -86,7 +88,9 @@ def run_until_accurate(receiver, run_py, program, check):
 
 # --- 1. CPU per thread ---------------------------------------------------------------------------
 
-THREADS = CLOCK + """
+THREADS = (
+    CLOCK
+    + """
 import json, sys, threading, pyroscope
 
 pyroscope.configure(application_name="accuracy", server_address=URL, upload_interval=60,
@@ -123,6 +127,7 @@ for t in ts:
 assert pyroscope.shutdown() is True
 print(json.dumps(truth))
 """
+)
 
 
 def check_threads(rate):
@@ -133,8 +138,10 @@ def check_threads(rate):
         for name in ("burn_a", "burn_b", "burn_c"):
             # A sample never holds two threads' functions.
             assert not [s for s in containing(p, name) if len({"burn_a", "burn_b", "burn_c"} & set(functions(s))) > 1]
-        return [within(f"{rate} Hz {name}", cpu_ns(p, containing(p, name)), *truth[name], period)
-                for name in ("burn_a", "burn_b", "burn_c")]
+        return [
+            within(f"{rate} Hz {name}", cpu_ns(p, containing(p, name)), *truth[name], period)
+            for name in ("burn_a", "burn_b", "burn_c")
+        ]
 
     return check
 
@@ -149,7 +156,9 @@ def test_each_threads_sampled_cpu_matches_its_own_clock_at_1000_hz(receiver, run
 
 # --- 2. C-extension CPU, and blocked threads ---------------------------------------------------
 
-C_WORK = CLOCK + """
+C_WORK = (
+    CLOCK
+    + """
 import hashlib, json, os, sys, threading, zlib, pyroscope
 
 pyroscope.configure(application_name="cwork", server_address=URL, upload_interval=60,
@@ -209,24 +218,28 @@ for t in others:
 assert pyroscope.shutdown() is True
 print(json.dumps(truth))
 """
+)
 
 
-def test_c_extension_cpu_is_charged_to_the_calling_line_and_blocked_threads_cost_nothing(receiver, run_py,
-                                                                                       tmp_path):
+def test_c_extension_cpu_is_charged_to_the_calling_line_and_blocked_threads_cost_nothing(receiver, run_py, tmp_path):
     sha, zlib_line = line_of(C_WORK, "sha-line"), line_of(C_WORK, "zlib-line")
     script = str(tmp_path / "prog.py")
     period = 1e6
 
     def check(p, truth):
         c = containing(p, "c_work")
-        assert {(f["file"], f["line"] > 0) for s in c for f in s["frames"] if f["function"] == "c_work"} == \
-            {(script, True)}
+        assert {(f["file"], f["line"] > 0) for s in c for f in s["frames"] if f["function"] == "c_work"} == {
+            (script, True)
+        }
         # The C functions have no Python frame: their CPU is on c_work's line that called them,
         # the leaf Python frame. The loop's own line and clock() take the rest.
-        by_line = {line: cpu_ns(p, [s for s in c if frames_of(s)[0] == ("c_work", script, line)])
-                   for line in (sha, zlib_line)}
-        print(f"c_work: sha256 line {by_line[sha] / 1e6:.0f} ms, zlib line {by_line[zlib_line] / 1e6:.0f} ms, "
-              f"wall {truth['c_work_wall'] * 1e3:.0f} ms, spinner CPU {truth['spin_gil'][0] / 1e6:.0f} ms")
+        by_line = {
+            line: cpu_ns(p, [s for s in c if frames_of(s)[0] == ("c_work", script, line)]) for line in (sha, zlib_line)
+        }
+        print(
+            f"c_work: sha256 line {by_line[sha] / 1e6:.0f} ms, zlib line {by_line[zlib_line] / 1e6:.0f} ms, "
+            f"wall {truth['c_work_wall'] * 1e3:.0f} ms, spinner CPU {truth['spin_gil'][0] / 1e6:.0f} ms"
+        )
         assert by_line[sha] > 0.1 * truth["c_work"][0] and by_line[zlib_line] > 0.1 * truth["c_work"][0], by_line
         errors = [within("c_work (C extensions)", sum(by_line.values()), *truth["c_work"], period)]
         # The spinner held the GIL meanwhile and is sampled as well.
@@ -237,8 +250,10 @@ def test_c_extension_cpu_is_charged_to_the_calling_line_and_blocked_threads_cost
             # fall in their own few hundred microseconds: the timer's first expiry is random).
             assert cpu < 0.1 * truth["c_work_wall"] * 1e9, (name, cpu)
             sampled = cpu_ns(p, containing(p, name))
-            print(f"{name}: blocked {truth['c_work_wall'] * 1e3:.0f} ms, own CPU {cpu / 1e6:.2f} ms, "
-                  f"sampled {sampled / 1e6:.0f} ms")
+            print(
+                f"{name}: blocked {truth['c_work_wall'] * 1e3:.0f} ms, own CPU {cpu / 1e6:.2f} ms, "
+                f"sampled {sampled / 1e6:.0f} ms"
+            )
             assert sampled <= cpu + 2 * period, (name, sampled, cpu)
         return errors
 
@@ -281,8 +296,11 @@ def test_frames_are_named_as_pyroscope_io_names_them(receiver, run_py, tmp_path)
     spin_lines = {line("spin-first"), line("spin-loop"), line("spin-body")}
     chains = {
         "Vehicle.drive": [("Vehicle.drive", "drive-def", "drive-call"), ("<module>", None, "main-drive")],
-        "outer.<locals>.inner": [("outer.<locals>.inner", "inner-def", "inner-call"),
-                                 ("outer", "outer-def", "outer-call"), ("<module>", None, "main-outer")],
+        "outer.<locals>.inner": [
+            ("outer.<locals>.inner", "inner-def", "inner-call"),
+            ("outer", "outer-def", "outer-call"),
+            ("<module>", None, "main-outer"),
+        ],
     }
     for mode in ("LastInstruction", "First", "NoLine"):
         r = receiver()
@@ -367,8 +385,8 @@ def test_deep_stacks_keep_the_leaf_most_frames_and_are_marked_truncated(receiver
         for s in ss:
             got = frames_of(s)
             names = [f for f, _, _ in got]
-            assert names[1:1 + recursions] == ["recurse"] * recursions, (phase, names)
-            assert got[1][2] == leaf_call and {line for _, _, line in got[2:1 + recursions]} == {recurse_call}, got
+            assert names[1 : 1 + recursions] == ["recurse"] * recursions, (phase, names)
+            assert got[1][2] == leaf_call and {line for _, _, line in got[2 : 1 + recursions]} == {recurse_call}, got
             if phase == "fits":
                 assert names == ["spin"] + ["recurse"] * recursions + ["fits", "<module>"], names
                 assert len(got) == KEPT

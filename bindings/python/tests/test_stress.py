@@ -127,8 +127,16 @@ print("end", ok)
 
 # A function of each workload that must appear on some CPU sample, and of the allocating ones
 # on some memory sample.
-CPU_FUNCTIONS = {"recurse", "gen_values", "coro_leaf", "raise_deep", "churn_worker", "collect", "tag_churn",
-                 "allocations"}
+CPU_FUNCTIONS = {
+    "recurse",
+    "gen_values",
+    "coro_leaf",
+    "raise_deep",
+    "churn_worker",
+    "collect",
+    "tag_churn",
+    "allocations",
+}
 MEM_FUNCTIONS = {"allocations", "recurse", "gen_values"}
 
 
@@ -144,8 +152,16 @@ def test_stress_real_agent_at_1000_hz_with_memory_hooks(receiver, run_py):
     print(f"agent stats {stats['stats']}")
     print(f"walker stats {stats['walker']}")
     assert run["errors"] == [], run["errors"]
-    assert set(run["counts"]) == {"deep_recursion", "generators", "coroutines", "exceptions", "thread_churn",
-                                  "collect", "tag_churn", "allocations"}
+    assert set(run["counts"]) == {
+        "deep_recursion",
+        "generators",
+        "coroutines",
+        "exceptions",
+        "thread_churn",
+        "collect",
+        "tag_churn",
+        "allocations",
+    }
     assert all(n > 0 for n in run["counts"].values()), run["counts"]
     assert run["threads_started"] >= 300, run["threads_started"]
     assert stats["stats"]["samples"] > 0 and stats["walker"]["stacks"] > 0
@@ -163,11 +179,17 @@ def test_stress_real_agent_at_1000_hz_with_memory_hooks(receiver, run_py):
     cpu = seen("process_cpu")
     assert CPU_FUNCTIONS <= cpu, CPU_FUNCTIONS - cpu
     # The deep recursion was cut at the leaf-most frames and marked.
-    deep = [s for p in r.profiles() if p["labels"]["__name__"] == "process_cpu" for s in p["samples"]
-            if functions(s)[-1:] == ["[truncated]"]]
+    deep = [
+        s
+        for p in r.profiles()
+        if p["labels"]["__name__"] == "process_cpu"
+        for s in p["samples"]
+        if functions(s)[-1:] == ["[truncated]"]
+    ]
     # (its 64th frame, the marker, stands for the thread's bottom frames and the rest of recurse's).
-    assert deep and all(len(functions(s)) == 64 and functions(s).count("recurse") >= 55 for s in deep), \
-        [functions(s) for s in deep if functions(s).count("recurse") < 55][:1]
+    assert deep and all(len(functions(s)) == 64 and functions(s).count("recurse") >= 55 for s in deep), [
+        functions(s) for s in deep if functions(s).count("recurse") < 55
+    ][:1]
     names = {p["labels"]["__name__"] for p in r.profiles()}
     mem = set().union(*(seen(n) for n in names if n.startswith("memory")))
     assert MEM_FUNCTIONS <= mem, (names, MEM_FUNCTIONS - mem)
