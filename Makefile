@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust test-python python-env lint bench setup chromium valgrind c-lib
+.PHONY: all demo test test-rust test-python lint-python python-env lint bench setup chromium valgrind c-lib
 
 all: test
 
@@ -44,6 +44,7 @@ test-rust:
 # The Python package: one abi3 wheel, built when its sources change, installed into one venv per
 # CPython (target/py/<version>); `test-python` runs bindings/python/tests under each.
 PY_VERSIONS := 3.11.7 3.12.1 3.13.0
+PY_LINT := bindings/python $(wildcard examples/rideshare/python benches/python)
 PY_WHEEL := target/wheels/.pyroscope-profiler.stamp
 PY_SOURCES := Cargo.lock $(shell find bindings/python pyroscope-core pyroscope-pprof -path bindings/python/tests -prune -o \
 	-type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' -o -name py.typed \) -print)
@@ -56,8 +57,18 @@ target/py/%/.installed: $(PY_WHEEL)
 
 python-env: $(foreach v,$(PY_VERSIONS),target/py/$(v)/.installed)
 
-test-python: python-env
+test-python: python-env lint-python
 	./scripts/python-test.sh $(PY_VERSIONS)
+	./scripts/check-rideshare.sh python
+
+# Python sources formatted and linted with ruff (pinned, in the newest venv); the package's
+# typing is its committed `_native.pyi` and `py.typed`.
+RUFF_VERSION := 0.17.6
+lint-python: python-env
+	@target/py/$(lastword $(PY_VERSIONS))/bin/python -m ruff --version 2>/dev/null | grep -q "$(RUFF_VERSION)" || \
+	  target/py/$(lastword $(PY_VERSIONS))/bin/pip install -q "ruff==$(RUFF_VERSION)"
+	target/py/$(lastword $(PY_VERSIONS))/bin/python -m ruff format --check --config bindings/python/pyproject.toml $(PY_LINT)
+	target/py/$(lastword $(PY_VERSIONS))/bin/python -m ruff check --config bindings/python/pyproject.toml $(PY_LINT)
 
 bench: setup
 	./scripts/bench.sh

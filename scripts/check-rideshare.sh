@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end story check (run by `make test`): the rideshare of one language (`rust`, the
-# default, or `c`) in three regions under equal load, profiles on the embedded default, then
+# default, `c` or `python`) in three regions under equal load, profiles on the embedded default, then
 # from the profiles alone:
 #  - eu-north uses the most CPU per request;
 #  - only eu-north has mutex_lock;
@@ -10,6 +10,8 @@
 #  - us-east has the most alloc_space, inside do_work, and its inuse_space grows window after
 #    window while eu-north's and ap-south's stay flat;
 #  - `go tool pprof` (an independent decoder) reads the files and sees the same.
+# Python: the checks that name functions need the CPython walker (Python frames on samples);
+# RIDESHARE_FRAMES=0 runs only the others (CPU per request, alloc_space per region, in-use growth).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -34,8 +36,13 @@ case "$lang" in
   rust) service=("$bin/rideshare") ;;
   c) PROFILE=debug examples/rideshare/c/run --build-only || fail "building the C rideshare"
      service=(env PROFILE=debug examples/rideshare/c/run) ;;
-  *) fail "unknown language $lang (rust or c)" ;;
+  python) examples/rideshare/python/run --build-only || fail "installing the Python rideshare"
+     service=(examples/rideshare/python/run) ;;
+  *) fail "unknown language $lang (rust, c or python)" ;;
 esac
+frames=1
+[ "$lang" = python ] && frames="${RIDESHARE_FRAMES:-1}"
+
 regions=(us-east eu-north ap-south)
 read -r -a ports <<<"$(free_ports 3)"
 [ "${#ports[@]}" -eq 3 ] || fail "no free ports from the OS"
@@ -68,6 +75,7 @@ for region in "${regions[@]}"; do
   n="$(requests "${url[$region]}")"
   [ "${n:-0}" -gt 20 ] || fail "$region served only ${n:-0} requests"
   per_req[$region]=$(( $(total "$t") / n ))
+  [ "$frames" = 1 ] || continue
   mutex=$(value "$t" '^(.*::)?mutex_lock$')
   if [ "$region" = eu-north ]; then
     [ "$mutex" -gt 0 ] || fail "eu-north has no mutex_lock"
@@ -87,6 +95,7 @@ echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-no
 [ "${per_req[eu-north]}" -gt "${per_req[us-east]}" ] && [ "${per_req[eu-north]}" -gt "${per_req[ap-south]}" ] \
   || fail "eu-north is not the region with the most CPU per request"
 
+if [ "$frames" = 1 ]; then
 # The comparison: mutex_lock on the eu-north side only.
 d="$("$bin/pyroscope" diff "$prof" --tsv --left region=eu-north --right region=ap-south)"
 row=$(awk -F'\t' '$1 ~ /(^|::)mutex_lock$/ { print $2, $3; exit }' <<<"$d")
@@ -100,10 +109,13 @@ for section in alloc_space inuse_space; do
   grep -q "<td class=\"fn\">[^<]*do_work</td>" <<<"$part" || fail "report: do_work missing from the $section section"
 done
 
-# Memory: alloc_space per region inside do_work, and in-use growth per window.
+fi
+
+# Memory: alloc_space per region inside do_work (without frames: in all), and in-use growth per window.
 declare -A alloc
 for region in us-east eu-north ap-south; do
-  alloc[$region]=$(value "$("$bin/pyroscope" top "$prof" --tsv --type alloc_space --where region=$region)" 'do_work$')
+  t="$("$bin/pyroscope" top "$prof" --tsv --type alloc_space --where region=$region)"
+  if [ "$frames" = 1 ]; then alloc[$region]=$(value "$t" 'do_work$'); else alloc[$region]=$(total "$t"); fi
 done
 echo "alloc_space in do_work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
 [ "${alloc[us-east]}" -gt "${alloc[eu-north]}" ] && [ "${alloc[us-east]}" -gt "${alloc[ap-south]}" ] \
@@ -119,7 +131,7 @@ for v in "${north[@]}"; do
   [ "$v" -lt $(( ${east[-1]} / 4 )) ] || fail "eu-north inuse_space is not flat: ${north[*]}"
 done
 
-if command -v go >/dev/null; then
+if [ "$frames" = 1 ] && command -v go >/dev/null; then
   f=$(ls "$prof"/*.pb.gz | head -1)
   go tool pprof -raw "$prof"/*.process_cpu.*.pb.gz > "$dir/raw.txt" 2>/dev/null || fail "go tool pprof cannot read our files"
   go tool pprof -top -tagfocus=region=eu-north "$prof"/*.process_cpu.*.pb.gz > "$dir/top-eu.txt" 2>/dev/null

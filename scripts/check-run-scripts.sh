@@ -13,14 +13,17 @@ trap cleanup EXIT
 fail() { echo "check-run-scripts: FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
 regions=(us-east eu-north ap-south)
 # The race is a matter of timing: the C round (a few seconds) runs four times.
-for lang in c c c c rust; do
+for lang in c c c c rust python; do
   case "$lang" in
     c) src=examples/rideshare/c/rideshare.c ;;
     rust) src=examples/rideshare/rust/src/main.rs ;;
+    # Reinstalls the venv's packages (and rebuilds the wheel) under the lock.
+    python) src=examples/rideshare/python/requirements.txt ;;
   esac
   # Built once before, so that the touch below forces exactly the relink that raced.
   PROFILE=debug examples/rideshare/c/run --build-only >/dev/null
   cargo build -q -p rideshare
+  [ "$lang" != python ] || examples/rideshare/python/run --build-only >/dev/null
   touch "$src"
   read -r -a ports <<<"$(free_ports 3)"
   [ "${#ports[@]}" -eq 3 ] || fail "no free ports from the OS"

@@ -5,11 +5,14 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 secs="${DEMO_SECONDS:-60}"
 out="$root/demo/profiles"
-rm -rf "$out"; mkdir -p "$out"
+pyout="$root/demo/profiles-python"
+rm -rf "$out" "$pyout"; mkdir -p "$out" "$pyout"
 
 echo "==> building (release)"
 cargo build --release -q -p rideshare -p pyroscope-cli
 bin="$root/target/release"
+echo "==> installing the Python rideshare (venv under target/rideshare-python)"
+examples/rideshare/python/run --build-only
 
 source "$root/scripts/lib.sh"
 pids=()
@@ -25,10 +28,20 @@ for i in 0 1 2; do
   pids+=($!)
   urls+=("http://127.0.0.1:${ports[$i]}")
 done
+# The same story in Python (Flask), its profiles in their own folder.
+read -r -a pyports <<<"$(free_ports 3)"
+for i in 0 1 2; do
+  REGION=${regions[$i]} PORT=${pyports[$i]} PYROSCOPE_EXPORT_DIR="$pyout" PYROSCOPE_UPLOAD_INTERVAL=5 \
+    PYROSCOPE_APPLICATION_NAME=ride-sharing-app-python examples/rideshare/python/run \
+    2>"$root/demo/rideshare-python-${regions[$i]}.log" &
+  pids+=($!)
+  urls+=("http://127.0.0.1:${pyports[$i]}")
+done
 for i in 0 1 2; do
   wait_listening "${pids[$i]}" "$root/demo/rideshare-${regions[$i]}.log" "${ports[$i]}" 60
+  wait_listening "${pids[$((i + 3))]}" "$root/demo/rideshare-python-${regions[$i]}.log" "${pyports[$i]}" 60
 done
-echo "==> load on all three regions for ${secs}s (5 req/s each): ${urls[*]}"
+echo "==> load on all three regions, Rust and Python, for ${secs}s (5 req/s each): ${urls[*]}"
 "$bin/rideshare-load" "$secs" 5 "${urls[@]}"
 echo "==> stopping services (each flushes its last window)"
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -58,4 +71,18 @@ for region in us-east eu-north ap-south; do
   echo "  $region:$series"
 done
 echo
+echo "==> Python: CPU per region (eu-north busy-waits), then memory in use per window (us-east leaks)"
+for region in us-east eu-north ap-south; do
+  echo "  $region: $("$bin/pyroscope" top "$pyout" --tsv --type cpu --where region=$region 2>/dev/null | head -1 | cut -f2) ns CPU"
+done
+for region in us-east eu-north ap-south; do
+  series=""
+  for v in $(inuse_series "$pyout" $region); do
+    series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
+  done
+  echo "  $region:$series"
+done
+"$bin/pyroscope" report "$pyout" --by region --out "$root/demo/report-python.html" >/dev/null
+echo
+echo "==> Python report: $root/demo/report-python.html"
 echo "==> report (flame graphs, tables, tag comparison): $report"

@@ -121,19 +121,31 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         (cpu_lost_seen, alloc_lost_seen) = (cpu, alloc);
     };
     let mut frames: Vec<FrameId> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
     let mut keys: Vec<u64> = Vec::new();
-    let mut drain = |window: &mut Window, allocs: &mut AllocWindow| {
+    let mut merger = NativeMerger::default();
+    let mut drain = |window: &mut Window, allocs: &mut AllocWindow, symbolizer: &mut Symbolizer| {
         let Some(r) = ring else { return 0 };
         let mut resolver = crate::interp::resolver();
+        merger.refresh();
         r.drain(|rec| {
             let (stack, context) = if rec.interp == 0 {
                 (rec.stack(), None)
             } else {
                 // An interpreter's frames: named now, while what they point at is fresh.
                 frames.clear();
-                let context = resolver.as_mut().and_then(|r| r.resolve(rec.interp_words(), &mut frames));
+                ends.clear();
                 keys.clear();
-                keys.extend(rec.stack().iter().copied().chain(frames.iter().map(|f| f.key())));
+                let context = if rec.depth == 0 {
+                    let context = resolver.as_mut().and_then(|r| r.resolve(rec.interp_words(), &mut frames));
+                    keys.extend(frames.iter().map(|f| f.key()));
+                    context
+                } else {
+                    let context =
+                        resolver.as_mut().and_then(|r| r.resolve_runs(rec.interp_words(), &mut frames, &mut ends));
+                    merge_native(rec.stack(), &frames, &ends, |pc| merger.kind(pc, symbolizer), &mut keys);
+                    context
+                };
                 (&keys[..], context)
             };
             match rec.kind {
@@ -167,7 +179,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         };
         // Before draining: a hook that fills its lane during the drain asks again.
         ring::WAKE_ASKED.store(false, Ordering::Release);
-        busy = drain(&mut window, &mut allocs) >= LANE_CAPACITY / 8;
+        busy = drain(&mut window, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();
         }
@@ -195,7 +207,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 // Stop the timers and allocation sampling first, then take what they wrote.
                 sampler.stop();
                 crate::alloc::ENABLED.store(false, Ordering::SeqCst);
-                drain(&mut window, &mut allocs);
+                drain(&mut window, &mut allocs, &mut symbolizer);
                 count_lost(&mut window);
             }
             let end = SystemTime::now();
@@ -243,5 +255,120 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 return;
             }
         }
+    }
+}
+
+/// What a native frame of an interpreter thread is, for merging (see [`crate::NativeFrames`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NativeKind {
+    /// A call of the interpreter's eval function: replaced by the frames it runs.
+    Eval,
+    /// The interpreter's own machinery: left out.
+    Interpreter,
+    /// Anything else (extension modules, C libraries): kept.
+    Other,
+}
+
+/// Merges native frames with an interpreter's, as py-spy's `--native` does: each call of the
+/// eval function becomes the run of interpreter frames it executes, the interpreter's other
+/// frames are left out, every other native frame stays where it is.
+#[derive(Default)]
+struct NativeMerger {
+    config: Option<crate::interp::NativeFrames>,
+    kinds: rustc_hash::FxHashMap<u64, NativeKind>,
+}
+
+impl NativeMerger {
+    /// Picks up the binding's settings (once per drain).
+    fn refresh(&mut self) {
+        if crate::interp::native() && self.config.is_none() {
+            self.config = crate::interp::native_frames();
+        }
+        if self.kinds.len() > 1 << 16 {
+            self.kinds.clear();
+        }
+    }
+
+    fn kind(&mut self, pc: u64, symbolizer: &mut Symbolizer) -> NativeKind {
+        if let Some(k) = self.kinds.get(&pc) {
+            return *k;
+        }
+        let Some(config) = &self.config else { return NativeKind::Other };
+        let snapshot = unwind::current();
+        let path_of = |addr: u64| snapshot.and_then(|s| s.module_for(addr)).map(|m| m.path.as_str());
+        let in_interpreter = path_of(pc).is_some_and(|p| Some(p) == path_of(config.interpreter_address));
+        let kind = if !in_interpreter {
+            NativeKind::Other
+        } else if symbolizer.physical_name(pc, snapshot).is_some_and(|n| *n == *config.eval_function) {
+            NativeKind::Eval
+        } else {
+            NativeKind::Interpreter
+        };
+        self.kinds.insert(pc, kind);
+        kind
+    }
+}
+
+/// `native` and `frames` leaf first; `ends` splits `frames` into runs (leaf first); `kind`
+/// classifies a native frame. Writes the merged stack's keys, leaf first.
+fn merge_native(
+    native: &[u64],
+    frames: &[FrameId],
+    ends: &[usize],
+    mut kind: impl FnMut(u64) -> NativeKind,
+    out: &mut Vec<u64>,
+) {
+    let mut start = 0;
+    let mut runs = ends.iter().map(|&end| {
+        let run = frames.get(start..end.clamp(start, frames.len())).unwrap_or(&[]);
+        start = end.clamp(start, frames.len());
+        run
+    });
+    for &pc in native {
+        match kind(pc) {
+            NativeKind::Other => out.push(pc),
+            NativeKind::Interpreter => {}
+            NativeKind::Eval => {
+                if let Some(run) = runs.next() {
+                    out.extend(run.iter().map(|f| f.key()));
+                }
+            }
+        }
+    }
+    // Runs whose eval call the native unwind did not reach (a stack cut short) go at the root.
+    let rest: Vec<&[FrameId]> = runs.collect();
+    for run in rest {
+        out.extend(run.iter().map(|f| f.key()));
+    }
+    out.extend(frames[start..].iter().map(|f| f.key()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_calls_become_their_runs_and_interpreter_frames_go() {
+        let f: Vec<FrameId> = (0..5).map(|i| FrameId::new(&format!("py{i}"), "x.py", 1).unwrap()).collect();
+        let key = |i: usize| f[i].key();
+        // Leaf first: a C library, an extension, the eval loop (runs py0, py1), interpreter
+        // glue, the eval loop again (py2), main's glue, and a third run never reached.
+        let native = [0x10, 0x20, 0xe0, 0x30, 0xe1, 0x31];
+        let kind = |pc: u64| match pc {
+            0xe0 | 0xe1 => NativeKind::Eval,
+            0x30 | 0x31 => NativeKind::Interpreter,
+            _ => NativeKind::Other,
+        };
+        let mut out = Vec::new();
+        merge_native(&native, &f, &[2, 3, 4], kind, &mut out);
+        assert_eq!(out, vec![0x10, 0x20, key(0), key(1), key(2), key(3), key(4)]);
+        // Frames past the last end (a resolver that reports fewer runs) are kept at the root.
+        out.clear();
+        merge_native(&native, &f, &[2], kind, &mut out);
+        assert_eq!(out, vec![0x10, 0x20, key(0), key(1), key(2), key(3), key(4)]);
+        // No eval frame in the native stack: every run at the root, native frames first.
+        out.clear();
+        merge_native(&[0x10], &f[..2], &[1, 2], kind, &mut out);
+        assert_eq!(out, vec![0x10, key(0), key(1)]);
     }
 }

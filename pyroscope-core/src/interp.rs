@@ -8,7 +8,7 @@
 //! interpreter (a context variable's labels, which follow asyncio tasks). A thread for which
 //! the walker writes nothing (a thread that never ran interpreter code) keeps its native stack.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::aggregate::FrameId;
 use crate::labels::LabelSet;
@@ -31,6 +31,16 @@ pub trait Resolver: Send + 'static {
     /// override the thread's labels name by name), or `None`.
     fn resolve(&mut self, words: &[u64], frames: &mut Vec<FrameId>) -> Option<LabelSet>;
 
+    /// As [`Resolver::resolve`], also telling where each interpreter entry ends, for merging
+    /// with native frames (see [`set_native_frames`]): `ends` gets, for each run of frames one
+    /// call of the interpreter's eval function executes, the index in `frames` just past its
+    /// root-most frame, leaf first. The default reports one run.
+    fn resolve_runs(&mut self, words: &[u64], frames: &mut Vec<FrameId>, ends: &mut Vec<usize>) -> Option<LabelSet> {
+        let labels = self.resolve(words, frames);
+        ends.push(frames.len());
+        labels
+    }
+
     /// Called in the forking thread just before `fork()`, with the resolver locked (no drain
     /// runs): take the locks `resolve` uses, so the child never inherits them held. Locks taken
     /// here come after the resolver's and before every other lock of the core.
@@ -41,6 +51,45 @@ pub trait Resolver: Send + 'static {
     fn after_fork(&mut self, child: bool) {
         let _ = child;
     }
+}
+
+/// How native frames are merged with an interpreter's (see [`set_native_frames`]).
+#[derive(Clone, Debug)]
+pub struct NativeFrames {
+    /// Any code address inside the object holding the interpreter (`libpython3.12.so.1.0`, or
+    /// the executable), e.g. one of its functions: that object's frames are the interpreter's
+    /// own machinery and are left out...
+    pub interpreter_address: u64,
+    /// ...except calls of this function (`_PyEval_EvalFrameDefault`), each replaced by the run
+    /// of interpreter frames it executes.
+    pub eval_function: String,
+}
+
+/// Native frames recorded with the interpreter's, when on.
+static NATIVE: AtomicBool = AtomicBool::new(false);
+static NATIVE_FRAMES: Mutex<Option<NativeFrames>> = Mutex::new(None);
+
+/// With `Some`, samples of interpreter threads keep their native frames too (extension
+/// modules, C libraries), merged with the interpreter's frames where the interpreter calls
+/// its eval function, as py-spy's `--native` shows them. Native frames take at most half of a
+/// sample's words (64), the interpreter's the rest. `None` (the default): interpreter frames
+/// only.
+pub fn set_native_frames(merge: Option<NativeFrames>) {
+    NATIVE.store(merge.is_some(), Ordering::Release);
+    *NATIVE_FRAMES.lock() = merge;
+}
+
+/// Whether native frames are recorded with the interpreter's.
+///
+/// # Signal safety
+/// One atomic load.
+#[inline(always)]
+pub(crate) fn native() -> bool {
+    NATIVE.load(Ordering::Acquire)
+}
+
+pub(crate) fn native_frames() -> Option<NativeFrames> {
+    NATIVE_FRAMES.lock().clone()
 }
 
 /// The walker as a function address; 0 for none.

@@ -80,7 +80,7 @@ pub use aggregate::FrameId;
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};
-pub use interp::{set_interpreter, Resolver, WalkFn};
+pub use interp::{set_interpreter, set_native_frames, NativeFrames, Resolver, WalkFn};
 pub use labels::{
     current as current_labels, push as push_labels, register_thread, tag_wrapper, validate_label, LabelGuard, LabelSet,
     WithLabels,

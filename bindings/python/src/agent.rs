@@ -109,12 +109,19 @@ pub fn build(s: &Settings) -> Result<pyroscope_core::Config, String> {
 /// Starts the agent. Ok(false): one is running already (pyroscope-io refuses a second
 /// `configure` too; the first keeps running).
 /// `walker` is the outcome of `cpython::init` (None: not tried, keep what is registered).
-pub fn start(config: pyroscope_core::Config, line_no: u8, walker: Option<Result<(), String>>) -> Result<bool, String> {
+/// `native`: merge native frames of extension modules into the Python stacks.
+pub fn start(
+    config: pyroscope_core::Config,
+    line_no: u8,
+    native: bool,
+    walker: Option<Result<(), String>>,
+) -> Result<bool, String> {
     let mut slot = agent();
     if slot.is_some() {
         return Ok(false);
     }
     LINE_NO.store(line_no, Ordering::Relaxed);
+    pyroscope_core::set_native_frames(native.then(native_frames).flatten());
     // Python stacks: the walker is proven on this thread once per process, then registered
     // with the core before its first sample; without it samples keep native frames and
     // `tag_wrapper` falls back to thread tags.
@@ -222,4 +229,19 @@ pub fn set_logging(level: Option<i32>) {
         Some(_) => log::LevelFilter::Error,
     };
     log::set_max_level(filter);
+}
+
+/// Where the interpreter's eval function is: its calls are where native and Python frames meet.
+fn native_frames() -> Option<pyroscope_core::NativeFrames> {
+    const EVAL: &std::ffi::CStr = c"_PyEval_EvalFrameDefault";
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the symbol up.
+    let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, EVAL.as_ptr()) } as u64;
+    if address == 0 {
+        log::warn!("pyroscope: native=True: _PyEval_EvalFrameDefault not found, Python frames only");
+        return None;
+    }
+    Some(pyroscope_core::NativeFrames {
+        interpreter_address: address,
+        eval_function: EVAL.to_string_lossy().into_owned(),
+    })
 }

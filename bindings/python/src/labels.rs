@@ -51,6 +51,9 @@ struct Entry {
 #[derive(Default)]
 struct Registry {
     entries: HashMap<u64, Entry>,
+    /// The key of each label set in `entries`: a wrapper with the same labels as a live (or
+    /// recently dead) entry shares its key, so the registry holds one entry per distinct set.
+    by_labels: HashMap<Vec<(String, String)>, u64>,
     /// threading ident -> thread name.
     names: HashMap<u64, String>,
     /// (key, ident, pid) -> the entry's set with the thread labels added.
@@ -81,6 +84,7 @@ impl Registry {
         self.entries.retain(|_, e| e.dead_since.is_none_or(|t| now.duration_since(t) < GRACE));
         if self.entries.len() != before {
             let entries = &self.entries;
+            self.by_labels.retain(|_, key| entries.contains_key(key));
             self.cache.retain(|(key, _, _), _| *key == 0 || entries.contains_key(key));
         }
     }
@@ -132,8 +136,7 @@ impl Drop for ContextHolder {
 /// A new registry entry: the labels of `parent` (if it still exists) with `pairs` laid over
 /// them. Bad names or values are left out (counted by the core and logged once).
 pub fn new_context(parent: u64, pairs: &[(String, String)]) -> ContextHolder {
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    with_registry(|r| {
+    let key = with_registry(|r| {
         let now = Instant::now();
         r.sweep(now);
         let mut merged: Vec<(String, String)> = match r.entries.get(&parent) {
@@ -146,7 +149,15 @@ pub fn new_context(parent: u64, pairs: &[(String, String)]) -> ContextHolder {
         }
         let set = LabelSet::new_lossy(&merged);
         let labels = set.labels();
+        if let Some(e) = r.by_labels.get(&labels).and_then(|k| Some((*k, r.entries.get_mut(k)?))) {
+            e.1.holders += 1;
+            e.1.dead_since = None;
+            return e.0;
+        }
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        r.by_labels.insert(labels.clone(), key);
         r.entries.insert(key, Entry { set, labels, holders: 1, dead_since: None });
+        key
     });
     ContextHolder { key }
 }

@@ -40,7 +40,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (*, application_name=None, server_address=None, basic_auth=None, tenant_id=None,
     tags=Vec::new(), runtime_tags=Vec::new(), http_headers=Vec::new(), sample_rate=None, upload_interval=None,
-    cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, report_pid=false,
+    cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, native=false, report_pid=false,
     report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -60,6 +60,7 @@ fn start(
     alloc_sample_bytes: Option<i64>,
     shutdown_timeout: Option<f64>,
     line_no: u8,
+    native: bool,
     report_pid: bool,
     report_thread_id: bool,
     report_thread_name: bool,
@@ -111,7 +112,7 @@ fn start(
             Some(outcome)
         }
     };
-    agent::start(config, line_no, walker).map_err(ConfigError::new_err)
+    agent::start(config, line_no, native, walker).map_err(ConfigError::new_err)
 }
 
 /// Stops the agent, flushing the last window (at most the shutdown timeout, without the GIL).
@@ -148,19 +149,40 @@ fn stats(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
     for (k, v) in [
         ("samples", s.samples),
         ("samples_lost", s.samples_lost),
+        ("alloc_samples_lost", s.alloc_samples_lost),
+        ("samples_truncated", s.samples_truncated),
         ("windows", s.windows),
         ("profiles", s.profiles),
         ("uploads_sent", s.uploads_sent),
         ("uploads_dropped", s.uploads_dropped),
         ("uploads_failed", s.uploads_failed),
+        ("upload_retries", s.upload_retries),
+        ("windows_abandoned", s.windows_abandoned),
         ("threads_sampled", s.threads_sampled),
+        ("threads_unsampled", s.threads_unsampled),
+        ("handler_runs", s.handler_runs),
+        ("handler_ns", s.handler_ns),
+        ("alloc_sample_groups", s.alloc_sample_groups),
+        ("live_overflow", s.live_overflow),
         ("label_sets_live", s.label_sets_live),
+        ("label_sets_overflowed", s.label_sets_overflowed),
+        ("label_sets_reclaimed", s.label_sets_reclaimed),
         ("labels_rejected_name", s.labels_rejected_name),
         ("labels_rejected_value", s.labels_rejected_value),
+        ("labels_rejected_duplicate", s.labels_rejected_duplicate),
+        ("labels_rejected_too_many", s.labels_rejected_too_many),
+        ("signals_stale", s.signals_stale),
+        ("thread_frees_deferred", s.thread_frees_deferred),
     ] {
         d.set_item(k, v)?;
     }
     Ok(Some(d))
+}
+
+/// Samples the calling thread's CPU from now on (see `pyroscope_core::register_thread`).
+#[pyfunction]
+fn register_thread() {
+    pyroscope_core::register_thread();
 }
 
 #[pyfunction]
@@ -219,14 +241,6 @@ fn set_thread_name(ident: u64, name: Option<String>) {
     labels::set_thread_name(ident, name);
 }
 
-/// Arms the calling thread's CPU timer now (a running agent), rather than at the collector's
-/// next scan of the process's threads, up to 100 ms later: called as each `threading` thread
-/// starts, so a new thread's first milliseconds of CPU are sampled.
-#[pyfunction]
-fn register_thread() {
-    pyroscope_core::register_thread();
-}
-
 #[pyfunction]
 fn before_fork() {
     // The label registry's lock is held across fork by the core's own fork handlers (see
@@ -253,6 +267,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(running, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(add_thread_tag, m)?)?;
     m.add_function(wrap_pyfunction!(remove_thread_tag, m)?)?;
     m.add_function(wrap_pyfunction!(thread_tags, m)?)?;
@@ -262,7 +277,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sweep_now, m)?)?;
     m.add_function(wrap_pyfunction!(context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_name, m)?)?;
-    m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(force_context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork, m)?)?;

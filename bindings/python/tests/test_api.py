@@ -237,8 +237,12 @@ def test_context_registry_merges_and_frees_after_the_grace_period():
     n.sweep_now()
     # Still there during the grace period (samples of its last moments are in the ring)...
     assert n.lookup(key, 1) == [("endpoint", "/b"), ("vehicle", "car")]
+    # The same labels share one entry (one per distinct set, however many wrappers)...
     again = n.new_context(0, [("endpoint", "/a")])
-    assert again.key > key  # keys are never reused
+    assert again.key == outer.key
+    # ...and a key, once freed, is never handed out again.
+    other = n.new_context(0, [("endpoint", "/c")])
+    assert other.key > key
 
 
 def test_configure_twice_is_refused_and_shutdown_reports(receiver, run_py):
@@ -300,3 +304,12 @@ pyroscope.shutdown()
 """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_registry_holds_one_entry_per_distinct_label_set():
+    # A busy service wraps every request: the registry must not grow with the request rate.
+    n = pyroscope._native
+    before = n.registry_len()
+    holders = [n.new_context(0, [("vehicle", "car"), ("n", str(i % 3))]) for i in range(3000)]
+    assert n.registry_len() - before <= 3
+    assert len({h.key for h in holders}) == 3

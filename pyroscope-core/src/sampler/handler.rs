@@ -145,6 +145,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
     let walker = crate::interp::walker();
+    let native = crate::interp::native();
     ring::push(state.tid as usize, Kind::Cpu, |rec| {
         rec.kind = Kind::Cpu;
         rec.tid = state.tid;
@@ -152,7 +153,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
         rec.weight = weight;
         rec.truncated = false;
         rec.interp = 0;
-        if let Some(walk) = walker {
+        if let Some(walk) = walker.filter(|_| !native) {
             // SAFETY: a registered walker is async-signal-safe by its contract (`WalkFn`), and
             // runs here on the sampled thread as it expects.
             let words = unsafe { walk(&mut rec.pcs[..]) }.min(MAX_DEPTH);
@@ -162,6 +163,8 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
                 return;
             }
         }
+        // With native frames merged, they take at most half the record; the walker the rest.
+        let max_depth = if walker.is_some() && native { MAX_DEPTH / 2 } else { MAX_DEPTH };
         rec.pcs[0] = ip;
         let mut depth = 1;
         if let Some(snapshot) = snapshot {
@@ -172,7 +175,7 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
             loop {
                 match frames.next() {
                     Ok(Some(addr @ FrameAddress::ReturnAddress(_))) => {
-                        if depth == MAX_DEPTH {
+                        if depth == max_depth {
                             rec.truncated = true;
                             break;
                         }
@@ -191,6 +194,10 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
             rec.truncated = true;
         }
         rec.depth = depth as u16;
+        if let Some(walk) = walker.filter(|_| native) {
+            // SAFETY: as above.
+            rec.interp = unsafe { walk(&mut rec.pcs[depth..]) }.min(MAX_DEPTH - depth) as u16;
+        }
     });
 }
 

@@ -181,8 +181,9 @@ def configure(
     wrong type also a ``TypeError``) and starts nothing.
 
     ``oncpu=False`` (wall-clock) is not supported: CPU time is sampled. ``gil_only`` is accepted:
-    CPU-time sampling already skips threads waiting for the GIL. ``native=True`` asks for native
-    frames below Python ones (not merged yet). ``cpu_implementation`` and ``mem_max_nframe`` are
+    CPU-time sampling already skips threads waiting for the GIL. ``native=True`` merges the native
+    frames of extension modules and C libraries into the Python stacks, where the interpreter
+    calls them (py-spy's ``--native``); it is off by default. ``cpu_implementation`` and ``mem_max_nframe`` are
     accepted and have no effect. ``cpu_enabled=False`` with ``mem_enabled=False`` starts nothing.
     """
     shutdown_timeout = kwargs.pop("_shutdown_timeout", None)
@@ -265,6 +266,7 @@ def configure(
         alloc_sample_bytes=mem_heap_sample_size if given(mem_heap_sample_size) else None,
         shutdown_timeout=shutdown_timeout,
         line_no=int(line_no),
+        native=bool(native),
         report_pid=bool(report_pid),
         report_thread_id=bool(report_thread_id),
         report_thread_name=bool(report_thread_name),
@@ -278,7 +280,6 @@ def configure(
         if given(mem_enabled) and not mem_enabled:
             LOGGER.warning("cpu_enabled=False and mem_enabled=False: nothing to profile")
             return True
-    _install_thread_register()
     if report_thread_name:
         _install_thread_names()
     _state["settings"] = dict(
@@ -292,6 +293,7 @@ def configure(
     started = _native.start(**args)
     if started:
         _state["args"] = args
+        _install_thread_registration()
     if not started:
         LOGGER.warning("pyroscope is already configured: call shutdown() before configure() again")
         return False
@@ -470,22 +472,25 @@ class tag_wrapper:
         return wrapper
 
 
-def _install_thread_register():
-    # Each threading thread arms its own CPU timer as it starts: the collector's scan of the
-    # process's threads would find it up to 100 ms later, its first milliseconds unsampled.
-    if _state.get("register"):
+def _install_thread_registration():
+    # Each new threading.Thread is sampled from its first instruction: a thread per request
+    # (socketserver's ThreadingMixIn, Flask's development server) often ends before the core's
+    # next scan of the process's threads (every 100 ms) would have found it. `_set_native_id`
+    # runs on the new thread as it starts and returns before `run()`: no frame of ours stays
+    # on the thread's stack.
+    if _state.get("registration"):
         return
-    _state["register"] = True
-    orig_bootstrap_inner = threading.Thread._bootstrap_inner
+    _state["registration"] = True
+    orig_set_native_id = threading.Thread._set_native_id
 
-    def _bootstrap_inner(self, *args, **kwargs):
+    def _set_native_id(self):
+        orig_set_native_id(self)
         try:
             _native.register_thread()
         except Exception:
             pass
-        orig_bootstrap_inner(self, *args, **kwargs)
 
-    threading.Thread._bootstrap_inner = _bootstrap_inner
+    threading.Thread._set_native_id = _set_native_id
 
 
 def _install_thread_names():
@@ -494,25 +499,23 @@ def _install_thread_names():
         return
     _state["threads"] = True
     Thread = threading.Thread
-    orig_bootstrap_inner = Thread._bootstrap_inner
+    orig_set_native_id = Thread._set_native_id
     name_prop = Thread.name
 
-    def _bootstrap_inner(self, *args, **kwargs):
+    def _set_native_id(self):
+        # On the new thread as it starts (an ident reused by a later thread gets its name then).
+        orig_set_native_id(self)
         try:
             _native.set_thread_name(threading.get_ident(), self.name)
         except Exception:
             pass
-        try:
-            orig_bootstrap_inner(self, *args, **kwargs)
-        finally:
-            _native.set_thread_name(threading.get_ident(), None)
 
     def _set_name(self, name):
         name_prop.fset(self, name)
         if self.ident is not None and self.is_alive():
             _native.set_thread_name(self.ident, str(name))
 
-    Thread._bootstrap_inner = _bootstrap_inner
+    Thread._set_native_id = _set_native_id
     Thread.name = property(name_prop.fget, _set_name, doc=name_prop.__doc__)
     for t in threading.enumerate():
         if t.ident is not None:

@@ -25,6 +25,9 @@ pub(crate) struct Offsets {
     pub(crate) frame_instr: usize,
     /// `.owner` (a `char`).
     pub(crate) frame_owner: usize,
+    /// 3.11: `_PyInterpreterFrame.is_entry` (a `bool`): the frame is the first one a call of
+    /// the eval function ran (3.12+ mark that with a shim frame below it instead).
+    pub(crate) frame_is_entry: Option<usize>,
     /// `FRAME_OWNED_BY_CSTACK`, the C-entry shim frames (3.12+): skipped.
     pub(crate) owner_cstack: Option<u8>,
     pub(crate) code_firstlineno: usize,
@@ -83,6 +86,7 @@ static V3_11: Offsets = Offsets {
     frame_previous: 48,
     frame_instr: 56,
     frame_owner: 69,
+    frame_is_entry: Some(68),
     owner_cstack: None,
     code_firstlineno: 72,
     code_filename: 112,
@@ -106,6 +110,7 @@ static V3_12: Offsets = Offsets {
     frame_previous: 8,
     frame_instr: 56,
     frame_owner: 70,
+    frame_is_entry: None,
     owner_cstack: Some(3),
     code_firstlineno: 68,
     code_filename: 112,
@@ -129,6 +134,7 @@ static V3_13: Offsets = Offsets {
     frame_previous: 8,
     frame_instr: 56,
     frame_owner: 70,
+    frame_is_entry: None,
     owner_cstack: Some(3),
     code_firstlineno: 68,
     code_filename: 112,

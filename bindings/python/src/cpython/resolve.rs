@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use super::linetable;
 use super::offsets as off;
-use super::walk::{name_tag, thread_ident, unpack, CODE_MASK, HEADER, TRUNCATED};
+use super::walk::{name_tag, thread_ident, unpack, CODE_MASK, HEADER, RUN_END, TRUNCATED};
 use super::Runtime;
 
 pub use pyroscope_core::Resolver;
@@ -56,6 +56,8 @@ pub struct PyResolver {
     labels: fn(u64, u64) -> Option<LabelSet>,
     codes: HashMap<(u64, i32), Code>,
     lines: HashMap<(u64, i32, i32), (u32, Option<FrameId>)>,
+    /// Scratch for [`Resolver::resolve`], which does not need the runs.
+    ends: Vec<usize>,
     /// The root frame of stacks the walker cut (`[truncated]`, as the core names native ones).
     truncated: Option<FrameId>,
 }
@@ -63,7 +65,7 @@ pub struct PyResolver {
 impl PyResolver {
     /// `labels(context_key, thread_ident)` gives the labels of a sample (see `labels::lookup`).
     pub fn new(labels: fn(u64, u64) -> Option<LabelSet>) -> Self {
-        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), truncated: None }
+        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), ends: Vec::new(), truncated: None }
     }
 
     /// Names the frames in `words` (leaf first) into `out`, dropping those that fail validation.
@@ -129,11 +131,21 @@ impl PyResolver {
 
 impl Resolver for PyResolver {
     fn resolve(&mut self, words: &[u64], frames: &mut Vec<FrameId>) -> Option<LabelSet> {
+        let mut ends = std::mem::take(&mut self.ends);
+        ends.clear();
+        let labels = self.resolve_runs(words, frames, &mut ends);
+        self.ends = ends;
+        labels
+    }
+
+    fn resolve_runs(&mut self, words: &[u64], frames: &mut Vec<FrameId>, ends: &mut Vec<usize>) -> Option<LabelSet> {
         if words.len() < HEADER {
             return None;
         }
         if let Some(rt) = super::runtime() {
             for pair in words[HEADER..].chunks_exact(2) {
+                // After this frame (named or dropped), one eval-function call's run ends.
+                let ends_run = pair[1] & RUN_END != 0;
                 match self.frame(rt, pair[0], pair[1]) {
                     Some((named, id)) => {
                         if id.is_none() {
@@ -146,6 +158,9 @@ impl Resolver for PyResolver {
                     None => {
                         DROPPED.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if ends_run {
+                    ends.push(frames.len());
                 }
             }
             if words[1] & TRUNCATED != 0 && !frames.is_empty() {

@@ -67,9 +67,14 @@ pub(crate) fn pack(lasti: i32, firstlineno: i32) -> u64 {
     (u64::from(lasti as u32) << 32) | u64::from(firstlineno as u32)
 }
 
-/// The inverse of [`pack`].
+/// Set in a frame's second word when the frame is the root-most of the frames one call of the
+/// eval function runs (native frames are merged at those calls). `co_firstlineno` is never
+/// negative, so its sign bit is free.
+pub(crate) const RUN_END: u64 = 1 << 31;
+
+/// The inverse of [`pack`] (without [`RUN_END`]).
 pub(crate) fn unpack(word: u64) -> (i32, i32) {
-    ((word >> 32) as u32 as i32, word as u32 as i32)
+    ((word >> 32) as u32 as i32, (word & !RUN_END) as u32 as i32)
 }
 
 /// Reads the calling thread's Python frames into `out`: `out[0]` the context label key (0 when
@@ -141,8 +146,16 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
     let mut n = HEADER;
     // Brent's cycle check: `mark` is re-anchored at powers of two.
     let (mut mark, mut power, mut steps) = (0usize, 1usize, 0usize);
+    // Skipped frames (shims, incomplete frames) write nothing: a hard cap on links followed
+    // bounds the walk whatever a torn chain points at.
+    let mut links = 0usize;
     let mut cut = 0;
     while frame != 0 {
+        links += 1;
+        if links > 4 * MAX_FRAMES {
+            bump(&COUNTERS.torn);
+            break;
+        }
         match read_frame(rt, frame) {
             Ok((word0, word1, previous)) => {
                 if word0 != 0 {
@@ -156,6 +169,9 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
                     out[n] = word0;
                     out[n + 1] = word1;
                     n += 2;
+                } else if word1 & RUN_END != 0 && n > HEADER {
+                    // A C-entry shim: the frame above it ends a run of the eval function.
+                    out[n - 1] |= RUN_END;
                 }
                 frame = previous;
             }
@@ -193,7 +209,7 @@ fn read_frame(rt: &Runtime, frame: usize) -> Result<(u64, u64, usize), Fault> {
     let previous = read_ptr(frame + o.frame_previous)?;
     let owner = read_u8(frame + o.frame_owner)?;
     if Some(owner) == o.owner_cstack {
-        return Ok((0, 0, previous));
+        return Ok((0, RUN_END, previous));
     }
     let code = read_ptr(frame + o.frame_code)?;
     if code == 0 || fault::read_u64(code + off::OB_TYPE)? != rt.code_type as u64 {
@@ -213,7 +229,12 @@ fn read_frame(rt: &Runtime, frame: usize) -> Result<(u64, u64, usize), Fault> {
             return Ok((0, 0, previous)); // _PyFrame_IsIncomplete
         }
     }
-    Ok((code as u64 | u64::from(name_tag(qualname)) << 48, pack(lasti, firstlineno), previous))
+    let entry = match o.frame_is_entry {
+        Some(at) => read_u8(frame + at)? != 0,
+        None => false,
+    };
+    let word1 = pack(lasti, firstlineno) | if entry { RUN_END } else { 0 };
+    Ok((code as u64 | u64::from(name_tag(qualname)) << 48, word1, previous))
 }
 
 /// User-space addresses fit in 47 bits: a frame's first word carries the code address in its
