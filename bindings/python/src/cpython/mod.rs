@@ -240,7 +240,7 @@ fn self_test(
         .and_then(|t| t.call_method0("get_ident"))
         .and_then(|v| v.extract())
         .map_err(|e| e.to_string())?;
-    if words[1] != ident {
+    if walk::thread_ident(words[1]) != ident {
         return Err(format!("the walk read thread id {:#x}, threading.get_ident() is {ident:#x}", words[1]));
     }
     let mut named = Vec::new();

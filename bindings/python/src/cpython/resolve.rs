@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use super::linetable;
 use super::offsets as off;
-use super::walk::{name_tag, unpack, CODE_MASK, HEADER, RUN_END};
+use super::walk::{name_tag, thread_ident, unpack, CODE_MASK, HEADER, RUN_END, TRUNCATED};
 use super::Runtime;
 
 pub use pyroscope_core::Resolver;
@@ -58,12 +58,14 @@ pub struct PyResolver {
     lines: HashMap<(u64, i32, i32), (u32, Option<FrameId>)>,
     /// Scratch for [`Resolver::resolve`], which does not need the runs.
     ends: Vec<usize>,
+    /// The root frame of stacks the walker cut (`[truncated]`, as the core names native ones).
+    truncated: Option<FrameId>,
 }
 
 impl PyResolver {
     /// `labels(context_key, thread_ident)` gives the labels of a sample (see `labels::lookup`).
     pub fn new(labels: fn(u64, u64) -> Option<LabelSet>) -> Self {
-        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), ends: Vec::new() }
+        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), ends: Vec::new(), truncated: None }
     }
 
     /// Names the frames in `words` (leaf first) into `out`, dropping those that fail validation.
@@ -161,8 +163,14 @@ impl Resolver for PyResolver {
                     ends.push(frames.len());
                 }
             }
+            if words[1] & TRUNCATED != 0 && !frames.is_empty() {
+                if self.truncated.is_none() {
+                    self.truncated = FrameId::new("[truncated]", "", 0);
+                }
+                frames.extend(self.truncated);
+            }
         }
-        (self.labels)(words[0], words[1])
+        (self.labels)(words[0], thread_ident(words[1]))
     }
 
     // `labels` takes the label registry's lock: held across fork in the core's order (after the

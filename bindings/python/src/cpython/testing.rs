@@ -62,7 +62,7 @@ fn named(words: &[u64], resolver: &mut PyResolver) -> Sample {
     resolver.names(words, &mut frames);
     let frames =
         frames.into_iter().map(|Named { function, file, line }| (function.to_string(), file.to_string(), line));
-    (words[0], words[1], frames.collect())
+    (words[0], walk::thread_ident(words[1]), frames.collect())
 }
 
 /// Walks the calling thread now (normal context): `(context key, thread ident, [(qualname,

@@ -20,6 +20,15 @@ pub(crate) const MAX_FRAMES: usize = 255;
 /// Words before the frames: context label key, thread ident.
 pub(crate) const HEADER: usize = 2;
 
+/// Set in `out[1]` (the thread ident, a user-space pointer below 2^47) when the stack had more
+/// frames than `out` holds: the resolver then adds a `[truncated]` root frame.
+pub(crate) const TRUNCATED: u64 = 1 << 63;
+
+/// The thread ident of a walk's `out[1]`, without the [`TRUNCATED`] mark.
+pub(crate) fn thread_ident(word: u64) -> u64 {
+    word & !TRUNCATED
+}
+
 /// Walk outcomes, for stats (all relaxed counters).
 pub(crate) struct Counters {
     /// Walks that wrote a Python stack.
@@ -69,7 +78,8 @@ pub(crate) fn unpack(word: u64) -> (i32, i32) {
 }
 
 /// Reads the calling thread's Python frames into `out`: `out[0]` the context label key (0 when
-/// unset), `out[1]` the thread's `threading.get_ident()`, then per frame, leaf first, the code
+/// unset), `out[1]` the thread's `threading.get_ident()` (with [`TRUNCATED`] set when frames
+/// were left out), then per frame, leaf first, the code
 /// object's address (tagged, see [`CODE_MASK`]) and [`pack`]`(lasti, co_firstlineno)`. Returns the words written; 0 when
 /// this is not a Python thread, Python is not running on it, the walker was never initialised,
 /// or reading is not safe (our fault handler was replaced).
@@ -139,19 +149,23 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
     // Skipped frames (shims, incomplete frames) write nothing: a hard cap on links followed
     // bounds the walk whatever a torn chain points at.
     let mut links = 0usize;
+    let mut cut = 0;
     while frame != 0 {
         links += 1;
         if links > 4 * MAX_FRAMES {
             bump(&COUNTERS.torn);
             break;
         }
-        if n + 2 > limit {
-            bump(&COUNTERS.truncated);
-            break;
-        }
         match read_frame(rt, frame) {
             Ok((word0, word1, previous)) => {
                 if word0 != 0 {
+                    if n + 2 > limit {
+                        // A frame that would be shown does not fit (shims past the limit do
+                        // not count): the stack is cut, and marked so.
+                        bump(&COUNTERS.truncated);
+                        cut = TRUNCATED;
+                        break;
+                    }
                     out[n] = word0;
                     out[n + 1] = word1;
                     n += 2;
@@ -181,7 +195,7 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
         return Ok(0);
     }
     out[0] = context_key(rt, tstate);
-    out[1] = thread_ident;
+    out[1] = thread_ident | cut;
     Ok(n)
 }
 
