@@ -32,14 +32,14 @@ case "${1:-}" in
     # Any venv's pip builds it: the wheel is abi3 (cp311 and later).
     dir=$(venv "${2:-3.12.1}")
     rm -f target/wheels/pyroscope_profiler-*.whl
-    "$dir/bin/pip" wheel -q --no-deps ./bindings/python -w target/wheels
+    "$dir/bin/python" -m pip wheel -q --no-deps ./bindings/python -w target/wheels
     ls target/wheels/pyroscope_profiler-*.whl >/dev/null
     touch target/wheels/.pyroscope-profiler.stamp
     ;;
   venv)
     dir=$(venv "$2")
-    "$dir/bin/pip" install -q --force-reinstall --no-deps target/wheels/pyroscope_profiler-*.whl
-    "$dir/bin/pip" install -q pytest
+    "$dir/bin/python" -m pip install -q --force-reinstall --no-deps target/wheels/pyroscope_profiler-*.whl
+    "$dir/bin/python" -m pip install -q pytest
     touch "$dir/.installed"
     ;;
   *)

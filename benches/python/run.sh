@@ -32,7 +32,7 @@ if ! peer_ok; then
     echo "CPython $PY not found" > "$log"
   elif "$base" -m venv "$peer_dir" >"$log" 2>&1; then
     # Bounded: a PyPI that does not answer costs at most two minutes here.
-    timeout 120 "$peer_dir/bin/pip" install -q --disable-pip-version-check --timeout 20 --retries 1 \
+    timeout 120 "$peer_dir/bin/python" -m pip install -q --disable-pip-version-check --timeout 20 --retries 1 \
       "pyroscope-io==$PEER_VERSION" >>"$log" 2>&1 || true
   fi
 fi

@@ -89,11 +89,12 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     let tags = Arc::new(config.tags.clone());
     let app: Arc<str> = config.application_name.as_str().into();
     let hash = tags_hash(&config.application_name, &config.tags);
-    // Files are standalone: they carry the static tags on every sample.
-    let extra: Vec<(String, String)> = match config.destination {
-        Destination::Directory(_) => config.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Destination::Server(_) => Vec::new(),
-    };
+    // Every sample carries the process's sample labels; files are standalone, so they carry the
+    // static tags on every sample too.
+    let mut extra: Vec<(String, String)> = config.sample_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Destination::Directory(_) = config.destination {
+        extra.extend(config.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let upload = |name: &'static str, profile: &crate::proto::Profile, start: SystemTime, end: SystemTime| Upload {
         profile_name: name,
         pprof: pprof::encode_gzip(profile),

@@ -72,6 +72,9 @@ pub struct Config {
     pub destination: Destination,
     /// Static tags, on the series.
     pub tags: BTreeMap<String, String>,
+    /// Labels on every sample of this process (pyroscope-io's `report_pid` puts `pid` there),
+    /// under the sample's own labels of the same name.
+    pub sample_labels: BTreeMap<String, String>,
     /// CPU samples per second per thread.
     pub sample_rate: u32,
     /// Length of one profile window.
@@ -126,6 +129,7 @@ impl AgentBuilder {
                 application_name: application_name.into(),
                 destination: Destination::Directory(PathBuf::from("./profiles")),
                 tags: BTreeMap::new(),
+                sample_labels: BTreeMap::new(),
                 sample_rate: 100,
                 upload_interval: Duration::from_secs(10),
                 auth: Auth::None,
@@ -236,6 +240,11 @@ impl AgentBuilder {
     /// Adds a static tag (on every series), e.g. `region`.
     pub fn tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.tags.insert(name.into(), value.into());
+        self
+    }
+    /// Adds a label to every sample (not to the series), e.g. `pid`.
+    pub fn sample_label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.sample_labels.insert(name.into(), value.into());
         self
     }
     /// Adds static tags.
@@ -354,6 +363,9 @@ impl Config {
         for (k, v) in &self.tags {
             validate_tag(k, v)?;
         }
+        for (k, v) in &self.sample_labels {
+            crate::labels::validate_label(k, v)?;
+        }
         // The server allows 30 label names per series; we add up to 6 of our own.
         if self.tags.len() > 24 {
             return Err(Error::TooManyLabels { count: self.tags.len(), max: 24 });
@@ -442,6 +454,7 @@ impl Config {
     fn debug_settings(&self, d: &mut std::fmt::DebugStruct<'_, '_>) {
         d.field("application_name", &self.application_name)
             .field("tags", &self.tags)
+            .field("sample_labels", &self.sample_labels)
             .field("sample_rate", &self.sample_rate)
             .field("upload_interval", &self.upload_interval)
             .field("auth", &self.auth)

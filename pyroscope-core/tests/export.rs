@@ -29,6 +29,7 @@ fn push_api_carries_series_labels_auth_and_sample_labels() {
         .basic_auth("123", "secret-token")
         .tenant_id("team-a")
         .header("X-Extra", "1")
+        .sample_label("pid", "4242")
         .alloc_sample_bytes(4096)
         .start()
         .unwrap();
@@ -65,6 +66,10 @@ fn push_api_carries_series_labels_auth_and_sample_labels() {
     check_cpu("serve_request", in_fn.iter().map(|f| f.values[1]).sum(), truth, Duration::from_millis(10), 0.67, 1.1);
     assert!(in_fn.iter().all(|f| f.labels.get("vehicle").map(String::as_str) == Some("scooter")));
     assert!(flat.iter().all(|f| !f.labels.contains_key("region")), "static tags go on the series, not samples");
+    assert!(
+        flat.iter().all(|f| f.labels.get("pid").map(String::as_str) == Some("4242")),
+        "sample labels on every sample"
+    );
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct Settings {
     pub memory: Option<bool>,
     pub alloc_sample_bytes: Option<i64>,
     pub shutdown_timeout: Option<f64>,
+    /// `report_pid`: `pid` on every sample, Python or native.
+    pub report_pid: bool,
 }
 
 static AGENT: Mutex<Option<Agent>> = Mutex::new(None);
@@ -62,6 +64,9 @@ pub fn build(s: &Settings) -> Result<pyroscope_core::Config, String> {
         b = b.tenant_id(t.clone());
     }
     b = b.tags(s.tags.iter().cloned());
+    if s.report_pid {
+        b = b.sample_label("pid", std::process::id().to_string());
+    }
     for (k, v) in &s.http_headers {
         b = b.header(k.clone(), v.clone());
     }

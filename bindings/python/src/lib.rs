@@ -81,6 +81,7 @@ fn start(
         memory,
         alloc_sample_bytes,
         shutdown_timeout,
+        report_pid,
     };
     let config = agent::build(&settings).map_err(ConfigError::new_err)?;
     if check_only {
