@@ -206,7 +206,7 @@ class Bench:
             "own table (ratio of medians), and per run against the no-profiler run of the same "
             "round (median, lowest and highest: the spread). CPU: the process's CPU time over the measured phase "
             "(`time.process_time()`, profiler threads included); wall: its `perf_counter` time; "
-            "peak RSS: the child's `ru_maxrss`. \"In profiles\": what the receiver got, as a share "
+            'peak RSS: the child\'s `ru_maxrss`. "In profiles": what the receiver got, as a share '
             "of the child's whole CPU time (rusage), a check that the profiler sampled."
         )
 
@@ -253,8 +253,7 @@ class Bench:
             if ours:
                 print(
                     f"- {'with' if labels else 'without'} labels: ours CPU ratio {ours['cpu_ratio']:.4f}, "
-                    f"wall ratio {ours['wall_ratio']:.4f} (target at most 1.01)"
-                    + self.peer_summary(rows)
+                    f"wall ratio {ours['wall_ratio']:.4f} (target at most 1.01)" + self.peer_summary(rows)
                 )
         print(noise_line([r["paired"] for rows in summary.values() for name, r in rows.items() if name != "none"]))
         rows = summary[False]
@@ -267,11 +266,7 @@ class Bench:
             )
 
     def peer_summary(self, rows):
-        parts = [
-            f"{name.split(', ', 1)[1]} {r['cpu_ratio']:.4f}"
-            for name, r in rows.items()
-            if name.startswith(PEER)
-        ]
+        parts = [f"{name.split(', ', 1)[1]} {r['cpu_ratio']:.4f}" for name, r in rows.items() if name.startswith(PEER)]
         return f"; {PEER}: " + ", ".join(parts) if parts else ""
 
     def print_rows(self, modes, res, what, prof_key):
@@ -384,11 +379,7 @@ class Bench:
             print(
                 f"- memory profiling's CPU cost, ours: {(costs['ours'] - 1) * 100:+.1f}% "
                 "(memory on vs off, target under 3%)"
-                + (
-                    f"; {PEER}: {(costs['pyroscope-io'] - 1) * 100:+.1f}%"
-                    if "pyroscope-io" in costs
-                    else ""
-                )
+                + (f"; {PEER}: {(costs['pyroscope-io'] - 1) * 100:+.1f}%" if "pyroscope-io" in costs else "")
             )
 
     def shutdown_section(self):

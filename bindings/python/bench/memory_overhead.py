@@ -65,12 +65,16 @@ def main():
         env["PYROSCOPE_EXPORT_DIR"] = folder
         for r in range(rounds):
             for m in MODES if r % 2 == 0 else reversed(MODES):
-                out = subprocess.run([sys.executable, "-c", CHILD, m], env=env, cwd=folder, check=True,
-                                     capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, m], env=env, cwd=folder, check=True, capture_output=True, text=True
+                ).stdout
                 results[m].append(float(out.split()[-1]))
     base = statistics.median(results["none"])
     low = min(results["none"])
-    print(f"CPython {sys.version.split()[0]}, {rounds} rounds, thread CPU ns per iteration (~8 allocations + frees): median, min")
+    print(
+        f"CPython {sys.version.split()[0]}, {rounds} rounds, "
+        "thread CPU ns per iteration (~8 allocations + frees): median, min"
+    )
     for m in MODES:
         med, lo = statistics.median(results[m]), min(results[m])
         print(f"  {m:8} {med:7.1f} ns {100 * (med / base - 1):+5.1f}%   {lo:7.1f} ns {100 * (lo / low - 1):+5.1f}%")

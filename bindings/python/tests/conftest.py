@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import select
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +26,9 @@ FIXTURES = ROOT / "tests" / "fixtures" / "peer-uploads"
 def receiver_binary():
     path = os.environ.get("PYROSCOPE_RECEIVER") or str(ROOT / "target" / "debug" / "pyroscope-receiver")
     if not os.path.exists(path):
-        subprocess.run(["cargo", "build", "-q", "-p", "pyroscope-receiver", "--bin", "pyroscope-receiver"],
-                       cwd=ROOT, check=True)
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "pyroscope-receiver", "--bin", "pyroscope-receiver"], cwd=ROOT, check=True
+        )
     return path
 
 
@@ -73,8 +73,10 @@ class Receiver:
                         return l
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    got = [(l.get("labels", {}).get("__name__"), len(l.get("samples", []))) if "endpoint" in l else l
-                           for l in self.lines]
+                    got = [
+                        (l.get("labels", {}).get("__name__"), len(l.get("samples", []))) if "endpoint" in l else l
+                        for l in self.lines
+                    ]
                     raise AssertionError(f"no {what} within {timeout} s; received: {got}")
                 self.cond.wait(left)
 
@@ -132,8 +134,14 @@ def run_py(tmp_path):
         full_env["PYTHONDONTWRITEBYTECODE"] = "1"
         full_env.update(env or {})
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, *args, str(script), *argv], env=full_env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, *args, str(script), *argv],
+            env=full_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return Run(proc, time.monotonic() - start)
 
     return run
@@ -169,11 +177,11 @@ def _fields(b):
             v, i = _varint(b, i)
         elif t == 2:
             n, i = _varint(b, i)
-            v, i = b[i:i + n], i + n
+            v, i = b[i : i + n], i + n
         elif t == 1:
-            v, i = b[i:i + 8], i + 8
+            v, i = b[i : i + 8], i + 8
         elif t == 5:
-            v, i = b[i:i + 4], i + 4
+            v, i = b[i : i + 4], i + 4
         else:
             raise ValueError(f"wire type {t}")
         yield f, v

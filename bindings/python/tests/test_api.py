@@ -1,29 +1,66 @@
 """The pyroscope-io 1.4.0 API surface: keywords, validation, deprecated names."""
 
 import inspect
-import json
-import warnings
-
-import pytest
 
 import pyroscope
+import pytest
 
 # configure()'s keywords in pyroscope-io 1.4.0 (pyroscope/__init__.py of the PyPI wheel), in order.
 PYROSCOPE_IO_1_4_0_CONFIGURE = [
-    "app_name", "application_name", "server_address", "basic_auth_username", "basic_auth_password",
-    "enable_logging", "sample_rate", "oncpu", "native", "gil_only", "report_pid", "report_thread_id",
-    "report_thread_name", "tags", "tenant_id", "http_headers", "line_no", "upload_interval", "mem_enabled",
-    "mem_max_nframe", "mem_heap_sample_size", "mem_enable_mem_domain", "cpu_enabled", "cpu_implementation",
+    "app_name",
+    "application_name",
+    "server_address",
+    "basic_auth_username",
+    "basic_auth_password",
+    "enable_logging",
+    "sample_rate",
+    "oncpu",
+    "native",
+    "gil_only",
+    "report_pid",
+    "report_thread_id",
+    "report_thread_name",
+    "tags",
+    "tenant_id",
+    "http_headers",
+    "line_no",
+    "upload_interval",
+    "mem_enabled",
+    "mem_max_nframe",
+    "mem_heap_sample_size",
+    "mem_enable_mem_domain",
+    "cpu_enabled",
+    "cpu_implementation",
 ]
 PYROSCOPE_IO_1_4_0_STACK_PROFILER = [
-    "max_nframe", "max_threads", "adaptive_sampling", "adaptive_target_overhead", "adaptive_max_interval_us",
-    "adaptive_baseline", "adaptive_p_stable_window_s", "adaptive_p_stable_percentile", "cpu_timer_enabled",
+    "max_nframe",
+    "max_threads",
+    "adaptive_sampling",
+    "adaptive_target_overhead",
+    "adaptive_max_interval_us",
+    "adaptive_baseline",
+    "adaptive_p_stable_window_s",
+    "adaptive_p_stable_percentile",
+    "cpu_timer_enabled",
     "cpu_timer_interval_ms",
 ]
 PYROSCOPE_IO_1_4_0_NAMES = [
-    "LineNo", "ProfilerImplementation", "configure", "configure_experimental_stack_profiler", "shutdown",
-    "add_thread_tag", "remove_thread_tag", "tag_wrapper", "stop", "change_name", "tag", "remove_tags",
-    "build_summary", "test_logger", "runtime_name", "runtime_version",
+    "LineNo",
+    "ProfilerImplementation",
+    "configure",
+    "configure_experimental_stack_profiler",
+    "shutdown",
+    "add_thread_tag",
+    "remove_thread_tag",
+    "tag_wrapper",
+    "stop",
+    "change_name",
+    "tag",
+    "remove_tags",
+    "build_summary",
+    "test_logger",
+    "runtime_name",
+    "runtime_version",
 ]
 
 # A valid value for every keyword (not the default, where one exists).
@@ -150,12 +187,15 @@ def test_unknown_keyword_is_a_type_error():
         pyroscope.configure(application_name="a", detect_subprocesses=True)
 
 
-@pytest.mark.parametrize("var,value,message", [
-    ("PYROSCOPE_SAMPLE_RATE", "fast", "PYROSCOPE_SAMPLE_RATE"),
-    ("PYROSCOPE_TAGS", "region", "invalid tags"),
-    ("PYROSCOPE_SERVER_ADDRESS", "nope", "invalid server address"),
-    ("PYROSCOPE_UPLOAD_INTERVAL", "0", "PYROSCOPE_UPLOAD_INTERVAL"),
-])
+@pytest.mark.parametrize(
+    "var,value,message",
+    [
+        ("PYROSCOPE_SAMPLE_RATE", "fast", "PYROSCOPE_SAMPLE_RATE"),
+        ("PYROSCOPE_TAGS", "region", "invalid tags"),
+        ("PYROSCOPE_SERVER_ADDRESS", "nope", "invalid server address"),
+        ("PYROSCOPE_UPLOAD_INTERVAL", "0", "PYROSCOPE_UPLOAD_INTERVAL"),
+    ],
+)
 def test_bad_environment_raises_config_error(var, value, message, monkeypatch):
     monkeypatch.setenv(var, value)
     with pytest.raises(pyroscope.ConfigError, match=message):
@@ -270,23 +310,33 @@ def test_configure_twice_is_refused_and_shutdown_reports(receiver, run_py):
 
 def test_keywords_win_over_environment_which_wins_over_defaults(receiver, run_py):
     r = receiver()
-    env = {"PYROSCOPE_APPLICATION_NAME": "from-env", "PYROSCOPE_SERVER_ADDRESS": r.url,
-           "PYROSCOPE_TAGS": "region=env,az=1", "PYROSCOPE_UPLOAD_INTERVAL": "1"}
+    env = {
+        "PYROSCOPE_APPLICATION_NAME": "from-env",
+        "PYROSCOPE_SERVER_ADDRESS": r.url,
+        "PYROSCOPE_TAGS": "region=env,az=1",
+        "PYROSCOPE_UPLOAD_INTERVAL": "1",
+    }
     burn = "x = 0\nfor i in range(3_000_000): x += i\n"
     out = run_py("import pyroscope\npyroscope.configure()\n" + burn + "pyroscope.shutdown()\n", env=env)
     assert out.returncode == 0, out.stderr
     p = r.wait_for(lambda p: p["labels"]["service_name"] == "from-env")
     assert (p["labels"]["region"], p["labels"]["az"]) == ("env", "1")
-    out = run_py("import pyroscope\npyroscope.configure(application_name='from-kw', tags={'region': 'kw'})\n"
-                 + burn + "pyroscope.shutdown()\n", env=env)
+    out = run_py(
+        "import pyroscope\npyroscope.configure(application_name='from-kw', tags={'region': 'kw'})\n"
+        + burn
+        + "pyroscope.shutdown()\n",
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     p = r.wait_for(lambda p: p["labels"]["service_name"] == "from-kw")
     assert (p["labels"]["region"], p["labels"]["az"]) == ("kw", "1")
 
 
 def test_no_server_address_writes_profiles_to_the_default_folder(run_py, tmp_path):
-    out = run_py("import pyroscope\nassert pyroscope.configure(application_name='files', upload_interval=1)\n"
-                 "x = 0\nfor i in range(3_000_000): x += i\npyroscope.shutdown()\n")
+    out = run_py(
+        "import pyroscope\nassert pyroscope.configure(application_name='files', upload_interval=1)\n"
+        "x = 0\nfor i in range(3_000_000): x += i\npyroscope.shutdown()\n"
+    )
     assert out.returncode == 0, out.stderr
     files = sorted((tmp_path / "profiles").glob("*.pb.gz"))
     assert files, list(tmp_path.iterdir())

@@ -5,9 +5,8 @@ import asyncio
 import contextvars
 import threading
 
-import pytest
-
 import pyroscope
+import pytest
 from pyroscope import _native
 
 
@@ -60,7 +59,7 @@ def test_24_tasks_keep_their_own_labels_across_awaits(context_mode):
 
     async def task(i):
         with pyroscope.tag_wrapper({"task": str(i)}):
-            for step in range(5):
+            for _step in range(5):
                 await asyncio.sleep(0)
                 seen.setdefault(i, set()).add(tuple(current()))
                 with wrapper:

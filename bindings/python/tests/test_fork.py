@@ -55,8 +55,13 @@ def test_forked_children_profile_themselves(receiver, run_py):
     forked, parent = (int(x) for x in out.stdout.split()[-2:])
 
     def samples_of(function):
-        return [s for p in r.profiles() if p["labels"]["__name__"] == "process_cpu" for s in p["samples"]
-                if function in functions(s)]
+        return [
+            s
+            for p in r.profiles()
+            if p["labels"]["__name__"] == "process_cpu"
+            for s in p["samples"]
+            if function in functions(s)
+        ]
 
     r.wait_for(lambda p: any("pool_child_work" in functions(s) for s in p["samples"]), what="pool children")
     r.wait_for(lambda p: any("forked_child_work" in functions(s) for s in p["samples"]), what="the forked child")

@@ -76,7 +76,7 @@ def decode(path):
     """A profile as {types: [name], samples: [(values, [function names leaf first], {label: value})]}."""
     raw = gzip.decompress(pathlib.Path(path).read_bytes())
     strings, types, samples, locations, functions = [], [], [], {}, {}
-    for num, wire, v in _fields(raw):
+    for num, _wire, v in _fields(raw):
         if num == 6:
             strings.append(v.decode())
         elif num == 1:
@@ -148,7 +148,9 @@ def run(tmp_path, body, env=None, timeout=240):
     e = {k: v for k, v in os.environ.items() if not k.startswith("PYROSCOPE_")}
     e.update(PYROSCOPE_EXPORT_DIR=str(folder), PYROSCOPE_APPLICATION_NAME="memtest")
     e.update(env or {})
-    p = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, str(prog)], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=timeout
+    )
     assert p.returncode == 0, f"program failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return folder, p.stdout
 
@@ -308,7 +310,10 @@ def test_inuse_space_tracks_a_leak_and_its_release(leaked):
     sigma = check_tolerance(leak_allocations(), LEAK["rate"])
     first, last = profiles[0], profiles[-1]
     inuse = total(first, "inuse_space")
-    print(f"inuse_space {inuse} vs {live} ({inuse / live - 1:+.2%}, sigma {sigma:.2%}); after release {total(last, 'inuse_space')}")
+    print(
+        f"inuse_space {inuse} vs {live} ({inuse / live - 1:+.2%}, sigma {sigma:.2%}); "
+        f"after release {total(last, 'inuse_space')}"
+    )
     # The leak plus what the interpreter keeps (a few hundred KiB at most).
     assert abs(inuse - live) <= TOLERANCE * live
     assert total(last, "inuse_space") <= 0.02 * live, "the released objects still count as in use"

@@ -28,8 +28,13 @@ pyroscope.shutdown()
 
 
 def samples(r, function):
-    return [s for p in r.profiles() if p["labels"]["__name__"] == "process_cpu" for s in p["samples"]
-            if function in functions(s)]
+    return [
+        s
+        for p in r.profiles()
+        if p["labels"]["__name__"] == "process_cpu"
+        for s in p["samples"]
+        if function in functions(s)
+    ]
 
 
 def test_native_frames_sit_under_the_python_caller(receiver, run_py):

@@ -28,13 +28,16 @@ def cpu_ns(p, samples=None):
 
 def test_push_carries_the_series_labels_pyroscope_io_sends(receiver, run_py):
     r = receiver()
-    out = run_py(BURN + f"""
+    out = run_py(
+        BURN
+        + f"""
 import pyroscope
 pyroscope.configure(application_name="rideshare-fixture", server_address={r.url!r}, tags={{"region": "eu-north"}},
                     upload_interval=1)
 burn(0.5)
 assert pyroscope.shutdown() is True
-""")
+"""
+    )
     assert out.returncode == 0, out.stderr
     p = r.wait_for(is_cpu)
     peer = peer_series_labels()["process_cpu"]
@@ -67,13 +70,18 @@ def exit_time(out, tmp_path):
 
 
 def test_server_down_changes_nothing_and_exit_is_bounded(closed_port, run_py, tmp_path):
-    out = run_py(BURN + f"""
+    out = run_py(
+        BURN
+        + f"""
 import sys, pyroscope
 pyroscope.configure(application_name="down", server_address="http://127.0.0.1:{closed_port}", upload_interval=1)
 print("working")
 burn(1.5)
 print("done")
-""" + MARK_END + "sys.exit(3)\n")
+"""
+        + MARK_END
+        + "sys.exit(3)\n"
+    )
     assert (out.returncode, out.stdout, out.stderr) == (3, "working\ndone\n", "")
     assert exit_time(out, tmp_path) < EXIT_BOUND, exit_time(out, tmp_path)
 
@@ -81,31 +89,40 @@ print("done")
 def test_slow_and_rejecting_servers_never_block_or_raise(receiver, run_py, tmp_path):
     for mode in ("slow:20000", "status:500", "garbage"):
         r = receiver(mode)
-        out = run_py(BURN + f"""
+        out = run_py(
+            BURN
+            + f"""
 import pyroscope
 pyroscope.configure(application_name="slow", server_address={r.url!r}, upload_interval=1)
 burn(0.3)
 t = time.monotonic()
 print(pyroscope.shutdown())
 assert time.monotonic() - t < {EXIT_BOUND}, time.monotonic() - t
-""" + MARK_END)
+"""
+            + MARK_END
+        )
         assert (out.returncode, out.stdout, out.stderr) == (0, "True\n", ""), mode
         assert exit_time(out, tmp_path) < EXIT_BOUND, (mode, exit_time(out, tmp_path))
 
 
 def test_exit_without_shutdown_still_delivers_the_last_window(receiver, run_py):
     r = receiver()
-    out = run_py(BURN + f"""
+    out = run_py(
+        BURN
+        + f"""
 import pyroscope
 pyroscope.configure(application_name="atexit", server_address={r.url!r}, upload_interval=60)
 burn(0.4)
-""")
+"""
+    )
     assert out.returncode == 0, out.stderr
     p = r.wait_for(lambda p: is_cpu(p) and p["labels"]["service_name"] == "atexit", timeout=5)
     assert cpu_ns(p) >= 1e8
 
 
-THREADS = BURN + """
+THREADS = (
+    BURN
+    + """
 import threading, pyroscope
 pyroscope.configure(application_name="threads", server_address=URL, upload_interval=60, **KW)
 
@@ -139,6 +156,7 @@ for t in ts: t.join()
 decorated()
 pyroscope.shutdown()
 """
+)
 
 
 def run_threads(receiver, run_py, **kw):
@@ -151,8 +169,11 @@ def run_threads(receiver, run_py, **kw):
 def test_thread_tags_and_tag_wrapper_label_samples(receiver, run_py):
     p = run_threads(receiver, run_py)
     total = lambda ss: cpu_ns(p, ss)  # noqa: E731
-    car, wrapped, decorated = (cpu_samples(p, vehicle="car"), cpu_samples(p, endpoint="/wrapped"),
-                               cpu_samples(p, endpoint="/decorated"))
+    car, wrapped, decorated = (
+        cpu_samples(p, vehicle="car"),
+        cpu_samples(p, endpoint="/wrapped"),
+        cpu_samples(p, endpoint="/decorated"),
+    )
     # Each labelled stretch burned 0.4-0.6 s of CPU: at least a third of it carries the label.
     assert total(car) >= 2e8, total(car)
     assert total(wrapped) >= 2e8, total(wrapped)
@@ -167,8 +188,11 @@ def test_thread_tags_and_tag_wrapper_label_samples(receiver, run_py):
 @needs_walker
 def test_labelled_samples_have_the_labelled_python_functions(receiver, run_py):
     p = run_threads(receiver, run_py)
-    for labels, inside in (({"vehicle": "car"}, "burn_car"), ({"endpoint": "/wrapped"}, "burn_wrapped"),
-                           ({"endpoint": "/decorated"}, "decorated")):
+    for labels, inside in (
+        ({"vehicle": "car"}, "burn_car"),
+        ({"endpoint": "/wrapped"}, "burn_wrapped"),
+        ({"endpoint": "/decorated"}, "decorated"),
+    ):
         ss = cpu_samples(p, **labels)
         assert ss, labels
         assert all(inside in functions(s) for s in ss), (labels, [functions(s) for s in ss][:3])
@@ -190,7 +214,9 @@ def test_report_thread_id_name_and_pid(receiver, run_py):
     assert len(pids) == 1 and pids.pop().isdigit()
 
 
-ASYNC = BURN + """
+ASYNC = (
+    BURN
+    + """
 import asyncio, pyroscope
 pyroscope.configure(application_name="tasks", server_address=URL, upload_interval=60)
 
@@ -221,6 +247,7 @@ for _ in range(3):
     asyncio.run(main())
 pyroscope.shutdown()
 """
+)
 
 
 @needs_walker
@@ -244,14 +271,19 @@ def test_asyncio_tasks_keep_their_own_labels_across_awaits(receiver, run_py):
 
 def test_python_m_pyroscope_run_script(receiver, run_py):
     r = receiver()
-    out = run_py(BURN + """
+    out = run_py(
+        BURN
+        + """
 import sys
 assert __name__ == "__main__"
 print(sys.argv[1:])
 burn(0.3)
 sys.exit(7)
-""", args=("-m", "pyroscope", "run"), argv=("a", "--b"),
-        env={"PYROSCOPE_SERVER_ADDRESS": r.url, "PYROSCOPE_APPLICATION_NAME": "runner"})
+""",
+        args=("-m", "pyroscope", "run"),
+        argv=("a", "--b"),
+        env={"PYROSCOPE_SERVER_ADDRESS": r.url, "PYROSCOPE_APPLICATION_NAME": "runner"},
+    )
     assert (out.returncode, out.stdout, out.stderr) == (7, "['a', '--b']\n", "")
     r.wait_for(lambda p: is_cpu(p) and p["labels"]["service_name"] == "runner")
 
@@ -259,8 +291,13 @@ sys.exit(7)
 def test_python_m_pyroscope_run_module(receiver, run_py, tmp_path):
     r = receiver()
     (tmp_path / "appmod.py").write_text(BURN + "import sys\nprint(__name__, sys.argv[1:])\nburn(0.3)\n")
-    out = run_py("", args=("-m", "pyroscope", "run", "-m", "appmod"), argv=("x",), name="unused.py",
-                 env={"PYROSCOPE_SERVER_ADDRESS": r.url, "PYTHONPATH": str(tmp_path)})
+    out = run_py(
+        "",
+        args=("-m", "pyroscope", "run", "-m", "appmod"),
+        argv=("x",),
+        name="unused.py",
+        env={"PYROSCOPE_SERVER_ADDRESS": r.url, "PYTHONPATH": str(tmp_path)},
+    )
     # run_py passes its own script after args: the module's argv is [unused.py path, "x"].
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("__main__ ["), out.stdout
@@ -294,8 +331,9 @@ def test_a_thread_per_request_is_sampled_from_its_start(receiver, run_py):
     out = run_py(SHORT_THREADS.replace("URL", repr(r.url)))
     assert out.returncode == 0, out.stderr
     r.wait_for(lambda p: any("handle_request" in functions(s) for s in p["samples"]), what="handle_request")
-    sampled = sum(cpu_ns(p, [s for s in p["samples"] if "handle_request" in functions(s)])
-                  for p in r.profiles() if is_cpu(p))
+    sampled = sum(
+        cpu_ns(p, [s for s in p["samples"] if "handle_request" in functions(s)]) for p in r.profiles() if is_cpu(p)
+    )
     truth = 50 * 0.02e9
     # 20 ms threads end long before the core's 100 ms thread scan: only a timer armed when the
     # thread starts sees them. Sampling error at 100 Hz over 100 samples is about 10%.

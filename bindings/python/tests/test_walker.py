@@ -7,15 +7,12 @@ Run with the package installed in a venv of each of 3.11, 3.12 and 3.13:
 
 import asyncio
 import contextvars
-import faulthandler
 import gc
 import subprocess
 import sys
 import threading
 import time
 import traceback
-
-import pytest
 
 from pyroscope import _native as n
 
@@ -395,7 +392,8 @@ def test_stress_signals_with_churn(capsys):
     with capsys.disabled():
         print(
             f"\n[{sys.version.split()[0]}] stress {loops} loops, {threads_started} threads: "
-            f"{figures['runs']} SIGPROF walks ({figures['hammer_signals']} from the hammer thread; mean {figures['walk_ns_mean']} ns in handler), "
+            f"{figures['runs']} SIGPROF walks ({figures['hammer_signals']} from the hammer thread; "
+            f"mean {figures['walk_ns_mean']} ns in handler), "
             f"{figures['stored']} stored, {figures['empty']} not Python; "
             f"stats {stats}"
         )
