@@ -1,0 +1,123 @@
+//! `configure(oncpu=False)`: wall-clock samples of every Python thread, idle ones included.
+//!
+//! A thread of our own (`pyroscope-wall`, a Rust thread marked as the profiler's: never
+//! sampled, never holding the GIL) wakes every 1/sample_rate s and reads every thread state of
+//! the interpreter ([`crate::cpython::wall`]); no thread is signalled, so no system call of the
+//! program is interrupted. Each thread with Python frames gives one sample, named by a
+//! [`PyResolver`] of its own, labelled with the thread's tags ([`labels_of_thread`]) under its
+//! Context's `tag_wrapper` labels, and handed to the agent's `wall` profile. A tick that starts
+//! late weighs the periods it missed, so a thread's wall time stays its elapsed time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pyroscope_core::{labels_of_thread, FrameId, LabelSet, Resolver};
+
+use crate::cpython::{self, wall as cwall, PyResolver};
+
+struct Running {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    pid: u32,
+}
+
+static WALL: Mutex<Option<Running>> = Mutex::new(None);
+
+/// One sample for the agent: frames, the thread's labels, the Context's, weight.
+pub(crate) type Sample = (Vec<FrameId>, LabelSet, Option<LabelSet>, u64);
+
+/// Starts the sampler thread at `rate` Hz (none if it runs already in this process).
+///
+/// # Errors
+/// Why wall-clock samples cannot be taken (the walker or its thread-list check failed at init,
+/// or the thread could not be spawned).
+pub fn start(rate: u32) -> Result<(), String> {
+    let rt = cpython::runtime().ok_or("wall-clock sampling is disabled: Python stacks are not available")?;
+    let interp = rt.wall_interp()?;
+    let mut slot = WALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(running) = slot.take() {
+        if running.pid == std::process::id() {
+            *slot = Some(running);
+            return Ok(());
+        }
+        // A forked child: the parent's thread does not exist here.
+        std::mem::forget(running);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let period = Duration::from_nanos(1_000_000_000 / u64::from(rate.max(1)));
+    let thread = std::thread::Builder::new()
+        .name("pyroscope-wall".into())
+        .spawn(move || {
+            pyroscope_core::mark_own_thread();
+            run(rt, interp, period, &flag);
+        })
+        .map_err(|e| format!("wall-clock sampling is disabled: its thread could not start ({e})"))?;
+    *slot = Some(Running { thread, stop, pid: std::process::id() });
+    Ok(())
+}
+
+/// Stops the sampler thread and waits for it (its last tick's samples are in the agent); call
+/// without the GIL, before stopping the agent.
+pub fn stop() {
+    let running = WALL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(r) = running {
+        if r.pid != std::process::id() {
+            std::mem::forget(r);
+            return;
+        }
+        r.stop.store(true, Ordering::Release);
+        r.thread.thread().unpark();
+        let _ = r.thread.join();
+    }
+}
+
+/// The sampler runs in this process.
+pub fn running() -> bool {
+    WALL.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|r| r.pid == std::process::id())
+}
+
+fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &AtomicBool) {
+    let mut resolver = PyResolver::new(crate::labels::lookup);
+    let mut words = vec![0u64; cpython::walk_words()];
+    let mut frames: Vec<FrameId> = Vec::new();
+    let mut states: Vec<usize> = Vec::new();
+    let mut batch: Vec<Sample> = Vec::new();
+    let mut next = Instant::now() + period;
+    loop {
+        let now = loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next {
+                break now;
+            }
+            std::thread::park_timeout(next - now);
+        };
+        // Periods missed (the machine was busy): this tick's samples stand for them too.
+        let late = (now.duration_since(next).as_nanos() / period.as_nanos().max(1)) as u64;
+        let weight = 1 + late;
+        next += period * u32::try_from(weight).unwrap_or(u32::MAX);
+        cwall::COUNTERS.ticks.fetch_add(1, Ordering::Relaxed);
+        cwall::COUNTERS.late_periods.fetch_add(late, Ordering::Relaxed);
+        // The list first, then each state: a thread's walk may take a while.
+        states.clear();
+        cwall::for_each_thread(interp, rt.offsets(), |t| states.push(t));
+        for &tstate in &states {
+            let Some((tid, n)) = cwall::walk_thread(rt, interp, tstate, &mut words) else {
+                continue;
+            };
+            frames.clear();
+            let context = resolver.resolve(&words[..n], &mut frames);
+            if frames.is_empty() {
+                continue;
+            }
+            batch.push((frames.clone(), labels_of_thread(tid), context, weight));
+        }
+        crate::agent::add_wall(&mut batch);
+        cwall::COUNTERS.busy_ns.fetch_add(now.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
