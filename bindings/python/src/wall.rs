@@ -8,6 +8,7 @@
 //! Context's `tag_wrapper` labels, and handed to the agent's `wall` profile. A tick that starts
 //! late weighs the periods it missed, so a thread's wall time stays its elapsed time.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -79,8 +80,24 @@ pub fn running() -> bool {
     WALL.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|r| r.pid == std::process::id())
 }
 
+/// Ticks a thread's named stack is reused while its walk gives the same words (an idle thread's
+/// do, tick after tick) before it is named again from the interpreter's memory.
+const REUSE_TICKS: u32 = 100;
+
+/// A thread's last walk and what it was named.
+struct Last {
+    words: Vec<u64>,
+    frames: Vec<FrameId>,
+    context: Option<LabelSet>,
+    age: u32,
+    tick: u64,
+}
+
 fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &AtomicBool) {
     let mut resolver = PyResolver::new(crate::labels::lookup);
+    // By thread state address; entries of states not seen in a tick are dropped.
+    let mut last: HashMap<usize, Last> = HashMap::new();
+    let mut tick = 0u64;
     let mut words = vec![0u64; cpython::walk_words()];
     let mut frames: Vec<FrameId> = Vec::new();
     let mut states: Vec<usize> = Vec::new();
@@ -110,13 +127,30 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
             let Some((tid, n)) = cwall::walk_thread(rt, interp, tstate, &mut words) else {
                 continue;
             };
-            frames.clear();
-            let context = resolver.resolve(&words[..n], &mut frames);
-            if frames.is_empty() {
+            let seen = match last.get_mut(&tstate) {
+                Some(l) if l.words == words[..n] && l.age < REUSE_TICKS => {
+                    l.age += 1;
+                    l.tick = tick;
+                    l
+                }
+                _ => {
+                    frames.clear();
+                    let context = resolver.resolve(&words[..n], &mut frames);
+                    let fresh = Last { words: words[..n].to_vec(), frames: frames.clone(), context, age: 0, tick };
+                    last.insert(tstate, fresh);
+                    match last.get_mut(&tstate) {
+                        Some(l) => l,
+                        None => continue,
+                    }
+                }
+            };
+            if seen.frames.is_empty() {
                 continue;
             }
-            batch.push((frames.clone(), labels_of_thread(tid), context, weight));
+            batch.push((seen.frames.clone(), labels_of_thread(tid), seen.context.clone(), weight));
         }
+        last.retain(|_, l| l.tick == tick);
+        tick += 1;
         crate::agent::add_wall(&mut batch);
         cwall::COUNTERS.busy_ns.fetch_add(now.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }

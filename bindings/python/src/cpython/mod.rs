@@ -309,7 +309,8 @@ fn check_thread_list(
     let next = symbol(c"PyThreadState_Next").ok_or("PyThreadState_Next was not found")?;
     // SAFETY: the exported functions `PyThreadState *PyInterpreterState_ThreadHead(PyInterpreterState *)`
     // and `PyThreadState *PyThreadState_Next(PyThreadState *)`.
-    let (head, next): (Step, Step) = unsafe { (std::mem::transmute(head), std::mem::transmute(next)) };
+    let (head, next): (Step, Step) =
+        unsafe { (std::mem::transmute::<usize, Step>(head), std::mem::transmute::<usize, Step>(next)) };
     // SAFETY: called with the GIL (we hold `py`): the current interpreter, never NULL.
     let interp = unsafe { pyo3::ffi::PyInterpreterState_Get() } as usize;
     // SAFETY: as in `walk`: the calling thread's own state.
