@@ -3,10 +3,14 @@
 //! py-spy's design, in-process: the wall-clock sampler thread (`crate::wall`) never takes the
 //! GIL and never signals anyone. Each tick it follows `interp->threads.head` / `tstate->next`
 //! and walks each thread state with the same guarded reads and frame checks as the in-handler
-//! walker ([`super::walk::walk_from`]). Those threads run meanwhile: a walk is kept only if the
-//! thread's leaf frame, that frame's code, its Context and its identity are the same after the
-//! walk as before, and if no read in between faulted or found a non-code object; otherwise it is
-//! tried again (3 times) and then dropped and counted, never guessed. A thread state freed while
+//! walker ([`super::walk::walk_from`]). Those threads run meanwhile: a walk is kept only if a
+//! second walk right after reads the same words (frames, lines, context key), the thread's leaf
+//! frame, that frame's code, its Context and its identity are the same after both walks as
+//! before, and no read in between faulted or found a non-code object; otherwise it is tried
+//! again (3 times) and then dropped and counted, never guessed. (A thread that does not hold the
+//! GIL cannot change its frames: idle threads always pass. The GIL holder's stack moves; a walk
+//! torn by a thread that left and came back to the same leaf between two reads of each walk
+//! could still pass: `test_a_stack_read_while_its_thread_moves_is_never_kept_torn` measures it.) A thread state freed while
 //! we read the list (a thread ending) ends the list for this tick: its `interp` field must be the
 //! interpreter's, its reads must not fault.
 
@@ -21,7 +25,7 @@ use super::Runtime;
 /// Most thread states visited per tick (a longer list is cut: a loop in a torn list ends here).
 pub(crate) const MAX_THREADS: usize = 4096;
 /// Walks of one thread per tick before its sample is dropped as torn.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 16;
 
 /// The wall sampler's counters (relaxed).
 pub(crate) struct Counters {
@@ -117,8 +121,14 @@ fn try_walk(rt: &Runtime, interp: usize, tstate: usize, out: &mut [u64]) -> Resu
     }
     let code = word(first + o.frame_code)?;
     let n = walk_from(rt, tstate, first, out, true)?;
-    // Kept only if the thread did not move meanwhile (see the module doc).
-    let same = current_frame(rt, tstate)? == first
+    // Kept only if the thread did not move meanwhile (see the module doc): a second walk reads
+    // the same words, and the leaf, its code, the Context and the identity are unchanged.
+    let mut again = [0u64; super::walk::HEADER + 2 * super::walk::MAX_FRAMES];
+    let len = out.len().min(again.len());
+    let m = walk_from(rt, tstate, first, &mut again[..len], true)?;
+    let same = m == n
+        && again[..m] == out[..n]
+        && current_frame(rt, tstate)? == first
         && word(first + o.frame_code)? == code
         && word(tstate + o.tstate_context)? == context
         && word(tstate + o.tstate_native_thread_id)? == tid
