@@ -6,7 +6,10 @@
 //! program is interrupted. Each thread with Python frames gives one sample, named by a
 //! [`PyResolver`] of its own, labelled with the thread's tags ([`labels_of_thread`]) under its
 //! Context's `tag_wrapper` labels, and handed to the agent's `wall` profile. A tick that starts
-//! late weighs the periods it missed, so a thread's wall time stays its elapsed time.
+//! late weighs the periods it missed, and a thread whose walks were all dropped (it kept moving:
+//! the GIL holder in a tight loop) hands its periods to its next kept sample (at most 100), so
+//! a thread's wall time stays its elapsed time; no stack is ever guessed, but a fast-moving
+//! thread's time leans toward the stacks that could be read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +87,9 @@ pub fn running() -> bool {
 /// do, tick after tick) before it is named again from the interpreter's memory.
 const REUSE_TICKS: u32 = 100;
 
+/// Most periods a thread's dropped walks may hand on to its next kept one.
+const MAX_OWED: u64 = 100;
+
 /// A thread's last walk and what it was named.
 struct Last {
     words: Vec<u64>,
@@ -98,6 +104,9 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
     // By thread state address; entries of states not seen in a tick are dropped.
     let mut last: HashMap<usize, Last> = HashMap::new();
     let mut tick = 0u64;
+    // Periods of threads whose walks were all dropped (they kept moving), by thread state: added
+    // to the thread's next kept sample, so its wall time stays its elapsed time.
+    let mut owed: HashMap<usize, (u64, u64)> = HashMap::new();
     let mut words = vec![0u64; cpython::walk_words()];
     let mut frames: Vec<FrameId> = Vec::new();
     let mut states: Vec<usize> = Vec::new();
@@ -124,9 +133,16 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
         states.clear();
         cwall::for_each_thread(interp, rt.offsets(), |t| states.push(t));
         for &tstate in &states {
-            let Some((tid, n)) = cwall::walk_thread(rt, interp, tstate, &mut words) else {
-                continue;
+            let (tid, n) = match cwall::walk_thread(rt, interp, tstate, &mut words) {
+                cwall::Walk::Kept(tid, n) => (tid, n),
+                cwall::Walk::Moving => {
+                    let o = owed.entry(tstate).or_insert((0, tick));
+                    *o = ((o.0 + weight).min(MAX_OWED), tick);
+                    continue;
+                }
+                cwall::Walk::NoFrames => continue,
             };
+            let weight = weight + owed.remove(&tstate).map_or(0, |o| o.0);
             let seen = match last.get_mut(&tstate) {
                 Some(l) if l.words == words[..n] && l.age < REUSE_TICKS => {
                     l.age += 1;
@@ -150,6 +166,7 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
             batch.push((seen.frames.clone(), labels_of_thread(tid), seen.context.clone(), weight));
         }
         last.retain(|_, l| l.tick == tick);
+        owed.retain(|_, o| o.1 == tick);
         tick += 1;
         crate::agent::add_wall(&mut batch);
         cwall::COUNTERS.busy_ns.fetch_add(now.elapsed().as_nanos() as u64, Ordering::Relaxed);

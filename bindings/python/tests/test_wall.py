@@ -302,11 +302,11 @@ VALID = [[], ["a1"], ["a2", "a1"], ["a3", "a2", "a1"], ["b1"], ["b2", "b1"], ["b
 
 def test_a_stack_read_while_its_thread_moves_is_rarely_kept_torn(receiver, run_py):
     # Calls into a1->a2->a3 then b1->b2->b3 reuse the same frame memory: a walk that read part
-    # of one path and part of the other mixes them. The sampler walks twice and checks the leaf
-    # (see cpython/wall.rs), retrying or dropping what moved. A tight periodic loop can still
-    # line up with both walks: measured 0-0.3% of this thread's kept wall time on 3.11-3.13
-    # (2-4% with the checks removed). Dropped walks are counted (`torn`): such a busy GIL
-    # holder keeps only part of its wall time (12-90% here).
+    # of one path and part of the other mixes them. The sampler walks twice (a random pause
+    # between the walks once the thread was seen moving) and checks the leaf (cpython/wall.rs),
+    # retrying or dropping what moved; dropped periods go to the thread's next kept sample.
+    # Measured with a busy core beside it: 0-0.17% of this thread's wall time in mixed stacks
+    # on 3.11-3.13, 1.4-3.6% with the checks removed; its wall time 1.00-1.05 x elapsed.
     r = receiver()
     out = run_py(TORN.replace("URL", repr(r.url)))
     assert out.returncode == 0, out.stderr
@@ -315,7 +315,7 @@ def test_a_stack_read_while_its_thread_moves_is_rarely_kept_torn(receiver, run_p
     ns = value_of(wall, "wall")
     mine = [s for s in wall["samples"] if "churner" in functions(s)]
     torn = [s for s in mine if functions(s)[:functions(s).index("churner")] not in VALID]
-    assert ns(mine) > 0
-    # The sampler did catch the thread moving (the checks were exercised).
-    assert info["wall"]["retries"] + info["wall"]["torn"] > 0, info
-    assert ns(torn) <= 0.01 * ns(mine), ([functions(s) for s in torn], ns(torn) / ns(mine), info["wall"])
+    assert abs(ns(mine) - 2e9) <= 0.15 * 2e9, ns(mine) / 1e9
+    assert ns(torn) <= 0.005 * ns(mine), ([functions(s) for s in torn], ns(torn) / ns(mine), info["wall"])
+    # Not asserted: that the sampler caught the thread moving. When the machine's cores are
+    # busy the churner and the sampler take turns on one core, and every walk is consistent.

@@ -61,6 +61,18 @@ pub(crate) static COUNTERS: Counters = Counters {
     busy_ns: AtomicU64::new(0),
 };
 
+/// Spins 0 to ~2 µs, chosen by a xorshift seeded from the clock and `salt`.
+fn spin_random(salt: usize) {
+    let mut x = std::time::Instant::now().elapsed().as_nanos() as u64 ^ COUNTERS.retries.load(Ordering::Relaxed);
+    x ^= (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    for _ in 0..(x % 512) {
+        std::hint::spin_loop();
+    }
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -86,31 +98,46 @@ pub(crate) fn for_each_thread(interp: usize, o: &Offsets, mut f: impl FnMut(usiz
     }
 }
 
-/// Walks another thread's state into `out` (the words of [`super::walk::walk`]): `Some((native
-/// thread id, words))`, or `None` when it has no Python frame or kept moving (counted).
-pub(crate) fn walk_thread(rt: &Runtime, interp: usize, tstate: usize, out: &mut [u64]) -> Option<(i32, usize)> {
+/// What [`walk_thread`] found.
+pub(crate) enum Walk {
+    /// The native thread id and the words written.
+    Kept(i32, usize),
+    /// No Python frame (or no thread id yet).
+    NoFrames,
+    /// The thread kept moving: every walk was dropped (counted in `torn`).
+    Moving,
+}
+
+/// Walks another thread's state into `out` (the words of [`super::walk::walk`]).
+pub(crate) fn walk_thread(rt: &Runtime, interp: usize, tstate: usize, out: &mut [u64]) -> Walk {
     bump(&COUNTERS.threads);
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             bump(&COUNTERS.retries);
         }
-        match try_walk(rt, interp, tstate, out) {
-            Ok(Some(found)) => {
+        match try_walk(rt, interp, tstate, out, attempt) {
+            Ok(Some((tid, n))) => {
                 bump(&COUNTERS.samples);
-                return Some(found);
+                return Walk::Kept(tid, n);
             }
             Ok(None) => {
                 bump(&COUNTERS.no_frames);
-                return None;
+                return Walk::NoFrames;
             }
             Err(Fault) => continue,
         }
     }
     bump(&COUNTERS.torn);
-    None
+    Walk::Moving
 }
 
-fn try_walk(rt: &Runtime, interp: usize, tstate: usize, out: &mut [u64]) -> Result<Option<(i32, usize)>, Fault> {
+fn try_walk(
+    rt: &Runtime,
+    interp: usize,
+    tstate: usize,
+    out: &mut [u64],
+    attempt: usize,
+) -> Result<Option<(i32, usize)>, Fault> {
     let o = rt.offsets;
     let word = |addr: usize| fault::read_u64(addr).map(|v| v as usize);
     let tid = word(tstate + o.tstate_native_thread_id)?;
@@ -123,6 +150,11 @@ fn try_walk(rt: &Runtime, interp: usize, tstate: usize, out: &mut [u64]) -> Resu
     let n = walk_from(rt, tstate, first, out, true)?;
     // Kept only if the thread did not move meanwhile (see the module doc): a second walk reads
     // the same words, and the leaf, its code, the Context and the identity are unchanged.
+    if attempt > 0 {
+        // A thread that moved: a random pause between the two walks, so that a loop cannot line
+        // up with both of them (a torn walk read twice the same way).
+        spin_random(attempt);
+    }
     let mut again = [0u64; super::walk::HEADER + 2 * super::walk::MAX_FRAMES];
     let len = out.len().min(again.len());
     let m = walk_from(rt, tstate, first, &mut again[..len], true)?;
