@@ -40,6 +40,10 @@ pub struct Stats {
     pub alloc_samples_lost: u64,
     /// Samples whose stack was cut short.
     pub samples_truncated: u64,
+    /// Wall-clock samples ([`Agent::add_wall_sample`]) in closed windows (weights summed).
+    pub wall_samples: u64,
+    /// Wall-clock samples dropped (the collector was behind by 100,000, or a forked child).
+    pub wall_samples_lost: u64,
     /// Windows closed.
     pub windows: u64,
     /// Profiles built and queued for delivery (one per profile type per window with samples).
@@ -226,6 +230,8 @@ impl Agent {
             samples_lost: s.lost.load(Ordering::Relaxed),
             alloc_samples_lost: s.alloc_lost.load(Ordering::Relaxed),
             samples_truncated: s.truncated.load(Ordering::Relaxed),
+            wall_samples: s.wall_samples.load(Ordering::Relaxed),
+            wall_samples_lost: s.wall_lost.load(Ordering::Relaxed),
             windows: s.windows.load(Ordering::Relaxed),
             profiles: e.queued.load(Ordering::Relaxed),
             uploads_sent: e.sent.load(Ordering::Relaxed),
@@ -273,6 +279,26 @@ impl Agent {
             ext.push((frames.to_vec(), labels.clone(), weight));
         } else {
             self.shared.lost.fetch_add(weight, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a wall-clock sample of some thread (not necessarily the caller: a binding's sampler
+    /// thread records every thread, idle ones included): its frames (leaf first), the labels in
+    /// force on that thread ([`crate::labels_of_thread`]), the interpreter's labels to lay over
+    /// them name by name (a context variable's), and the weight in sample periods. They go into
+    /// the `wall` profile (`samples/count`, `wall/nanoseconds`, period 1/sample rate), closed and
+    /// sent with the CPU profile's window; the CPU profile is unchanged. Counted as lost in a
+    /// forked child, and past 100,000 samples waiting for the collector.
+    pub fn add_wall_sample(&self, frames: &[FrameId], labels: &LabelSet, context: Option<&LabelSet>, weight: u64) {
+        if sys::getpid() != self.pid {
+            self.shared.wall_lost.fetch_add(weight, Ordering::Relaxed);
+            return;
+        }
+        let mut wall = self.shared.wall.lock();
+        if wall.len() < 100_000 {
+            wall.push((frames.to_vec(), labels.clone(), context.cloned(), weight));
+        } else {
+            self.shared.wall_lost.fetch_add(weight, Ordering::Relaxed);
         }
     }
 

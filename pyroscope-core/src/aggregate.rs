@@ -184,9 +184,35 @@ impl Window {
         end: SystemTime,
         extra_labels: &[(String, String)],
     ) -> Profile {
+        self.timed_profile("cpu", symbolizer, snapshot, period, end, extra_labels)
+    }
+
+    /// The `wall` profile of this window: `samples/count`, `wall/nanoseconds`, period type
+    /// `wall/nanoseconds` (a binding's wall-clock sampler: every thread, idle ones included).
+    pub fn wall_profile(
+        &self,
+        symbolizer: &mut Symbolizer,
+        snapshot: Option<&Snapshot>,
+        period: Duration,
+        end: SystemTime,
+        extra_labels: &[(String, String)],
+    ) -> Profile {
+        self.timed_profile("wall", symbolizer, snapshot, period, end, extra_labels)
+    }
+
+    /// A profile of sample counts and `clock`/nanoseconds (count x period), period `clock`.
+    fn timed_profile(
+        &self,
+        clock: &str,
+        symbolizer: &mut Symbolizer,
+        snapshot: Option<&Snapshot>,
+        period: Duration,
+        end: SystemTime,
+        extra_labels: &[(String, String)],
+    ) -> Profile {
         let period_ns = period.as_nanos() as i64;
         let mut b =
-            ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period_ns);
+            ProfileBuilder::new(&[("samples", "count"), (clock, "nanoseconds")], (clock, "nanoseconds"), period_ns);
         let start_ns = self.start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
         let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
         b.time(start_ns, len_ns);

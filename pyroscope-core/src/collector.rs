@@ -30,6 +30,11 @@ pub(crate) struct Shared {
     pub(crate) unsampled: AtomicU64,
     pub(crate) alloc_samples: AtomicU64,
     pub(crate) external: Mutex<Vec<(Vec<FrameId>, LabelSet, u64)>>,
+    /// Wall-clock samples from a binding's sampler: frames, the thread's labels, the
+    /// interpreter's labels to lay over them, weight in periods.
+    pub(crate) wall: Mutex<Vec<WallSample>>,
+    pub(crate) wall_samples: AtomicU64,
+    pub(crate) wall_lost: AtomicU64,
     pub(crate) export: Arc<ExportStats>,
     /// Windows shutdown did not wait for (at most one per agent).
     pub(crate) windows_abandoned: AtomicU64,
@@ -49,11 +54,17 @@ impl Shared {
             unsampled: AtomicU64::new(0),
             alloc_samples: AtomicU64::new(0),
             external: Mutex::new(Vec::new()),
+            wall: Mutex::new(Vec::new()),
+            wall_samples: AtomicU64::new(0),
+            wall_lost: AtomicU64::new(0),
             export,
             windows_abandoned: AtomicU64::new(0),
         }
     }
 }
+
+/// One wall-clock sample waiting for the collector (see [`Shared::wall`]).
+pub(crate) type WallSample = (Vec<FrameId>, LabelSet, Option<LabelSet>, u64);
 
 const TICK: Duration = Duration::from_millis(50);
 /// The collector's sleep while the ring is busy: a drain that found an eighth of a lane
@@ -106,6 +117,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     };
     let mut symbolizer = Symbolizer::default();
     let mut window = Window::new(SystemTime::now());
+    // Wall-clock samples (`Agent::add_wall_sample`): closed with the CPU window.
+    let mut wall = Window::new(window.start);
     let mut allocs = AllocWindow::default();
     let mut window_end = Instant::now() + config.upload_interval;
     let mut last_scan = Instant::now();
@@ -188,6 +201,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
             window.add_cpu_frames(&frames, label.id(), weight);
         }
+        add_wall(&shared, &mut wall);
         if !stopping {
             // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
             unwind::refresh();
@@ -210,21 +224,31 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 crate::alloc::ENABLED.store(false, Ordering::SeqCst);
                 drain(&mut window, &mut allocs, &mut symbolizer);
                 count_lost(&mut window);
+                add_wall(&shared, &mut wall);
             }
             let end = SystemTime::now();
             let closed = std::mem::replace(&mut window, Window::new(end));
+            let closed_wall = std::mem::replace(&mut wall, Window::new(end));
             window_end = Instant::now() + config.upload_interval;
             shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
             shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
             // Label sets this window and the allocation samples still name are in use.
-            let mut label_ids: Vec<u32> = closed.label_ids().chain(allocs.label_ids()).collect();
+            let mut label_ids: Vec<u32> =
+                closed.label_ids().chain(closed_wall.label_ids()).chain(allocs.label_ids()).collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 #[cfg(feature = "test-hooks")]
                 sampler::test_hooks::hold_collector_here();
                 // Refused once shutdown stopped waiting: what is still built is dropped.
                 if !queue.push(upload("process_cpu", &profile, closed.start, end)) {
+                    return;
+                }
+            }
+            if !closed_wall.is_empty() {
+                shared.wall_samples.fetch_add(closed_wall.total_weight, Ordering::Relaxed);
+                let profile = closed_wall.wall_profile(&mut symbolizer, unwind::current(), period, end, &extra);
+                if !queue.push(upload("wall", &profile, closed.start, end)) {
                     return;
                 }
             }
@@ -256,6 +280,18 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 return;
             }
         }
+    }
+}
+
+/// Moves the wall-clock samples waiting in `shared` into `wall`, the interpreter's labels laid
+/// over the thread's as on CPU samples.
+fn add_wall(shared: &Shared, wall: &mut Window) {
+    for (frames, thread, context, weight) in std::mem::take(&mut *shared.wall.lock()) {
+        let label_id = match &context {
+            Some(c) => crate::labels::merge_ids(thread.id(), c),
+            None => thread.id(),
+        };
+        wall.add_cpu_frames(&frames, label_id, weight);
     }
 }
 

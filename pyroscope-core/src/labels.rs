@@ -804,6 +804,17 @@ pub fn current() -> LabelSet {
     read(|t| t.handle(id)).unwrap_or_default()
 }
 
+/// The labels in force now on thread `tid` (a Linux thread id, as `gettid` returns), read from
+/// its slot: empty when the thread never took labels or has exited. For samplers that record
+/// other threads (a binding's wall-clock sampler): the labels a CPU sample of that thread would
+/// carry. Takes the thread registry's lock; never call it from a signal handler.
+pub fn of_thread(tid: i32) -> LabelSet {
+    match crate::thread::label_id_of(tid) {
+        None | Some(EMPTY) => LabelSet::empty(),
+        Some(id) => read(|t| t.handle(id)).unwrap_or_default(),
+    }
+}
+
 /// A future that carries its own labels; see [`LabelSet::wrap`].
 pub struct WithLabels<F> {
     set: LabelSet,

@@ -82,11 +82,12 @@ pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Dest
 pub use error::{Error, Result};
 pub use interp::{set_interpreter, set_native_frames, NativeFrames, Resolver, WalkFn};
 pub use labels::{
-    current as current_labels, push as push_labels, register_thread, tag_wrapper, validate_label, LabelGuard, LabelSet,
-    WithLabels,
+    current as current_labels, of_thread as labels_of_thread, push as push_labels, register_thread, tag_wrapper,
+    validate_label, LabelGuard, LabelSet, WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
+pub use thread::mark_own as mark_own_thread;
 
 /// The allocation hooks the preload library calls from its `malloc`/`free`; not for programs,
 /// which use [`SamplingAllocator`].

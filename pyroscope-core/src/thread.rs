@@ -284,8 +284,9 @@ pub(crate) fn retain(keep: impl FnMut(&i32, &mut Arc<ThreadState>) -> bool) {
 /// Marks the calling thread as the profiler's own: it is never sampled, by the CPU timers or
 /// the allocation hook. Its frees are handled as any thread's: a block sampled on an
 /// application thread and freed by the profiler (the frames handed to `Agent::add_cpu_sample`)
-/// leaves the live set.
-pub(crate) fn mark_own() {
+/// leaves the live set. Bindings call it first thing in threads of their own (a wall-clock
+/// sampler), whose CPU is then not in the CPU profile.
+pub fn mark_own() {
     let _ = OWN.try_with(|o| o.set(true));
     OWN_THREADS.lock().get_or_insert_with(HashSet::new).insert(sys::gettid());
 }
@@ -301,6 +302,13 @@ pub(crate) fn is_current_own() -> bool {
 /// Thread `tid` is one of the profiler's own.
 pub(crate) fn is_own(tid: i32) -> bool {
     OWN_THREADS.lock().as_ref().is_some_and(|own| own.contains(&tid))
+}
+
+/// The label id in force on registered, live thread `tid` (`None`: not registered, or exited).
+pub(crate) fn label_id_of(tid: i32) -> Option<u32> {
+    let reg = REGISTRY.lock();
+    let state = reg.as_ref()?.get(&tid)?;
+    (!state.exited.load(Ordering::Acquire)).then(|| state.label_id.load(Ordering::Acquire))
 }
 
 /// The profiler's own threads.

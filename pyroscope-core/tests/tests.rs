@@ -17,6 +17,7 @@ mod labels;
 mod memory;
 mod properties;
 mod tasks;
+mod wall;
 
 pub static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

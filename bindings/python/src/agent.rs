@@ -200,6 +200,19 @@ pub fn flush() -> bool {
     agent().as_ref().map(Agent::flush).is_some()
 }
 
+/// Hands the wall sampler's samples to the running agent (dropped if none runs); empties `batch`.
+pub fn add_wall(batch: &mut Vec<crate::wall::Sample>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Some(a) = agent().as_ref() {
+        for (frames, labels, context, weight) in batch.iter() {
+            a.add_wall_sample(frames, labels, context.as_ref(), *weight);
+        }
+    }
+    batch.clear();
+}
+
 /// The running agent's counters.
 pub fn stats() -> Option<Stats> {
     agent().as_ref().map(Agent::stats)

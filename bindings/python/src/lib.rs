@@ -13,6 +13,7 @@ mod agent;
 mod cpython;
 mod labels;
 mod memory;
+mod wall;
 
 pyo3::create_exception!(
     _native,
@@ -41,7 +42,7 @@ fn set_label_var(py: Python<'_>, var: Py<PyAny>) -> bool {
 #[pyo3(signature = (*, application_name=None, server_address=None, basic_auth=None, tenant_id=None,
     tags=Vec::new(), runtime_tags=Vec::new(), http_headers=Vec::new(), sample_rate=None, upload_interval=None,
     cpu=None, memory=None, mem_domain=true, alloc_sample_bytes=None, shutdown_timeout=None, line_no=0, native=false, report_pid=false,
-    report_thread_id=false, report_thread_name=false, log_level=None, check_only=false))]
+    report_thread_id=false, report_thread_name=false, log_level=None, wall=false, check_only=false))]
 #[allow(clippy::too_many_arguments)]
 fn start(
     py: Python<'_>,
@@ -65,6 +66,7 @@ fn start(
     report_thread_id: bool,
     report_thread_name: bool,
     log_level: Option<i32>,
+    wall: bool,
     check_only: bool,
 ) -> PyResult<bool> {
     let settings = agent::Settings {
@@ -113,13 +115,23 @@ fn start(
             Some(outcome)
         }
     };
-    agent::start(config, line_no, native, walker).map_err(ConfigError::new_err)
+    let rate = config.sample_rate;
+    let started = agent::start(config, line_no, native, walker).map_err(ConfigError::new_err)?;
+    // `oncpu=False`: wall-clock samples of every thread, beside the CPU profile.
+    if started && wall {
+        if let Err(why) = wall::start(rate) {
+            log::warn!("pyroscope: {why}");
+        }
+    }
+    Ok(started)
 }
 
 /// Stops the agent, flushing the last window (at most the shutdown timeout, without the GIL).
 /// False if none was running.
 #[pyfunction]
 fn stop(py: Python<'_>) -> bool {
+    // The wall sampler first: its last samples go into the agent's last window.
+    py.detach(wall::stop);
     match agent::take() {
         Some(a) => {
             py.detach(move || {
@@ -168,6 +180,8 @@ fn stats(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
         ("label_sets_live", s.label_sets_live),
         ("label_sets_overflowed", s.label_sets_overflowed),
         ("label_sets_reclaimed", s.label_sets_reclaimed),
+        ("wall_samples", s.wall_samples),
+        ("wall_samples_lost", s.wall_samples_lost),
         ("labels_rejected_name", s.labels_rejected_name),
         ("labels_rejected_value", s.labels_rejected_value),
         ("labels_rejected_duplicate", s.labels_rejected_duplicate),
@@ -224,6 +238,12 @@ fn sweep_now() {
     labels::sweep_now();
 }
 
+/// The wall-clock sampler runs in this process (`configure(oncpu=False)`).
+#[pyfunction]
+fn wall_running() -> bool {
+    wall::running()
+}
+
 /// Context labels are on samples (the CPython walker is registered).
 #[pyfunction]
 fn context_labels() -> bool {
@@ -277,6 +297,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registry_len, m)?)?;
     m.add_function(wrap_pyfunction!(sweep_now, m)?)?;
     m.add_function(wrap_pyfunction!(context_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(wall_running, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_name, m)?)?;
     m.add_function(wrap_pyfunction!(force_context_labels, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;

@@ -180,7 +180,10 @@ def configure(
     first to change settings. A bad setting raises ``ConfigError`` (a ``ValueError``; for a
     wrong type also a ``TypeError``) and starts nothing.
 
-    ``oncpu=False`` (wall-clock) is not supported: CPU time is sampled. ``gil_only`` is accepted:
+    ``oncpu=False`` (pyroscope-io's "include idle threads") adds a ``wall`` profile: wall-clock
+    time of every Python thread, idle ones included (sleeping, blocked in I/O, waiting for the
+    GIL), sampled at ``sample_rate`` by a thread of the profiler's that reads the other threads'
+    stacks without signalling them; the ``process_cpu`` profile stays CPU time. ``gil_only`` is accepted:
     CPU-time sampling already skips threads waiting for the GIL. ``native=True`` merges the native
     frames of extension modules and C libraries into the Python stacks, where the interpreter
     calls them (py-spy's ``--native``); it is off by default. ``cpu_implementation`` and ``mem_max_nframe`` are
@@ -271,11 +274,10 @@ def configure(
         report_thread_id=bool(report_thread_id),
         report_thread_name=bool(report_thread_name),
         log_level=log_level,
+        wall=not oncpu,
     )
     _native.start(check_only=True, **args)  # raises ConfigError before anything changes
 
-    if not oncpu:
-        LOGGER.warning("oncpu=False (wall-clock) is not supported: sampling CPU time")
     if not cpu_enabled:
         if given(mem_enabled) and not mem_enabled:
             LOGGER.warning("cpu_enabled=False and mem_enabled=False: nothing to profile")

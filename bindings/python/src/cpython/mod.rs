@@ -17,6 +17,7 @@ mod offsets;
 mod resolve;
 pub(crate) mod testing;
 mod walk;
+pub(crate) mod wall;
 
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -29,6 +30,11 @@ use pyroscope_core::fault;
 #[allow(unused_imports)]
 pub use resolve::{PyResolver, Resolver};
 pub use walk::walk;
+
+/// Words a walk may write (header and every frame kept).
+pub(crate) fn walk_words() -> usize {
+    walk::HEADER + 2 * walk::MAX_FRAMES
+}
 
 use offsets::Offsets;
 
@@ -48,6 +54,22 @@ pub(crate) struct Runtime {
     array_type: usize,
     /// 0 when it could not be learned (lookups through a collision node then fail, counted).
     collision_type: usize,
+    /// The interpreter whose thread list the wall-clock sampler reads, or why it cannot.
+    wall_interp: Result<usize, String>,
+}
+
+impl Runtime {
+    /// The interpreter for the wall-clock sampler (`configure(oncpu=False)`).
+    ///
+    /// # Errors
+    /// Why its thread list cannot be read (a self-test mismatch at init).
+    pub(crate) fn wall_interp(&self) -> Result<usize, &str> {
+        self.wall_interp.as_ref().copied().map_err(String::as_str)
+    }
+
+    pub(crate) fn offsets(&self) -> &'static Offsets {
+        self.offsets
+    }
 }
 
 /// The published runtime (a leaked Box, never freed: a handler may hold it).
@@ -175,6 +197,11 @@ pub fn init(py: Python<'_>, label_var: &Bound<'_, PyAny>) -> Result<(), String> 
     {
         return Err(fail("the HAMT node types of Contexts are not the expected ones"));
     }
+    let wall_interp = (0..3)
+        .map(|_| check_thread_list(py, offsets, get_tstate))
+        .find(Result::is_ok)
+        .unwrap_or_else(|| check_thread_list(py, offsets, get_tstate))
+        .map_err(|e| format!("wall-clock sampling is disabled: {e}"));
     let mut rt = Runtime {
         offsets,
         get_tstate,
@@ -188,6 +215,7 @@ pub fn init(py: Python<'_>, label_var: &Bound<'_, PyAny>) -> Result<(), String> 
         bitmap_type,
         array_type,
         collision_type: 0,
+        wall_interp,
     };
     if !coll.is_none() {
         rt.collision_type = collision_type(&rt, addr(&coll)).unwrap_or(0);
@@ -266,6 +294,57 @@ fn self_test(
         }
     }
     Ok(())
+}
+
+/// The current interpreter, once its thread list read through our offsets
+/// ([`wall::for_each_thread`]) is the one CPython's accessors give, holds the calling thread's
+/// state, and has a state for every running `threading` thread (by native id). Call with the GIL.
+fn check_thread_list(
+    py: Python<'_>,
+    o: &'static Offsets,
+    get_tstate: unsafe extern "C" fn() -> *mut c_void,
+) -> Result<usize, String> {
+    type Step = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
+    let head = symbol(c"PyInterpreterState_ThreadHead").ok_or("PyInterpreterState_ThreadHead was not found")?;
+    let next = symbol(c"PyThreadState_Next").ok_or("PyThreadState_Next was not found")?;
+    // SAFETY: the exported functions `PyThreadState *PyInterpreterState_ThreadHead(PyInterpreterState *)`
+    // and `PyThreadState *PyThreadState_Next(PyThreadState *)`.
+    let (head, next): (Step, Step) =
+        unsafe { (std::mem::transmute::<usize, Step>(head), std::mem::transmute::<usize, Step>(next)) };
+    // SAFETY: called with the GIL (we hold `py`): the current interpreter, never NULL.
+    let interp = unsafe { pyo3::ffi::PyInterpreterState_Get() } as usize;
+    // SAFETY: as in `walk`: the calling thread's own state.
+    let me = unsafe { get_tstate() } as usize;
+    if fault::read_u64(me + offsets::TSTATE_INTERP).ok() != Some(interp as u64) {
+        return Err("the thread state's interpreter field is not the current interpreter".into());
+    }
+    let mut theirs = Vec::new();
+    // SAFETY: with the GIL, walking the list with CPython's own accessors.
+    let mut t = unsafe { head(interp as *mut c_void) };
+    while !t.is_null() && theirs.len() <= wall::MAX_THREADS {
+        theirs.push(t as usize);
+        // SAFETY: as above; `t` is a state of the list.
+        t = unsafe { next(t) };
+    }
+    let mut ours = Vec::new();
+    wall::for_each_thread(interp, o, |t| ours.push(t));
+    if ours != theirs || !ours.contains(&me) {
+        return Err(format!(
+            "the thread list read with our offsets ({} states) is not CPython's ({} states)",
+            ours.len(),
+            theirs.len()
+        ));
+    }
+    let natives: Vec<u64> = py
+        .eval(c"[t.native_id for t in __import__('threading').enumerate() if t.native_id]", None, None)
+        .and_then(|v| v.extract())
+        .map_err(|e| e.to_string())?;
+    for id in natives {
+        if !ours.iter().any(|t| fault::read_u64(t + o.tstate_native_thread_id).ok() == Some(id)) {
+            return Err(format!("no thread state has native id {id}, a running threading.Thread's"));
+        }
+    }
+    Ok(interp)
 }
 
 /// On 3.13, `_PyRuntime.debug_offsets` must agree with our table.

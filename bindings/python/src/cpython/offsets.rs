@@ -18,6 +18,10 @@ pub(crate) struct Offsets {
     pub(crate) tstate_thread_id: usize,
     pub(crate) tstate_native_thread_id: usize,
     pub(crate) tstate_context: usize,
+    /// `PyInterpreterState.threads.head`: the interpreter's thread states, linked by
+    /// [`TSTATE_NEXT`] (the wall-clock sampler's list; checked against
+    /// `PyInterpreterState_ThreadHead`/`PyThreadState_Next` at init).
+    pub(crate) interp_threads_head: usize,
     /// `_PyInterpreterFrame.f_code` (3.11/3.12) or `.f_executable` (3.13).
     pub(crate) frame_code: usize,
     pub(crate) frame_previous: usize,
@@ -41,6 +45,10 @@ pub(crate) struct Offsets {
     /// `sizeof(PyCompactUnicodeObject)`: where a compact non-ASCII string's characters start.
     pub(crate) unicode_compact_size: usize,
 }
+
+/// `PyThreadState.next` and `.interp` (all three versions).
+pub(crate) const TSTATE_NEXT: usize = 8;
+pub(crate) const TSTATE_INTERP: usize = 16;
 
 /// `FRAME_OWNED_BY_GENERATOR` (all three versions).
 pub(crate) const OWNER_GENERATOR: u8 = 1;
@@ -82,6 +90,7 @@ static V3_11: Offsets = Offsets {
     tstate_thread_id: 152,
     tstate_native_thread_id: 160,
     tstate_context: 224,
+    interp_threads_head: 16,
     frame_code: 32,
     frame_previous: 48,
     frame_instr: 56,
@@ -106,6 +115,7 @@ static V3_12: Offsets = Offsets {
     tstate_thread_id: 136,
     tstate_native_thread_id: 144,
     tstate_context: 208,
+    interp_threads_head: 72,
     frame_code: 0,
     frame_previous: 8,
     frame_instr: 56,
@@ -130,6 +140,7 @@ static V3_13: Offsets = Offsets {
     tstate_thread_id: 152,
     tstate_native_thread_id: 160,
     tstate_context: 208,
+    interp_threads_head: 7344,
     frame_code: 0,
     frame_previous: 8,
     frame_instr: 56,
@@ -159,8 +170,11 @@ pub(crate) fn for_minor(minor: u32) -> Option<&'static Offsets> {
 /// Where 3.13.x's `_Py_DebugOffsets` (the first member of `_PyRuntime`) keeps the fields we
 /// use, with the value our table has for each (offsets into `_Py_DebugOffsets` measured with
 /// `offsetof` on the 3.13.0 headers).
-pub(crate) fn debug_offsets_3_13(o: &Offsets) -> [(&'static str, usize, usize); 13] {
+pub(crate) fn debug_offsets_3_13(o: &Offsets) -> [(&'static str, usize, usize); 16] {
     [
+        ("interpreter_state.threads_head", 72, o.interp_threads_head),
+        ("thread_state.next", 168, TSTATE_NEXT),
+        ("thread_state.interp", 176, TSTATE_INTERP),
         ("thread_state.current_frame", 184, o.tstate_current_frame),
         ("thread_state.thread_id", 192, o.tstate_thread_id),
         ("thread_state.native_thread_id", 200, o.tstate_native_thread_id),

@@ -46,6 +46,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_bench_walk, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_resolve, m)?)?;
     m.add_function(wrap_pyfunction!(_walker_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(_wall_stats, m)?)?;
     Ok(())
 }
 
@@ -327,5 +328,27 @@ fn _walker_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("armed", fault::armed())?;
     d.set_item("initialised", super::runtime().is_some())?;
     d.set_item("collision_node_known", super::runtime().is_some_and(|rt| rt.collision_type != 0))?;
+    Ok(d)
+}
+
+/// The wall-clock sampler's counters, and why it is unavailable (`error`, None when it is).
+#[pyfunction]
+fn _wall_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let c = &super::wall::COUNTERS;
+    for (k, v) in [
+        ("ticks", &c.ticks),
+        ("threads", &c.threads),
+        ("samples", &c.samples),
+        ("no_frames", &c.no_frames),
+        ("retries", &c.retries),
+        ("torn", &c.torn),
+        ("list_cut", &c.list_cut),
+        ("late_periods", &c.late_periods),
+        ("busy_ns", &c.busy_ns),
+    ] {
+        d.set_item(k, v.load(Ordering::Relaxed))?;
+    }
+    d.set_item("error", super::runtime().and_then(|rt| rt.wall_interp().err().map(str::to_owned)))?;
     Ok(d)
 }

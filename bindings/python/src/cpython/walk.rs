@@ -127,21 +127,46 @@ pub unsafe fn walk(out: &mut [u64]) -> usize {
 /// # Signal safety
 /// As [`walk`].
 fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fault> {
-    let o = rt.offsets;
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-    if fault::read_u64(tstate + o.tstate_native_thread_id)? != tid {
+    if fault::read_u64(tstate + rt.offsets.tstate_native_thread_id)? != tid {
         return Err(Fault);
     }
-    let thread_ident = fault::read_u64(tstate + o.tstate_thread_id)?;
-    let first = match o.tstate_cframe {
-        Some(cframe) => fault::read_u64(tstate + cframe).and_then(|c| read_ptr(c as usize + o.cframe_current_frame)),
-        None => read_ptr(tstate + o.tstate_current_frame),
-    };
-    let Ok(mut frame) = first else {
+    let Ok(first) = current_frame(rt, tstate) else {
         bump(&COUNTERS.torn);
         return Ok(0);
     };
+    // The calling thread's own stack cannot change under us: a torn chain is cut, not dropped.
+    Ok(walk_from(rt, tstate, first, out, false).unwrap_or(0))
+}
+
+/// The innermost interpreter frame of `tstate` (0: none).
+///
+/// # Signal safety
+/// Guarded loads only.
+pub(crate) fn current_frame(rt: &Runtime, tstate: usize) -> Result<usize, Fault> {
+    let o = rt.offsets;
+    match o.tstate_cframe {
+        Some(cframe) => fault::read_u64(tstate + cframe).and_then(|c| read_ptr(c as usize + o.cframe_current_frame)),
+        None => read_ptr(tstate + o.tstate_current_frame),
+    }
+}
+
+/// Walks `tstate`'s frames from `first` (its current frame) into `out` as [`walk`] describes;
+/// 0 when no frame is kept. With `strict` (another thread's stack, which may change while it is
+/// read) a fault, a non-code object or a loop is `Err`: the sample is dropped, never guessed;
+/// without, the frames read before are kept.
+///
+/// # Signal safety
+/// As [`walk`].
+pub(crate) fn walk_from(
+    rt: &Runtime,
+    tstate: usize,
+    mut frame: usize,
+    out: &mut [u64],
+    strict: bool,
+) -> Result<usize, Fault> {
+    let thread_ident = fault::read_u64(tstate + rt.offsets.tstate_thread_id)?;
     let limit = out.len().min(HEADER + 2 * MAX_FRAMES);
     let mut n = HEADER;
     // Brent's cycle check: `mark` is re-anchored at powers of two.
@@ -177,11 +202,17 @@ fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fa
             }
             Err(Fault) => {
                 bump(&COUNTERS.torn);
+                if strict {
+                    return Err(Fault);
+                }
                 break;
             }
         }
         if frame != 0 && frame == mark {
             bump(&COUNTERS.torn);
+            if strict {
+                return Err(Fault);
+            }
             break;
         }
         steps += 1;
