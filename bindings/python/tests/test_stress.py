@@ -51,7 +51,8 @@ def generators():
 
 async def coro_leaf(i):
     await asyncio.sleep(0)
-    return [i] * 10
+    # Enough work after the await that CPU samples land in the coroutine's own frame.
+    return sum(range(20000)) + i
 
 async def coro_main():
     return await asyncio.gather(*(coro_leaf(i) for i in range(50)))
