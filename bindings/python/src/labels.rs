@@ -27,11 +27,9 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// Most cached (key, thread) sets with thread labels added; the cache is emptied when full.
 const CACHE_MAX: usize = 4096;
 
-/// `report_pid`, `report_thread_id`, `report_thread_name` of the running configuration.
-pub static REPORT_PID: AtomicBool = AtomicBool::new(false);
-/// See [`REPORT_PID`].
+/// `report_thread_id`, `report_thread_name` of the running configuration.
 pub static REPORT_THREAD_ID: AtomicBool = AtomicBool::new(false);
-/// See [`REPORT_PID`].
+/// See [`REPORT_THREAD_ID`].
 pub static REPORT_THREAD_NAME: AtomicBool = AtomicBool::new(false);
 /// Context labels are read from samples (the CPython walker is registered): `tag_wrapper` uses
 /// the context variable. Otherwise it falls back to thread tags, as pyroscope-io does.
@@ -56,8 +54,8 @@ struct Registry {
     by_labels: HashMap<Vec<(String, String)>, u64>,
     /// threading ident -> thread name.
     names: HashMap<u64, String>,
-    /// (key, ident, pid) -> the entry's set with the thread labels added.
-    cache: HashMap<(u64, u64, u32), LabelSet>,
+    /// (key, ident) -> the entry's set with the thread labels added.
+    cache: HashMap<(u64, u64), LabelSet>,
     last_sweep: Option<Instant>,
 }
 
@@ -85,7 +83,7 @@ impl Registry {
         if self.entries.len() != before {
             let entries = &self.entries;
             self.by_labels.retain(|_, key| entries.contains_key(key));
-            self.cache.retain(|(key, _, _), _| *key == 0 || entries.contains_key(key));
+            self.cache.retain(|(key, _), _| *key == 0 || entries.contains_key(key));
         }
     }
 }
@@ -163,25 +161,21 @@ pub fn new_context(parent: u64, pairs: &[(String, String)]) -> ContextHolder {
 }
 
 /// The labels of a sample: those of context key `context_key` (0 = none) plus, when enabled,
-/// `thread_id` (the `threading` ident, as pyroscope-io), `thread_name` and `pid`. What the
+/// `thread_id` (the `threading` ident, as pyroscope-io) and `thread_name` (`pid` is a sample
+/// label of the agent's, on every sample: `AgentBuilder::sample_label`). What the
 /// CPython resolver calls on the collector thread; never touches Python.
 pub fn lookup(context_key: u64, thread_ident: u64) -> Option<LabelSet> {
-    let (pid_on, id_on, name_on) = (
-        REPORT_PID.load(Ordering::Relaxed),
-        REPORT_THREAD_ID.load(Ordering::Relaxed),
-        REPORT_THREAD_NAME.load(Ordering::Relaxed),
-    );
-    let pid = if pid_on { std::process::id() } else { 0 };
+    let (id_on, name_on) = (REPORT_THREAD_ID.load(Ordering::Relaxed), REPORT_THREAD_NAME.load(Ordering::Relaxed));
     with_registry(|r| {
         r.sweep(Instant::now());
         // A key past its grace period (or unknown) gives no context labels; the thread ones stay.
         let base = if context_key == 0 { None } else { r.entries.get(&context_key) };
-        if !(pid_on || id_on || name_on) {
+        if !(id_on || name_on) {
             return base.map(|e| e.set.clone());
         }
         let context_key = if base.is_some() { context_key } else { 0 };
         let ident = if id_on || name_on { thread_ident } else { 0 };
-        if let Some(set) = r.cache.get(&(context_key, ident, pid)) {
+        if let Some(set) = r.cache.get(&(context_key, ident)) {
             return Some(set.clone());
         }
         let mut pairs = base.map(|e| e.labels.clone()).unwrap_or_default();
@@ -197,14 +191,11 @@ pub fn lookup(context_key: u64, thread_ident: u64) -> Option<LabelSet> {
                 put("thread_name", name.clone());
             }
         }
-        if pid_on {
-            put("pid", pid.to_string());
-        }
         let set = LabelSet::new_lossy(&pairs);
         if r.cache.len() >= CACHE_MAX {
             r.cache.clear();
         }
-        r.cache.insert((context_key, ident, pid), set.clone());
+        r.cache.insert((context_key, ident), set.clone());
         Some(set)
     })
 }
@@ -223,7 +214,7 @@ pub fn set_thread_name(ident: u64, name: Option<String>) {
                 r.names.remove(&ident);
             }
         }
-        r.cache.retain(|(_, i, _), _| *i != ident);
+        r.cache.retain(|(_, i), _| *i != ident);
     });
 }
 
@@ -306,16 +297,7 @@ pub fn before_fork() {
     let _ = FORK_HOLD.try_with(|h| *h.borrow_mut() = Some(guard));
 }
 
-/// `after_in_parent` / `after_in_child`: gives the lock back; in the child, empties the cache
-/// (its sets carry the parent's pid).
-pub fn after_fork(child: bool) {
-    let _ = FORK_HOLD.try_with(|h| {
-        if let Some(mut guard) = h.borrow_mut().take() {
-            if child {
-                if let Some(r) = guard.as_mut() {
-                    r.cache.clear();
-                }
-            }
-        }
-    });
+/// After `fork()`, in the parent and the child: gives the lock back.
+pub fn after_fork() {
+    let _ = FORK_HOLD.try_with(|h| drop(h.borrow_mut().take()));
 }

@@ -93,7 +93,6 @@ fn start(
         return Ok(false);
     }
     agent::set_logging(log_level);
-    labels::REPORT_PID.store(report_pid, Ordering::SeqCst);
     labels::REPORT_THREAD_ID.store(report_thread_id, Ordering::SeqCst);
     labels::REPORT_THREAD_NAME.store(report_thread_name, Ordering::SeqCst);
     // The allocator wrappers stay for the life of the process (another wrapper may sit on

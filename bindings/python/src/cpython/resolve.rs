@@ -179,8 +179,8 @@ impl Resolver for PyResolver {
         crate::labels::before_fork();
     }
 
-    fn after_fork(&mut self, child: bool) {
-        crate::labels::after_fork(child);
+    fn after_fork(&mut self, _child: bool) {
+        crate::labels::after_fork();
     }
 }
 
