@@ -5,8 +5,9 @@
 #  - eu-north uses the most CPU per request;
 #  - only eu-north has mutex_lock;
 #  - find_nearest_vehicle's total contains check_driver_availability's;
-#  - every sample inside find_nearest_vehicle carries a vehicle label (all but the <1% spent
-#    inside the label calls themselves, before the label is set or after it is removed);
+#  - every sample inside check_driver_availability (called in the vehicle label's scope)
+#    carries a vehicle label, and so do all of find_nearest_vehicle's but the few spent inside
+#    the label calls themselves, before the label is set or after it is removed (at most 3%);
 #  - us-east has the most alloc_space, inside do_work, and its inuse_space grows window after
 #    window while eu-north's and ap-south's stay flat;
 #  - `go tool pprof` (an independent decoder) reads the files and sees the same.
@@ -81,12 +82,18 @@ for region in "${regions[@]}"; do
     [ "$mutex" -gt 0 ] || fail "eu-north has no mutex_lock"
     fnv=$(value "$t" 'find_nearest_vehicle$'); cda=$(value "$t" 'check_driver_availability$')
     [ "$cda" -gt 0 ] && [ "$fnv" -ge "$cda" ] || fail "find_nearest_vehicle ($fnv) does not contain check_driver_availability ($cda)"
-    labelled=0
+    labelled=0; cda_labelled=0
     for v in car bike scooter; do
-      labelled=$(( labelled + $(value "$(top region=$region --where vehicle=$v)" 'find_nearest_vehicle$') ))
+      tv="$(top region=$region --where vehicle=$v)"
+      labelled=$(( labelled + $(value "$tv" 'find_nearest_vehicle$') ))
+      cda_labelled=$(( cda_labelled + $(value "$tv" 'check_driver_availability$') ))
     done
-    echo "find_nearest_vehicle: $fnv ns, $labelled ns with a vehicle label"
-    [ $(( labelled * 100 )) -ge $(( fnv * 99 )) ] || fail "find_nearest_vehicle: $fnv ns in all but only $labelled ns carry a vehicle label"
+    echo "find_nearest_vehicle: $fnv ns, $labelled ns with a vehicle label; check_driver_availability: $cda ns, $cda_labelled ns labelled"
+    # Inside the scope nothing sets labels: every sample of check_driver_availability is labelled.
+    [ "$cda_labelled" -eq "$cda" ] || fail "check_driver_availability: $cda ns in all but only $cda_labelled ns carry a vehicle label"
+    # The label calls themselves run before the label is set and after it is removed: on a
+    # debug build under load they take a few samples of find_nearest_vehicle's own.
+    [ $(( labelled * 100 )) -ge $(( fnv * 97 )) ] || fail "find_nearest_vehicle: $fnv ns in all but only $labelled ns carry a vehicle label"
   else
     [ "$mutex" -eq 0 ] || fail "$region has mutex_lock ($mutex ns)"
   fi

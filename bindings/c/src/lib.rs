@@ -137,7 +137,8 @@ impl From<&Stats> for pyroscope_stats {
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The message of this thread's last failed call; `None` after a call that succeeded.
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
     /// Labels pushed on this thread and not yet popped, innermost last.
     static LABELS: RefCell<Vec<LabelGuard>> = const { RefCell::new(Vec::new()) };
 }
@@ -157,14 +158,24 @@ impl From<pyroscope_core::Error> for Failure {
 
 fn set_error(message: &str) {
     let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = Some(c));
+}
+
+/// Clears the last error without allocating: the success path of every call, label calls
+/// included, stays cheap.
+fn clear_error() {
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            *e = None;
+        }
+    });
 }
 
 /// Runs `f`, turning errors and panics into a status and a last-error message.
 fn call(f: impl FnOnce() -> Result<(), Failure>) -> pyroscope_status {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
-            set_error("");
+            clear_error();
             pyroscope_status::Ok
         }
         Ok(Err(Failure(status, message))) => {
@@ -208,7 +219,7 @@ unsafe fn with_config(cfg: *mut pyroscope_config, f: impl FnOnce(AgentBuilder) -
 /// until this thread's next call into the library.
 #[no_mangle]
 pub extern "C" fn pyroscope_last_error() -> *const c_char {
-    LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|e| e.borrow().as_ref().map_or(c"".as_ptr(), |m| m.as_ptr())).unwrap_or(c"".as_ptr())
 }
 
 /// Creates a config for `application_name` with the defaults (100 Hz, 10 s windows, push API,
