@@ -382,6 +382,7 @@ fn install_fork_handlers() {
     extern "C" fn prepare() {
         // Lock order: the resolver (held while a drain names frames and merges labels) first.
         crate::interp::prepare_fork();
+        crate::jit::prepare_fork();
         crate::labels::prepare_fork();
         sampler::prepare_fork();
         crate::alloc::prepare_fork();
@@ -396,6 +397,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_parent();
         sampler::after_fork_parent();
         crate::labels::after_fork();
+        crate::jit::after_fork();
         crate::interp::after_fork(false);
     }
     extern "C" fn child() {
@@ -405,6 +407,7 @@ fn install_fork_handlers() {
         crate::alloc::after_fork_child();
         sampler::after_fork_child();
         crate::labels::after_fork();
+        crate::jit::after_fork();
         crate::interp::after_fork(true);
         // The parent's agent does not run here; a new one may be started.
         RUNNING.store(false, Ordering::SeqCst);

@@ -142,8 +142,15 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         let Some(r) = ring else { return 0 };
         let mut resolver = crate::interp::resolver();
         merger.refresh();
+        let jit = crate::jit::active();
         r.drain(|rec| {
-            let (stack, context) = if rec.interp == 0 {
+            let (stack, context) = if rec.interp == 0 && jit {
+                // JIT code: named now, before the compiler puts other code at its addresses.
+                keys.clear();
+                let code = crate::jit::lock();
+                keys.extend(rec.stack().iter().map(|&pc| crate::jit::lookup(&code, pc).map_or(pc, |f| f.key())));
+                (&keys[..], None)
+            } else if rec.interp == 0 {
                 (rec.stack(), None)
             } else {
                 // An interpreter's frames: named now, while what they point at is fresh.

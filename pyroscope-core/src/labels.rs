@@ -815,6 +815,28 @@ pub fn of_thread(tid: i32) -> LabelSet {
     }
 }
 
+/// The calling thread's label slot, as memory: for bindings that switch labels by a plain
+/// store instead of a call (JavaScript writes ids into a typed array over it at every `await`).
+/// The slot holds the [`LabelSet::id`] in force on the thread; the signal handler reads it at
+/// each sample. Keeps the thread's state alive while it exists.
+pub struct LabelSlot {
+    state: Arc<ThreadState>,
+}
+
+impl LabelSlot {
+    /// The calling thread's slot (it is sampled from now on, as after [`register_thread`]).
+    pub fn current() -> LabelSlot {
+        LabelSlot { state: current_slot() }
+    }
+
+    /// The slot's address: a 4-byte aligned `u32`. Whoever writes it stores only ids of sets
+    /// it holds a [`LabelSet`] handle on (or [`LabelSet::empty`]'s), from the thread the slot
+    /// belongs to; an id of a set no handle holds reads as no labels.
+    pub fn as_ptr(&self) -> *mut u32 {
+        self.state.label_id.as_ptr()
+    }
+}
+
 /// A future that carries its own labels; see [`LabelSet::wrap`].
 pub struct WithLabels<F> {
     set: LabelSet,

@@ -59,6 +59,7 @@ mod error;
 mod export;
 pub mod fault;
 mod interp;
+pub mod jit;
 mod labels;
 mod ring;
 mod sampler;
@@ -83,7 +84,7 @@ pub use error::{Error, Result};
 pub use interp::{set_interpreter, set_native_frames, NativeFrames, Resolver, WalkFn};
 pub use labels::{
     current as current_labels, of_thread as labels_of_thread, push as push_labels, register_thread, tag_wrapper,
-    validate_label, LabelGuard, LabelSet, WithLabels,
+    validate_label, LabelGuard, LabelSet, LabelSlot, WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;

@@ -1,0 +1,275 @@
+//! The native part of the Node.js package: the core agent, started and stopped from
+//! JavaScript; V8's JIT code names fed to the core's code map; and the label slot that
+//! JavaScript switches with a plain store (see `lib/labels.js`).
+//!
+//! The JavaScript layer (`index.js`) checks and merges the options; this module turns them
+//! into the core's configuration and keeps the one agent of the process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
+
+mod jit;
+
+/// The Node module ABI (`process.versions.modules`) and version this addon was built for.
+pub const BUILT_FOR_ABI: &str = env!("PYROSCOPE_NODE_MODULES_ABI");
+const BUILT_FOR_NODE: &str = env!("PYROSCOPE_NODE_BUILT_FOR");
+
+/// The real-time signal of CPU samples, above glibc's reserved ones: V8's CpuProfiler and
+/// tools built on it (@datadog/pprof, dd-trace) own SIGPROF.
+const SIGNAL_OFFSET: i32 = 5;
+
+static AGENT: Mutex<Option<Agent>> = Mutex::new(None);
+
+fn agent() -> MutexGuard<'static, Option<Agent>> {
+    AGENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `init()` settled, checked and merged by the JavaScript layer; `None`: the core's
+/// `PYROSCOPE_*` variable, else its default.
+#[napi(object)]
+#[derive(Default)]
+pub struct NativeOptions {
+    pub app_name: Option<String>,
+    pub server_address: Option<String>,
+    /// Write profiles to this directory instead of uploading them.
+    pub export_dir: Option<String>,
+    pub auth_token: Option<String>,
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password: Option<String>,
+    pub tenant_id: Option<String>,
+    pub headers: Option<HashMap<String, String>>,
+    /// The user's tags (series labels).
+    pub tags: Option<HashMap<String, String>>,
+    /// Added after the user's tags unless those have the name (`otel.scope.name`, ...).
+    pub runtime_tags: Option<HashMap<String, String>>,
+    pub upload_interval_ms: Option<u32>,
+    pub sample_rate: Option<u32>,
+    pub cpu: Option<bool>,
+    pub shutdown_timeout_ms: Option<u32>,
+}
+
+fn invalid(message: impl std::fmt::Display) -> napi::Error {
+    napi::Error::new(Status::InvalidArg, format!("Invalid config: {message}"))
+}
+
+fn build(o: &NativeOptions) -> Result<pyroscope_core::Config> {
+    let mut b = AgentBuilder::from_env().signal(libc::SIGRTMIN() + SIGNAL_OFFSET).memory(false);
+    if let Some(n) = &o.app_name {
+        b = b.application_name(n.clone());
+    }
+    if let Some(a) = &o.server_address {
+        b = b.server_address(a.clone());
+    }
+    if let Some(d) = &o.export_dir {
+        b = b.export_dir(d.clone());
+    }
+    if let Some(t) = &o.auth_token {
+        b = b.auth_token(t.clone());
+    } else if let (Some(u), Some(p)) = (&o.basic_auth_user, &o.basic_auth_password) {
+        b = b.basic_auth(u.clone(), p.clone());
+    }
+    if let Some(t) = &o.tenant_id {
+        b = b.tenant_id(t.clone());
+    }
+    for (k, v) in o.headers.iter().flatten() {
+        b = b.header(k.clone(), v.clone());
+    }
+    let mut tags: Vec<(&String, &String)> = o.tags.iter().flatten().collect();
+    tags.sort();
+    b = b.tags(tags.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(ms) = o.upload_interval_ms {
+        if !(1000..=3_600_000).contains(&ms) {
+            return Err(invalid(format!("flushIntervalMs {ms} must be between 1000 (1 s) and 3600000 (1 h)")));
+        }
+        b = b.upload_interval(Duration::from_millis(ms.into()));
+    }
+    if let Some(hz) = o.sample_rate {
+        b = b.sample_rate(hz);
+    }
+    if let Some(cpu) = o.cpu {
+        b = b.cpu(cpu);
+    }
+    if let Some(ms) = o.shutdown_timeout_ms {
+        b = b.shutdown_timeout(Duration::from_millis(ms.into()));
+    }
+    let mut config = b.build().map_err(invalid)?;
+    let mut runtime: Vec<(&String, &String)> = o.runtime_tags.iter().flatten().collect();
+    runtime.sort();
+    for (k, v) in runtime {
+        // The server allows 30 names per series; the core checks 24 tags: ours give way.
+        if config.tags.len() < 24 && !config.tags.contains_key(k) && pyroscope_core::validate_tag(k, v).is_ok() {
+            config.tags.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(config)
+}
+
+/// Checks `options` without starting anything: throws `Error('Invalid config: ...')`.
+#[napi]
+pub fn check(options: NativeOptions) -> Result<()> {
+    build(&options).map(drop)
+}
+
+/// Starts the agent; `false` when one runs already (the first keeps running).
+#[napi]
+pub fn start(options: NativeOptions) -> Result<bool> {
+    let config = build(&options)?;
+    let mut slot = agent();
+    if slot.is_some() {
+        return Ok(false);
+    }
+    match Agent::start(config) {
+        Ok(a) => {
+            *slot = Some(a);
+            Ok(true)
+        }
+        Err(pyroscope_core::Error::AlreadyRunning) => Ok(false),
+        Err(e) => Err(invalid(e)),
+    }
+}
+
+/// Stops the agent on a libuv worker thread: the last window is sent within the core's
+/// shutdown bound, and the event loop keeps running meanwhile.
+pub struct StopTask;
+
+impl Task for StopTask {
+    type Output = bool;
+    type JsValue = bool;
+
+    fn compute(&mut self) -> Result<bool> {
+        Ok(stop_now())
+    }
+
+    fn resolve(&mut self, _env: Env, output: bool) -> Result<bool> {
+        Ok(output)
+    }
+}
+
+/// Stops the agent (a Promise of whether one ran).
+#[napi(ts_return_type = "Promise<boolean>")]
+pub fn stop() -> AsyncTask<StopTask> {
+    AsyncTask::new(StopTask)
+}
+
+/// Stops the agent now, on this thread (at process exit): whether one ran.
+#[napi]
+pub fn stop_now() -> bool {
+    let taken = agent().take();
+    match taken {
+        Some(a) => {
+            a.stop();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Closes the current window now (its profiles are sent in the background).
+#[napi]
+pub fn flush() -> bool {
+    agent().as_ref().map(Agent::flush).is_some()
+}
+
+/// Whether an agent runs.
+#[napi]
+pub fn running() -> bool {
+    agent().is_some()
+}
+
+/// The agent's counters, for tests and diagnostics.
+#[napi(object)]
+pub struct NativeStats {
+    pub samples: f64,
+    pub lost: f64,
+    pub truncated: f64,
+    pub windows: f64,
+    pub threads: f64,
+    pub uploads_sent: f64,
+    pub uploads_failed: f64,
+    pub jit_ranges: f64,
+}
+
+#[napi]
+pub fn stats() -> Option<NativeStats> {
+    let guard = agent();
+    let s = guard.as_ref()?.stats();
+    Some(NativeStats {
+        samples: s.samples as f64,
+        lost: s.samples_lost as f64,
+        truncated: s.samples_truncated as f64,
+        windows: s.windows as f64,
+        threads: s.threads_sampled as f64,
+        uploads_sent: s.uploads_sent as f64,
+        uploads_failed: s.uploads_failed as f64,
+        jit_ranges: pyroscope_core::jit::len() as f64,
+    })
+}
+
+/// The Node module ABI and version the addon was built for.
+#[napi(object)]
+pub struct BuildInfo {
+    pub modules: String,
+    pub node: String,
+}
+
+#[napi]
+pub fn build_info() -> BuildInfo {
+    BuildInfo { modules: BUILT_FOR_ABI.to_owned(), node: BUILT_FOR_NODE.to_owned() }
+}
+
+/// Samples the calling JavaScript thread (the main thread or a worker) from now on, and names
+/// its isolate's JIT code: existing code at once, new code as V8 compiles it.
+#[napi]
+pub fn register_thread() -> bool {
+    pyroscope_core::register_thread();
+    jit::watch()
+}
+
+/// An interned label set, held by the JavaScript value that uses it: its id is what the label
+/// slot holds while it is in force.
+#[napi]
+pub struct NativeLabelSet {
+    set: LabelSet,
+}
+
+#[napi]
+impl NativeLabelSet {
+    /// The id written into the slot.
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.set.id()
+    }
+}
+
+/// Interns `pairs` (`[name, value, name, value, ...]`). Never fails: bad labels are left out,
+/// counted and logged once per kind, as everywhere in the core.
+#[napi]
+pub fn label_set(pairs: Vec<String>) -> NativeLabelSet {
+    let pairs: Vec<(&str, &str)> = pairs.chunks_exact(2).map(|p| (p[0].as_str(), p[1].as_str())).collect();
+    NativeLabelSet { set: LabelSet::new_lossy(&pairs) }
+}
+
+/// The calling thread's label slot as a one-element `Uint32Array`: JavaScript stores a
+/// `NativeLabelSet`'s id in it to put that set in force. Call it once per thread.
+#[napi]
+pub fn label_slot() -> Uint32Array {
+    let slot = LabelSlot::current();
+    let ptr = slot.as_ptr();
+    // SAFETY: `ptr` is the 4-byte aligned slot of this thread's state, which `slot` keeps
+    // alive until V8 frees the array (the notify closure owns it). JavaScript writes it from
+    // this thread only, with plain 32-bit stores, which are atomic on x86_64; the core reads
+    // it atomically.
+    unsafe { Uint32Array::with_external_data(ptr, 1, move |_, _| drop(slot)) }
+}
+
+/// How a V8 code name reads as a frame, `[function, file, line]` (for tests of the naming).
+#[napi]
+pub fn frame_of_code_name(name: String, cwd: String) -> (String, String, u32) {
+    let f = jit::frame_of(&name, &cwd);
+    (f.function, f.file, f.line)
+}
