@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. `make bench` for the figures.
 SHELL := /bin/bash
-.PHONY: all demo test test-rust test-python lint-python python-env lint bench setup chromium valgrind c-lib
+.PHONY: all demo test test-rust test-python test-node lint-python python-env lint bench setup chromium valgrind c-lib
 
 all: test
 
@@ -19,7 +19,7 @@ valgrind:
 demo: setup
 	./scripts/demo.sh
 
-test: setup chromium valgrind lint test-rust test-python
+test: setup chromium valgrind lint test-rust test-python test-node
 
 lint:
 	cargo fmt --all -- --check
@@ -60,6 +60,11 @@ python-env: $(foreach v,$(PY_VERSIONS),target/py/$(v)/.installed)
 test-python: python-env lint-python
 	./scripts/python-test.sh $(PY_VERSIONS)
 	./scripts/check-rideshare.sh python
+
+# The Node package: `npm install` in bindings/node builds the addon (release) as users get it;
+# its tests run with node's test runner.
+test-node:
+	./scripts/node-test.sh
 
 # Python sources formatted and linted with ruff (pinned, in the newest venv); the package's
 # typing is its committed `_native.pyi` and `py.typed`.

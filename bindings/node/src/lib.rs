@@ -97,7 +97,12 @@ fn build(o: &NativeOptions) -> Result<pyroscope_core::Config> {
     if let Some(ms) = o.shutdown_timeout_ms {
         b = b.shutdown_timeout(Duration::from_millis(ms.into()));
     }
-    let mut config = b.build().map_err(invalid)?;
+    let mut config = b.build().map_err(|e| match e {
+        pyroscope_core::Error::EmptyApplicationName => {
+            invalid("appName is empty: pass init({ appName: ... }) or set PYROSCOPE_APPLICATION_NAME")
+        }
+        e => invalid(e),
+    })?;
     let mut runtime: Vec<(&String, &String)> = o.runtime_tags.iter().flatten().collect();
     runtime.sort();
     for (k, v) in runtime {
@@ -272,4 +277,14 @@ pub fn label_slot() -> Uint32Array {
 pub fn frame_of_code_name(name: String, cwd: String) -> (String, String, u32) {
     let f = jit::frame_of(&name, &cwd);
     (f.function, f.file, f.line)
+}
+
+/// The calling thread's CPU time in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`), the truth the
+/// profile's `cpu` values are checked against.
+#[napi]
+pub fn thread_cpu_time() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }

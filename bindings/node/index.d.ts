@@ -1,0 +1,92 @@
+// Types of the package: the @pyroscope/nodejs 0.6 API.
+
+export type LabelSet = Record<string, string | number>;
+/** @deprecated use LabelSet */
+export type TagList = LabelSet;
+
+export interface PyroscopeWallConfig {
+  /** Accepted for compatibility; profiles are cut every flushIntervalMs. */
+  samplingDurationMs?: number | undefined;
+  /** Sampling period in microseconds (10000: 100 Hz, the default; 1000 to 1000000). */
+  samplingIntervalMicros?: number | undefined;
+  /** Accepted for compatibility: CPU time is always profiled. */
+  collectCpuTime?: boolean | undefined;
+}
+
+export interface PyroscopeHeapConfig {
+  samplingIntervalBytes?: number | undefined;
+  stackDepth?: number | undefined;
+}
+
+export interface PyroscopeConfig {
+  appName?: string | undefined;
+  authToken?: string | undefined;
+  /** Upload period in milliseconds (60000 by default; 1000 to 3600000). */
+  flushIntervalMs?: number | undefined;
+  heap?: PyroscopeHeapConfig | undefined;
+  serverAddress?: string | undefined;
+  tags?: LabelSet | undefined;
+  wall?: PyroscopeWallConfig | undefined;
+  sourceMapper?: unknown;
+  basicAuthUser?: string | undefined;
+  basicAuthPassword?: string | undefined;
+  tenantID?: string | undefined;
+  stripFilenames?: 'all' | 'dependencies' | undefined;
+  shortenPaths?: boolean | undefined;
+  /**
+   * Labels follow async work (AsyncLocalStorage semantics): on by default. `false` keeps
+   * them per synchronous call only, as @pyroscope/nodejs 0.6 does, with no cost per await.
+   * Also PYROSCOPE_ASYNC_LABELS=false.
+   */
+  asyncLabels?: boolean | undefined;
+}
+
+export interface Logger {
+  error(...args: unknown[]): void;
+  trace(...args: unknown[]): void;
+  debug(...args: unknown[]): void;
+  info(...args: unknown[]): void;
+  warn(...args: unknown[]): void;
+  fatal(...args: unknown[]): void;
+}
+
+/** Checks the configuration (throws `Error('Invalid config: ...')`); does not start. */
+export declare function init(config?: PyroscopeConfig): void;
+/** Starts CPU and heap profiling. */
+export declare function start(): void;
+/** Stops profiling; resolves once the last profiles are sent (within the shutdown bound). */
+export declare function stop(): Promise<void>;
+/** Calls fn(...args) with `labels` in force (across its awaits too); returns what fn returns. */
+export declare function wrapWithLabels<A extends unknown[], R>(labels: LabelSet, fn: (...args: A) => R, ...args: A): R;
+export declare function getLabels(): LabelSet;
+export declare function setLabels(labels: LabelSet): void;
+/** @deprecated use getLabels */
+export declare function getWallLabels(): LabelSet;
+/** @deprecated use setLabels */
+export declare function setWallLabels(labels: LabelSet): void;
+export declare function startWallProfiling(): void;
+export declare function stopWallProfiling(): Promise<void>;
+export declare function startCpuProfiling(): void;
+export declare function stopCpuProfiling(): Promise<void>;
+export declare function startHeapProfiling(): void;
+export declare function stopHeapProfiling(): Promise<void>;
+export declare function setLogger(logger: Logger): void;
+
+declare const pyroscope: {
+  init: typeof init;
+  start: typeof start;
+  stop: typeof stop;
+  wrapWithLabels: typeof wrapWithLabels;
+  getLabels: typeof getLabels;
+  setLabels: typeof setLabels;
+  getWallLabels: typeof getWallLabels;
+  setWallLabels: typeof setWallLabels;
+  startWallProfiling: typeof startWallProfiling;
+  stopWallProfiling: typeof stopWallProfiling;
+  startCpuProfiling: typeof startCpuProfiling;
+  stopCpuProfiling: typeof stopCpuProfiling;
+  startHeapProfiling: typeof startHeapProfiling;
+  stopHeapProfiling: typeof stopHeapProfiling;
+  setLogger: typeof setLogger;
+};
+export default pyroscope;

@@ -1,0 +1,70 @@
+'use strict';
+// CPU profiles: decoded by the strict receiver, checked for functions, values and labels.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+
+test('each function gets its own CPU time, main thread and worker, within 10%', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const truth = JSON.parse(res.stdout);
+  const cpu = cpuProfiles(r);
+  assert.ok(cpu.length >= 2, `profiles: ${cpu.length}`);
+  for (const [fn, ns] of Object.entries(truth)) {
+    const got = total(cpu, 'cpu', has(new RegExp(`^\\./test/fixtures/accuracy\\.js:${fn}:\\d+$`)));
+    const ratio = got / ns;
+    assert.ok(ratio > 0.9 && ratio < 1.1, `${fn}: profiled ${got / 1e6} ms of ${ns / 1e6} ms (ratio ${ratio.toFixed(3)})`);
+  }
+});
+
+test('frames are named as @pyroscope/nodejs names them', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const samples = cpuProfiles(r).flatMap((p) => p.samples);
+  const alpha = samples.find(has(/:alphaWork:/));
+  assert.ok(alpha, 'no sample in alphaWork');
+  const frame = alpha.frames.find((f) => /:alphaWork:/.test(f.function));
+  assert.match(frame.function, /^\.\/test\/fixtures\/accuracy\.js:alphaWork:\d+$/);
+  assert.match(frame.file, /\/bindings\/node\/test\/fixtures\/accuracy\.js$/);
+  const line = Number(frame.function.split(':').pop());
+  assert.equal(frame.line, line);
+  // The caller chain is there too: burnFor inside alphaWork inside the module's top level.
+  const names = alpha.frames.map((f) => f.function);
+  const burn = names.findIndex((n) => /:burnFor:/.test(n));
+  const work = names.findIndex((n) => /:alphaWork:/.test(n));
+  assert.ok(burn >= 0 && burn < work, `stack: ${names.join(' < ')}`);
+  const anonymous = names.findIndex((n) => /^\.\/test\/fixtures\/accuracy\.js:\(anonymous:L#\d+:C#\d+\):\d+$/.test(n));
+  const measured = names.findIndex((n) => /:measured:/.test(n));
+  assert.ok(work < anonymous && anonymous < measured, `no anonymous caller between: ${names.join(' < ')}`);
+});
+
+test('labels follow async work across await and never leak to concurrent requests', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/cpu-labels.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const cpu = cpuProfiles(r);
+  const labelled = has(/:burnLabelled:/);
+  const plain = has(/:burnPlain:/);
+  const all = total(cpu, 'cpu', labelled);
+  assert.ok(all > 0, 'no samples in burnLabelled');
+  let sum = 0;
+  for (const name of ['r0', 'r1', 'r2', 'r3', 'r4', 'r5']) {
+    const v = total(cpu, 'cpu', (s) => labelled(s) && s.labels.route === name);
+    assert.ok(v > 0, `route ${name} has no labelled samples`);
+    sum += v;
+  }
+  assert.equal(sum, all, 'every sample of burnLabelled carries its route');
+  assert.ok(total(cpu, 'cpu', plain) > 0, 'no samples in burnPlain');
+  assert.equal(total(cpu, 'cpu', (s) => plain(s) && s.labels.route !== undefined), 0, 'burnPlain has a route label');
+  // Each route burns in its own function: labels never cross.
+  for (const name of ['r0', 'r1', 'r2', 'r3', 'r4', 'r5']) {
+    const wrong = total(cpu, 'cpu', (s) => s.labels.route === name && has(new RegExp(`:burn_${name === 'r0' ? 'r1' : 'r0'}:`))(s));
+    assert.equal(wrong, 0, `route ${name} labels another route's function`);
+  }
+});

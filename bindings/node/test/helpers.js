@@ -1,0 +1,90 @@
+'use strict';
+// Runs a script under the profiler against the strict loopback receiver
+// (tests/receiver, `pyroscope-receiver`), which decodes every pprof it accepts; the tests
+// read the decoded profiles.
+
+const { spawn } = require('node:child_process');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const repo = path.join(__dirname, '..', '..', '..');
+const pkg = path.join(__dirname, '..');
+const receiverBin = process.env.PYROSCOPE_RECEIVER || path.join(repo, 'target', 'debug', 'pyroscope-receiver');
+
+/** Starts a receiver; resolves to { url, profiles, rejected, close() }. */
+function startReceiver(mode) {
+  return new Promise((resolve, reject) => {
+    const args = mode ? ['--mode', mode] : [];
+    const child = spawn(receiverBin, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const profiles = [];
+    const rejected = [];
+    let url = null;
+    const exited = new Promise((r) => child.on('exit', r));
+    child.on('error', reject);
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      if (url === null) {
+        url = line.trim();
+        resolve({
+          url,
+          profiles,
+          rejected,
+          async close() {
+            child.stdin.end();
+            await exited;
+          },
+        });
+        return;
+      }
+      const msg = JSON.parse(line);
+      msg.receivedAt = Date.now();
+      if (msg.rejected !== undefined) rejected.push(msg);
+      else profiles.push(msg);
+    });
+  });
+}
+
+/**
+ * Runs `node <args>` with `env` added, and resolves when it exits to
+ * { code, signal, stdout, stderr, ms }. Bounded by `timeoutMs` (then killed).
+ */
+function run(args, env = {}, { timeoutMs = 60000, cwd = pkg } = {}) {
+  return new Promise((resolve) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
+    });
+  });
+}
+
+/** Sample type index of `type` in a decoded profile. */
+function typeIndex(profile, type) {
+  return profile.sample_types.findIndex(([t]) => t === type);
+}
+
+/** CPU profiles (`cpu` nanoseconds) of the app. */
+function cpuProfiles(receiver) {
+  return receiver.profiles.filter((p) => typeIndex(p, 'cpu') >= 0);
+}
+
+/** Sum of `type` over samples of `profiles` that pass `keep(sample)`. */
+function total(profiles, type, keep = () => true) {
+  let sum = 0;
+  for (const p of profiles) {
+    const i = typeIndex(p, type);
+    if (i < 0) continue;
+    for (const s of p.samples) if (keep(s)) sum += s.values[i];
+  }
+  return sum;
+}
+
+/** Whether a sample's stack has a frame whose function matches `re`. */
+const has = (re) => (s) => s.frames.some((f) => re.test(f.function));
+
+module.exports = { startReceiver, run, cpuProfiles, total, has, pkg, repo };

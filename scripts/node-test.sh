@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The Node package's tests: builds and installs the package as users do (`npm install` in
+# bindings/node runs its install script, which builds the addon with cargo), then runs
+# bindings/node/test/*.test.js with node's test runner against the loopback receiver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v node >/dev/null || { echo "node-test: node is missing: install Node.js 20 or later"; exit 1; }
+major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$major" -ge 20 ] || { echo "node-test: Node $(node --version) is too old: 20 or later"; exit 1; }
+cargo build -q -p pyroscope-receiver --bin pyroscope-receiver
+export PYROSCOPE_RECEIVER="$PWD/target/debug/pyroscope-receiver"
+start=$(date +%s)
+(cd bindings/node && npm install --no-audit --no-fund --loglevel=error)
+echo "== node addon built in $(( $(date +%s) - start )) s"
+start=$(date +%s)
+(cd bindings/node && node --test --test-concurrency=1 ${NODE_TEST_ARGS:-} test/*.test.js)
+echo "== node tests: $(( $(date +%s) - start )) s"
