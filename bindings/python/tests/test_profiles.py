@@ -336,5 +336,8 @@ def test_a_thread_per_request_is_sampled_from_its_start(receiver, run_py):
     )
     truth = 50 * 0.02e9
     # 20 ms threads end long before the core's 100 ms thread scan: only a timer armed when the
-    # thread starts sees them. Sampling error at 100 Hz over 100 samples is about 10%.
-    assert sampled >= 0.7 * truth, (sampled, truth)
+    # thread starts sees them (before it was armed at start: 10% of truth). 87-91% on an idle
+    # machine; on a busy one the kernel checks a CPU timer only at a scheduler tick that finds
+    # the thread running, so a thread that exits between crossing a period and that tick loses
+    # the sample (CI measured 59%).
+    assert sampled >= 0.5 * truth, (sampled, truth)
