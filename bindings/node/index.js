@@ -8,6 +8,7 @@ const { isMainThread } = require('node:worker_threads');
 
 const native = require('./lib/native');
 const labels = require('./lib/labels');
+const workers = require('./lib/workers');
 const { checkConfig, getEnv, processConfig, nativeOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
@@ -82,8 +83,10 @@ function setLogger(l) {
   logger = l;
 }
 
-// A worker thread that loads the package is sampled and its code named, like the main thread.
+// A worker thread that loads the package is sampled and its code named, like the main thread;
+// workers started from this one while profiling runs load it first (lib/workers.js).
 if (!isMainThread && native.running()) native.registerThread();
+workers.install();
 
 const api = {
   init,
