@@ -52,6 +52,7 @@ function startCpuProfiling() {
   nameInterpretedFrames();
   if (native.start(options)) log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
   native.registerThread();
+  native.sampleWallTime();
   if (!exitHooked) {
     exitHooked = true;
     process.on('exit', onExit);
@@ -85,7 +86,10 @@ function setLogger(l) {
 
 // A worker thread that loads the package is sampled and its code named, like the main thread;
 // workers started from this one while profiling runs load it first (lib/workers.js).
-if (!isMainThread && native.running()) native.registerThread();
+if (!isMainThread && native.running()) {
+  native.registerThread();
+  native.sampleWallTime();
+}
 workers.install();
 
 const api = {

@@ -124,21 +124,23 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     let mut last_scan = Instant::now();
     // Records the ring dropped, per kind, counted so far.
     let dropped = |kind| ring.map_or(0, |r| r.dropped(kind));
-    let (mut cpu_lost_seen, mut alloc_lost_seen) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+    let (mut cpu_lost_seen, mut alloc_lost_seen, mut wall_lost_seen) =
+        (dropped(Kind::Cpu), dropped(Kind::Alloc), dropped(Kind::Wall));
     // Lost CPU records go into the CPU profile as `[lost samples]`; lost allocation records
     // are memory that was not seen, not CPU time, and are only counted.
     let mut count_lost = |window: &mut Window| {
-        let (cpu, alloc) = (dropped(Kind::Cpu), dropped(Kind::Alloc));
+        let (cpu, alloc, wall) = (dropped(Kind::Cpu), dropped(Kind::Alloc), dropped(Kind::Wall));
         window.add_lost(cpu - cpu_lost_seen);
         shared.lost.fetch_add(cpu - cpu_lost_seen, Ordering::Relaxed);
         shared.alloc_lost.fetch_add(alloc - alloc_lost_seen, Ordering::Relaxed);
-        (cpu_lost_seen, alloc_lost_seen) = (cpu, alloc);
+        shared.wall_lost.fetch_add(wall - wall_lost_seen, Ordering::Relaxed);
+        (cpu_lost_seen, alloc_lost_seen, wall_lost_seen) = (cpu, alloc, wall);
     };
     let mut frames: Vec<FrameId> = Vec::new();
     let mut ends: Vec<usize> = Vec::new();
     let mut keys: Vec<u64> = Vec::new();
     let mut merger = NativeMerger::default();
-    let mut drain = |window: &mut Window, allocs: &mut AllocWindow, symbolizer: &mut Symbolizer| {
+    let mut drain = |window: &mut Window, wall: &mut Window, allocs: &mut AllocWindow, symbolizer: &mut Symbolizer| {
         let Some(r) = ring else { return 0 };
         let mut resolver = crate::interp::resolver();
         merger.refresh();
@@ -178,6 +180,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 // Live allocations are keyed by the thread's labels: the interpreter's are
                 // kept per stack (its words, context included, make the hash).
                 Kind::Alloc => allocs.add(stack, rec.aux, rec.label_id, context, rec.weight, rate),
+                Kind::Wall => {
+                    let label_id = context.map_or(rec.label_id, |c| crate::labels::merge_ids(rec.label_id, &c));
+                    wall.add_cpu(stack, rec.truncated, label_id, rec.weight)
+                }
             }
         })
     };
@@ -200,7 +206,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         };
         // Before draining: a hook that fills its lane during the drain asks again.
         ring::WAKE_ASKED.store(false, Ordering::Release);
-        busy = drain(&mut window, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
+        busy = drain(&mut window, &mut wall, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();
         }
@@ -229,7 +235,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 // Stop the timers and allocation sampling first, then take what they wrote.
                 sampler.stop();
                 crate::alloc::ENABLED.store(false, Ordering::SeqCst);
-                drain(&mut window, &mut allocs, &mut symbolizer);
+                drain(&mut window, &mut wall, &mut allocs, &mut symbolizer);
                 count_lost(&mut window);
                 add_wall(&shared, &mut wall);
             }

@@ -795,6 +795,17 @@ pub fn register_thread() {
     current_slot();
 }
 
+/// Samples the calling thread's wall-clock time too, running or waiting, while an agent runs:
+/// a `wall` profile (`wall` nanoseconds) next to `process_cpu`, for event-loop threads whose
+/// waits matter. Each sample interrupts the thread (a blocked `epoll_wait` returns `EINTR`,
+/// which event loops retry). Later calls are cheap.
+pub fn sample_wall_time() {
+    let state = current_slot();
+    if !state.wall.swap(true, Ordering::SeqCst) {
+        crate::thread::announce(&state);
+    }
+}
+
 /// The labels in force on this thread now.
 pub fn current() -> LabelSet {
     let id = current_slot().label_id.load(Ordering::Relaxed);

@@ -83,8 +83,8 @@ pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Dest
 pub use error::{Error, Result};
 pub use interp::{set_interpreter, set_native_frames, NativeFrames, Resolver, WalkFn};
 pub use labels::{
-    current as current_labels, of_thread as labels_of_thread, push as push_labels, register_thread, tag_wrapper,
-    validate_label, LabelGuard, LabelSet, LabelSlot, WithLabels,
+    current as current_labels, of_thread as labels_of_thread, push as push_labels, register_thread, sample_wall_time,
+    tag_wrapper, validate_label, LabelGuard, LabelSet, LabelSlot, WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;

@@ -66,11 +66,13 @@ pub enum Kind {
     Cpu = 0,
     /// A sampled allocation; `weight` is its size in bytes, `aux` the hash of its stack.
     Alloc = 1,
+    /// A wall-clock sample of a thread marked for it; `weight` is the number of periods.
+    Wall = 2,
 }
 
 impl Kind {
     /// How many kinds there are (the length of per-kind tables).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// One sample as the handler saw it. `pcs[0]` is the leaf; every address is already the one
@@ -243,7 +245,7 @@ impl Lanes {
     pub fn new(lanes: usize, capacity: usize) -> Self {
         Lanes {
             lanes: (0..lanes.max(1).next_power_of_two()).map(|_| Ring::new(capacity)).collect(),
-            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+            dropped: [const { AtomicU64::new(0) }; Kind::COUNT],
         }
     }
 
@@ -264,7 +266,7 @@ impl Lanes {
         for i in 0..self.lanes.len() {
             let lane = &self.lanes[key.wrapping_add(i) & mask];
             let room = match kind {
-                Kind::Cpu => lane.slots.len(),
+                Kind::Cpu | Kind::Wall => lane.slots.len(),
                 Kind::Alloc => lane.slots.len() - lane.slots.len() / CPU_RESERVE_DIV,
             };
             match lane.try_push(room, fill) {

@@ -27,6 +27,8 @@ pub struct ThreadState {
     pub(crate) label_id: AtomicU32,
     /// The thread has exited (its thread-local slot was destroyed).
     pub(crate) exited: AtomicBool,
+    /// The thread is sampled for wall-clock time too (see [`crate::sample_wall_time`]).
+    pub(crate) wall: AtomicBool,
     /// The generation of this state's current timer (0: none); see
     /// [`crate::sampler::slot_of_sigval`].
     pub(crate) timer_gen: AtomicU32,
@@ -139,6 +141,7 @@ impl ThreadState {
             tid,
             label_id: AtomicU32::new(0),
             exited: AtomicBool::new(false),
+            wall: AtomicBool::new(false),
             timer_gen: AtomicU32::new(0),
             cache: AtomicPtr::new(std::ptr::null_mut()),
             stack: AtomicPtr::new(std::ptr::null_mut()),
@@ -330,6 +333,13 @@ impl Drop for Slot {
 
 /// The calling thread's state, created (and the thread registered: sampled from now on) on
 /// first use.
+/// Tells the sampler again about a registered thread whose wishes changed (wall time).
+pub(crate) fn announce(state: &Arc<ThreadState>) {
+    if let Some(f) = ON_NEW_THREAD.get() {
+        f(state.tid, state);
+    }
+}
+
 pub(crate) fn current_slot() -> Arc<ThreadState> {
     SLOT.try_with(|s| {
         let mut s = s.borrow_mut();

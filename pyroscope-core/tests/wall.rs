@@ -85,3 +85,61 @@ fn no_wall_profile_without_wall_samples() {
     assert!(profiles.iter().any(|(name, _)| name.contains("process_cpu")));
     assert!(profiles.iter().all(|(name, _)| !name.contains("wall")), "{profiles:?}");
 }
+
+#[inline(never)]
+fn wait_on_channel(rx: &mpsc::Receiver<()>) {
+    let _ = rx.recv();
+}
+
+#[inline(never)]
+fn spin_in_marked_thread(d: Duration) {
+    crate::util::spin_cpu(d);
+}
+
+#[test]
+fn a_thread_marked_for_wall_time_is_sampled_idle_or_busy() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("wall-timer");
+    let agent = AgentBuilder::new("wall-timer").export_dir(&dir).sample_rate(100).memory(false).start().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let marked = std::thread::spawn(move || {
+        let _labels = pyroscope_core::push_labels(&[("loop", "main")]);
+        pyroscope_core::sample_wall_time();
+        spin_in_marked_thread(Duration::from_millis(300));
+        ready_tx.send(std::time::Instant::now()).unwrap();
+        wait_on_channel(&done_rx);
+    });
+    // An unmarked thread, idle as long: no wall samples.
+    let (plain_done_tx, plain_done_rx) = mpsc::channel::<()>();
+    let plain = std::thread::spawn(move || wait_on_channel(&plain_done_rx));
+    let idle_from = ready_rx.recv().unwrap();
+    // Idle for at least 600 ms of wall time (a bound, not a barrier: the check below reads
+    // the measured time).
+    while idle_from.elapsed() < Duration::from_millis(600) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let idle_ns = idle_from.elapsed().as_nanos() as i64;
+    done_tx.send(()).unwrap();
+    plain_done_tx.send(()).unwrap();
+    marked.join().unwrap();
+    plain.join().unwrap();
+    let stats = agent.stop();
+    assert!(stats.wall_samples > 0, "{stats:?}");
+
+    let profiles = read_profiles(&dir);
+    let flat: Vec<Flat> =
+        profiles.iter().filter(|(name, _)| name.contains("wall")).flat_map(|(_, p)| flatten(p)).collect();
+    let sum = |f: &dyn Fn(&Flat) -> bool| flat.iter().filter(|x| f(x)).map(|x| x.values[1]).sum::<i64>();
+    let waiting = sum(&|x| x.stack.iter().any(|n| n.ends_with("wait_on_channel")) && x.labels.contains_key("loop"));
+    let spinning = sum(&|x| x.stack.iter().any(|n| n.ends_with("spin_in_marked_thread")));
+    // Wall time of the marked thread while blocked: within 25% of what elapsed (timer
+    // expiries are exact; the bound covers samples queued while the machine is busy).
+    assert!(
+        waiting as f64 >= 0.75 * idle_ns as f64 && waiting as f64 <= 1.25 * idle_ns as f64,
+        "{waiting} of {idle_ns}"
+    );
+    assert!(spinning >= 150_000_000, "busy 300 ms, wall samples {spinning} ns");
+    // Only the marked thread has wall samples: every one carries its label.
+    assert_eq!(sum(&|x| !x.labels.contains_key("loop")), 0, "{flat:?}");
+}

@@ -235,6 +235,13 @@ pub fn register_thread() -> bool {
     jit::watch()
 }
 
+/// Samples the calling JavaScript thread's wall-clock time too (the `wall` profile
+/// @pyroscope/nodejs users see), waiting in the event loop included.
+#[napi]
+pub fn sample_wall_time() {
+    pyroscope_core::sample_wall_time();
+}
+
 /// An interned label set, held by the JavaScript value that uses it: its id is what the label
 /// slot holds while it is in force.
 #[napi]

@@ -47,7 +47,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; its first 32 bytes
     // always exist and hold these fields for SI_TIMER signals.
     let timer = unsafe { &*(info as *const TimerInfo) };
-    let Some((slot, generation)) =
+    let Some((slot, generation, wall)) =
         (timer.code == SI_TIMER).then(|| super::slot_of_sigval(timer.value as u64)).flatten()
     else {
         return chain(sig, info, ucontext);
@@ -71,9 +71,10 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
         }
         if let Some(state) = state {
             let weight = 1 + timer.overrun.max(0) as u64;
+            let kind = if wall { Kind::Wall } else { Kind::Cpu };
             match state.handler_stack_top() {
                 Some(top) => {
-                    let mut job = Job { state, weight, ucontext };
+                    let mut job = Job { state, kind, weight, ucontext };
                     // SAFETY: the stack is this thread's own (only its handler uses it, and the
                     // handler does not nest), 64 KiB above a guard page, freed only on this
                     // thread outside the handler or with the state, which outlives this call;
@@ -81,7 +82,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
                     // call.
                     unsafe { call_on_stack(top, run_job, (&mut job as *mut Job).cast()) };
                 }
-                None => sample(state, weight, ucontext),
+                None => sample(state, kind, weight, ucontext),
             }
         }
     }
@@ -95,6 +96,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
 /// What the handler hands to the code it runs on its own stack.
 struct Job<'a> {
     state: &'a ThreadState,
+    kind: Kind,
     weight: u64,
     ucontext: *mut libc::c_void,
 }
@@ -102,7 +104,7 @@ struct Job<'a> {
 extern "C" fn run_job(job: *mut libc::c_void) {
     // SAFETY: `call_on_stack` passes the `Job` the handler built on its own stack frame.
     let job = unsafe { &*(job as *const Job) };
-    sample(job.state, job.weight, job.ucontext);
+    sample(job.state, job.kind, job.weight, job.ucontext);
 }
 
 /// Calls `f(arg)` with the stack pointer moved to `top`, then restores it.
@@ -133,7 +135,7 @@ unsafe fn call_on_stack(top: *mut u8, f: extern "C" fn(*mut libc::c_void), arg: 
     }
 }
 
-fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
+fn sample(state: &ThreadState, kind: Kind, weight: u64, ucontext: *mut libc::c_void) {
     // SAFETY: for SA_SIGINFO handlers the third argument is the interrupted ucontext_t.
     let uc = unsafe { &*(ucontext as *const libc::ucontext_t) };
     let regs = &uc.uc_mcontext.gregs;
@@ -146,8 +148,8 @@ fn sample(state: &ThreadState, weight: u64, ucontext: *mut libc::c_void) {
     let snapshot = unwind::current();
     let walker = crate::interp::walker();
     let native = crate::interp::native();
-    ring::push(state.tid as usize, Kind::Cpu, |rec| {
-        rec.kind = Kind::Cpu;
+    ring::push(state.tid as usize, kind, |rec| {
+        rec.kind = kind;
         rec.tid = state.tid;
         rec.label_id = label_id;
         rec.weight = weight;

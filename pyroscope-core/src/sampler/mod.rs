@@ -171,18 +171,22 @@ pub mod test_hooks {
     }
 }
 
-/// The `sigval` of the timer in `slot` armed with `generation`.
-fn sigval_of(slot: usize, generation: u32) -> u64 {
-    (SIGVAL_MAGIC << 48) | (generation as u64) << 16 | slot as u64
+/// The bit of a `sigval` that marks a wall-clock timer (slots take the 13 bits below it).
+const WALL_BIT: u64 = 1 << 15;
+
+/// The `sigval` of the timer in `slot` armed with `generation` (its wall-clock timer's when
+/// `wall`).
+fn sigval_of(slot: usize, generation: u32, wall: bool) -> u64 {
+    (SIGVAL_MAGIC << 48) | (generation as u64) << 16 | if wall { WALL_BIT } else { 0 } | slot as u64
 }
 
-/// (slot, generation) of one of our timers' `sigval`, or None when the value is not ours.
+/// (slot, generation, wall) of one of our timers' `sigval`, or None when the value is not ours.
 ///
 /// # Signal safety
 /// Arithmetic only.
-pub(crate) fn slot_of_sigval(value: u64) -> Option<(usize, u32)> {
-    let slot = (value & 0xffff) as usize;
-    (value >> 48 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some((slot, (value >> 16) as u32))
+pub(crate) fn slot_of_sigval(value: u64) -> Option<(usize, u32, bool)> {
+    let slot = (value & 0x7fff) as usize;
+    (value >> 48 == SIGVAL_MAGIC && slot < MAX_THREADS).then_some((slot, (value >> 16) as u32, value & WALL_BIT != 0))
 }
 
 /// Arms the timer of a thread that registered itself (its first label call or
@@ -233,6 +237,8 @@ fn install_handler(signal: i32, on_alt_stack: bool) -> Result<()> {
 
 struct Timer {
     id: libc::timer_t,
+    /// The wall-clock timer of a thread marked for it (see [`crate::sample_wall_time`]).
+    wall: Option<libc::timer_t>,
     slot: usize,
     generation: u32,
     state: Arc<ThreadState>,
@@ -420,7 +426,15 @@ impl Timers {
     /// Arms the calling thread `tid` unless it has a timer or is the profiler's own; true
     /// when it is sampled now.
     fn arm_thread(&mut self, tid: i32, state: &Arc<ThreadState>) -> bool {
-        if self.timers.contains_key(&tid) {
+        if let Some(t) = self.timers.get(&tid) {
+            if t.wall.is_none() && state.wall.load(Ordering::SeqCst) {
+                let (slot, generation) = (t.slot, t.generation);
+                let wall = self.create(tid, libc::CLOCK_MONOTONIC, sigval_of(slot, generation, true)).ok();
+                let wall = wall.filter(|&id| self.set_time(id).is_ok());
+                if let Some(t) = self.timers.get_mut(&tid) {
+                    t.wall = wall;
+                }
+            }
             return true;
         }
         if thread::is_own(tid) {
@@ -441,28 +455,48 @@ impl Timers {
         let generation = next_generation();
         state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
+        // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+        let clock = ((!tid) << 3) | 6;
+        let id = match self.create(tid, clock, sigval_of(slot, generation, false)) {
+            Ok(id) => id,
+            Err(e) => {
+                SLOTS[slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+                let _ = state.timer_gen.compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+                self.free_slots.push(slot);
+                return Err(e);
+            }
+        };
+        let mut t = Timer { id, wall: None, slot, generation, state };
+        if let Err(e) = self.set_time(id) {
+            drop(self.delete(t));
+            return Err(e);
+        }
+        if t.state.wall.load(Ordering::SeqCst) {
+            // Without it the thread keeps its CPU samples: a failure here is not the thread's.
+            t.wall = self.create(tid, libc::CLOCK_MONOTONIC, sigval_of(slot, generation, true)).ok();
+            if let Some(w) = t.wall.filter(|&w| self.set_time(w).is_err()) {
+                // SAFETY: `w` is a timer we just created.
+                unsafe { libc::timer_delete(w) };
+                t.wall = None;
+            }
+        }
+        Ok(t)
+    }
+
+    /// A timer on `clock` that signals thread `tid` with `value`.
+    fn create(&self, tid: i32, clock: libc::clockid_t, value: u64) -> Result<libc::timer_t> {
         // SAFETY: zeroed sigevent is valid; the fields the kernel reads are set below.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
         sev.sigev_signo = self.signal;
-        sev.sigev_value = libc::sigval { sival_ptr: sigval_of(slot, generation) as *mut libc::c_void };
+        sev.sigev_value = libc::sigval { sival_ptr: value as *mut libc::c_void };
         sev.sigev_notify_thread_id = tid;
-        // The per-thread CPU clock of another thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
-        let clock = ((!tid) << 3) | 6;
         let mut id: libc::timer_t = std::ptr::null_mut();
         // SAFETY: `sev` and `id` are valid for the call; the kernel checks the clock and tid.
         if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
-            SLOTS[slot].store(std::ptr::null_mut(), Ordering::SeqCst);
-            let _ = state.timer_gen.compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
-            self.free_slots.push(slot);
             return Err(Error::os("timer_create"));
         }
-        if let Err(e) = self.set_time(id) {
-            let t = Timer { id, slot, generation, state };
-            drop(self.delete(t));
-            return Err(e);
-        }
-        Ok(Timer { id, slot, generation, state })
+        Ok(id)
     }
 
     /// Arms timer `id` with the sampling period and a random first expiry. Fails when the
@@ -486,8 +520,12 @@ impl Timers {
 
     /// Deletes the timer and clears its slot; the returned state must outlive running handlers.
     fn delete(&mut self, t: Timer) -> Arc<ThreadState> {
-        // SAFETY: `t.id` is a timer we created and have not deleted.
+        // SAFETY: `t.id` (and `t.wall`) are timers we created and have not deleted.
         unsafe { libc::timer_delete(t.id) };
+        if let Some(w) = t.wall {
+            // SAFETY: as above.
+            unsafe { libc::timer_delete(w) };
+        }
         SLOTS[t.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
         let _ = t.state.timer_gen.compare_exchange(t.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
         self.free_slots.push(t.slot);
@@ -671,7 +709,7 @@ mod tests {
 
         let state_a = Arc::new(ThreadState::new(tid_a));
         let timer_a = timers.arm(tid_a, state_a.clone()).unwrap();
-        let (slot, late) = (timer_a.slot, sigval_of(timer_a.slot, timer_a.generation));
+        let (slot, late) = (timer_a.slot, sigval_of(timer_a.slot, timer_a.generation, false));
         to_a.send(0).unwrap();
         let (_, pending) = from_a.recv().unwrap();
         assert!(pending, "thread A's timer never fired");

@@ -1,0 +1,28 @@
+'use strict';
+// The `wall` profile: the main thread's wall-clock time, busy or waiting in the event loop.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { startReceiver, run, total, has } = require('./helpers');
+
+test('wall time of the main thread, running and idle, beside the CPU profile', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/wall.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const elapsed = Number(res.stdout);
+  const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
+  assert.ok(wall.length >= 1, `series: ${r.profiles.map((p) => p.labels.__name__)}`);
+  assert.deepEqual(wall[0].sample_types, [
+    ['samples', 'count'],
+    ['wall', 'nanoseconds'],
+  ]);
+  const all = total(wall, 'wall');
+  // Only the main thread is sampled for wall time: its samples add up to the time it lived
+  // through (timer expiries are exact; 25% covers a busy machine).
+  assert.ok(all >= 0.75 * elapsed && all <= 1.25 * elapsed, `wall ${all / 1e6} ms of ${elapsed / 1e6} ms`);
+  const busy = total(wall, 'wall', has(/:busyWall:\d+$/));
+  assert.ok(busy >= 200e6 && busy <= 400e6, `busyWall: ${busy / 1e6} ms of wall time for 300 ms`);
+  const waiting = total(wall, 'wall', has(/epoll_wait|uv__io_poll/));
+  assert.ok(waiting >= 400e6, `waiting in the event loop: ${waiting / 1e6} ms of about 700`);
+});
