@@ -71,3 +71,31 @@ pub(crate) fn list_threads() -> io::Result<Vec<i32>> {
     }
     Ok(tids)
 }
+
+/// Calls `f(arg)` with the stack pointer moved to `top`, then restores it.
+///
+/// # Safety
+/// `top` is the 16-byte aligned end of a writable region large enough for `f`, which no one
+/// else uses meanwhile; `f` must not unwind.
+///
+/// # Signal safety
+/// A few register moves and a call.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn call_on_stack(top: *mut u8, f: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) {
+    // SAFETY: per the function's contract. The old stack pointer is saved on the new stack
+    // (keeping 16-byte alignment at the call) and restored after; every caller-saved register
+    // is declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "xchg rsp, r12",
+            "sub rsp, 16",
+            "mov [rsp], r12",
+            "call {f}",
+            "mov rsp, [rsp]",
+            f = in(reg) f,
+            inout("r12") top => _,
+            in("rdi") arg,
+            clobber_abi("C"),
+        );
+    }
+}

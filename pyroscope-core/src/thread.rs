@@ -80,13 +80,46 @@ pub(crate) fn valgrind_request(default: usize, args: [usize; 6]) -> usize {
 const VG_STACK_REGISTER: usize = 0x1501;
 const VG_STACK_DEREGISTER: usize = 0x1502;
 
+/// Stack for building an unwind cache: the cache is built by value, and unoptimized (debug)
+/// builds of framehop and gimli take about 100 KiB of stack for it.
+const BUILD_STACK_SIZE: usize = 1 << 20;
+
+/// A new unwind cache, built on a stack of its own: a thread with a small stack (Node's
+/// inspector thread has 32 KiB) can register itself, whatever the build. Falls back to the
+/// caller's stack when no mapping can be made.
+fn new_cache() -> *mut SignalCache {
+    extern "C" fn build(out: *mut libc::c_void) {
+        // SAFETY: `out` is the `*mut SignalCache` slot `new_cache` passes, live for the call.
+        unsafe { *(out as *mut *mut SignalCache) = Box::into_raw(Box::new(SignalCache::new_in())) };
+    }
+    let Some(base) = map_stack(BUILD_STACK_SIZE) else {
+        return Box::into_raw(Box::new(SignalCache::new_in()));
+    };
+    let mut out: *mut SignalCache = std::ptr::null_mut();
+    let top = base.wrapping_add(GUARD_SIZE + BUILD_STACK_SIZE);
+    // SAFETY: `top` is the page-aligned end of a fresh mapping above its guard page that only
+    // this call uses; `build` does not unwind (a panic in an extern "C" fn aborts) and writes
+    // only `out`, which outlives the call. A signal handler that interrupts `build` runs on
+    // this stack or on its own, and returns before `build` goes on.
+    unsafe { crate::sys::call_on_stack(top, build, (&mut out as *mut *mut SignalCache).cast()) };
+    // SAFETY: made above with this size; nothing runs on it any more.
+    unsafe { unmap_stack(base, BUILD_STACK_SIZE) };
+    out
+}
+
 /// Maps a handler stack with its guard page; returns the mapping's base (the guard page).
 fn map_handler_stack() -> Option<*mut u8> {
+    map_stack(HANDLER_STACK_SIZE)
+}
+
+/// Maps a stack of `size` bytes above a guard page, registered with Valgrind; returns the
+/// mapping's base (the guard page). Pages never touched cost no memory.
+fn map_stack(size: usize) -> Option<*mut u8> {
     // SAFETY: an anonymous private mapping with no address hint; the result is checked.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            GUARD_SIZE + HANDLER_STACK_SIZE,
+            GUARD_SIZE + size,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
@@ -98,14 +131,13 @@ fn map_handler_stack() -> Option<*mut u8> {
     }
     let base: *mut u8 = p.cast();
     // SAFETY: the range lies inside the mapping just made, page aligned.
-    let rc =
-        unsafe { libc::mprotect(base.add(GUARD_SIZE).cast(), HANDLER_STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+    let rc = unsafe { libc::mprotect(base.add(GUARD_SIZE).cast(), size, libc::PROT_READ | libc::PROT_WRITE) };
     if rc != 0 {
         // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(p, GUARD_SIZE + HANDLER_STACK_SIZE) };
+        unsafe { libc::munmap(p, GUARD_SIZE + size) };
         return None;
     }
-    let (low, high) = (base as usize + GUARD_SIZE, base as usize + GUARD_SIZE + HANDLER_STACK_SIZE);
+    let (low, high) = (base as usize + GUARD_SIZE, base as usize + GUARD_SIZE + size);
     let id = valgrind_request(0, [VG_STACK_REGISTER, low, high, 0, 0, 0]);
     // Kept in the stack's lowest word: a handler that reached it would fault on the guard page
     // a word later anyway.
@@ -119,11 +151,20 @@ fn map_handler_stack() -> Option<*mut u8> {
 /// # Safety
 /// `base` came from `map_handler_stack`, is unmapped once, and no handler runs on it.
 unsafe fn unmap_handler_stack(base: *mut u8) {
+    // SAFETY: per the contract.
+    unsafe { unmap_stack(base, HANDLER_STACK_SIZE) }
+}
+
+/// Unmaps a stack made by [`map_stack`] with `size`.
+///
+/// # Safety
+/// `base` came from `map_stack(size)`, is unmapped once, and nothing runs on it.
+unsafe fn unmap_stack(base: *mut u8, size: usize) {
     // SAFETY: per the contract, the stack's lowest word holds its Valgrind id.
     let id = unsafe { (base.add(GUARD_SIZE) as *const usize).read() };
     valgrind_request(0, [VG_STACK_DEREGISTER, id, 0, 0, 0, 0]);
     // SAFETY: per the contract.
-    unsafe { libc::munmap(base.cast(), GUARD_SIZE + HANDLER_STACK_SIZE) };
+    unsafe { libc::munmap(base.cast(), GUARD_SIZE + size) };
 }
 
 // SAFETY: all fields are atomics. The cache and the stack they point at are used only by the
@@ -156,7 +197,7 @@ impl ThreadState {
     /// Gives the state its unwind cache and handler stack, unless it has them.
     pub(crate) fn install_caches(&self) {
         if self.cache.load(Ordering::SeqCst).is_null() {
-            let fresh = Box::into_raw(Box::new(SignalCache::new_in()));
+            let fresh = new_cache();
             if self.cache.compare_exchange(std::ptr::null_mut(), fresh, Ordering::SeqCst, Ordering::SeqCst).is_err() {
                 // SAFETY: `fresh` was never published.
                 drop(unsafe { Box::from_raw(fresh) });

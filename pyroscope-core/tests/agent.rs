@@ -285,3 +285,22 @@ fn secrets_never_appear_in_debug_output_or_errors() {
         }
     }
 }
+
+#[test]
+fn a_thread_with_a_32_kib_stack_registers_itself() {
+    // Node's inspector thread has 32 KiB of stack; the unwind cache a registering thread gets
+    // is built by value (about 100 KiB of stack unoptimized), on a stack of its own.
+    let _g = crate::agent_lock();
+    let dir = crate::util::temp_dir("small-stack");
+    let agent = pyroscope_core::AgentBuilder::new("small-stack").export_dir(&dir).memory(false).start().unwrap();
+    let t = std::thread::Builder::new()
+        .stack_size(32 * 1024)
+        .spawn(|| {
+            pyroscope_core::register_thread();
+            let _l = pyroscope_core::push_labels(&[("stack", "small")]);
+            crate::util::spin_cpu(std::time::Duration::from_millis(100));
+        })
+        .unwrap();
+    t.join().unwrap();
+    agent.stop();
+}

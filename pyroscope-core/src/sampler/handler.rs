@@ -80,7 +80,7 @@ pub(super) extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, ucontex
                     // thread outside the handler or with the state, which outlives this call;
                     // `run_job` is an extern "C" fn taking the job pointer, which outlives the
                     // call.
-                    unsafe { call_on_stack(top, run_job, (&mut job as *mut Job).cast()) };
+                    unsafe { crate::sys::call_on_stack(top, run_job, (&mut job as *mut Job).cast()) };
                 }
                 None => sample(state, kind, weight, ucontext),
             }
@@ -105,34 +105,6 @@ extern "C" fn run_job(job: *mut libc::c_void) {
     // SAFETY: `call_on_stack` passes the `Job` the handler built on its own stack frame.
     let job = unsafe { &*(job as *const Job) };
     sample(job.state, job.kind, job.weight, job.ucontext);
-}
-
-/// Calls `f(arg)` with the stack pointer moved to `top`, then restores it.
-///
-/// # Safety
-/// `top` is the 16-byte aligned end of a writable region large enough for `f`, which no one
-/// else uses meanwhile; `f` must not unwind.
-///
-/// # Signal safety
-/// A few register moves and a call.
-#[cfg(target_arch = "x86_64")]
-unsafe fn call_on_stack(top: *mut u8, f: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) {
-    // SAFETY: per the function's contract. The old stack pointer is saved on the new stack
-    // (keeping 16-byte alignment at the call) and restored after; every caller-saved register
-    // is declared clobbered.
-    unsafe {
-        std::arch::asm!(
-            "xchg rsp, r12",
-            "sub rsp, 16",
-            "mov [rsp], r12",
-            "call {f}",
-            "mov rsp, [rsp]",
-            f = in(reg) f,
-            inout("r12") top => _,
-            in("rdi") arg,
-            clobber_abi("C"),
-        );
-    }
 }
 
 fn sample(state: &ThreadState, kind: Kind, weight: u64, ucontext: *mut libc::c_void) {
