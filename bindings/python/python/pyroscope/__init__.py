@@ -26,7 +26,6 @@ import os
 import sys
 import threading
 import warnings
-import weakref
 
 from pyroscope import _native
 from pyroscope._native import ConfigError, __version__
@@ -86,9 +85,13 @@ _UNSET = object()
 _LABELS = contextvars.ContextVar("pyroscope_labels", default=None)
 _native.set_label_var(_LABELS)
 
-# (parent key, items) -> live holder, so entering the same labels again reuses the entry.
-_HOLDERS = weakref.WeakValueDictionary()
-_HOLDERS_LOCK = threading.Lock()
+# (parent key, items) -> holder, so entering the same labels again reuses the entry: a dict
+# lookup per enter instead of a registry round trip (and its lock, which the collector takes
+# too) each time a label set's last wrapper exits and the next one enters. The holders keep
+# their entries alive; the cache starts over past _HOLDERS_MAX distinct sets (per-request
+# values), after which dropped entries go at the end of their grace period.
+_HOLDERS = {}
+_HOLDERS_MAX = 1024
 _ENTERS = itertools.count()
 
 _state = {"atexit": False, "threads": False, "stack_options": None, "settings": None, "args": None}
@@ -389,13 +392,17 @@ def _items(tags):
 
 
 def _holder(parent, items):
+    """(key bytes, holder) of the labels `items` over those of entry `parent`."""
     cache_key = (parent, items)
-    with _HOLDERS_LOCK:
-        h = _HOLDERS.get(cache_key)
-        if h is None:
-            h = _native.new_context(parent, list(items))
-            _HOLDERS[cache_key] = h
-        return h
+    kh = _HOLDERS.get(cache_key)
+    if kh is None:
+        # Two threads missing at once both get the registry's one entry for the labels.
+        h = _native.new_context(parent, list(items))
+        kh = (h.key_bytes, h)
+        if len(_HOLDERS) >= _HOLDERS_MAX:
+            _HOLDERS.clear()
+        _HOLDERS[cache_key] = kh
+    return kh
 
 
 class tag_wrapper:
@@ -422,8 +429,9 @@ class tag_wrapper:
         if _native.context_labels():
             current = _LABELS.get()
             parent = current[1].key if current is not None else 0
-            h = _holder(parent, self._items)
-            value = (h.key_bytes, h)
+            key_bytes, h = _holder(parent, self._items)
+            # A tuple of its own per enter: `_entered` tells enters apart by its id.
+            value = (key_bytes, h)
             token = _LABELS.set(value)
             self._entered[id(value)] = (value, token)
         else:
