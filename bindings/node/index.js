@@ -9,6 +9,7 @@ const { isMainThread } = require('node:worker_threads');
 const native = require('./lib/native');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
+const fallback = require('./lib/fallback');
 const { checkConfig, getEnv, processConfig, nativeOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
@@ -41,8 +42,13 @@ function nameInterpretedFrames() {
   v8.setFlagsFromString('--interpreted-frames-native-stack');
 }
 
+// Fallback mode: no JIT code names in this build (or PYROSCOPE_NODE_FALLBACK=1); JavaScript
+// frames then come from V8's sampling profiler (lib/fallback.js).
+const fallbackMode = !native.jitNamesAvailable() || process.env.PYROSCOPE_NODE_FALLBACK === '1';
+
 function onExit() {
   // The last window, sent before the process ends (within the core's shutdown bound).
+  if (fallbackMode) fallback.stop();
   native.stopNow();
 }
 
@@ -51,8 +57,15 @@ function startCpuProfiling() {
   const { options } = requireInit('start');
   nameInterpretedFrames();
   if (native.start(options)) log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
-  native.registerThread();
-  native.sampleWallTime();
+  if (fallbackMode && isMainThread) {
+    // V8's sampler covers this thread; the core's timers keep the other threads.
+    native.excludeThread();
+    fallback.start(options.sampleRate ?? 100, options.uploadIntervalMs ?? 10000);
+    log('warn', "pyroscope: fallback mode: JavaScript frames from V8's sampling profiler, without labels");
+  } else {
+    native.registerThread(!fallbackMode);
+    native.sampleWallTime();
+  }
   if (!exitHooked) {
     exitHooked = true;
     process.on('exit', onExit);
@@ -61,6 +74,7 @@ function startCpuProfiling() {
 
 /** Stops profiling; the last window is sent. */
 async function stopCpuProfiling() {
+  if (fallbackMode) fallback.stop();
   await native.stop();
 }
 
@@ -87,7 +101,7 @@ function setLogger(l) {
 // A worker thread that loads the package is sampled and its code named, like the main thread;
 // workers started from this one while profiling runs load it first (lib/workers.js).
 if (!isMainThread && native.running()) {
-  native.registerThread();
+  native.registerThread(!fallbackMode);
   native.sampleWallTime();
 }
 workers.install();

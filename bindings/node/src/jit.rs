@@ -13,9 +13,13 @@ use std::sync::OnceLock;
 
 use pyroscope_core::FrameId;
 
+#[cfg(pyroscope_node_shim)]
 extern "C" {
     fn pyroscope_node_watch_code() -> i32;
 }
+
+/// Whether the addon was built with the shim (V8's JIT code events).
+pub const AVAILABLE: bool = cfg!(pyroscope_node_shim);
 
 /// The working directory when code was first watched, with a trailing `/`.
 static CWD: OnceLock<String> = OnceLock::new();
@@ -30,12 +34,16 @@ fn cwd() -> &'static str {
     })
 }
 
-/// Starts naming the calling thread's isolate's code; false when the thread has no isolate.
+/// Starts naming the calling thread's isolate's code; false when the thread has no isolate or
+/// the addon has no shim.
 pub fn watch() -> bool {
     cwd();
+    #[cfg(pyroscope_node_shim)]
     // SAFETY: the shim only asks V8 for the calling thread's isolate and registers a callback
     // that lives as long as the process.
-    unsafe { pyroscope_node_watch_code() != 0 }
+    return unsafe { pyroscope_node_watch_code() != 0 };
+    #[cfg(not(pyroscope_node_shim))]
+    false
 }
 
 /// A frame: (function, file, line).

@@ -227,12 +227,43 @@ pub fn build_info() -> BuildInfo {
     BuildInfo { modules: BUILT_FOR_ABI.to_owned(), node: BUILT_FOR_NODE.to_owned() }
 }
 
-/// Samples the calling JavaScript thread (the main thread or a worker) from now on, and names
-/// its isolate's JIT code: existing code at once, new code as V8 compiles it.
+/// Samples the calling JavaScript thread (the main thread or a worker) from now on, and
+/// (unless `name_code` is false) names its isolate's JIT code: existing code at once, new code
+/// as V8 compiles it. Whether code is named.
 #[napi]
-pub fn register_thread() -> bool {
+pub fn register_thread(name_code: Option<bool>) -> bool {
     pyroscope_core::register_thread();
-    jit::watch()
+    name_code != Some(false) && jit::watch()
+}
+
+/// Leaves the calling thread out of the core's CPU and wall samples (fallback mode: V8's
+/// sampler covers the main thread's JavaScript).
+#[napi]
+pub fn exclude_thread() {
+    pyroscope_core::mark_own_thread();
+}
+
+/// Whether the addon was built with V8's JIT code names (the C++ shim); without them the
+/// package names JavaScript frames from V8's own sampling profiler (fallback mode).
+#[napi]
+pub fn jit_names_available() -> bool {
+    jit::AVAILABLE
+}
+
+/// Adds `weight` CPU samples of one stack, leaf first (`functions[i]` in `files[i]` at
+/// `lines[i]`), from a sampler of the package's own (fallback mode). False when no agent runs.
+#[napi]
+pub fn add_cpu_sample(functions: Vec<String>, files: Vec<String>, lines: Vec<u32>, weight: u32) -> bool {
+    let guard = agent();
+    let Some(agent) = guard.as_ref() else { return false };
+    let frames: Vec<pyroscope_core::FrameId> = functions
+        .iter()
+        .zip(&files)
+        .zip(&lines)
+        .filter_map(|((f, file), line)| pyroscope_core::FrameId::new(f, file, *line))
+        .collect();
+    agent.add_cpu_sample(&frames, &LabelSet::empty(), weight.into());
+    true
 }
 
 /// Samples the calling JavaScript thread's wall-clock time too (the `wall` profile

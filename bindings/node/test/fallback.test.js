@@ -1,0 +1,26 @@
+'use strict';
+// Fallback mode (an addon built without V8's JIT code names, forced here with
+// PYROSCOPE_NODE_FALLBACK=1): JavaScript frames still named, from V8's sampling profiler.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+
+test('fallback mode still names JavaScript frames in the CPU profile', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, PYROSCOPE_NODE_FALLBACK: '1' });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const truth = JSON.parse(res.stdout);
+  const cpu = cpuProfiles(r);
+  for (const fn of ['alphaWork', 'betaWork', 'gammaWork']) {
+    const got = total(cpu, 'cpu', has(new RegExp(`^\\./test/fixtures/accuracy\\.js:${fn}:\\d+$`)));
+    // V8 samples while JavaScript runs (wall-clock ticks): close to CPU for a busy loop, more
+    // when the machine is busy; never counted twice with the core's own samples.
+    const ratio = got / truth[fn];
+    assert.ok(ratio > 0.7 && ratio < 1.6, `${fn}: ${got / 1e6} ms of ${truth[fn] / 1e6} ms`);
+  }
+  const stack = cpu.flatMap((p) => p.samples).find(has(/:betaWork:/));
+  const names = stack.frames.map((f) => f.function);
+  assert.ok(names.findIndex((n) => /:burnFor:/.test(n)) < names.findIndex((n) => /:betaWork:/.test(n)), names.join(' < '));
+});
