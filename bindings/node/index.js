@@ -52,6 +52,16 @@ function onExit() {
   native.stopNow();
 }
 
+// A signal that would end the process (no handler of the app's): the last window is sent,
+// then the signal is raised again with its default action, so the process ends as it would
+// have. When the app handles the signal itself, it decides; 'exit' sends the window then.
+function onSignal(signal) {
+  if (process.listenerCount(signal) > 1) return;
+  process.removeListener(signal, onSignal);
+  onExit();
+  process.kill(process.pid, signal);
+}
+
 /** Starts CPU profiling (the agent). */
 function startCpuProfiling() {
   const { options } = requireInit('start');
@@ -69,6 +79,7 @@ function startCpuProfiling() {
   if (!exitHooked) {
     exitHooked = true;
     process.on('exit', onExit);
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, onSignal);
   }
 }
 
