@@ -62,9 +62,12 @@ test-python: python-env lint-python
 	./scripts/check-rideshare.sh python
 
 # The Node package: `npm install` in bindings/node builds the addon (release) as users get it;
-# its tests run with node's test runner.
+# its tests run with node's test runner; then the Node rideshare (installed with `npm ci`) and
+# its run script started three at a time.
 test-node:
 	./scripts/node-test.sh
+	./scripts/check-rideshare.sh node
+	./scripts/check-run-scripts.sh node
 
 # Python sources formatted and linted with ruff (pinned, in the newest venv); the package's
 # typing is its committed `_native.pyi` and `py.typed`.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end story check (run by `make test`): the rideshare of one language (`rust`, the
-# default, `c` or `python`) in three regions under equal load, profiles on the embedded default, then
-# from the profiles alone:
+# default, `c`, `python` or `node`) in three regions under equal load, profiles on the embedded
+# default, then from the profiles alone:
 #  - eu-north uses the most CPU per request;
 #  - only eu-north has mutex_lock;
 #  - find_nearest_vehicle's total contains check_driver_availability's;
@@ -13,6 +13,9 @@
 #  - `go tool pprof` (an independent decoder) reads the files and sees the same.
 # Python: the checks that name functions need the CPython walker (Python frames on samples);
 # RIDESHARE_FRAMES=0 runs only the others (CPU per request, alloc_space per region, in-use growth).
+# Node: the functions are camelCase (findNearestVehicle, ...) in frames named as @pyroscope/nodejs
+# names them (`./examples/rideshare/node/app.js:findNearestVehicle:50`); the memory checks run
+# with RIDESHARE_NODE_HEAP=1, for the package's heap profiles.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -39,10 +42,23 @@ case "$lang" in
      service=(env PROFILE=debug examples/rideshare/c/run) ;;
   python) examples/rideshare/python/run --build-only || fail "installing the Python rideshare"
      service=(examples/rideshare/python/run) ;;
-  *) fail "unknown language $lang (rust, c or python)" ;;
+  node) examples/rideshare/node/run --build-only || fail "installing the Node rideshare"
+     service=(examples/rideshare/node/run) ;;
+  *) fail "unknown language $lang (rust, c, python or node)" ;;
 esac
 frames=1
 [ "$lang" = python ] && frames="${RIDESHARE_FRAMES:-1}"
+memory=1
+[ "$lang" = node ] && memory="${RIDESHARE_NODE_HEAP:-0}"
+# The story's functions as the language spells them, and `fn NAME`: the regex (awk ERE) of
+# NAME's frames in the function column of `pyroscope top`.
+if [ "$lang" = node ]; then
+  fnv=findNearestVehicle cda=checkDriverAvailability mutex=mutexLock work=doWork
+  fn() { echo ":$1:[0-9]+\$"; }
+else
+  fnv=find_nearest_vehicle cda=check_driver_availability mutex=mutex_lock work=do_work
+  fn() { echo "(^|::)$1\$"; }
+fi
 
 regions=(us-east eu-north ap-south)
 read -r -a ports <<<"$(free_ports 3)"
@@ -77,25 +93,25 @@ for region in "${regions[@]}"; do
   [ "${n:-0}" -gt 20 ] || fail "$region served only ${n:-0} requests"
   per_req[$region]=$(( $(total "$t") / n ))
   [ "$frames" = 1 ] || continue
-  mutex=$(value "$t" '^(.*::)?mutex_lock$')
+  m=$(value "$t" "$(fn $mutex)")
   if [ "$region" = eu-north ]; then
-    [ "$mutex" -gt 0 ] || fail "eu-north has no mutex_lock"
-    fnv=$(value "$t" 'find_nearest_vehicle$'); cda=$(value "$t" 'check_driver_availability$')
-    [ "$cda" -gt 0 ] && [ "$fnv" -ge "$cda" ] || fail "find_nearest_vehicle ($fnv) does not contain check_driver_availability ($cda)"
-    labelled=0; cda_labelled=0
+    [ "$m" -gt 0 ] || fail "eu-north has no $mutex"
+    f=$(value "$t" "$(fn $fnv)"); c=$(value "$t" "$(fn $cda)")
+    [ "$c" -gt 0 ] && [ "$f" -ge "$c" ] || fail "$fnv ($f) does not contain $cda ($c)"
+    labelled=0; c_labelled=0
     for v in car bike scooter; do
       tv="$(top region=$region --where vehicle=$v)"
-      labelled=$(( labelled + $(value "$tv" 'find_nearest_vehicle$') ))
-      cda_labelled=$(( cda_labelled + $(value "$tv" 'check_driver_availability$') ))
+      labelled=$(( labelled + $(value "$tv" "$(fn $fnv)") ))
+      c_labelled=$(( c_labelled + $(value "$tv" "$(fn $cda)") ))
     done
-    echo "find_nearest_vehicle: $fnv ns, $labelled ns with a vehicle label; check_driver_availability: $cda ns, $cda_labelled ns labelled"
+    echo "$fnv: $f ns, $labelled ns with a vehicle label; $cda: $c ns, $c_labelled ns labelled"
     # Inside the scope nothing sets labels: every sample of check_driver_availability is labelled.
-    [ "$cda_labelled" -eq "$cda" ] || fail "check_driver_availability: $cda ns in all but only $cda_labelled ns carry a vehicle label"
+    [ "$c_labelled" -eq "$c" ] || fail "$cda: $c ns in all but only $c_labelled ns carry a vehicle label"
     # The label calls themselves run before the label is set and after it is removed: on a
     # debug build under load they take a few samples of find_nearest_vehicle's own.
-    [ $(( labelled * 100 )) -ge $(( fnv * 97 )) ] || fail "find_nearest_vehicle: $fnv ns in all but only $labelled ns carry a vehicle label"
+    [ $(( labelled * 100 )) -ge $(( f * 97 )) ] || fail "$fnv: $f ns in all but only $labelled ns carry a vehicle label"
   else
-    [ "$mutex" -eq 0 ] || fail "$region has mutex_lock ($mutex ns)"
+    [ "$m" -eq 0 ] || fail "$region has $mutex ($m ns)"
   fi
 done
 echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-north]} ap-south=${per_req[ap-south]}"
@@ -105,28 +121,31 @@ echo "cpu per request (ns): us-east=${per_req[us-east]} eu-north=${per_req[eu-no
 if [ "$frames" = 1 ]; then
 # The comparison: mutex_lock on the eu-north side only.
 d="$("$bin/pyroscope" diff "$prof" --tsv --left region=eu-north --right region=ap-south)"
-row=$(awk -F'\t' '$1 ~ /(^|::)mutex_lock$/ { print $2, $3; exit }' <<<"$d")
-[ -n "$row" ] || fail "diff: no mutex_lock row"
+row=$(awk -F'\t' -v f="$(fn $mutex)" '$1 ~ f { print $2, $3; exit }' <<<"$d")
+[ -n "$row" ] || fail "diff: no $mutex row"
 read -r left right <<<"$row"
-[ "$left" -gt 0 ] && [ "$right" -eq 0 ] || fail "diff: mutex_lock eu-north=$left ap-south=$right"
+[ "$left" -gt 0 ] && [ "$right" -eq 0 ] || fail "diff: $mutex eu-north=$left ap-south=$right"
 # The report: both memory views name the leaking function.
-"$bin/pyroscope" report "$prof" --by region --limit 60 --out "$dir/report.html" >/dev/null || fail "report"
-for section in alloc_space inuse_space; do
-  part=$(awk -v s="id=\"$section\"" 'index($0, s) { on = 1 } on && /<\/section>/ { exit } on' "$dir/report.html")
-  grep -q "<td class=\"fn\">[^<]*do_work</td>" <<<"$part" || fail "report: do_work missing from the $section section"
-done
+if [ "$memory" = 1 ]; then
+  "$bin/pyroscope" report "$prof" --by region --limit 60 --out "$dir/report.html" >/dev/null || fail "report"
+  for section in alloc_space inuse_space; do
+    part=$(awk -v s="id=\"$section\"" 'index($0, s) { on = 1 } on && /<\/section>/ { exit } on' "$dir/report.html")
+    grep -Eq "<td class=\"fn\">[^<]*$work(:[0-9]+)?</td>" <<<"$part" || fail "report: $work missing from the $section section"
+  done
+fi
 
 fi
 
+if [ "$memory" = 1 ]; then
 # Memory: alloc_space per region inside do_work (without frames: in all), and in-use growth per window.
 declare -A alloc
 for region in us-east eu-north ap-south; do
   t="$("$bin/pyroscope" top "$prof" --tsv --type alloc_space --where region=$region)"
-  if [ "$frames" = 1 ]; then alloc[$region]=$(value "$t" 'do_work$'); else alloc[$region]=$(total "$t"); fi
+  if [ "$frames" = 1 ]; then alloc[$region]=$(value "$t" "$(fn $work)"); else alloc[$region]=$(total "$t"); fi
 done
-echo "alloc_space in do_work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
+echo "alloc_space in $work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
 [ "${alloc[us-east]}" -gt "${alloc[eu-north]}" ] && [ "${alloc[us-east]}" -gt "${alloc[ap-south]}" ] \
-  || fail "us-east is not the region with the most alloc_space in do_work"
+  || fail "us-east is not the region with the most alloc_space in $work"
 source "$root/scripts/lib.sh"
 east=($(inuse_series "$prof" us-east))
 north=($(inuse_series "$prof" eu-north))
@@ -137,18 +156,22 @@ echo "inuse_space per window (bytes): us-east=${east[*]} eu-north=${north[*]}"
 for v in "${north[@]}"; do
   [ "$v" -lt $(( ${east[-1]} / 4 )) ] || fail "eu-north inuse_space is not flat: ${north[*]}"
 done
+fi
 
 if [ "$frames" = 1 ] && command -v go >/dev/null; then
   f=$(ls "$prof"/*.pb.gz | head -1)
   go tool pprof -raw "$prof"/*.process_cpu.*.pb.gz > "$dir/raw.txt" 2>/dev/null || fail "go tool pprof cannot read our files"
   go tool pprof -top -tagfocus=region=eu-north "$prof"/*.process_cpu.*.pb.gz > "$dir/top-eu.txt" 2>/dev/null
   go tool pprof -top -tagfocus=region=ap-south "$prof"/*.process_cpu.*.pb.gz > "$dir/top-ap.txt" 2>/dev/null
-  grep -q "mutex_lock" "$dir/raw.txt" || fail "go tool pprof: mutex_lock missing"
-  grep -q "mutex_lock" "$dir/top-eu.txt" || fail "go tool pprof: mutex_lock missing for eu-north"
-  ! grep -q "mutex_lock" "$dir/top-ap.txt" || fail "go tool pprof: mutex_lock for ap-south"
+  grep -q "$mutex" "$dir/raw.txt" || fail "go tool pprof: $mutex missing"
+  grep -q "$mutex" "$dir/top-eu.txt" || fail "go tool pprof: $mutex missing for eu-north"
+  ! grep -q "$mutex" "$dir/top-ap.txt" || fail "go tool pprof: $mutex for ap-south"
   grep -q "vehicle:\[car\]" "$dir/raw.txt" || fail "go tool pprof: vehicle label missing"
-  go tool pprof -top -sample_index=alloc_space -tagfocus=region=us-east "$prof"/*.memory.*.pb.gz > "$dir/mem.txt" 2>/dev/null \
-    || fail "go tool pprof cannot read our memory profiles"
-  grep -q "do_work" "$dir/mem.txt" || fail "go tool pprof: do_work missing from us-east alloc_space"
+  if [ "$memory" = 1 ]; then
+    go tool pprof -top -sample_index=alloc_space -tagfocus=region=us-east "$prof"/*.memory.*.pb.gz > "$dir/mem.txt" 2>/dev/null \
+      || fail "go tool pprof cannot read our memory profiles"
+    grep -q "$work" "$dir/mem.txt" || fail "go tool pprof: $work missing from us-east alloc_space"
+  fi
 fi
+[ "$memory" = 1 ] || echo "memory checks skipped: RIDESHARE_NODE_HEAP=1 runs them on the Node package's heap profiles"
 echo "1 passed, 0 failed: the $lang rideshare story holds ($(ls "$prof"/*.pb.gz | wc -l) profiles; go tool pprof agrees)"

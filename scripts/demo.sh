@@ -6,13 +6,16 @@ cd "$root"
 secs="${DEMO_SECONDS:-60}"
 out="$root/demo/profiles"
 pyout="$root/demo/profiles-python"
-rm -rf "$out" "$pyout"; mkdir -p "$out" "$pyout"
+nodeout="$root/demo/profiles-node"
+rm -rf "$out" "$pyout" "$nodeout"; mkdir -p "$out" "$pyout" "$nodeout"
 
 echo "==> building (release)"
 cargo build --release -q -p rideshare -p pyroscope-cli
 bin="$root/target/release"
 echo "==> installing the Python rideshare (venv under target/rideshare-python)"
 examples/rideshare/python/run --build-only
+echo "==> installing the Node rideshare (npm ci in examples/rideshare/node)"
+examples/rideshare/node/run --build-only
 
 source "$root/scripts/lib.sh"
 pids=()
@@ -37,11 +40,21 @@ for i in 0 1 2; do
   pids+=($!)
   urls+=("http://127.0.0.1:${pyports[$i]}")
 done
+# And in Node (express).
+read -r -a nodeports <<<"$(free_ports 3)"
+for i in 0 1 2; do
+  REGION=${regions[$i]} PORT=${nodeports[$i]} PYROSCOPE_EXPORT_DIR="$nodeout" PYROSCOPE_UPLOAD_INTERVAL=5 \
+    PYROSCOPE_APPLICATION_NAME=ride-sharing-app-node examples/rideshare/node/run \
+    2>"$root/demo/rideshare-node-${regions[$i]}.log" &
+  pids+=($!)
+  urls+=("http://127.0.0.1:${nodeports[$i]}")
+done
 for i in 0 1 2; do
   wait_listening "${pids[$i]}" "$root/demo/rideshare-${regions[$i]}.log" "${ports[$i]}" 60
   wait_listening "${pids[$((i + 3))]}" "$root/demo/rideshare-python-${regions[$i]}.log" "${pyports[$i]}" 60
+  wait_listening "${pids[$((i + 6))]}" "$root/demo/rideshare-node-${regions[$i]}.log" "${nodeports[$i]}" 60
 done
-echo "==> load on all three regions, Rust and Python, for ${secs}s (5 req/s each): ${urls[*]}"
+echo "==> load on all three regions, Rust, Python and Node, for ${secs}s (5 req/s each): ${urls[*]}"
 "$bin/rideshare-load" "$secs" 5 "${urls[@]}"
 echo "==> stopping services (each flushes its last window)"
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -84,5 +97,24 @@ for region in us-east eu-north ap-south; do
 done
 "$bin/pyroscope" report "$pyout" --by region --out "$root/demo/report-python.html" >/dev/null
 echo
+echo "==> Node: CPU per region (eu-north busy-waits in mutexLock)"
+for region in us-east eu-north ap-south; do
+  t="$("$bin/pyroscope" top "$nodeout" --tsv --type cpu --where region=$region 2>/dev/null)"
+  mutex=$(awk -F'\t' '$1 ~ /:mutexLock:[0-9]+$/ { print $3; exit }' <<<"$t")
+  echo "  $region: $(head -1 <<<"$t" | cut -f2) ns CPU, ${mutex:-0} ns in mutexLock"
+done
+if ls "$nodeout"/*.memory.*.pb.gz >/dev/null 2>&1; then
+  echo "==> Node: memory in use per window (MiB; us-east leaks)"
+  for region in us-east eu-north ap-south; do
+    series=""
+    for v in $(inuse_series "$nodeout" $region); do
+      series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
+    done
+    echo "  $region:$series"
+  done
+fi
+"$bin/pyroscope" report "$nodeout" --by region --out "$root/demo/report-node.html" >/dev/null
+echo
 echo "==> Python report: $root/demo/report-python.html"
+echo "==> Node report: $root/demo/report-node.html"
 echo "==> report (flame graphs, tables, tag comparison): $report"
