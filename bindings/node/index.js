@@ -1,20 +1,25 @@
 'use strict';
 // The @pyroscope/nodejs 0.6 API on the profiler's core: real CPU time sampled per thread by
 // the core (a real-time signal), JavaScript frames named from V8's JIT code events, labels
-// that follow async work, uploads from the core's own thread.
+// that follow async work, heap profiles from V8's sampling heap profiler, uploads from the
+// core's own thread.
 
 const v8 = require('node:v8');
 const { isMainThread } = require('node:worker_threads');
 
 const native = require('./lib/native');
+const heap = require('./lib/heap');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
-const { checkConfig, getEnv, processConfig, nativeOptions } = require('./lib/config');
+const { checkConfig, getEnv, processConfig, nativeOptions, heapOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
 let settings = null;
 let logger = null;
 let exitHooked = false;
+// Whether the agent that runs samples CPU (heap profiling alone runs one that does not).
+let agentCpu = false;
+let cpuOn = false;
 
 function log(level, message) {
   if (logger !== null && typeof logger[level] === 'function') logger[level](message);
@@ -31,8 +36,9 @@ function init(config = {}) {
   const processed = processConfig(config, getEnv());
   const options = nativeOptions(processed, version);
   native.check(options);
+  const heapSettings = heapOptions(processed);
   labels.configure({ async: processed.asyncLabels });
-  settings = { processed, options };
+  settings = { processed, options, heap: heapSettings };
 }
 
 // Interpreted functions get a frame of their own (a copy of the interpreter's entry) from now
@@ -42,53 +48,99 @@ function nameInterpretedFrames() {
 }
 
 function onExit() {
-  // The last window, sent before the process ends (within the core's shutdown bound).
+  // The last window, with the heap as it is now, sent before the process ends (within the
+  // core's shutdown bound).
+  heap.stop();
   native.stopNow();
 }
 
-/** Starts CPU profiling (the agent). */
-function startCpuProfiling() {
-  const { options } = requireInit('start');
-  nameInterpretedFrames();
-  if (native.start(options)) log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
-  native.registerThread();
-  native.sampleWallTime();
+function hookExit() {
   if (!exitHooked) {
     exitHooked = true;
     process.on('exit', onExit);
   }
 }
 
-/** Stops profiling; the last window is sent. */
+// Starts the agent: with CPU sampling, or for heap profiles alone.
+function startAgent(options, cpu) {
+  const started = native.start(cpu ? options : { ...options, cpu: false });
+  if (started) {
+    agentCpu = cpu;
+    log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
+  }
+  hookExit();
+}
+
+/** Starts CPU profiling (the agent). */
+function startCpuProfiling() {
+  const { options } = requireInit('start');
+  nameInterpretedFrames();
+  if (native.running() && !agentCpu) {
+    // The agent runs for heap profiles only: restart it with CPU sampling. Its last window,
+    // with the heap as it is now, is sent first (this call waits for that, within the core's
+    // shutdown bound).
+    heap.collect();
+    native.stopNow();
+  }
+  if (!native.running()) startAgent(options, true);
+  cpuOn = true;
+  native.registerThread();
+  native.sampleWallTime();
+}
+
+/** Stops CPU profiling; the last window is sent. Heap profiling, if on, goes on. */
 async function stopCpuProfiling() {
+  cpuOn = false;
+  if (!heap.running()) {
+    await native.stop();
+    return;
+  }
+  heap.collect();
   await native.stop();
+  if (heap.running() && !cpuOn && !native.running()) startAgent(settings.options, false);
 }
 
-// Heap profiles (V8's sampling heap profiler) are not collected yet.
+/**
+ * Starts heap profiling (V8's sampling heap profiler on this thread): in-use memory, or
+ * allocations with heap.mode 'alloc'. Starts the agent without CPU sampling if none runs.
+ */
 function startHeapProfiling() {
-  requireInit('startHeapProfiling');
+  const { options, heap: heapSettings } = requireInit('startHeapProfiling');
+  if (!native.running()) startAgent(options, false);
+  if (!heap.start(heapSettings)) {
+    log('warn', "pyroscope: no heap profiles: this isolate's sampling heap profiler is in use by another tool");
+  }
 }
 
-async function stopHeapProfiling() {}
+/** Stops heap profiling; its last state goes into the open window. */
+async function stopHeapProfiling() {
+  heap.stop();
+  if (!cpuOn) await native.stop();
+}
 
 function start() {
   startCpuProfiling();
   startHeapProfiling();
 }
 
+/** Stops profiling; the last window, with the heap as it is now, is sent. */
 async function stop() {
-  await Promise.all([stopCpuProfiling(), stopHeapProfiling()]);
+  cpuOn = false;
+  heap.stop();
+  await native.stop();
 }
 
 function setLogger(l) {
   logger = l;
 }
 
-// A worker thread that loads the package is sampled and its code named, like the main thread;
-// workers started from this one while profiling runs load it first (lib/workers.js).
+// A worker thread that loads the package is sampled, its code named and its heap profiled,
+// like the main thread; workers started from this one while profiling runs load it first
+// (lib/workers.js).
 if (!isMainThread && native.running()) {
   native.registerThread();
   native.sampleWallTime();
+  heap.follow();
 }
 workers.install();
 
