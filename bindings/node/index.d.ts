@@ -14,8 +14,16 @@ export interface PyroscopeWallConfig {
 }
 
 export interface PyroscopeHeapConfig {
+  /** Mean bytes allocated between two samples of V8's sampling heap profiler (524288). */
   samplingIntervalBytes?: number | undefined;
+  /** Frames kept per sampled stack, leaf first (64; 1 to 1024). */
   stackDepth?: number | undefined;
+  /**
+   * 'inuse' (the default): memory in use (`inuse_objects`, `inuse_space`), as
+   * @pyroscope/nodejs. 'alloc': allocations per window (`alloc_objects`, `alloc_space`)
+   * instead; V8 samples one or the other. Also PYROSCOPE_HEAP_MODE.
+   */
+  mode?: 'inuse' | 'alloc' | undefined;
 }
 
 export interface PyroscopeConfig {
@@ -68,7 +76,9 @@ export declare function startWallProfiling(): void;
 export declare function stopWallProfiling(): Promise<void>;
 export declare function startCpuProfiling(): void;
 export declare function stopCpuProfiling(): Promise<void>;
+/** Starts heap profiling (V8's sampling heap profiler), uploaded as the `memory` profile. */
 export declare function startHeapProfiling(): void;
+/** Stops heap profiling; the last window gets the heap as it is at the call. */
 export declare function stopHeapProfiling(): Promise<void>;
 export declare function setLogger(logger: Logger): void;
 

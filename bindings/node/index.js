@@ -1,21 +1,26 @@
 'use strict';
 // The @pyroscope/nodejs 0.6 API on the profiler's core: real CPU time sampled per thread by
 // the core (a real-time signal), JavaScript frames named from V8's JIT code events, labels
-// that follow async work, uploads from the core's own thread.
+// that follow async work, heap profiles from V8's sampling heap profiler, uploads from the
+// core's own thread.
 
 const v8 = require('node:v8');
 const { isMainThread } = require('node:worker_threads');
 
 const native = require('./lib/native');
+const heap = require('./lib/heap');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
 const fallback = require('./lib/fallback');
-const { checkConfig, getEnv, processConfig, nativeOptions } = require('./lib/config');
+const { checkConfig, getEnv, processConfig, nativeOptions, heapOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
 let settings = null;
 let logger = null;
 let exitHooked = false;
+// Whether the agent that runs samples CPU (heap profiling alone runs one that does not).
+let agentCpu = false;
+let cpuOn = false;
 
 function log(level, message) {
   if (logger !== null && typeof logger[level] === 'function') logger[level](message);
@@ -32,8 +37,9 @@ function init(config = {}) {
   const processed = processConfig(config, getEnv());
   const options = nativeOptions(processed, version);
   native.check(options);
+  const heapSettings = heapOptions(processed);
   labels.configure({ async: processed.asyncLabels });
-  settings = { processed, options };
+  settings = { processed, options, heap: heapSettings };
 }
 
 // Interpreted functions get a frame of their own (a copy of the interpreter's entry) from now
@@ -47,8 +53,10 @@ function nameInterpretedFrames() {
 const fallbackMode = !native.jitNamesAvailable() || process.env.PYROSCOPE_NODE_FALLBACK === '1';
 
 function onExit() {
-  // The last window, sent before the process ends (within the core's shutdown bound).
+  // The last window, with the heap as it is now, sent before the process ends (within the
+  // core's shutdown bound).
   if (fallbackMode) fallback.stop();
+  heap.stop();
   native.stopNow();
 }
 
@@ -62,11 +70,37 @@ function onSignal(signal) {
   process.kill(process.pid, signal);
 }
 
+function hookExit() {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.on('exit', onExit);
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, onSignal);
+  }
+}
+
+// Starts the agent: with CPU sampling, or for heap profiles alone.
+function startAgent(options, cpu) {
+  const started = native.start(cpu ? options : { ...options, cpu: false });
+  if (started) {
+    agentCpu = cpu;
+    log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
+  }
+  hookExit();
+}
+
 /** Starts CPU profiling (the agent). */
 function startCpuProfiling() {
   const { options } = requireInit('start');
   nameInterpretedFrames();
-  if (native.start(options)) log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
+  if (native.running() && !agentCpu) {
+    // The agent runs for heap profiles only: restart it with CPU sampling. Its last window,
+    // with the heap as it is now, is sent first (this call waits for that, within the core's
+    // shutdown bound).
+    heap.collect();
+    native.stopNow();
+  }
+  if (!native.running()) startAgent(options, true);
+  cpuOn = true;
   if (fallbackMode && isMainThread) {
     // V8's sampler covers this thread; the core's timers keep the other threads.
     native.excludeThread();
@@ -76,44 +110,65 @@ function startCpuProfiling() {
     native.registerThread(!fallbackMode);
     native.sampleWallTime();
   }
-  if (!exitHooked) {
-    exitHooked = true;
-    process.on('exit', onExit);
-    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, onSignal);
+}
+
+/** Stops CPU profiling; the last window is sent. Heap profiling, if on, goes on. */
+async function stopCpuProfiling() {
+  cpuOn = false;
+  if (fallbackMode) fallback.stop();
+  if (!heap.running()) {
+    await native.stop();
+    return;
+  }
+  heap.collect();
+  await native.stop();
+  if (heap.running() && !cpuOn && !native.running()) startAgent(settings.options, false);
+}
+
+/**
+ * Starts heap profiling (V8's sampling heap profiler on this thread): in-use memory, or
+ * allocations with heap.mode 'alloc'. Starts the agent without CPU sampling if none runs.
+ */
+function startHeapProfiling() {
+  const { options, heap: heapSettings } = requireInit('startHeapProfiling');
+  if (!native.running()) startAgent(options, false);
+  if (!native.jitNamesAvailable()) {
+    log('warn', 'pyroscope: no heap profiles: the addon was built without its C++ part (fallback mode)');
+  } else if (!heap.start(heapSettings)) {
+    log('warn', "pyroscope: no heap profiles: this isolate's sampling heap profiler is in use by another tool");
   }
 }
 
-/** Stops profiling; the last window is sent. */
-async function stopCpuProfiling() {
-  if (fallbackMode) fallback.stop();
-  await native.stop();
+/** Stops heap profiling; its last state goes into the open window. */
+async function stopHeapProfiling() {
+  heap.stop();
+  if (!cpuOn) await native.stop();
 }
-
-// Heap profiles (V8's sampling heap profiler) are not collected yet.
-function startHeapProfiling() {
-  requireInit('startHeapProfiling');
-}
-
-async function stopHeapProfiling() {}
 
 function start() {
   startCpuProfiling();
   startHeapProfiling();
 }
 
+/** Stops profiling; the last window, with the heap as it is now, is sent. */
 async function stop() {
-  await Promise.all([stopCpuProfiling(), stopHeapProfiling()]);
+  cpuOn = false;
+  if (fallbackMode) fallback.stop();
+  heap.stop();
+  await native.stop();
 }
 
 function setLogger(l) {
   logger = l;
 }
 
-// A worker thread that loads the package is sampled and its code named, like the main thread;
-// workers started from this one while profiling runs load it first (lib/workers.js).
+// A worker thread that loads the package is sampled, its code named and its heap profiled,
+// like the main thread; workers started from this one while profiling runs load it first
+// (lib/workers.js).
 if (!isMainThread && native.running()) {
   native.registerThread(!fallbackMode);
   native.sampleWallTime();
+  heap.follow();
 }
 workers.install();
 

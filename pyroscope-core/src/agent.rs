@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::FrameId;
+use crate::aggregate::{FrameId, HeapSample};
 use crate::collector::{self, Shared};
 use crate::config::{AgentBuilder, Config, Destination};
 use crate::error::{Error, Result};
@@ -300,6 +300,39 @@ impl Agent {
         } else {
             self.shared.wall_lost.fetch_add(weight, Ordering::Relaxed);
         }
+    }
+
+    /// Reports the in-use memory of a runtime's own heap as it is now, from the runtime's
+    /// sampler (V8's sampling heap profiler: live sampled objects, unbiased by V8), sampled
+    /// every `interval_bytes` on average. `heap` tells heaps apart (one per isolate): the
+    /// window open now reports the latest state of each heap, summed, as `inuse_objects` and
+    /// `inuse_space` in its `memory` profile (period `space`/bytes = `interval_bytes`). A state
+    /// is reported once, in the window it was given in: the binding gives it again before
+    /// each window closes ([`Agent::window_remaining`]) and before [`Agent::stop`].
+    ///
+    /// This profile is separate from the allocator hook's (the `memory` option): with both on,
+    /// a window sends two `memory` profiles. Ignored in a forked child.
+    pub fn set_heap_inuse(&self, heap: u64, interval_bytes: u64, samples: Vec<HeapSample>) {
+        if sys::getpid() == self.pid {
+            self.shared.heap.lock().set_inuse(heap, interval_bytes, samples);
+        }
+    }
+
+    /// Adds allocations a runtime's own sampler saw (V8's sampling heap profiler keeping
+    /// collected objects too), sampled every `interval_bytes` on average, to the window open
+    /// now: summed per stack, reported as `alloc_objects` and `alloc_space` in its `memory`
+    /// profile (see [`Agent::set_heap_inuse`]). At most 50,000 distinct stacks a window; more
+    /// go to one `[stack table overflow]` stack. Ignored in a forked child.
+    pub fn add_heap_allocations(&self, interval_bytes: u64, samples: &[HeapSample]) {
+        if sys::getpid() == self.pid {
+            self.shared.heap.lock().add_alloc(interval_bytes, samples);
+        }
+    }
+
+    /// Time left until the open window closes (at most the upload interval; zero once it is
+    /// due): when a binding that reports its runtime's heap should do it.
+    pub fn window_remaining(&self) -> Duration {
+        self.shared.window_remaining()
     }
 
     /// Stops profiling, flushes the last window and waits for it to be delivered, at most

@@ -415,6 +415,112 @@ impl AllocWindow {
     }
 }
 
+/// One call stack of a runtime's own heap profile (V8's sampling heap profiler): its frames,
+/// leaf first, and the objects and bytes sampled there, already unbiased by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapSample {
+    /// Frames, leaf first.
+    pub frames: Vec<FrameId>,
+    /// Objects (estimated from the samples, as the runtime scales them).
+    pub objects: u64,
+    /// Bytes (estimated likewise).
+    pub bytes: u64,
+}
+
+/// What runtimes reported of their own heaps during one window (see
+/// [`crate::Agent::set_heap_inuse`] and [`crate::Agent::add_heap_allocations`]).
+#[derive(Default)]
+pub(crate) struct HeapWindow {
+    /// In-use memory per heap: the latest report of this window.
+    inuse: HashMap<u64, Vec<HeapSample>>,
+    /// Allocations: [objects, bytes] summed per stack (frame keys, leaf first).
+    alloc: HashMap<Vec<u64>, [u64; 2]>,
+    /// The sampling interval of the latest report: the profile's period.
+    interval: u64,
+}
+
+impl HeapWindow {
+    pub fn set_inuse(&mut self, heap: u64, interval: u64, samples: Vec<HeapSample>) {
+        self.interval = interval;
+        self.inuse.insert(heap, samples);
+    }
+
+    pub fn add_alloc(&mut self, interval: u64, samples: &[HeapSample]) {
+        self.interval = interval;
+        for s in samples {
+            let mut key: Vec<u64> = s.frames.iter().map(|f| f.key()).collect();
+            if self.alloc.len() >= MAX_STACKS && !self.alloc.contains_key(&key) {
+                key = vec![OVERFLOW_FRAME];
+            }
+            let e = self.alloc.entry(key).or_default();
+            e[0] = e[0].saturating_add(s.objects);
+            e[1] = e[1].saturating_add(s.bytes);
+        }
+    }
+
+    /// Whether there is anything to report: allocations, or a heap with live samples.
+    pub fn is_empty(&self) -> bool {
+        self.alloc.is_empty() && self.inuse.values().all(Vec::is_empty)
+    }
+
+    /// The `memory` profile: `alloc_objects`/`alloc_space` when allocations were reported,
+    /// `inuse_objects`/`inuse_space` when a heap's in-use memory was (the heaps summed), in
+    /// that order (the order of the allocator hook's memory profile); period `space`/bytes =
+    /// the sampling interval. Values are the runtime's own, unscaled here. `extra_labels` go
+    /// on every sample.
+    pub fn memory_profile(&self, start: SystemTime, end: SystemTime, extra_labels: &[(String, String)]) -> Profile {
+        let with_alloc = !self.alloc.is_empty();
+        let with_inuse = !self.inuse.is_empty();
+        let mut types = Vec::with_capacity(4);
+        if with_alloc {
+            types.extend([("alloc_objects", "count"), ("alloc_space", "bytes")]);
+        }
+        if with_inuse {
+            types.extend([("inuse_objects", "count"), ("inuse_space", "bytes")]);
+        }
+        let mut b = ProfileBuilder::new(&types, ("space", "bytes"), self.interval as i64);
+        let start_ns = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+        b.time(start_ns, end.duration_since(start).unwrap_or_default().as_nanos() as i64);
+        // [alloc objects, alloc bytes, inuse objects, inuse bytes] per stack.
+        let mut values: HashMap<&[u64], [u64; 4]> = HashMap::new();
+        for (stack, v) in &self.alloc {
+            let e = values.entry(stack.as_slice()).or_default();
+            e[0] = e[0].saturating_add(v[0]);
+            e[1] = e[1].saturating_add(v[1]);
+        }
+        let inuse_keys: Vec<Vec<u64>> =
+            self.inuse.values().flatten().map(|s| s.frames.iter().map(|f| f.key()).collect()).collect();
+        for (key, s) in inuse_keys.iter().zip(self.inuse.values().flatten()) {
+            let e = values.entry(key.as_slice()).or_default();
+            e[2] = e[2].saturating_add(s.objects);
+            e[3] = e[3].saturating_add(s.bytes);
+        }
+        let mut stacks: Vec<&[u64]> = values.keys().copied().collect();
+        stacks.sort_unstable();
+        let pairs: Vec<(&str, &str)> = extra_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for stack in stacks {
+            let v = values[stack];
+            let shown: Vec<i64> = [(with_alloc, &v[..2]), (with_inuse, &v[2..])]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .flat_map(|(_, v)| v.iter().map(|x| (*x).min(i64::MAX as u64) as i64))
+                .collect();
+            if shown.iter().all(|x| *x == 0) {
+                continue;
+            }
+            let locs = stack
+                .iter()
+                .map(|&key| {
+                    let sym = symbolic(key);
+                    b.location(key, 0, || vec![(&sym.function, &sym.file, sym.line)])
+                })
+                .collect();
+            b.sample(locs, shown, &pairs);
+        }
+        b.build()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +566,34 @@ mod tests {
         let labels: Vec<(String, String)> = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
         assert_eq!(labels, vec![("vehicle".into(), "car".into()), ("region".into(), "eu".into())]);
         assert_eq!(p.duration_nanos, 10_000_000_000);
+    }
+
+    #[test]
+    fn heap_allocations_alone_are_bounded_and_typed() {
+        let f = |i: usize| FrameId::new(&format!("./a.js:f{i}:1"), "/a.js", 1).unwrap();
+        let mut h = HeapWindow::default();
+        assert!(h.is_empty());
+        h.set_inuse(1, 1024, Vec::new());
+        assert!(h.is_empty(), "a heap with nothing live is nothing to send");
+        let mut h = HeapWindow::default();
+        let samples: Vec<HeapSample> =
+            (0..MAX_STACKS + 5).map(|i| HeapSample { frames: vec![f(i)], objects: 1, bytes: 64 }).collect();
+        h.add_alloc(1024, &samples);
+        h.add_alloc(1024, &[HeapSample { frames: vec![f(0)], objects: 2, bytes: 128 }]);
+        assert_eq!(h.alloc.len(), MAX_STACKS + 1);
+        let p = h.memory_profile(UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(1), &[]);
+        let s = |i: i64| p.string_table[i as usize].clone();
+        let types: Vec<String> = p.sample_type.iter().map(|t| s(t.r#type)).collect();
+        assert_eq!(types, ["alloc_objects", "alloc_space"]);
+        assert_eq!(p.period, 1024);
+        let name = |smp: &crate::proto::Sample| {
+            let loc = &p.location[smp.location_id[0] as usize - 1];
+            s(p.function[loc.line[0].function_id as usize - 1].name)
+        };
+        let overflow = p.sample.iter().find(|x| name(x) == "[stack table overflow]").unwrap();
+        assert_eq!(overflow.value, [5, 320]);
+        let first = p.sample.iter().find(|x| name(x) == "./a.js:f0:1").unwrap();
+        assert_eq!(first.value, [3, 192]);
+        assert_eq!(p.sample.len(), MAX_STACKS + 1);
     }
 }

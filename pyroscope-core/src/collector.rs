@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aggregate::{AllocWindow, FrameId, Window};
+use crate::aggregate::{AllocWindow, FrameId, HeapWindow, Window};
 use crate::config::{Config, Destination};
 use crate::export::{ExportStats, Queue, Upload};
 use crate::labels::LabelSet;
@@ -38,6 +38,11 @@ pub(crate) struct Shared {
     pub(crate) export: Arc<ExportStats>,
     /// Windows shutdown did not wait for (at most one per agent).
     pub(crate) windows_abandoned: AtomicU64,
+    /// What runtimes reported of their own heaps in the open window.
+    pub(crate) heap: Mutex<HeapWindow>,
+    /// When the open window closes: nanoseconds after `epoch`.
+    window_end: AtomicU64,
+    epoch: Instant,
 }
 
 impl Shared {
@@ -59,7 +64,21 @@ impl Shared {
             wall_lost: AtomicU64::new(0),
             export,
             windows_abandoned: AtomicU64::new(0),
+            heap: Mutex::new(HeapWindow::default()),
+            window_end: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    fn set_window_end(&self, end: Instant) {
+        let ns = end.saturating_duration_since(self.epoch).as_nanos().min(u64::MAX as u128) as u64;
+        self.window_end.store(ns, Ordering::Relaxed);
+    }
+
+    /// Time left until the collector closes the open window (zero once that is due).
+    pub(crate) fn window_remaining(&self) -> Duration {
+        let end = self.epoch + Duration::from_nanos(self.window_end.load(Ordering::Relaxed));
+        end.saturating_duration_since(Instant::now())
     }
 }
 
@@ -121,6 +140,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     let mut wall = Window::new(window.start);
     let mut allocs = AllocWindow::default();
     let mut window_end = Instant::now() + config.upload_interval;
+    shared.set_window_end(window_end);
     let mut last_scan = Instant::now();
     // Records the ring dropped, per kind, counted so far.
     let dropped = |kind| ring.map_or(0, |r| r.dropped(kind));
@@ -243,6 +263,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             let closed = std::mem::replace(&mut window, Window::new(end));
             let closed_wall = std::mem::replace(&mut wall, Window::new(end));
             window_end = Instant::now() + config.upload_interval;
+            shared.set_window_end(window_end);
             shared.samples.fetch_add(closed.total_weight, Ordering::Relaxed);
             shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
@@ -284,6 +305,14 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                     if !queue.push(upload("memory", &profile, closed.start, end)) {
                         return;
                     }
+                }
+            }
+            // A runtime's own heap profile (V8's sampling heap profiler), as it reported it.
+            let heap = std::mem::take(&mut *shared.heap.lock());
+            if !heap.is_empty() {
+                let profile = heap.memory_profile(closed.start, end, &extra);
+                if !queue.push(upload("memory", &profile, closed.start, end)) {
+                    return;
                 }
             }
             // The window's new addresses are named: drop the debug info parsed for them.

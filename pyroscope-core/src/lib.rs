@@ -77,7 +77,7 @@ use pyroscope_pprof as pprof;
 #[doc(hidden)]
 pub use agent::running as agent_running;
 pub use agent::{Agent, Stats};
-pub use aggregate::FrameId;
+pub use aggregate::{FrameId, HeapSample};
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
 pub use error::{Error, Result};

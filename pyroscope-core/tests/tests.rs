@@ -12,6 +12,7 @@ mod agent;
 mod cpu;
 mod export;
 mod fork;
+mod heap;
 mod interp;
 mod labels;
 mod memory;

@@ -52,6 +52,8 @@ function checkConfig(config) {
     const h = config.heap;
     if (!isObject(h) || !optional(h.samplingIntervalBytes, 'number') || !optional(h.stackDepth, 'number')) {
       errors.push('Expecting a config with valid memory options');
+    } else if (![undefined, 'inuse', 'alloc'].includes(h.mode)) {
+      errors.push("Expecting a config with heap.mode set to 'inuse' or 'alloc'");
     }
   }
   if (!optional(config.serverAddress, 'string')) errors.push('Expecting a config with string serverAddress');
@@ -72,7 +74,7 @@ function checkConfig(config) {
 const numeric = (v) => (v === undefined ? undefined : Number(v));
 const boolean = (v) => (v === undefined ? undefined : v === 'true' || v === '1');
 
-/** The PYROSCOPE_* variables of @pyroscope/nodejs 0.6, plus PYROSCOPE_ASYNC_LABELS. */
+/** The PYROSCOPE_* variables of @pyroscope/nodejs 0.6, plus PYROSCOPE_ASYNC_LABELS and PYROSCOPE_HEAP_MODE. */
 function getEnv(env = process.env) {
   const strip = env.PYROSCOPE_STRIP_FILENAMES;
   return {
@@ -82,6 +84,7 @@ function getEnv(env = process.env) {
     flushIntervalMs: numeric(env.PYROSCOPE_FLUSH_INTERVAL_MS),
     heapSamplingIntervalBytes: numeric(env.PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES),
     heapStackDepth: numeric(env.PYROSCOPE_HEAP_STACK_DEPTH),
+    heapMode: ['inuse', 'alloc'].includes(env.PYROSCOPE_HEAP_MODE) ? env.PYROSCOPE_HEAP_MODE : undefined,
     serverAddress: env.PYROSCOPE_SERVER_ADDRESS,
     wallSamplingDurationMs: numeric(env.PYROSCOPE_WALL_SAMPLING_DURATION_MS),
     wallSamplingIntervalMicros: numeric(env.PYROSCOPE_WALL_SAMPLING_INTERVAL_MICROS),
@@ -101,6 +104,7 @@ function processConfig(config, env) {
     heap: {
       samplingIntervalBytes: config.heap?.samplingIntervalBytes ?? env.heapSamplingIntervalBytes,
       stackDepth: config.heap?.stackDepth ?? env.heapStackDepth,
+      mode: config.heap?.mode ?? env.heapMode,
     },
     serverAddress: env.adhocServerAddress ?? config.serverAddress ?? env.serverAddress,
     tags: config.tags,
@@ -163,4 +167,23 @@ function nativeOptions(c, version) {
   return o;
 }
 
-module.exports = { checkConfig, getEnv, processConfig, nativeOptions, DEFAULTS };
+/**
+ * The heap profiler's settings for a processed config: V8's sampling interval (bytes, 512 KiB
+ * by default), stack depth (64) and whether to profile allocations ('alloc') instead of
+ * in-use memory ('inuse', the default, as @pyroscope/nodejs).
+ */
+function heapOptions(c) {
+  const intervalBytes = c.heap.samplingIntervalBytes ?? DEFAULTS.samplingIntervalBytes;
+  const stackDepth = c.heap.stackDepth ?? DEFAULTS.stackDepth;
+  if (!(Number.isInteger(intervalBytes) && intervalBytes >= 1 && intervalBytes <= 0xffffffff)) {
+    throw new Error(
+      `Invalid config: heap.samplingIntervalBytes ${intervalBytes} must be an integer between 1 and 4294967295`,
+    );
+  }
+  if (!(Number.isInteger(stackDepth) && stackDepth >= 1 && stackDepth <= 1024)) {
+    throw new Error(`Invalid config: heap.stackDepth ${stackDepth} must be an integer between 1 and 1024`);
+  }
+  return { intervalBytes, stackDepth, allocations: c.heap.mode === 'alloc' };
+}
+
+module.exports = { checkConfig, getEnv, processConfig, nativeOptions, heapOptions, DEFAULTS };

@@ -24,7 +24,7 @@ pub const AVAILABLE: bool = cfg!(pyroscope_node_shim);
 /// The working directory when code was first watched, with a trailing `/`.
 static CWD: OnceLock<String> = OnceLock::new();
 
-fn cwd() -> &'static str {
+pub(crate) fn cwd() -> &'static str {
     CWD.get_or_init(|| {
         let mut d = std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         if !d.ends_with('/') {
@@ -74,6 +74,12 @@ pub fn frame_of(name: &str, cwd: &str) -> Frame {
         }
         _ => (0, 0, location),
     };
+    js_frame(function, script, line, column, cwd)
+}
+
+/// Names JavaScript function `function` (empty when anonymous) starting at `line`:`column`
+/// (1-based) of `script`: how V8's JIT code names and its heap profiles both read.
+pub fn js_frame(function: &str, script: &str, line: u32, column: u32, cwd: &str) -> Frame {
     let function = if function.is_empty() { format!("(anonymous:L#{line}:C#{column})") } else { function.to_owned() };
     let shown = match script.strip_prefix(cwd) {
         Some(rel) if !cwd.is_empty() && cwd != "/" => format!("./{rel}"),

@@ -13,6 +13,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
 
+mod heap;
 mod jit;
 
 /// The Node module ABI (`process.versions.modules`) and version this addon was built for.
@@ -213,6 +214,112 @@ pub fn stats() -> Option<NativeStats> {
         uploads_failed: s.uploads_failed as f64,
         jit_ranges: pyroscope_core::jit::len() as f64,
     })
+}
+
+/// Starts V8's sampling heap profiler on the calling JavaScript thread's isolate: a sample
+/// every `intervalBytes` on average, stacks of at most `stackDepth` frames; `allocations`
+/// profiles allocations (samples of collected objects kept) instead of in-use memory. `false`
+/// when another tool (the inspector's `HeapProfiler.startSampling`) runs it already.
+#[napi]
+pub fn heap_start(interval_bytes: f64, stack_depth: u32, allocations: bool) -> Result<bool> {
+    if !(interval_bytes >= 1.0 && interval_bytes <= u32::MAX as f64) {
+        return Err(invalid(format!("heap.samplingIntervalBytes {interval_bytes} must be between 1 and 4294967295")));
+    }
+    match heap::start(interval_bytes as u64, stack_depth, allocations) {
+        Ok(()) => Ok(true),
+        Err(heap::StartError::Busy) => Ok(false),
+        Err(heap::StartError::NoIsolate) => Err(napi::Error::from_reason("pyroscope: this thread runs no JavaScript")),
+    }
+}
+
+/// What one heap read found.
+#[napi(object)]
+pub struct HeapRead {
+    /// Stacks with samples.
+    pub stacks: u32,
+    /// Objects and bytes in all (in use, or allocated since the last read).
+    pub objects: f64,
+    pub bytes: f64,
+    /// Nodes of V8's profile tree.
+    pub nodes: u32,
+    /// V8's samples in it.
+    pub samples: u32,
+    /// Milliseconds the read took (V8 building its profile, naming, the restart).
+    pub ms: f64,
+    /// Whether an agent took it (into its open window).
+    pub sent: bool,
+}
+
+/// Reads the calling thread's isolate's heap profile and hands it to the agent's open window:
+/// in-use memory replaces this isolate's earlier state of the window, allocations add up.
+/// `null` when this thread's sampling does not run.
+#[napi]
+pub fn heap_collect() -> Option<HeapRead> {
+    let read = heap::read()?;
+    let (objects, bytes) =
+        read.samples.iter().fold((0u64, 0u64), |(o, b), s| (o.saturating_add(s.objects), b.saturating_add(s.bytes)));
+    let (stacks, nodes, samples, ms) = (read.samples.len() as u32, read.nodes as u32, read.v8_samples as u32, read.ms);
+    let guard = agent();
+    let sent = match guard.as_ref() {
+        Some(a) if read.allocations => {
+            a.add_heap_allocations(read.interval, &read.samples);
+            true
+        }
+        Some(a) => {
+            // The isolate's thread tells heaps apart.
+            // SAFETY: gettid takes no arguments and cannot fail.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+            a.set_heap_inuse(tid, read.interval, read.samples);
+            true
+        }
+        None => false,
+    };
+    Some(HeapRead { stacks, objects: objects as f64, bytes: bytes as f64, nodes, samples, ms, sent })
+}
+
+/// Heap profiling settings, as `heapStart` takes them.
+#[napi(object)]
+#[derive(Clone)]
+pub struct HeapSettings {
+    pub interval_bytes: f64,
+    pub stack_depth: u32,
+    pub allocations: bool,
+}
+
+/// The settings JavaScript threads follow while heap profiling is on: a worker samples its own
+/// isolate with them (see `lib/heap.js`).
+static HEAP_SHARED: Mutex<Option<HeapSettings>> = Mutex::new(None);
+
+/// Sets (or clears, with `null`) the heap settings every JavaScript thread follows.
+#[napi]
+pub fn heap_share(settings: Option<HeapSettings>) {
+    *HEAP_SHARED.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+}
+
+/// The heap settings every JavaScript thread follows; `null` while heap profiling is off.
+#[napi]
+pub fn heap_shared() -> Option<HeapSettings> {
+    HEAP_SHARED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Stops the calling thread's isolate's heap sampling; whether it ran.
+#[napi]
+pub fn heap_stop() -> bool {
+    heap::stop()
+}
+
+/// Milliseconds until the next heap read is due: shortly before the agent's open window closes
+/// (a tenth of the upload interval, at most 1 s, before), or before the next one when that is
+/// too close. `null` without an agent.
+#[napi]
+pub fn heap_delay_ms() -> Option<f64> {
+    let guard = agent();
+    let a = guard.as_ref()?;
+    let interval = a.config().upload_interval;
+    let lead = (interval / 10).min(Duration::from_secs(1));
+    let left = a.window_remaining();
+    let delay = if left >= lead * 2 { left - lead } else { left + interval - lead };
+    Some(delay.as_secs_f64() * 1e3)
 }
 
 /// The Node module ABI and version the addon was built for.

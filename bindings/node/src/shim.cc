@@ -1,17 +1,29 @@
 // The part of the addon that needs V8's C++ API (not Node-API): the JIT code events of the
-// calling thread's isolate, which name the machine code V8 generates for JavaScript.
-// Built against the headers of the Node that builds the addon (build.rs).
+// calling thread's isolate, which name the machine code V8 generates for JavaScript, and its
+// sampling heap profiler. Built against the headers of the Node that builds the addon (build.rs).
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
+#include <v8-profiler.h>
 #include <v8.h>
 
 extern "C" {
 // Implemented in Rust (src/jit.rs). kind: 0 added, 1 moved.
 void pyroscope_node_code_event(int kind, uint64_t start, uint64_t len, uint64_t new_start, const char* name,
                                size_t name_len);
+// Implemented in Rust (src/heap.rs): one node of an allocation profile, `depth` 1 for the
+// root's children, parents before their children; `allocations` holds `count` entries.
+void pyroscope_node_heap_node(void* ctx, int depth, const char* name, size_t name_len, const char* script,
+                              size_t script_len, int line, int column,
+                              const v8::AllocationProfile::Allocation* allocations, size_t count);
 }
+
+// src/heap.rs reads `allocations` with this layout.
+static_assert(sizeof(v8::AllocationProfile::Allocation) == 16, "Allocation layout");
+static_assert(offsetof(v8::AllocationProfile::Allocation, size) == 0, "Allocation layout");
+static_assert(offsetof(v8::AllocationProfile::Allocation, count) == 8, "Allocation layout");
 
 namespace {
 
@@ -33,6 +45,17 @@ void OnCodeEvent(const v8::JitCodeEvent* event) {
   }
 }
 
+void VisitHeapNode(v8::Isolate* isolate, void* ctx, const v8::AllocationProfile::Node* node, int depth) {
+  {
+    v8::String::Utf8Value name(isolate, node->name);
+    v8::String::Utf8Value script(isolate, node->script_name);
+    pyroscope_node_heap_node(ctx, depth, *name, *name == nullptr ? 0 : name.length(), *script,
+                             *script == nullptr ? 0 : script.length(), node->line_number, node->column_number,
+                             node->allocations.data(), node->allocations.size());
+  }
+  for (const v8::AllocationProfile::Node* child : node->children) VisitHeapNode(isolate, ctx, child, depth + 1);
+}
+
 }  // namespace
 
 extern "C" {
@@ -50,6 +73,47 @@ int pyroscope_node_watch_code(void) {
 void pyroscope_node_unwatch_code(void) {
   v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
   if (isolate != nullptr) isolate->SetJitCodeEventHandler(v8::kJitCodeEventDefault, nullptr);
+}
+
+// Starts V8's sampling heap profiler on the calling thread's isolate: a sample every
+// `interval` bytes on average, stacks of at most `depth` frames; with `keep_collected`, samples
+// of objects the GC has collected stay (allocations, not live memory). No forced GC.
+// Returns 1 when started, 0 when the thread has no isolate, -1 when the isolate's profiler
+// runs already (another tool's, or ours).
+int pyroscope_node_heap_start(uint64_t interval, int depth, int keep_collected) {
+  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
+  if (isolate == nullptr) return 0;
+  int flags = v8::HeapProfiler::kSamplingNoFlags;
+  if (keep_collected != 0) {
+    flags |= v8::HeapProfiler::kSamplingIncludeObjectsCollectedByMajorGC |
+             v8::HeapProfiler::kSamplingIncludeObjectsCollectedByMinorGC;
+  }
+  bool started = isolate->GetHeapProfiler()->StartSamplingHeapProfiler(
+      interval, depth, static_cast<v8::HeapProfiler::SamplingFlags>(flags));
+  return started ? 1 : -1;
+}
+
+// Stops the calling thread's isolate's sampling heap profiler (its samples are discarded).
+void pyroscope_node_heap_stop(void) {
+  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
+  if (isolate != nullptr) isolate->GetHeapProfiler()->StopSamplingHeapProfiler();
+}
+
+// Reads the calling thread's isolate's sampling heap profile: pyroscope_node_heap_node for
+// every node below the root; `*samples` = V8's samples in it. Returns 0 when the profiler
+// does not run (or no isolate).
+int pyroscope_node_heap_read(void* ctx, size_t* samples) {
+  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
+  if (isolate == nullptr) return 0;
+  // The profile's names are handles: they live in this scope.
+  v8::HandleScope scope(isolate);
+  std::unique_ptr<v8::AllocationProfile> profile(isolate->GetHeapProfiler()->GetAllocationProfile());
+  if (!profile) return 0;
+  *samples = profile->GetSamples().size();
+  for (const v8::AllocationProfile::Node* child : profile->GetRootNode()->children) {
+    VisitHeapNode(isolate, ctx, child, 1);
+  }
+  return 1;
 }
 
 }  // extern "C"
