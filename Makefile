@@ -44,7 +44,7 @@ test-rust:
 # The Python package: one abi3 wheel, built when its sources change, installed into one venv per
 # CPython (target/py/<version>); `test-python` runs bindings/python/tests under each.
 PY_VERSIONS := 3.11.7 3.12.1 3.13.0
-PY_LINT := bindings/python $(wildcard examples/rideshare/python benches/python)
+PY_LINT := bindings/python $(wildcard examples/rideshare/python benches/python benches/node)
 PY_WHEEL := target/wheels/.pyroscope-profiler.stamp
 PY_SOURCES := Cargo.lock $(shell find bindings/python pyroscope-core pyroscope-pprof -path bindings/python/tests -prune -o \
 	-type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' -o -name py.typed \) -print)

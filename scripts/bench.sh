@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # make bench: builds the benchmark (release) and, when it builds, the same workload under the
 # `pyroscope` crate 2.x; runs them side by side and writes BENCHMARKS.md. Then the Python rows
-# (benches/python/run.sh: our package next to pyroscope-io). BENCH_RUNS runs per configuration
-# (default 5); BENCH_ONLY=symbols|micro|python runs a subset (python: only its section is replaced).
+# (benches/python/run.sh: our package next to pyroscope-io) and the Node rows (benches/node/run.sh:
+# our package next to @pyroscope/nodejs). BENCH_RUNS runs per configuration (default 5);
+# BENCH_ONLY=symbols|micro|python|node runs a subset (python, node: only its section is replaced).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="$root/BENCHMARKS.md"
-# `BENCH_ONLY=python`: the Python rows alone (benches/python), put in place of the Python section
-# of BENCHMARKS.md (or added at its end); every other row stays as it was.
-if [ "${BENCH_ONLY:-}" = python ]; then
-  benches/python/run.sh > "$out.python"
+# `BENCH_ONLY=python` or `BENCH_ONLY=node`: that language's rows alone (benches/<lang>/run.sh),
+# put in place of its section of BENCHMARKS.md (or added at its end); every other row stays as
+# it was.
+if [ "${BENCH_ONLY:-}" = python ] || [ "${BENCH_ONLY:-}" = node ]; then
+  lang="$BENCH_ONLY"
+  benches/"$lang"/run.sh > "$out.$lang"
   [ -f "$out" ] || printf '# Benchmarks\n' > "$out"
-  python3 - "$out" "$out.python" <<'PY'
+  python3 - "$out" "$out.$lang" <<'PY'
 import re, sys
 path, section = sys.argv[1], open(sys.argv[2]).read().strip("\n")
 text = open(path).read()
-# The Python section: from its "## Python" heading to the next "## " heading or the end.
-m = re.search(r"^## Python.*?(?=^## (?!#)|\Z)", text, flags=re.S | re.M)
+# The section: from its "## <Language>" heading (the rows' first line) to the next "## "
+# heading or the end.
+heading = re.match(r"## \w+", section).group(0)
+m = re.search(r"^" + heading + r"\b.*?(?=^## (?!#)|\Z)", text, flags=re.S | re.M)
 if m:
     text = text[: m.start()] + section + "\n" + ("\n" if m.end() < len(text) else "") + text[m.end():]
 else:
@@ -25,7 +30,7 @@ else:
 open(path + ".tmp", "w").write(text)
 PY
   mv "$out.tmp" "$out"
-  rm -f "$out.python"
+  rm -f "$out.$lang"
   cat "$out"
   exit 0
 fi
@@ -60,9 +65,11 @@ fi
   echo "Produced by \`make bench\` on $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d). Rerun it to refresh."
   echo
   target/release/pyroscope-bench
-  # The Python rows (benches/python), but for the other `BENCH_ONLY` subsets.
+  # The Python rows (benches/python) and the Node rows (benches/node), but for the other
+  # `BENCH_ONLY` subsets.
   if [ -z "${BENCH_ONLY:-}" ]; then
     benches/python/run.sh || echo "warning: the Python rows failed" >&2
+    benches/node/run.sh || echo "warning: the Node rows failed" >&2
   fi
 } > "$out.tmp"
 mv "$out.tmp" "$out"

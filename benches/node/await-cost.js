@@ -1,7 +1,8 @@
 'use strict';
 // The cost per `await` of labels that follow async work: one million awaits inside
 // wrapWithLabels, with async propagation on (the default), off, and with no profiler loaded.
-// Usage: node await-cost.js on|off|none  -> prints ns per await (thread CPU time).
+// Usage: node await-cost.js on|off|none  -> prints ns per await (the process's CPU time).
+// `make bench` runs it (benches/node/bench.py) and reports the medians in BENCHMARKS.md.
 const mode = process.argv[2] || 'on';
 const N = 1_000_000;
 let pyroscope = null;

@@ -1,0 +1,427 @@
+"""`make bench`, Node rows: our package (pyroscope-profiler) next to @pyroscope/nodejs 0.6.4 on
+the same workloads, in one run, as interleaved child processes (workload.js), medians of the runs.
+
+    python3 bench.py --node NODE --ours-pkg DIR --receiver PATH
+                     [--peer-pkg DIR | --peer-error WHY] [--ours-build WHAT]
+
+Every profiled child pushes to its own loopback receiver (tests/receiver, `pyroscope-receiver`),
+whose output is read back to count what arrived (the workload is measured from the child, never
+from frame names). Prints Markdown on stdout, progress on stderr. BENCH_RUNS (default 5) runs
+per configuration, BENCH_SECONDS (default 5) of work per measured run. The receiver, the noise
+line and the spread come from the Python rows' driver (benches/python/bench.py), so both
+sections read alike.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOAD = os.path.join(HERE, "workload.js")
+AWAIT_COST = os.path.join(HERE, "await-cost.js")
+PEER = "@pyroscope/nodejs 0.6.4"
+OURS = "ours"
+OURS_SYNC = "ours, `asyncLabels: false`"
+# The issue's figures for the peer on this machine, quoted next to what this run measures.
+PEER_QUOTED = dict(cpu_ratio="1.071", added="+45")
+
+_spec = importlib.util.spec_from_file_location("python_bench", os.path.join(HERE, "..", "python", "bench.py"))
+python_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(python_bench)
+ratios, noise_line, closed_port_url = python_bench.ratios, python_bench.noise_line, python_bench.closed_port_url
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Receiver(python_bench.Receiver):
+    """The Python rows' receiver, read back per sample type: ours sends `cpu` (and `wall`)
+    profiles, @pyroscope/nodejs a `wall` one; `*_labelled` counts samples with a `route` label."""
+
+    def stop(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        got = dict(profiles=0, rejected=0, cpu=0.0, wall=0.0, cpu_labelled=0.0, wall_labelled=0.0)
+        with open(self.path) as f:
+            for line in f:
+                d = json.loads(line)
+                if "rejected" in d:
+                    got["rejected"] += 1
+                    continue
+                got["profiles"] += 1
+                types = [t[0] for t in d["sample_types"]]
+                for name in ("cpu", "wall"):
+                    if name in types:
+                        i = types.index(name)
+                        for s in d["samples"]:
+                            v = s["values"][i] * 1e-9
+                            got[name] += v
+                            if "route" in s["labels"]:
+                                got[name + "_labelled"] += v
+        os.unlink(self.path)
+        return got
+
+
+def run_child(node, cfg, timeout):
+    """Runs workload.js once. Returns its JSON (plus rss_mib, child_cpu, elapsed, exit s), or
+    None; on timeout, {"killed": timeout}."""
+    err = tempfile.TemporaryFile()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [node, WORKLOAD, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
+    )
+    killed = []
+
+    def kill():
+        killed.append(True)
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    _, status, ru = os.wait4(proc.pid, 0)
+    ended = time.monotonic()
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout.read().decode(errors="replace").strip().splitlines()
+    proc.stdout.close()
+    if killed:
+        return dict(killed=timeout)
+    if proc.returncode != 0 or not out:
+        err.seek(0)
+        log(f"  child failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
+        return None
+    m = json.loads(out[-1])
+    m.update(
+        rss_mib=ru.ru_maxrss / 1024.0,
+        child_cpu=ru.ru_utime + ru.ru_stime,
+        elapsed=ended - started,
+        exit=ended - m["work_end"],
+    )
+    return m
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.runs = max(1, int(os.environ.get("BENCH_RUNS", "5")))
+        self.seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+        self.peer = args.peer_pkg
+
+    def measure(self, cfg, server=None, timeout=None):
+        """One child run with a fresh receiver (unless `server` is given or sdk is none)."""
+        cfg = dict(cfg)
+        rec = None
+        if cfg["sdk"] != "none":
+            cfg["pkg"] = self.peer if cfg["sdk"] == "peer" else self.args.ours_pkg
+            if server is None:
+                rec = Receiver(self.args.receiver)
+                cfg["server"] = rec.url
+            else:
+                cfg["server"] = server
+        try:
+            m = run_child(self.args.node, cfg, timeout or 60 + 20 * self.seconds)
+        finally:
+            got = rec.stop() if rec else None
+        if m is not None:
+            m["received"] = got
+        return m
+
+    def units_for(self, work, seconds):
+        """Units for `seconds` of work with no profiler (from a run of about a second here), and
+        that run's CPU seconds per await (0 for the CPU-bound work)."""
+        probe = 3000 if work == "cpu" else 5000
+        m = run_child(self.args.node, dict(sdk="none", work=work, units=probe, warmup=0.3), 120)
+        if m is None or "killed" in m:
+            sys.exit("the workload failed to run without a profiler")
+        per_await = m["cpu"] / m["awaits"] if m["awaits"] else 0.0
+        return max(probe, int(probe * seconds / m["wall"])), per_await
+
+    def peer_modes(self, modes):
+        return [m for m in modes if m[1]["sdk"] != "peer" or self.peer]
+
+    def peer_missing_row(self, first, columns):
+        if not self.peer:
+            cells = " | ".join(["-"] * (columns - len(first) - 1))
+            why = self.args.peer_error.replace("|", "/")
+            print("| " + " | ".join(first) + f" | {PEER}: could not be installed ({why}) | {cells} |")
+
+    # ---- sections ----
+
+    def header(self):
+        load = os.getloadavg()
+        note = os.environ.get("BENCH_NOTE", "").strip()
+        version = subprocess.run([self.args.node, "--version"], capture_output=True, text=True).stdout.strip()
+        print(
+            f"\n## Node (Node {version}, {os.cpu_count()} cores, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}, load average {load[0]:.1f} at the start "
+            f"of this section{'; ' + note if note else ''})\n"
+        )
+        print(
+            f"Our package (`npm install` in bindings/node: {self.args.ours_build}) and {PEER} from npm "
+            "(installed in target/ for the benchmark only), each loaded with `require`, then "
+            "`init({appName, serverAddress, flushIntervalMs: 10000})` and `start()` (both sample at "
+            "100 Hz by default), pushing to the loopback test receiver; medians of "
+            f"{self.runs} interleaved runs, every configuration in the same run; each ratio is "
+            "against the no-profiler row of its own workload (ratio of medians), and per run against "
+            "the no-profiler run of the same round (median, lowest and highest: the spread). CPU: the "
+            "process's user+sys time over the measured phase (`process.cpuUsage()`, every thread "
+            "included); wall: its `process.hrtime` time; peak RSS: the child's `ru_maxrss`; `stop()`: "
+            '`await stop()` after the work, timed around the call. "In profiles": what the receiver '
+            "got, a check that the profiler sampled: ours, its `cpu` as a share of the child's whole "
+            f"CPU time (rusage); {PEER}, which sends no CPU time, its `wall` as a share of the child's "
+            'lifetime. "Labelled": the share of that time whose samples carry the request\'s label.'
+        )
+
+    def rows(self, modes, res, what, labelled):
+        """Prints one workload's rows; returns {name: summary} (ratios, RSS added, runs)."""
+        base = res["none"]
+        ok_base = [m for m in base if m]
+        if not ok_base:
+            print(f"| {what} | none | failed | | | | | | | | | |")
+            return {}
+        cpu0 = statistics.median(m["cpu"] for m in ok_base)
+        wall0 = statistics.median(m["wall"] for m in ok_base)
+        rss0 = statistics.median(m["rss_mib"] for m in ok_base)
+        out = {}
+        for name, cfg in modes:
+            runs = res[name]
+            ok = [m for m in runs if m]
+            if not ok:
+                print(f"| {what} | {name} | failed ({len(runs)} runs) | | | | | | | | | |")
+                continue
+            cpu = statistics.median(m["cpu"] for m in ok)
+            wall = statistics.median(m["wall"] for m in ok)
+            rss = statistics.median(m["rss_mib"] for m in ok)
+            paired = [m["cpu"] / b["cpu"] for m, b in zip(runs, base) if m and b]
+            stops = [m["stop"] for m in ok if m.get("stop") is not None]
+            stop = f"{statistics.median(stops):.3f}" if stops else "-"
+            seen, tagged = "-", "-"
+            if name != "none":
+                key, whole = ("wall", "elapsed") if cfg["sdk"] == "peer" else ("cpu", "child_cpu")
+                got = [m for m in ok if m.get("received")]
+                if got:
+                    seen = f"{statistics.median(m['received'][key] / m[whole] for m in got) * 100:.0f}%"
+                    rejected = sum(m["received"]["rejected"] for m in got)
+                    if rejected:
+                        seen += f" ({rejected} refused)"
+                    if labelled:
+                        shares = [
+                            m["received"][key + "_labelled"] / m["received"][key] for m in got if m["received"][key]
+                        ]
+                        tagged = f"{statistics.median(shares) * 100:.0f}%" if shares else "0%"
+            failed = len(runs) - len(ok)
+            label = name + (f" ({failed} of {len(runs)} runs failed)" if failed else "")
+            awaits = statistics.median(m["awaits"] for m in ok)
+            out[name] = dict(
+                cpu_ratio=cpu / cpu0,
+                wall_ratio=wall / wall0,
+                added=rss - rss0,
+                paired=paired,
+                per_await_ns=(cpu - cpu0) / awaits * 1e9 if awaits else None,
+            )
+            print(
+                f"| {what} | {label} | {cpu:.3f} | {wall:.3f} | {cpu / cpu0:.4f} | {ratios(paired)} "
+                f"| {wall / wall0:.4f} | {rss:.1f} | {rss - rss0:+.1f} | {stop} | {seen} | {tagged} |"
+            )
+        return out
+
+    def interleaved(self, workloads):
+        """workloads: [(what, base cfg, modes)]; each round runs every mode of every workload
+        once. Returns {what: {name: [measurements]}}."""
+        results = {what: {name: [] for name, _ in modes} for what, _, modes in workloads}
+        for r in range(self.runs):
+            for what, base, modes in workloads:
+                for name, cfg in modes:
+                    log(f"run {r + 1}/{self.runs}, {what}, {name}")
+                    m = self.measure({**base, **cfg})
+                    results[what][name].append(m if m is not None and "killed" not in m else None)
+        return results
+
+    def overhead_section(self):
+        cpu_units, _ = self.units_for("cpu", self.seconds)
+        await_units, per_await = self.units_for("await", self.seconds)
+        cpu_what = "CPU-bound"
+        await_what = "await-heavy, `wrapWithLabels` per request"
+        cpu_modes = self.peer_modes([("none", dict(sdk="none")), (OURS, dict(sdk="ours")), (PEER, dict(sdk="peer"))])
+        await_modes = self.peer_modes(
+            [
+                ("none", dict(sdk="none")),
+                (OURS, dict(sdk="ours")),
+                (OURS_SYNC, dict(sdk="ours", asyncLabels=False)),
+                (PEER, dict(sdk="peer")),
+            ]
+        )
+        print(
+            f"\n### CPU and wall overhead at 100 Hz (CPU-bound: {cpu_units:,} units of about "
+            f"{self.seconds * 1000 / cpu_units:.2f} ms on the main thread, function calls, objects, "
+            f"JSON and strings; await-heavy: {await_units:,} requests, 32 at a time, of 200 awaits "
+            f"each of about {per_await * 1e6:.2f} µs of work (a key, a cached record, a small JSON "
+            "reply), every request inside the SDK's `wrapWithLabels` (none: called directly); "
+            f"{PEER}'s `wrapWithLabels` is synchronous, so its label covers a request's start only)\n"
+        )
+        print(
+            "| workload | profiler | CPU s | wall s | CPU ratio | per-run CPU ratio, median (range) | wall ratio "
+            "| peak RSS MiB | added MiB | `stop()` s | in profiles | labelled |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        res = self.interleaved(
+            [
+                (cpu_what, dict(work="cpu", units=cpu_units), cpu_modes),
+                (await_what, dict(work="await", units=await_units, labels=True), await_modes),
+            ]
+        )
+        cpu_rows = self.rows(cpu_modes, res[cpu_what], cpu_what, labelled=False)
+        self.peer_missing_row([cpu_what], 12)
+        await_rows = self.rows(await_modes, res[await_what], await_what, labelled=True)
+        self.peer_missing_row([await_what], 12)
+        print()
+        for what, rows in (("CPU-bound", cpu_rows), ("await-heavy with labels", await_rows)):
+            ours = rows.get(OURS)
+            if ours:
+                peer = rows.get(PEER)
+                print(
+                    f"- {what}: ours CPU ratio {ours['cpu_ratio']:.4f}, wall ratio {ours['wall_ratio']:.4f} "
+                    "(target at most 1.01)"
+                    + (f"; {PEER}: {peer['cpu_ratio']:.4f}, wall {peer['wall_ratio']:.4f}" if peer else "")
+                    + (f" (the issue measured {PEER_QUOTED['cpu_ratio']} here)" if what == "CPU-bound" else "")
+                )
+        per_await = [
+            f"{name} {await_rows[name]['per_await_ns']:+.0f} ns"
+            for name in (OURS, OURS_SYNC, PEER)
+            if name in await_rows and await_rows[name]["per_await_ns"] is not None
+        ]
+        if per_await:
+            print(
+                "- CPU added per await on the await-heavy workload against no profiler, sampling "
+                f"included: {', '.join(per_await)}"
+            )
+        spreads = [r["paired"] for rows in (cpu_rows, await_rows) for name, r in rows.items() if name != "none"]
+        print(noise_line(spreads))
+        ours, peer = cpu_rows.get(OURS), cpu_rows.get(PEER)
+        if ours:
+            print(
+                f"- peak RSS added (CPU-bound): ours {ours['added']:.1f} MiB (target under 10 MiB)"
+                + (f", {PEER} {peer['added']:.1f} MiB" if peer else "")
+                + f" (the issue measured {PEER_QUOTED['added']} MiB for {PEER})"
+            )
+
+    def await_cost_section(self):
+        """benches/node/await-cost.js: labels' own cost per await (no agent), interleaved."""
+        modes = [("none", "no profiler"), ("off", "`asyncLabels: false`"), ("on", "async labels on (the default)")]
+        got = {mode: [] for mode, _ in modes}
+        for r in range(self.runs):
+            for mode, _ in modes:
+                log(f"run {r + 1}/{self.runs}, await-cost.js {mode}")
+                args = [self.args.node, AWAIT_COST, mode]
+                try:
+                    p = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+                except subprocess.TimeoutExpired:
+                    log(f"  await-cost.js {mode} killed after 120 s")
+                    continue
+                if p.returncode == 0 and p.stdout.strip():
+                    got[mode].append(float(p.stdout.strip()))
+                else:
+                    log(f"  await-cost.js {mode} failed ({p.returncode}): {p.stderr[-2000:]}")
+        cells = [
+            f"{desc} {statistics.median(got[mode]):.0f} ns" if got[mode] else f"{desc} failed" for mode, desc in modes
+        ]
+        extra = ""
+        if got["on"] and got["none"]:
+            extra = f"; labels add {statistics.median(got['on']) - statistics.median(got['none']):.0f} ns per await"
+        print(
+            "- labels' own cost per await (`benches/node/await-cost.js`: one million awaits inside ours' "
+            f"`wrapWithLabels`, no agent, process CPU time, medians of {self.runs}): " + ", ".join(cells) + extra
+        )
+
+    def shutdown_section(self):
+        units, _ = self.units_for("cpu", 1.0)
+        modes = self.peer_modes([("none", dict(sdk="none")), (OURS, dict(sdk="ours")), (PEER, dict(sdk="peer"))])
+        limit = 15.0
+        # (column, end, server)
+        scenarios = [
+            ("`await stop()`, then exit; server up", "stop", "up"),
+            ("`await stop()`, then exit; server down", "stop", "down"),
+            ("no `stop()`; server up", "exit", "up"),
+            ("no `stop()`; server down", "exit", "down"),
+        ]
+        print(
+            "\n### Shutdown (1 s of the CPU-bound work, then `await stop()` and the script ends, or the "
+            "script just ends; timed from the end of the work to the parent's `wait4` on the process; "
+            f"down: a loopback port nobody listens on; killed after {limit:.0f} s, and then not run again; "
+            f"medians of {self.runs} runs, in brackets the profiles the receiver got)\n"
+        )
+        print("| profiler | " + " | ".join(s[0] for s in scenarios) + " |")
+        print("|---|" + "---|" * len(scenarios))
+        cells = {name: {} for name, _ in modes}
+        for r in range(self.runs):
+            for col, end, server in scenarios:
+                for name, cfg in modes:
+                    if cfg["sdk"] == "none" and end == "stop":
+                        continue
+                    # A run killed at the limit would be killed again: its cell keeps that one.
+                    if any(m is not None and "killed" in m for m in cells[name].get(col, [])):
+                        continue
+                    log(f"run {r + 1}/{self.runs}, shutdown, {col}, {name}")
+                    base = dict(work="cpu", units=units, end=end, warmup=0.1)
+                    url = closed_port_url() if server == "down" else None
+                    m = self.measure({**base, **cfg}, server=url, timeout=limit)
+                    cells[name].setdefault(col, []).append(m)
+        for name, _ in modes:
+            row = []
+            for col, _end, server in scenarios:
+                ms = [m for m in cells[name].get(col, []) if m is not None]
+                if not ms:
+                    row.append("-" if cells[name].get(col) is None else "failed")
+                    continue
+                if any("killed" in m for m in ms):
+                    row.append(f"does not exit (killed at {limit:.0f} s)")
+                    continue
+                t = statistics.median(m["exit"] for m in ms)
+                got = [m["received"]["profiles"] for m in ms if m.get("received")]
+                row.append(f"{t:.3f}" + (f" ({statistics.median(got):.0f})" if got and server == "up" else ""))
+            print(f"| {name} | " + " | ".join(row) + " |")
+        self.peer_missing_row([], len(scenarios) + 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--ours-pkg", required=True)
+    ap.add_argument("--ours-build", default="release build")
+    ap.add_argument("--receiver", required=True)
+    ap.add_argument("--peer-pkg")
+    ap.add_argument("--peer-error", default="not given")
+    ap.add_argument("--only", default="overhead,await-cost,shutdown")
+    args = ap.parse_args()
+    # The children run in the temporary folder: absolute paths.
+    for name in ("node", "ours_pkg", "receiver", "peer_pkg"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    bench = Bench(args)
+    bench.header()
+    only = args.only.split(",")
+    if "overhead" in only:
+        bench.overhead_section()
+    if "await-cost" in only:
+        if "overhead" not in only:
+            print()
+        bench.await_cost_section()
+    if "shutdown" in only:
+        bench.shutdown_section()
+    print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Node rows.")
+
+
+if __name__ == "__main__":
+    main()
