@@ -9,16 +9,14 @@ const { isMainThread } = require('node:worker_threads');
 const native = require('./lib/native');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
+const { log, setLogger } = require('./lib/logger');
+const middleware = require('./lib/middleware');
+const { SourceMapper } = require('./lib/sourcemapper');
 const { checkConfig, getEnv, processConfig, nativeOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
 let settings = null;
-let logger = null;
 let exitHooked = false;
-
-function log(level, message) {
-  if (logger !== null && typeof logger[level] === 'function') logger[level](message);
-}
 
 function requireInit(what) {
   if (settings === null) throw new Error(`pyroscope: call init() before ${what}()`);
@@ -79,8 +77,16 @@ async function stop() {
   await Promise.all([stopCpuProfiling(), stopHeapProfiling()]);
 }
 
-function setLogger(l) {
-  logger = l;
+// Pull mode: the routes answer from the running agent. The heap route needs a function
+// resolving to a gzipped heap pprof; without one it answers 501.
+const heapProfile = null;
+
+function expressMiddleware() {
+  return middleware.expressMiddleware(heapProfile);
+}
+
+function fastifyMiddleware() {
+  return middleware.fastifyMiddleware(heapProfile);
 }
 
 // A worker thread that loads the package is sampled and its code named, like the main thread;
@@ -104,6 +110,9 @@ const api = {
   startHeapProfiling,
   stopHeapProfiling,
   setLogger,
+  expressMiddleware,
+  fastifyMiddleware,
+  SourceMapper,
 };
 
 module.exports = { ...api, default: api };

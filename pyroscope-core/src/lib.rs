@@ -76,7 +76,7 @@ use pyroscope_pprof as pprof;
 /// process's agent slot; for tests that start agents one after another.
 #[doc(hidden)]
 pub use agent::running as agent_running;
-pub use agent::{Agent, Stats};
+pub use agent::{Agent, Capture, Stats};
 pub use aggregate::FrameId;
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};
