@@ -35,7 +35,8 @@ export interface PyroscopeConfig {
   serverAddress?: string | undefined;
   tags?: LabelSet | undefined;
   wall?: PyroscopeWallConfig | undefined;
-  sourceMapper?: unknown;
+  /** Accepted for compatibility: no source map is applied (see SourceMapper). */
+  sourceMapper?: SourceMapper | undefined;
   basicAuthUser?: string | undefined;
   basicAuthPassword?: string | undefined;
   tenantID?: string | undefined;
@@ -49,13 +50,19 @@ export interface PyroscopeConfig {
   asyncLabels?: boolean | undefined;
 }
 
+/**
+ * Where the package's messages go (setLogger): its own (debug when profiling starts, errors of
+ * the pull-mode routes) and the core's warnings (an upload that failed, a label left out;
+ * each kind once per process), delivered on the main thread's event loop. Missing methods
+ * are skipped. Without a logger nothing is printed.
+ */
 export interface Logger {
-  error(...args: unknown[]): void;
-  trace(...args: unknown[]): void;
-  debug(...args: unknown[]): void;
-  info(...args: unknown[]): void;
-  warn(...args: unknown[]): void;
-  fatal(...args: unknown[]): void;
+  error?(...args: unknown[]): void;
+  trace?(...args: unknown[]): void;
+  debug?(...args: unknown[]): void;
+  info?(...args: unknown[]): void;
+  warn?(...args: unknown[]): void;
+  fatal?(...args: unknown[]): void;
 }
 
 /** Checks the configuration (throws `Error('Invalid config: ...')`); does not start. */
@@ -80,7 +87,64 @@ export declare function stopCpuProfiling(): Promise<void>;
 export declare function startHeapProfiling(): void;
 /** Stops heap profiling; the last window gets the heap as it is at the call. */
 export declare function stopHeapProfiling(): Promise<void>;
-export declare function setLogger(logger: Logger): void;
+export declare function setLogger(logger: Logger | null): void;
+
+/** The `(req, res, next)` middleware expressMiddleware() returns (Express, connect, plain http). */
+export type PyroscopeRequestHandler = (
+  req: { method?: string; url?: string; path?: string; query?: unknown },
+  res: {
+    statusCode: number;
+    setHeader(name: string, value: string): unknown;
+    end(body?: string | Buffer): unknown;
+  },
+  next: (err?: unknown) => void,
+) => void;
+
+/** The Fastify plugin fastifyMiddleware() returns (`app.register(plugin)`). */
+export type PyroscopeFastifyPlugin = (
+  fastify: { get(path: string, handler: (request: any, reply: any) => Promise<unknown>): unknown },
+  options: Record<string, unknown>,
+  done: (err?: Error) => void,
+) => void;
+
+/**
+ * Pull mode: `GET /debug/pprof/profile?seconds=N` answers a gzipped pprof of the CPU samples
+ * of the next N seconds (30 by default, at most 3600), taken by the running agent beside its
+ * uploads; `GET /debug/pprof/heap` the heap profile where available (else 501). Other
+ * requests go on to next(). Needs profiling started (else 503).
+ */
+export declare function expressMiddleware(): PyroscopeRequestHandler;
+/** The same two routes as a Fastify plugin. */
+export declare function fastifyMiddleware(): PyroscopeFastifyPlugin;
+
+export interface GeneratedLocation {
+  file: string;
+  name?: string;
+  line: number;
+  column: number;
+}
+
+export interface SourceLocation {
+  file?: string;
+  name?: string;
+  line?: number;
+  column?: number;
+}
+
+/**
+ * @pyroscope/nodejs's SourceMapper, kept so code that builds one runs unchanged. It maps
+ * nothing: frames keep the generated file, line and function name.
+ */
+export declare class SourceMapper {
+  static create(searchDirs: string[], debug?: boolean): Promise<SourceMapper>;
+  constructor(debug?: boolean);
+  infoMap: Map<string, unknown>;
+  debug: boolean;
+  /** Always false. */
+  hasMappingInfo(inputPath: string): boolean;
+  /** Returns `location` as given. */
+  mappingInfo(location: GeneratedLocation): SourceLocation;
+}
 
 declare const pyroscope: {
   init: typeof init;
@@ -98,5 +162,8 @@ declare const pyroscope: {
   startHeapProfiling: typeof startHeapProfiling;
   stopHeapProfiling: typeof stopHeapProfiling;
   setLogger: typeof setLogger;
+  expressMiddleware: typeof expressMiddleware;
+  fastifyMiddleware: typeof fastifyMiddleware;
+  SourceMapper: typeof SourceMapper;
 };
 export default pyroscope;

@@ -12,19 +12,17 @@ const heap = require('./lib/heap');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
 const fallback = require('./lib/fallback');
+const { log, setLogger } = require('./lib/logger');
+const middleware = require('./lib/middleware');
+const { SourceMapper } = require('./lib/sourcemapper');
 const { checkConfig, getEnv, processConfig, nativeOptions, heapOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
 let settings = null;
-let logger = null;
 let exitHooked = false;
 // Whether the agent that runs samples CPU (heap profiling alone runs one that does not).
 let agentCpu = false;
 let cpuOn = false;
-
-function log(level, message) {
-  if (logger !== null && typeof logger[level] === 'function') logger[level](message);
-}
 
 function requireInit(what) {
   if (settings === null) throw new Error(`pyroscope: call init() before ${what}()`);
@@ -158,8 +156,26 @@ async function stop() {
   await native.stop();
 }
 
-function setLogger(l) {
-  logger = l;
+// Pull mode: the routes answer from the running agent. The heap route needs a function
+// resolving to a gzipped heap pprof; without one it answers 501.
+// /debug/pprof/heap: the main thread's heap as it is now (heap profiling on: 503 otherwise;
+// 501 in fallback builds, which have no heap profiler).
+const heapProfile = native.jitNamesAvailable()
+  ? () => {
+      const pprof = native.heapPprof();
+      if (pprof !== null) return Promise.resolve(pprof);
+      const e = new Error('pyroscope: heap profiling is not running: call init() and start() first');
+      e.status = 503;
+      return Promise.reject(e);
+    }
+  : null;
+
+function expressMiddleware() {
+  return middleware.expressMiddleware(heapProfile);
+}
+
+function fastifyMiddleware() {
+  return middleware.fastifyMiddleware(heapProfile);
 }
 
 // A worker thread that loads the package is sampled, its code named and its heap profiled,
@@ -188,6 +204,9 @@ const api = {
   startHeapProfiling,
   stopHeapProfiling,
   setLogger,
+  expressMiddleware,
+  fastifyMiddleware,
+  SourceMapper,
 };
 
 module.exports = { ...api, default: api };

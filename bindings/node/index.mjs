@@ -17,5 +17,8 @@ export const {
   startHeapProfiling,
   stopHeapProfiling,
   setLogger,
+  expressMiddleware,
+  fastifyMiddleware,
+  SourceMapper,
 } = pyroscope;
 export default pyroscope.default;

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::aggregate::{FrameId, HeapSample};
-use crate::collector::{self, Shared};
+use crate::collector::{self, CaptureRequest, CaptureSlot, Shared};
 use crate::config::{AgentBuilder, Config, Destination};
 use crate::error::{Error, Result};
 use crate::export::{file::FileExporter, http::HttpExporter, ExportStats, Exporter, Queue};
@@ -265,6 +265,40 @@ impl Agent {
         crate::ring::COLLECTOR_WAKE.notify_all();
     }
 
+    /// Profiles CPU for `duration` from now, beside the regular windows, which go on being
+    /// built and sent as usual: the capture gets a copy of every CPU sample the agent takes
+    /// meanwhile, labels included. Returns at once; [`Capture::wait`] gives the profile once
+    /// `duration` has passed.
+    ///
+    /// The capture begins when the collector next wakes (within 50 ms) and its profile says
+    /// when it began and how long it lasted. If the agent stops first, the capture ends there
+    /// with what it has. At most 8 captures at once ([`Error::CaptureLimit`]), each at most
+    /// an hour ([`Error::InvalidCaptureDuration`]); none in a forked child
+    /// ([`Error::CaptureStopped`]).
+    pub fn capture_cpu(&self, duration: Duration) -> Result<Capture> {
+        if duration > collector::MAX_CAPTURE {
+            return Err(Error::InvalidCaptureDuration { duration });
+        }
+        if sys::getpid() != self.pid {
+            return Err(Error::CaptureStopped);
+        }
+        let capturing = &self.shared.capturing;
+        let taken = capturing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < collector::MAX_CAPTURES).then_some(n + 1));
+        if taken.is_err() {
+            return Err(Error::CaptureLimit { limit: collector::MAX_CAPTURES });
+        }
+        let slot = CaptureSlot(capturing.clone());
+        let (reply, rx) = mpsc::channel();
+        match self.shared.captures.lock().as_mut() {
+            Some(pending) => pending.push(CaptureRequest { duration, reply, slot }),
+            // The collector has ended.
+            None => return Err(Error::CaptureStopped),
+        }
+        crate::ring::COLLECTOR_WAKE.notify_all();
+        Ok(Capture { rx })
+    }
+
     /// Adds a CPU sample from another stack source (a binding's interpreter frames, leaf
     /// first), with the labels it had and its weight in sample periods.
     /// In a forked child the sample is counted as lost: the parent's collector does not run
@@ -329,6 +363,21 @@ impl Agent {
         }
     }
 
+    /// A gzipped pprof of one heap report on its own, as the window's `memory` profile would
+    /// show it (in-use, or `allocations`), for pull-mode endpoints (`/debug/pprof/heap`); the
+    /// agent's tags go on every sample, as in exported files.
+    pub fn heap_pprof(&self, allocations: bool, interval_bytes: u64, samples: Vec<HeapSample>) -> Vec<u8> {
+        let mut heap = crate::aggregate::HeapWindow::default();
+        if allocations {
+            heap.add_alloc(interval_bytes, &samples);
+        } else {
+            heap.set_inuse(0, interval_bytes, samples);
+        }
+        let labels: Vec<(String, String)> = self.config.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let now = std::time::SystemTime::now();
+        crate::pprof::encode_gzip(&heap.memory_profile(now, now, &labels))
+    }
+
     /// Time left until the open window closes (at most the upload interval; zero once it is
     /// due): when a binding that reports its runtime's heap should do it.
     pub fn window_remaining(&self) -> Duration {
@@ -386,6 +435,24 @@ impl Agent {
             // inside a request, exits when that returns.
             self.queue.abandon();
         }
+    }
+}
+
+/// A CPU profile being captured ([`Agent::capture_cpu`]).
+#[derive(Debug)]
+#[must_use = "the profile is only read through wait()"]
+pub struct Capture {
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Capture {
+    /// Blocks until the capture has ended and its profile is built: a gzipped pprof
+    /// (`process_cpu`: `samples`/count and `cpu`/nanoseconds, period `cpu`/nanoseconds, as
+    /// the uploaded CPU profiles). [`Error::CaptureStopped`] if the collector ended without
+    /// building it: the agent stopped before the capture began, or its shutdown timeout
+    /// passed while the profile was being built.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        self.rx.recv().map_err(|_| Error::CaptureStopped)
     }
 }
 

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::{AllocWindow, FrameId, HeapWindow, Window};
@@ -43,6 +43,11 @@ pub(crate) struct Shared {
     /// When the open window closes: nanoseconds after `epoch`.
     window_end: AtomicU64,
     epoch: Instant,
+    /// CPU captures asked for ([`crate::Agent::capture_cpu`]) that the collector has not
+    /// begun yet; `None` once the collector has ended, so that asking fails at once.
+    pub(crate) captures: Mutex<Option<Vec<CaptureRequest>>>,
+    /// Captures asked for and not answered yet, against [`MAX_CAPTURES`].
+    pub(crate) capturing: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -67,6 +72,8 @@ impl Shared {
             heap: Mutex::new(HeapWindow::default()),
             window_end: AtomicU64::new(0),
             epoch: Instant::now(),
+            captures: Mutex::new(Some(Vec::new())),
+            capturing: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -79,6 +86,68 @@ impl Shared {
     pub(crate) fn window_remaining(&self) -> Duration {
         let end = self.epoch + Duration::from_nanos(self.window_end.load(Ordering::Relaxed));
         end.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Most CPU captures under way at once.
+pub(crate) const MAX_CAPTURES: usize = 8;
+/// The longest CPU capture.
+pub(crate) const MAX_CAPTURE: Duration = Duration::from_secs(3600);
+
+/// A CPU capture asked for: how long, and where its gzipped pprof goes.
+pub(crate) struct CaptureRequest {
+    pub(crate) duration: Duration,
+    pub(crate) reply: mpsc::Sender<Vec<u8>>,
+    pub(crate) slot: CaptureSlot,
+}
+
+/// A place in [`Shared::capturing`], given back when the capture is answered or dropped.
+pub(crate) struct CaptureSlot(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for CaptureSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A capture under way: a window of its own, fed every sample the regular window gets.
+struct ActiveCapture {
+    window: Window,
+    end: Instant,
+    request: CaptureRequest,
+}
+
+/// Refuses new captures once the collector ends, however it ends; pending ones are dropped,
+/// which their waiters see as [`crate::Error::CaptureStopped`].
+struct CloseCaptures(Arc<Shared>);
+
+impl Drop for CloseCaptures {
+    fn drop(&mut self) {
+        self.0.captures.lock().take();
+    }
+}
+
+/// Builds and sends the profiles of the captures whose time is up (all of them with `all`).
+fn finish_captures(
+    captures: &mut Vec<ActiveCapture>,
+    all: bool,
+    symbolizer: &mut Symbolizer,
+    period: Duration,
+    labels: &[(String, String)],
+) {
+    let now = Instant::now();
+    let mut i = 0;
+    while i < captures.len() {
+        if !all && captures[i].end > now {
+            i += 1;
+            continue;
+        }
+        let ActiveCapture { window, request: CaptureRequest { reply, slot, .. }, .. } = captures.swap_remove(i);
+        let profile = window.cpu_profile(symbolizer, unwind::current(), period, SystemTime::now(), labels);
+        // Free before the waiter hears: it may ask for the next capture at once.
+        drop(slot);
+        // The waiter may have gone: nothing to do then.
+        let _ = reply.send(pprof::encode_gzip(&profile));
     }
 }
 
@@ -107,6 +176,7 @@ fn tags_hash(app: &str, tags: &BTreeMap<String, String>) -> u64 {
 /// The collector thread's body: drains the ring, aggregates, scans for threads, closes a
 /// window every upload interval (or on flush and stop) and queues its profiles.
 pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>, queue: Arc<Queue>) {
+    let _close = CloseCaptures(shared.clone());
     // The unwind tables, off the thread that started the agent (see `Sampler::start`).
     unwind::refresh();
     let ring = ring::RING_CELL.get();
@@ -125,6 +195,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     if let Destination::Directory(_) = config.destination {
         extra.extend(config.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    // A capture carries the process's sample labels, as the samples the server gets do.
+    let capture_labels: Vec<(String, String)> =
+        config.sample_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut captures: Vec<ActiveCapture> = Vec::new();
     let upload = |name: &'static str, profile: &crate::proto::Profile, start: SystemTime, end: SystemTime| Upload {
         profile_name: name,
         pprof: pprof::encode_gzip(profile),
@@ -148,9 +222,12 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         (dropped(Kind::Cpu), dropped(Kind::Alloc), dropped(Kind::Wall));
     // Lost CPU records go into the CPU profile as `[lost samples]`; lost allocation records
     // are memory that was not seen, not CPU time, and are only counted.
-    let mut count_lost = |window: &mut Window| {
+    let mut count_lost = |window: &mut Window, captures: &mut [ActiveCapture]| {
         let (cpu, alloc, wall) = (dropped(Kind::Cpu), dropped(Kind::Alloc), dropped(Kind::Wall));
         window.add_lost(cpu - cpu_lost_seen);
+        for c in captures.iter_mut() {
+            c.window.add_lost(cpu - cpu_lost_seen);
+        }
         shared.lost.fetch_add(cpu - cpu_lost_seen, Ordering::Relaxed);
         shared.alloc_lost.fetch_add(alloc - alloc_lost_seen, Ordering::Relaxed);
         shared.wall_lost.fetch_add(wall - wall_lost_seen, Ordering::Relaxed);
@@ -160,7 +237,11 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     let mut ends: Vec<usize> = Vec::new();
     let mut keys: Vec<u64> = Vec::new();
     let mut merger = NativeMerger::default();
-    let mut drain = |window: &mut Window, wall: &mut Window, allocs: &mut AllocWindow, symbolizer: &mut Symbolizer| {
+    let mut drain = |window: &mut Window,
+                     wall: &mut Window,
+                     captures: &mut [ActiveCapture],
+                     allocs: &mut AllocWindow,
+                     symbolizer: &mut Symbolizer| {
         let Some(r) = ring else { return 0 };
         let mut resolver = crate::interp::resolver();
         merger.refresh();
@@ -195,7 +276,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 // The labels the interpreter had in force lie over the thread's.
                 Kind::Cpu => {
                     let label_id = context.map_or(rec.label_id, |c| crate::labels::merge_ids(rec.label_id, &c));
-                    window.add_cpu(stack, rec.truncated, label_id, rec.weight)
+                    window.add_cpu(stack, rec.truncated, label_id, rec.weight);
+                    for c in captures.iter_mut() {
+                        c.window.add_cpu(stack, rec.truncated, label_id, rec.weight);
+                    }
                 }
                 // Live allocations are keyed by the thread's labels: the interpreter's are
                 // kept per stack (its words, context included, make the hash).
@@ -219,6 +303,9 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             } else {
                 tick
             };
+            // Awake when a capture's time is up.
+            let now = Instant::now();
+            let timeout = captures.iter().map(|c| c.end.saturating_duration_since(now)).fold(timeout, Duration::min);
             if !*stop && !shared.flush_now.load(Ordering::SeqCst) && !timeout.is_zero() {
                 stop = ring::COLLECTOR_WAKE.wait_for(stop, timeout);
             }
@@ -226,15 +313,27 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         };
         // Before draining: a hook that fills its lane during the drain asks again.
         ring::WAKE_ASKED.store(false, Ordering::Release);
-        busy = drain(&mut window, &mut wall, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
+        busy = drain(&mut window, &mut wall, &mut captures, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();
         }
-        count_lost(&mut window);
+        count_lost(&mut window, &mut captures);
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
             window.add_cpu_frames(&frames, label.id(), weight);
+            for c in captures.iter_mut() {
+                c.window.add_cpu_frames(&frames, label.id(), weight);
+            }
         }
         add_wall(&shared, &mut wall);
+        finish_captures(&mut captures, false, &mut symbolizer, period, &capture_labels);
+        // Captures asked for since the last pass begin now, after the samples taken before
+        // them went into the regular window only.
+        if !stopping {
+            for request in shared.captures.lock().iter_mut().flat_map(|pending| pending.drain(..)) {
+                let end = Instant::now() + request.duration;
+                captures.push(ActiveCapture { window: Window::new(SystemTime::now()), end, request });
+            }
+        }
         if !stopping {
             // Cheap when nothing was loaded or unloaded: one dl_iterate_phdr step.
             unwind::refresh();
@@ -255,9 +354,11 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 // Stop the timers and allocation sampling first, then take what they wrote.
                 sampler.stop();
                 crate::alloc::ENABLED.store(false, Ordering::SeqCst);
-                drain(&mut window, &mut wall, &mut allocs, &mut symbolizer);
-                count_lost(&mut window);
+                drain(&mut window, &mut wall, &mut captures, &mut allocs, &mut symbolizer);
+                count_lost(&mut window, &mut captures);
                 add_wall(&shared, &mut wall);
+                // Captures under way end here, with what they have.
+                finish_captures(&mut captures, true, &mut symbolizer, period, &capture_labels);
             }
             let end = SystemTime::now();
             let closed = std::mem::replace(&mut window, Window::new(end));
@@ -268,8 +369,12 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             shared.truncated.fetch_add(closed.truncated, Ordering::Relaxed);
             shared.windows.fetch_add(1, Ordering::Relaxed);
             // Label sets this window and the allocation samples still name are in use.
-            let mut label_ids: Vec<u32> =
-                closed.label_ids().chain(closed_wall.label_ids()).chain(allocs.label_ids()).collect();
+            let mut label_ids: Vec<u32> = closed
+                .label_ids()
+                .chain(closed_wall.label_ids())
+                .chain(allocs.label_ids())
+                .chain(captures.iter().flat_map(|c| c.window.label_ids()))
+                .collect();
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 #[cfg(feature = "test-hooks")]

@@ -148,6 +148,23 @@ pub enum Error {
         /// The I/O error.
         reason: String,
     },
+    /// [`Agent::capture_cpu`](crate::Agent::capture_cpu) was asked for more than an hour.
+    #[error("invalid capture duration {duration:?}: at most 1 h")]
+    InvalidCaptureDuration {
+        /// The rejected duration.
+        duration: Duration,
+    },
+    /// [`Agent::capture_cpu`](crate::Agent::capture_cpu) found as many captures running as
+    /// it allows at once.
+    #[error("too many CPU captures at once (limit {limit})")]
+    CaptureLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The agent stopped (or is stopping, or this is a forked child) before a CPU capture
+    /// could be built.
+    #[error("the profiler agent stopped before the CPU capture ended")]
+    CaptureStopped,
     /// [`LabelSet::new`](crate::LabelSet::new) found the live label sets at their cap; the
     /// new set was not interned (`tag_wrapper` and `push_labels` use the overflow set instead).
     #[error("too many label sets in use (limit {limit}); unused ones are reclaimed as windows close")]

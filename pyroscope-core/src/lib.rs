@@ -29,6 +29,9 @@
 //!   application's threads (demangled, with file:line and inlined frames) and closes a window
 //!   every upload interval. An uploader thread sends it with retries, backoff and jitter;
 //!   the queue is bounded and drops the oldest profile when full (counted in [`Stats`]).
+//! - [`Agent::capture_cpu`] profiles the next N seconds on demand (pull mode, as Go's
+//!   `/debug/pprof/profile`): the collector copies what it drains into the capture's own
+//!   window, so the regular windows and uploads go on unchanged.
 //! - Changing labels costs one thread-local atomic store with a pre-built [`LabelSet`]. Label
 //!   sets no longer used are reclaimed as windows close; at 65,536 live sets new ones are
 //!   recorded as `pyroscope_overflow="true"` (counted in [`Stats`]).
@@ -76,7 +79,7 @@ use pyroscope_pprof as pprof;
 /// process's agent slot; for tests that start agents one after another.
 #[doc(hidden)]
 pub use agent::running as agent_running;
-pub use agent::{Agent, Stats};
+pub use agent::{Agent, Capture, Stats};
 pub use aggregate::{FrameId, HeapSample};
 pub use alloc::{SamplingAllocator, DEFAULT_SAMPLE_BYTES};
 pub use config::{env, parse_tags, validate_tag, AgentBuilder, Auth, Config, Destination, Protocol, MAX_SAMPLE_RATE};

@@ -9,6 +9,7 @@ static GLOBAL: pyroscope_core::SamplingAllocator<std::alloc::System> =
     pyroscope_core::SamplingAllocator::new(std::alloc::System);
 
 mod agent;
+mod capture;
 mod cpu;
 mod export;
 mod fork;

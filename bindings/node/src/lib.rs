@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
 
@@ -175,6 +176,84 @@ pub fn stop_now() -> bool {
     }
 }
 
+fn not_running() -> napi::Error {
+    napi::Error::new(Status::GenericFailure, "pyroscope: profiling is not running: call init() and start() first")
+}
+
+/// Profiles CPU for the next `ms` milliseconds beside the regular uploads (pull mode): a
+/// Promise of the gzipped pprof. A thread of its own waits for the profile, so neither the
+/// event loop nor a libuv worker (4 by default, shared with `fs` and `dns`) is held for the
+/// capture's length.
+#[napi(ts_return_type = "Promise<Buffer>")]
+pub fn capture_cpu(env: &Env, ms: u32) -> Result<Object<'_>> {
+    let capture = match agent().as_ref() {
+        Some(a) => a.capture_cpu(Duration::from_millis(ms.into())),
+        None => return Err(not_running()),
+    };
+    let capture = capture.map_err(|e| napi::Error::new(Status::GenericFailure, format!("pyroscope: {e}")))?;
+    let (deferred, promise) = env.create_deferred::<Buffer, _>()?;
+    std::thread::Builder::new()
+        .name("pyroscope-capture".into())
+        .spawn(move || {
+            pyroscope_core::mark_own_thread();
+            match capture.wait() {
+                Ok(bytes) => deferred.resolve(move |_| Ok(Buffer::from(bytes))),
+                Err(e) => deferred.reject(napi::Error::new(Status::GenericFailure, format!("pyroscope: {e}"))),
+            }
+        })
+        .map_err(|e| napi::Error::new(Status::GenericFailure, format!("pyroscope: spawning a thread: {e}")))?;
+    Ok(promise)
+}
+
+/// The JavaScript function the core's log records go to: `(level, message)`, called on the
+/// event loop of the thread that set it; weak, so it never keeps the process alive.
+type LogCallback = ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String, String)>, Status, false, true>;
+
+static LOG_CALLBACK: Mutex<Option<LogCallback>> = Mutex::new(None);
+
+/// Hands the core's log records (warnings such as a failed upload, logged once per kind) to
+/// JavaScript's logger.
+struct JsLogger;
+
+impl log::Log for JsLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let level = match r.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warn",
+            log::Level::Info => "info",
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
+        };
+        let guard = LOG_CALLBACK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = guard.as_ref() {
+            // Never blocks: a full queue or a closing thread drops the record.
+            f.call((level.to_owned(), r.args().to_string()).into(), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static JS_LOGGER: JsLogger = JsLogger;
+
+/// Sends the core's log records to `callback(level, message)`, or nowhere (`null`).
+#[napi]
+pub fn set_log_callback(
+    #[napi(ts_arg_type = "((level: string, message: string) => void) | null")] callback: Option<LogCallback>,
+) {
+    // Fails only if another logger is installed in this process: ours then stays unused.
+    let _ = log::set_logger(&JS_LOGGER);
+    log::set_max_level(if callback.is_some() { log::LevelFilter::Info } else { log::LevelFilter::Off });
+    *LOG_CALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = callback;
+}
+
 /// Closes the current window now (its profiles are sent in the background).
 #[napi]
 pub fn flush() -> bool {
@@ -275,6 +354,25 @@ pub fn heap_collect() -> Option<HeapRead> {
         None => false,
     };
     Some(HeapRead { stacks, objects: objects as f64, bytes: bytes as f64, nodes, samples, ms, sent })
+}
+
+/// The calling thread's isolate's heap now, as a gzipped pprof (`/debug/pprof/heap`); the
+/// same read goes to the open window as `heapCollect` would send it, so pulling loses nothing.
+/// `null` when this thread's sampling does not run or no agent runs.
+#[napi]
+pub fn heap_pprof() -> Option<Buffer> {
+    let read = heap::read()?;
+    let guard = agent();
+    let a = guard.as_ref()?;
+    let pprof = a.heap_pprof(read.allocations, read.interval, read.samples.clone());
+    if read.allocations {
+        a.add_heap_allocations(read.interval, &read.samples);
+    } else {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+        a.set_heap_inuse(tid, read.interval, read.samples);
+    }
+    Some(pprof.into())
 }
 
 /// Heap profiling settings, as `heapStart` takes them.

@@ -3,7 +3,9 @@
 // (tests/receiver, `pyroscope-receiver`), which decodes every pprof it accepts; the tests
 // read the decoded profiles.
 
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
 
@@ -45,7 +47,8 @@ function startReceiver(mode) {
 
 /**
  * Runs `node <args>` with `env` added, and resolves when it exits to
- * { code, signal, stdout, stderr, ms }. Bounded by `timeoutMs` (then killed).
+ * { code, signal, stdout, stderr, ms, exitedAt (Date.now() at exit) }. Bounded by
+ * `timeoutMs` (then killed).
  */
 function run(args, env = {}, { timeoutMs = 60000, cwd = pkg } = {}) {
   return new Promise((resolve) => {
@@ -58,9 +61,22 @@ function run(args, env = {}, { timeoutMs = 60000, cwd = pkg } = {}) {
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
+      resolve({ code, signal, stdout, stderr, ms: Number(process.hrtime.bigint() - t0) / 1e6, exitedAt: Date.now() });
     });
   });
+}
+
+/**
+ * Decodes a pprof (gzipped or not) with the receiver's decoder (`--decode`), which checks
+ * the pprof as strictly as it checks uploads: the profile as the receiver prints profiles.
+ */
+function decodePprof(bytes) {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-pprof-')), 'profile.pb.gz');
+  fs.writeFileSync(file, bytes);
+  const res = spawnSync(receiverBin, ['--decode', file], { encoding: 'utf8' });
+  fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  if (res.status !== 0) throw new Error(`the pprof does not decode: ${res.stderr}`);
+  return JSON.parse(res.stdout);
 }
 
 /** Sample type index of `type` in a decoded profile. */
@@ -87,4 +103,4 @@ function total(profiles, type, keep = () => true) {
 /** Whether a sample's stack has a frame whose function matches `re`. */
 const has = (re) => (s) => s.frames.some((f) => re.test(f.function));
 
-module.exports = { startReceiver, run, cpuProfiles, total, has, pkg, repo };
+module.exports = { startReceiver, run, decodePprof, cpuProfiles, total, has, pkg, repo };

@@ -9,6 +9,9 @@
 //!
 //! `--mode status:CODE | slow:MS | garbage` answers every request that way. Stops at end of
 //! stdin or on SIGTERM.
+//!
+//! `--decode FILE` prints one pprof file (gzipped or not) as a profile line with endpoint
+//! `"file"`, or exits 1 with the decoding error (pull-mode tests: what an HTTP handler served).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -36,7 +39,10 @@ fn string(p: &Profile, i: i64) -> String {
 }
 
 fn profile_json(r: &Received) -> Value {
-    let p = &r.profile;
+    file_json(r.endpoint, &r.labels, &r.profile)
+}
+
+fn file_json(endpoint: &str, labels: &BTreeMap<String, String>, p: &Profile) -> Value {
     let functions: BTreeMap<u64, (String, String)> =
         p.function.iter().map(|f| (f.id, (string(p, f.name), string(p, f.filename)))).collect();
     let locations: BTreeMap<u64, Vec<Value>> = p
@@ -74,8 +80,8 @@ fn profile_json(r: &Received) -> Value {
         .collect();
     let vt = |t: &pyroscope_core::proto::ValueType| json!([string(p, t.r#type), string(p, t.unit)]);
     json!({
-        "endpoint": r.endpoint,
-        "labels": r.labels,
+        "endpoint": endpoint,
+        "labels": labels,
         "sample_types": p.sample_type.iter().map(vt).collect::<Vec<_>>(),
         "period_type": p.period_type.as_ref().map(vt),
         "period": p.period,
@@ -92,11 +98,26 @@ fn main() {
         let value = args.next();
         let parsed = match (a.as_str(), value) {
             ("--mode", Some(v)) => parse_mode(&v).map(|m| mode = m),
+            ("--decode", Some(v)) => {
+                let decoded = std::fs::read(&v)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| pyroscope_core::decode_pprof(&b).map_err(|e| e.to_string()));
+                match decoded {
+                    Ok(p) => println!("{}", file_json("file", &BTreeMap::new(), &p)),
+                    Err(e) => {
+                        eprintln!("--decode {v}: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                std::process::exit(0);
+            }
             ("--out", Some(v)) => {
                 out_path = Some(v);
                 Ok(())
             }
-            _ => Err(format!("usage: pyroscope-receiver [--mode status:CODE|slow:MS|garbage] [--out FILE] ({a:?})")),
+            _ => Err(format!(
+                "usage: pyroscope-receiver [--mode status:CODE|slow:MS|garbage] [--out FILE] | --decode FILE ({a:?})"
+            )),
         };
         if let Err(e) = parsed {
             eprintln!("{e}");

@@ -1,0 +1,36 @@
+'use strict';
+// Uploads run on the core's thread: a CPU-bound event loop neither delays nor drops them.
+// setLabels' labels survive every upload.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+
+test('profiles arrive while the event loop is busy, and setLabels outlives the uploads', async (t) => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/busy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout);
+  assert.deepEqual(out.labels, { tenant: 'a' });
+  assert.ok(out.windowsAfter >= 2, `windows after the loop: ${out.windowsAfter}`);
+
+  const cpu = cpuProfiles(r);
+  const busy = has(/^\.\/test\/fixtures\/busy\.js:busyLoop:\d+$/);
+  // Received while the loop ran (the receiver stamps each profile as it decodes it).
+  const during = cpu.filter((p) => p.receivedAt > out.loopStart && p.receivedAt < out.loopEnd);
+  t.diagnostic(`loop ${out.loopEnd - out.loopStart} ms; profiles received during it: ${during.length}, after: ${cpu.length - during.length}`);
+  assert.ok(during.length >= 2, `profiles received during the 4 s loop: ${during.length}`);
+  assert.ok(during.every((p) => total([p], 'cpu', busy) > 0), 'a profile sent during the loop misses busyLoop');
+  // The loop's whole CPU time is in the profiles (nothing dropped): most of its 4 s.
+  assert.ok(total(cpu, 'cpu', busy) > 2e9, `busyLoop: ${total(cpu, 'cpu', busy) / 1e6} ms`);
+
+  // Every sample of the labelled work carries the label, in every window.
+  const tenant = has(/:tenantWork:\d+$/);
+  const withWork = cpu.filter((p) => total([p], 'cpu', tenant) > 0);
+  assert.ok(withWork.length >= 2, `profiles with tenantWork: ${withWork.length}`);
+  for (const fn of [busy, tenant]) {
+    const all = total(cpu, 'cpu', fn);
+    assert.equal(total(cpu, 'cpu', (s) => fn(s) && s.labels.tenant === 'a'), all, 'a sample lost tenant=a');
+  }
+});

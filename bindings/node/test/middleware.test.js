@@ -1,0 +1,161 @@
+'use strict';
+// Pull mode with real Express and Fastify servers: /debug/pprof/profile?seconds=N answers a
+// gzipped pprof of the next N seconds' CPU samples, taken while the uploads go on;
+// /debug/pprof/heap answers the heap as it is (in-use memory); everything else goes on to the
+// app.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+const express = require('express');
+const Fastify = require('fastify');
+const { startReceiver, decodePprof, total, has } = require('./helpers');
+
+for (const k of Object.keys(process.env)) if (k.startsWith('PYROSCOPE_')) delete process.env[k];
+const pyroscope = require('pyroscope-profiler').default;
+
+function burnForCapture(ms) {
+  const end = Date.now() + ms;
+  let x = 0;
+  while (Date.now() < end) for (let i = 0; i < 1000; i++) x += Math.sqrt(i);
+  return x;
+}
+
+/** Keeps the event loop mostly busy in burnForCapture (labelled route=capture) until stopped. */
+function burning() {
+  const timer = setInterval(() => pyroscope.wrapWithLabels({ route: 'capture' }, burnForCapture, 15), 20);
+  return () => clearInterval(timer);
+}
+
+async function get(base, url, init) {
+  const res = await fetch(new URL(url, base), init);
+  return { status: res.status, type: res.headers.get('content-type'), body: Buffer.from(await res.arrayBuffer()) };
+}
+
+const captured = has(/^\.\/test\/middleware\.test\.js:burnForCapture:\d+$/);
+
+/** Checks a served CPU profile: gzipped, decodes, lasted `seconds`, has the labelled burn. */
+function checkProfile(body, seconds) {
+  assert.deepEqual([...body.subarray(0, 2)], [0x1f, 0x8b], 'not gzipped');
+  const p = decodePprof(body);
+  assert.deepEqual(p.sample_types, [['samples', 'count'], ['cpu', 'nanoseconds']]);
+  assert.ok(p.duration_nanos >= seconds * 1e9 && p.duration_nanos < (seconds + 1.5) * 1e9, `lasted ${p.duration_nanos} ns`);
+  const ns = total([p], 'cpu', captured);
+  assert.ok(ns > 0, 'no burnForCapture in the capture');
+  assert.equal(total([p], 'cpu', (s) => captured(s) && s.labels.route === 'capture'), ns, 'a sample lost its label');
+  return p;
+}
+
+// Kept alive while the heap is read: a known retainer on top of the in-use profile.
+let retained = null;
+function retainForHeap() {
+  retained = [];
+  for (let i = 0; i < 20000; i++) retained.push({ i, pad: new Array(64).fill(i) });
+}
+
+/** Checks a served heap profile: gzipped, in-use types, the retainer in it. */
+function checkHeap(body) {
+  assert.deepEqual([...body.subarray(0, 2)], [0x1f, 0x8b], 'not gzipped');
+  const p = decodePprof(body);
+  assert.deepEqual(p.sample_types, [['inuse_objects', 'count'], ['inuse_space', 'bytes']]);
+  const bytes = total([p], 'inuse_space', has(/:retainForHeap:\d+$/));
+  assert.ok(bytes > 1 << 20, `retainForHeap holds ${bytes} bytes in the served heap`);
+}
+
+let receiver;
+test.before(async () => {
+  receiver = await startReceiver();
+  pyroscope.init({ appName: 'pull', serverAddress: receiver.url, flushIntervalMs: 1000 });
+});
+test.after(async () => {
+  await pyroscope.stop();
+  await receiver.close();
+});
+
+test('express: profile, heap, pass-through, bad seconds, and 503 before start()', async (t) => {
+  const app = express();
+  app.use(pyroscope.expressMiddleware());
+  app.get('/hello', (req, res) => res.send('hello'));
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const before = await get(base, '/debug/pprof/profile?seconds=1');
+    assert.equal(before.status, 503);
+    assert.match(before.body.toString(), /profiling is not running: call init\(\) and start\(\) first/);
+    pyroscope.start();
+
+    assert.deepEqual([(await get(base, '/hello')).status, (await get(base, '/hello')).body.toString()], [200, 'hello']);
+    assert.equal((await get(base, '/debug/pprof/profile', { method: 'POST' })).status, 404, 'POST reached the profiler');
+    assert.equal((await get(base, '/debug/pprof/profiles')).status, 404);
+    retainForHeap();
+    const heap = await get(base, '/debug/pprof/heap');
+    assert.equal(heap.status, 200, heap.body.toString());
+    checkHeap(heap.body);
+    for (const bad of ['abc', '-1', '3601', 'Infinity']) {
+      const r = await get(base, `/debug/pprof/profile?seconds=${bad}`);
+      assert.equal(r.status, 400, bad);
+      assert.match(r.body.toString(), /seconds must be a number from 0 to 3600/);
+    }
+
+    const stop = burning();
+    const asked = Date.now();
+    const res = await get(base, '/debug/pprof/profile?seconds=2');
+    const answered = Date.now();
+    stop();
+    assert.equal(res.status, 200, res.body.toString());
+    assert.equal(res.type, 'application/octet-stream');
+    checkProfile(res.body, 2);
+    // The continuous uploads went on meanwhile.
+    const uploaded = receiver.profiles.filter((p) => p.receivedAt > asked && p.receivedAt < answered);
+    assert.ok(uploaded.length >= 1, 'no upload during the capture');
+    assert.ok(uploaded.some((p) => total([p], 'cpu', captured) > 0), 'the uploads miss the captured work');
+
+    // Once, the same bytes through go tool pprof.
+    const go = spawnSync('go', ['version']);
+    if (go.status !== 0) {
+      t.diagnostic('go not found: go tool pprof cross-check skipped');
+      return;
+    }
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-go-'));
+    fs.writeFileSync(path.join(dir, 'cpu.pb.gz'), res.body);
+    const raw = spawnSync('go', ['tool', 'pprof', '-raw', path.join(dir, 'cpu.pb.gz')], { encoding: 'utf8', timeout: 60000 });
+    fs.rmSync(dir, { recursive: true, force: true });
+    assert.equal(raw.status, 0, raw.stderr);
+    assert.match(raw.stdout, /PeriodType: cpu nanoseconds/);
+    assert.match(raw.stdout, /samples\/count cpu\/nanoseconds/);
+    assert.match(raw.stdout, /\.\/test\/middleware\.test\.js:burnForCapture:\d+/);
+    assert.match(raw.stdout, /route:\[capture\]/);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('fastify: profile (two at once), heap, and its own routes', async () => {
+  pyroscope.start();
+  const app = Fastify();
+  await app.register(pyroscope.fastifyMiddleware());
+  app.get('/hello', async () => 'hello');
+  const base = await app.listen({ port: 0, host: '127.0.0.1' });
+  try {
+    assert.equal((await get(base, '/hello')).body.toString(), 'hello');
+    assert.equal((await get(base, '/nothing')).status, 404);
+    const heap = await get(base, '/debug/pprof/heap');
+    assert.equal(heap.status, 200, heap.body.toString());
+    checkHeap(heap.body);
+    assert.equal((await get(base, '/debug/pprof/profile?seconds=x')).status, 400);
+    const stop = burning();
+    const both = await Promise.all([get(base, '/debug/pprof/profile?seconds=1'), get(base, '/debug/pprof/profile?seconds=1')]);
+    stop();
+    for (const res of both) {
+      assert.equal(res.status, 200, res.body.toString());
+      assert.equal(res.type, 'application/octet-stream');
+      checkProfile(res.body, 1);
+    }
+  } finally {
+    await app.close();
+  }
+});
