@@ -18,6 +18,18 @@ echo "==> installing the Node rideshare (npm ci in examples/rideshare/node)"
 examples/rideshare/node/run --build-only
 
 source "$root/scripts/lib.sh"
+
+# One line per region: its in-use memory (MiB) window after window, from the profiles in $1.
+inuse_lines() {
+  local region v series
+  for region in us-east eu-north ap-south; do
+    series=""
+    for v in $(inuse_series "$1" $region); do
+      series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
+    done
+    echo "  $region:$series"
+  done
+}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -76,25 +88,13 @@ for region in us-east eu-north; do
 done
 echo
 echo "==> memory in use at the end of each window (inuse_space, MiB): us-east leaks, the others stay flat"
-for region in us-east eu-north ap-south; do
-  series=""
-  for v in $(inuse_series "$out" $region); do
-    series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
-  done
-  echo "  $region:$series"
-done
+inuse_lines "$out"
 echo
 echo "==> Python: CPU per region (eu-north busy-waits), then memory in use per window (us-east leaks)"
 for region in us-east eu-north ap-south; do
   echo "  $region: $("$bin/pyroscope" top "$pyout" --tsv --type cpu --where region=$region 2>/dev/null | head -1 | cut -f2) ns CPU"
 done
-for region in us-east eu-north ap-south; do
-  series=""
-  for v in $(inuse_series "$pyout" $region); do
-    series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
-  done
-  echo "  $region:$series"
-done
+inuse_lines "$pyout"
 "$bin/pyroscope" report "$pyout" --by region --out "$root/demo/report-python.html" >/dev/null
 echo
 echo "==> Node: CPU per region (eu-north busy-waits in mutexLock)"
@@ -105,13 +105,7 @@ for region in us-east eu-north ap-south; do
 done
 if ls "$nodeout"/*.memory.*.pb.gz >/dev/null 2>&1; then
   echo "==> Node: memory in use per window (MiB; us-east leaks)"
-  for region in us-east eu-north ap-south; do
-    series=""
-    for v in $(inuse_series "$nodeout" $region); do
-      series="$series $(awk -v b="$v" 'BEGIN { printf "%.1f", b / 1048576 }')"
-    done
-    echo "  $region:$series"
-  done
+  inuse_lines "$nodeout"
 fi
 "$bin/pyroscope" report "$nodeout" --by region --out "$root/demo/report-node.html" >/dev/null
 echo

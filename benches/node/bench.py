@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,41 +74,8 @@ class Receiver(python_bench.Receiver):
 
 
 def run_child(node, cfg, timeout):
-    """Runs workload.js once. Returns its JSON (plus rss_mib, child_cpu, elapsed, exit s), or
-    None; on timeout, {"killed": timeout}."""
-    err = tempfile.TemporaryFile()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [node, WORKLOAD, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
-    )
-    killed = []
-
-    def kill():
-        killed.append(True)
-        proc.kill()
-
-    timer = threading.Timer(timeout, kill)
-    timer.start()
-    _, status, ru = os.wait4(proc.pid, 0)
-    ended = time.monotonic()
-    timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read().decode(errors="replace").strip().splitlines()
-    proc.stdout.close()
-    if killed:
-        return dict(killed=timeout)
-    if proc.returncode != 0 or not out:
-        err.seek(0)
-        log(f"  child failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
-        return None
-    m = json.loads(out[-1])
-    m.update(
-        rss_mib=ru.ru_maxrss / 1024.0,
-        child_cpu=ru.ru_utime + ru.ru_stime,
-        elapsed=ended - started,
-        exit=ended - m["work_end"],
-    )
-    return m
+    """Runs workload.js once (see the Python rows' run_child)."""
+    return python_bench.run_child(node, cfg, timeout, workload=WORKLOAD, end_key="work_end")
 
 
 class Bench:

@@ -98,11 +98,14 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}"
 
 
-def run_child(python, cfg, timeout):
-    """Runs workload.py once. Returns its JSON (plus rss_mib, child_cpu, exit s), or None."""
+def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end"):
+    """Runs `interpreter workload cfg` once (the Node rows use it with workload.js). Returns the
+    child's last JSON line plus rss_mib, child_cpu, elapsed (its whole life, s) and exit (from
+    its `end_key` time to its exit, s); on timeout what it printed plus killed; or None."""
     err = tempfile.TemporaryFile()
+    started = time.monotonic()
     proc = subprocess.Popen(
-        [python, WORKLOAD, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
+        [interpreter, workload, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
     )
     killed = []
 
@@ -130,7 +133,8 @@ def run_child(python, cfg, timeout):
     m.update(
         rss_mib=ru.ru_maxrss / 1024.0,
         child_cpu=ru.ru_utime + ru.ru_stime,
-        exit=ended - m["main_end"],
+        elapsed=ended - started,
+        exit=ended - m[end_key],
     )
     return m
 
