@@ -147,13 +147,16 @@ impl Agent {
         let stats = Arc::new(ExportStats::default());
         let queue = Arc::new(Queue::new(config.queue_capacity, stats.clone()));
         let shared = Arc::new(Shared::new(stats));
+        // The first window's end, known before the collector starts: `window_remaining` is
+        // right from the start.
+        shared.set_window_end(std::time::Instant::now() + config.upload_interval);
         let sampler = Sampler::start(
             config.cpu,
             config.signal,
             config.signal_on_alt_stack,
             config.sample_rate,
             collector::RING_LANES,
-            collector::LANE_CAPACITY,
+            config.ring_records.div_ceil(collector::RING_LANES),
         )?;
         if config.memory {
             crate::alloc::reset_live();

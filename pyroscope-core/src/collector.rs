@@ -77,7 +77,7 @@ impl Shared {
         }
     }
 
-    fn set_window_end(&self, end: Instant) {
+    pub(crate) fn set_window_end(&self, end: Instant) {
         let ns = end.saturating_duration_since(self.epoch).as_nanos().min(u64::MAX as u128) as u64;
         self.window_end.store(ns, Ordering::Relaxed);
     }
@@ -160,9 +160,8 @@ const TICK: Duration = Duration::from_millis(50);
 /// wakes it, so bursts (a program allocating tens of GB/s) do not overflow the ring and lose
 /// samples.
 const BUSY_TICK: Duration = Duration::from_millis(2);
-/// Ring lanes (writer threads are spread over them) and records per lane: 4 MiB in all.
+/// Ring lanes (writer threads are spread over them); `Config::ring_records` share them.
 pub(crate) const RING_LANES: usize = 4;
-pub(crate) const LANE_CAPACITY: usize = 1024;
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
 
@@ -313,7 +312,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         };
         // Before draining: a hook that fills its lane during the drain asks again.
         ring::WAKE_ASKED.store(false, Ordering::Release);
-        busy = drain(&mut window, &mut wall, &mut captures, &mut allocs, &mut symbolizer) >= LANE_CAPACITY / 8;
+        busy = drain(&mut window, &mut wall, &mut captures, &mut allocs, &mut symbolizer)
+            >= config.ring_records.div_ceil(RING_LANES) / 8;
         if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
             crate::alloc::make_resident();
         }

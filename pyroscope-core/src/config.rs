@@ -11,6 +11,9 @@ use crate::labels::{validate_name, validate_tag_value};
 /// rates mostly add overrun weight, not resolution.
 pub const MAX_SAMPLE_RATE: u32 = 10_000;
 
+/// Records of the sample ring by default: room for bursts of sampled allocations.
+pub(crate) const DEFAULT_RING_RECORDS: usize = 4096;
+
 /// Which endpoint carries the profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -107,6 +110,10 @@ pub struct Config {
     pub alloc_sample_bytes: u64,
     /// Seed of the allocation sampling RNG (fixed for reproducible tests).
     pub alloc_seed: Option<u64>,
+    /// Records the sample ring holds between two drains of the collector (its memory is about
+    /// 1 KiB a record, resident as it fills). The ring is made once per process, by the first
+    /// agent: a later agent's setting has no effect.
+    pub ring_records: usize,
 }
 
 /// Collects settings; [`build`](AgentBuilder::build) validates them all into a [`Config`], and
@@ -141,6 +148,7 @@ impl AgentBuilder {
                 signal_on_alt_stack: false,
                 shutdown_timeout: Duration::from_secs(2),
                 queue_capacity: 32,
+                ring_records: DEFAULT_RING_RECORDS,
                 cpu: true,
                 memory: true,
                 alloc_sample_bytes: crate::alloc::DEFAULT_SAMPLE_BYTES,
@@ -333,6 +341,14 @@ impl AgentBuilder {
     /// Fixes the allocation sampling RNG's seed, for reproducible tests.
     pub fn alloc_seed(mut self, seed: u64) -> Self {
         self.config.alloc_seed = Some(seed);
+        self
+    }
+
+    /// Records the sample ring holds (default 4,096, about 4 MiB): bursts of sampled
+    /// allocations need that; CPU and wall samples alone (a runtime without allocation hooks)
+    /// fit in 1,024 at 1 kHz. At least 256. The first agent of a process makes the ring.
+    pub fn ring_records(mut self, records: usize) -> Self {
+        self.config.ring_records = records.max(256);
         self
     }
 

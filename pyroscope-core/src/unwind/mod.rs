@@ -22,7 +22,31 @@ pub(crate) use framehop::x86_64::{
 };
 
 /// Owned unwind section bytes.
-pub(crate) type SectionData = Arc<[u8]>;
+/// A module's unwind section bytes: a copy, or, for the main program (never unloaded), the
+/// loaded bytes themselves, so that a large executable's tables (Node's are 3.3 MB) cost only
+/// the pages unwinding touches instead of a copy plus every page read to make it.
+#[derive(Clone)]
+pub(crate) enum SectionData {
+    Copied(Arc<[u8]>),
+    Loaded(&'static [u8]),
+}
+
+impl Default for SectionData {
+    fn default() -> Self {
+        SectionData::Loaded(&[])
+    }
+}
+
+impl std::ops::Deref for SectionData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SectionData::Copied(bytes) => bytes,
+            SectionData::Loaded(bytes) => bytes,
+        }
+    }
+}
 pub(crate) type SignalUnwinder = NativeUnwinder<SectionData, MustNotAllocateDuringUnwind>;
 pub(crate) type SignalCache = NativeCache<MustNotAllocateDuringUnwind>;
 
@@ -239,12 +263,14 @@ struct Sections {
     eh: SectionData,
 }
 
-/// Copies `.eh_frame_hdr` and `.eh_frame`. Only inside dl_iterate_phdr's callback.
-fn copy_sections(f: &Found) -> Option<Sections> {
+/// Copies `.eh_frame_hdr` and `.eh_frame` (refers to them, for the main program). Only inside
+/// dl_iterate_phdr's callback.
+fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
     let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
     // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of an object that cannot be
-    // unloaded while the loader runs our dl_iterate_phdr callback.
-    let hdr: &[u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
+    // unloaded while the loader runs our dl_iterate_phdr callback; the main program's stay
+    // mapped for the life of the process (it is never unloaded), hence 'static.
+    let hdr: &'static [u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
     // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
     if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
         return None;
@@ -253,9 +279,16 @@ fn copy_sections(f: &Found) -> Option<Sections> {
     let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
     let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
     // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of the same object, mapped for
-    // the duration of the callback as above.
-    let eh: &[u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
-    Some(Sections { hdr_addr, hdr: SectionData::from(hdr), eh_addr, eh: SectionData::from(eh) })
+    // the duration of the callback (for the main program, for good) as above.
+    let eh: &'static [u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
+    let data = |bytes: &'static [u8]| {
+        if main_program {
+            SectionData::Loaded(bytes)
+        } else {
+            SectionData::Copied(Arc::from(bytes))
+        }
+    };
+    Some(Sections { hdr_addr, hdr: data(hdr), eh_addr, eh: data(eh) })
 }
 
 fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
@@ -291,7 +324,8 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                     _ => {}
                 }
             }
-            found.sections = copy_sections(&found);
+            // The loader reports the main program first.
+            found.sections = copy_sections(&found, out.is_empty());
             out.push(found);
         }
         0
