@@ -97,11 +97,15 @@ fn new_cache() -> *mut SignalCache {
     };
     let mut out: *mut SignalCache = std::ptr::null_mut();
     let top = base.wrapping_add(GUARD_SIZE + BUILD_STACK_SIZE);
-    // SAFETY: `top` is the page-aligned end of a fresh mapping above its guard page that only
-    // this call uses; `build` does not unwind (a panic in an extern "C" fn aborts) and writes
-    // only `out`, which outlives the call. A signal handler that interrupts `build` runs on
-    // this stack or on its own, and returns before `build` goes on.
-    unsafe { crate::sys::call_on_stack(top, build, (&mut out as *mut *mut SignalCache).cast()) };
+    // Allocations made on this stack are not sampled: unwinding from a stack the profiler
+    // does not know would read outside its guarded reads.
+    crate::alloc::busy(|| {
+        // SAFETY: `top` is the page-aligned end of a fresh mapping above its guard page that
+        // only this call uses; `build` does not unwind (a panic in an extern "C" fn aborts) and
+        // writes only `out`, which outlives the call. A signal handler that interrupts `build`
+        // finds no unwind cache for this thread yet and returns without unwinding.
+        unsafe { crate::sys::call_on_stack(top, build, (&mut out as *mut *mut SignalCache).cast()) }
+    });
     // SAFETY: made above with this size; nothing runs on it any more.
     unsafe { unmap_stack(base, BUILD_STACK_SIZE) };
     out

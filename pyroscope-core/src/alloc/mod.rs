@@ -270,7 +270,7 @@ fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
 
 /// Runs `f` with the re-entrancy guard set (whatever it was), for profiler code outside the
 /// hooks that takes the live map's lock: allocations inside must not re-enter.
-fn busy<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn busy<R>(f: impl FnOnce() -> R) -> R {
     let was = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
     let r = f();
     let _ = BUSY.try_with(|b| b.set(was));
