@@ -153,23 +153,19 @@ class Bench:
     def rows(self, modes, res, what, labelled):
         """Prints one workload's rows; returns {name: summary} (ratios, RSS added, runs)."""
         base = res["none"]
-        ok_base = [m for m in base if m]
-        if not ok_base:
+        _, m0 = python_bench.medians(base)
+        if m0 is None:
             print(f"| {what} | none | failed | | | | | | | | | |")
             return {}
-        cpu0 = statistics.median(m["cpu"] for m in ok_base)
-        wall0 = statistics.median(m["wall"] for m in ok_base)
-        rss0 = statistics.median(m["rss_mib"] for m in ok_base)
+        cpu0, wall0, rss0 = m0["cpu"], m0["wall"], m0["rss_mib"]
         out = {}
         for name, cfg in modes:
             runs = res[name]
-            ok = [m for m in runs if m]
-            if not ok:
+            ok, m1 = python_bench.medians(runs)
+            if m1 is None:
                 print(f"| {what} | {name} | failed ({len(runs)} runs) | | | | | | | | | |")
                 continue
-            cpu = statistics.median(m["cpu"] for m in ok)
-            wall = statistics.median(m["wall"] for m in ok)
-            rss = statistics.median(m["rss_mib"] for m in ok)
+            cpu, wall, rss = m1["cpu"], m1["wall"], m1["rss_mib"]
             paired = [m["cpu"] / b["cpu"] for m, b in zip(runs, base) if m and b]
             stops = [m["stop"] for m in ok if m.get("stop") is not None]
             stop = f"{statistics.median(stops):.3f}" if stops else "-"

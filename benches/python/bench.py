@@ -139,6 +139,12 @@ def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end"):
     return m
 
 
+def medians(runs, keys=("cpu", "wall", "rss_mib")):
+    """The runs that succeeded, and the medians of `keys` over them (None when none did)."""
+    ok = [m for m in runs if m]
+    return ok, ({k: statistics.median(m[k] for m in ok) for k in keys} if ok else None)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -274,24 +280,20 @@ class Bench:
         return f"; {PEER}: " + ", ".join(parts) if parts else ""
 
     def print_rows(self, modes, res, what, prof_key):
-        base = [m for m in res["none"]]
-        ok_base = [m for m in base if m]
-        if not ok_base:
+        base = res["none"]
+        _, m0 = medians(base)
+        if m0 is None:
             print(f"| {what} | none | failed | | | | | | | | |")
             return {}
-        cpu0 = statistics.median(m["cpu"] for m in ok_base)
-        wall0 = statistics.median(m["wall"] for m in ok_base)
-        rss0 = statistics.median(m["rss_mib"] for m in ok_base)
+        cpu0, wall0, rss0 = m0["cpu"], m0["wall"], m0["rss_mib"]
         rows = {}
         for name, _ in modes:
             runs = res[name]
-            ok = [m for m in runs if m]
-            if not ok:
+            ok, m1 = medians(runs)
+            if m1 is None:
                 print(f"| {what} | {name} | failed ({len(runs)} runs) | | | | | | | | |")
                 continue
-            cpu = statistics.median(m["cpu"] for m in ok)
-            wall = statistics.median(m["wall"] for m in ok)
-            rss = statistics.median(m["rss_mib"] for m in ok)
+            cpu, wall, rss = m1["cpu"], m1["wall"], m1["rss_mib"]
             paired = [m["cpu"] / b["cpu"] for m, b in zip(runs, base) if m and b]
             spread = ratios(paired)
             stops = [m["shutdown"] for m in ok if m.get("shutdown") is not None]
