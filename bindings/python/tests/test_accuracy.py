@@ -310,7 +310,13 @@ def test_frames_are_named_as_pyroscope_io_names_them(receiver, run_py, tmp_path)
         for caller, chain in chains.items():
             ss = containing(p, caller)
             assert cpu_ns(p, ss) >= 0.15e9, (mode, caller, cpu_ns(p, ss))
+            # A sample taken at the call itself, before spin's frame is pushed or after it is
+            # popped, has the caller as its leaf: rare (at most 5%), and not a naming question.
+            at_call = [s for s in ss if frames_of(s)[0][:2] == (caller, script)]
+            assert len(at_call) * 20 <= len(ss), (mode, caller, len(at_call), len(ss))
             for s in ss:
+                if s in at_call:
+                    continue
                 got = frames_of(s)
                 leaf, rest = got[0], got[1:]
                 assert leaf[:2] == ("spin", script), (mode, got)

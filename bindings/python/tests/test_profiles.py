@@ -195,7 +195,12 @@ def test_labelled_samples_have_the_labelled_python_functions(receiver, run_py):
     ):
         ss = cpu_samples(p, **labels)
         assert ss, labels
-        assert all(inside in functions(s) for s in ss), (labels, [functions(s) for s in ss][:3])
+        # Samples taken inside tag_wrapper's own __enter__/__exit__ carry the labels while the
+        # wrapper sets or resets them: the label calls themselves, outside the labelled code.
+        own = [s for s in ss if functions(s)[0] in ("tag_wrapper.__enter__", "tag_wrapper.__exit__")]
+        assert len(own) * 20 <= len(ss), (labels, len(own), len(ss))
+        body = [s for s in ss if s not in own]
+        assert all(inside in functions(s) for s in body), (labels, [functions(s) for s in body][:3])
     for s in p["samples"]:
         if "burn_untagged" in functions(s):
             assert not {"vehicle", "endpoint"} & set(s["labels"]), s
