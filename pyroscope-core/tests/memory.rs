@@ -143,7 +143,10 @@ fn blocks_freed_by_the_profiler_leave_in_use_memory() {
     let stats = agent.stop();
     let memory: Vec<_> = read_profiles(&dir).into_iter().filter(|(n, _)| n.contains(".memory.")).collect();
     let allocated: f64 = memory.iter().map(|(_, p)| sums(&flatten(p), "hand_frames_to_profiler")[1]).sum();
-    assert!(allocated > 1e6, "the handed frames were not sampled: {allocated} bytes, {stats:?}");
+    // About 2 MB handed over, sampled every 512 bytes: alone this test sees most of it; with
+    // other tests' threads allocating meanwhile it has seen as little as 0.56 MB. What it
+    // needs is that sampling happened, for the in-use check below.
+    assert!(allocated > 1e5, "the handed frames were not sampled: {allocated} bytes, {stats:?}");
     // In use at the end of the last window: everything the collector dropped is gone.
     let (name, last) = memory.last().unwrap();
     let in_use = sums(&flatten(last), "hand_frames_to_profiler");
