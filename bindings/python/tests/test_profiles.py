@@ -213,7 +213,10 @@ def test_report_thread_id_name_and_pid(receiver, run_py):
     assert named == {"car"}, named
     assert {s["labels"].get("thread_name") for s in p["samples"] if "burn_wrapped" in functions(s)} == {"wrapped"}
     assert {s["labels"].get("thread_name") for s in p["samples"] if "decorated" in functions(s)} == {"MainThread"}
-    ids = {s["labels"].get("thread_id") for s in p["samples"]}
+    # Samples of Python code (a thread sampled before its first Python frame has none to
+    # resolve, hence no thread_id: seen once in CI).
+    python = ("burn_car", "burn_wrapped", "decorated", "<module>")
+    ids = {s["labels"].get("thread_id") for s in p["samples"] if any(f in functions(s) for f in python)}
     assert None not in ids and all(i.isdigit() for i in ids) and len(ids) >= 3, ids
     pids = {s["labels"].get("pid") for s in p["samples"]}
     assert len(pids) == 1 and pids.pop().isdigit()
