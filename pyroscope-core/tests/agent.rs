@@ -100,9 +100,17 @@ fn dropped_allocation_records_are_not_lost_cpu_samples() {
         .start()
         .unwrap();
     // Hold the collector inside a window close while every allocation is sampled: the ring
-    // (4,096 records) fills and the rest of the allocation records are dropped.
+    // (4,096 records) fills and the rest of the allocation records are dropped. This thread's
+    // countdown may still be one drawn at an earlier agent's rate (512 KiB), so allocate in
+    // rounds until the ring has overflowed (bounded).
     let held = flush_and_hold(&agent);
-    allocate_small(20_000);
+    let before = test_hooks::alloc_records_dropped();
+    for _ in 0..200 {
+        allocate_small(20_000);
+        if test_hooks::alloc_records_dropped() - before >= 1_000 {
+            break;
+        }
+    }
     drop(held);
     let stats = agent.stop();
     eprintln!("{stats:?}");

@@ -106,6 +106,11 @@ pub mod test_hooks {
         crate::alloc::SAMPLED.load(Ordering::Relaxed)
     }
 
+    /// Allocation records the ring dropped (every lane full) since the process started.
+    pub fn alloc_records_dropped() -> u64 {
+        crate::ring::RING_CELL.get().map_or(0, |r| r.dropped(crate::ring::Kind::Alloc))
+    }
+
     /// Timer signals dropped as stale (their timer deleted or replaced before delivery).
     pub fn stale_signals() -> u64 {
         super::STALE_SIGNALS.load(Ordering::Relaxed)
