@@ -30,41 +30,32 @@ inuse_lines() {
     echo "  $region:$series"
   done
 }
-pids=()
+pids=() urls=() logs=() listen=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 regions=(us-east eu-north ap-south)
-read -r -a ports <<<"$(free_ports 3)"
-[ "${#ports[@]}" -eq 3 ] || { echo "demo: no free ports from the OS"; exit 1; }
-urls=()
-for i in 0 1 2; do
-  REGION=${regions[$i]} PORT=${ports[$i]} PYROSCOPE_EXPORT_DIR="$out" PYROSCOPE_UPLOAD_INTERVAL=5 \
-    "$bin/rideshare" 2>"$root/demo/rideshare-${regions[$i]}.log" &
-  pids+=($!)
-  urls+=("http://127.0.0.1:${ports[$i]}")
-done
-# The same story in Python (Flask), its profiles in their own folder.
-read -r -a pyports <<<"$(free_ports 3)"
-for i in 0 1 2; do
-  REGION=${regions[$i]} PORT=${pyports[$i]} PYROSCOPE_EXPORT_DIR="$pyout" PYROSCOPE_UPLOAD_INTERVAL=5 \
-    PYROSCOPE_APPLICATION_NAME=ride-sharing-app-python examples/rideshare/python/run \
-    2>"$root/demo/rideshare-python-${regions[$i]}.log" &
-  pids+=($!)
-  urls+=("http://127.0.0.1:${pyports[$i]}")
-done
-# And in Node (express).
-read -r -a nodeports <<<"$(free_ports 3)"
-for i in 0 1 2; do
-  REGION=${regions[$i]} PORT=${nodeports[$i]} PYROSCOPE_EXPORT_DIR="$nodeout" PYROSCOPE_UPLOAD_INTERVAL=5 \
-    PYROSCOPE_APPLICATION_NAME=ride-sharing-app-node examples/rideshare/node/run \
-    2>"$root/demo/rideshare-node-${regions[$i]}.log" &
-  pids+=($!)
-  urls+=("http://127.0.0.1:${nodeports[$i]}")
-done
-for i in 0 1 2; do
-  wait_listening "${pids[$i]}" "$root/demo/rideshare-${regions[$i]}.log" "${ports[$i]}" 60
-  wait_listening "${pids[$((i + 3))]}" "$root/demo/rideshare-python-${regions[$i]}.log" "${pyports[$i]}" 60
-  wait_listening "${pids[$((i + 6))]}" "$root/demo/rideshare-node-${regions[$i]}.log" "${nodeports[$i]}" 60
+# Starts one service per region on ports the OS hands out: $1 names its logs (demo/$1-REGION.log),
+# $2 is its profiles folder, $3 its application name (empty: the program's own), then the command.
+launch() {
+  local name=$1 dir=$2 app=$3 i ports
+  shift 3
+  read -r -a ports <<<"$(free_ports 3)"
+  [ "${#ports[@]}" -eq 3 ] || { echo "demo: no free ports from the OS"; exit 1; }
+  for i in 0 1 2; do
+    env REGION="${regions[$i]}" PORT="${ports[$i]}" PYROSCOPE_EXPORT_DIR="$dir" PYROSCOPE_UPLOAD_INTERVAL=5 \
+      ${app:+PYROSCOPE_APPLICATION_NAME="$app"} "$@" 2>"$root/demo/$name-${regions[$i]}.log" &
+    pids+=($!)
+    urls+=("http://127.0.0.1:${ports[$i]}")
+    logs+=("$root/demo/$name-${regions[$i]}.log")
+    listen+=("${ports[$i]}")
+  done
+}
+launch rideshare "$out" "" "$bin/rideshare"
+# The same story in Python (Flask) and in Node (express), their profiles in their own folders.
+launch rideshare-python "$pyout" ride-sharing-app-python examples/rideshare/python/run
+launch rideshare-node "$nodeout" ride-sharing-app-node examples/rideshare/node/run
+for i in "${!pids[@]}"; do
+  wait_listening "${pids[$i]}" "${logs[$i]}" "${listen[$i]}" 60
 done
 echo "==> load on all three regions, Rust, Python and Node, for ${secs}s (5 req/s each): ${urls[*]}"
 "$bin/rideshare-load" "$secs" 5 "${urls[@]}"

@@ -326,34 +326,8 @@ class Bench:
         )
         print("| profiler | " + " | ".join(s[0] for s in scenarios) + " |")
         print("|---|" + "---|" * len(scenarios))
-        cells = {name: {} for name, _ in modes}
-        for r in range(self.runs):
-            for col, end, server in scenarios:
-                for name, cfg in modes:
-                    if cfg["sdk"] == "none" and end == "stop":
-                        continue
-                    # A run killed at the limit would be killed again: its cell keeps that one.
-                    if any(m is not None and "killed" in m for m in cells[name].get(col, [])):
-                        continue
-                    log(f"run {r + 1}/{self.runs}, shutdown, {col}, {name}")
-                    base = dict(work="cpu", units=units, end=end, warmup=0.1)
-                    url = closed_port_url() if server == "down" else None
-                    m = self.measure({**base, **cfg}, server=url, timeout=limit)
-                    cells[name].setdefault(col, []).append(m)
-        for name, _ in modes:
-            row = []
-            for col, _end, server in scenarios:
-                ms = [m for m in cells[name].get(col, []) if m is not None]
-                if not ms:
-                    row.append("-" if cells[name].get(col) is None else "failed")
-                    continue
-                if any("killed" in m for m in ms):
-                    row.append(f"does not exit (killed at {limit:.0f} s)")
-                    continue
-                t = statistics.median(m["exit"] for m in ms)
-                got = [m["received"]["profiles"] for m in ms if m.get("received")]
-                row.append(f"{t:.3f}" + (f" ({statistics.median(got):.0f})" if got and server == "up" else ""))
-            print(f"| {name} | " + " | ".join(row) + " |")
+        base = dict(work="cpu", units=units, warmup=0.1)
+        python_bench.shutdown_table(self.measure, self.runs, modes, scenarios, base, limit, "stop")
         self.peer_missing_row([], len(scenarios) + 1)
 
 

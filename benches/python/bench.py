@@ -145,6 +145,46 @@ def medians(runs, keys=("cpu", "wall", "rss_mib")):
     return ok, ({k: statistics.median(m[k] for m in ok) for k in keys} if ok else None)
 
 
+def shutdown_table(measure, runs, modes, scenarios, base, limit, timed_end, timed_key="exit"):
+    """Runs each (column, end, server) scenario of `scenarios` for each (name, cfg) of `modes`,
+    `runs` rounds interleaved, and prints one Markdown row per mode: the median time of the
+    column, the profiles the receiver got in brackets. `end` is the workload's `end` setting;
+    the SDK call it names, `timed_end` ("shutdown", "stop"), is not run without a profiler, and
+    its columns show the child's `timed_key` (its own timing of the call, or "exit": from the
+    work's end to the exit, as every other column). `server`
+    is "up", "down" (a closed port) or a receiver mode ("slow:..."). A run killed at `limit`
+    seconds is not run again: its cell says so. `measure(cfg, server=, timeout=[, receiver_mode=])`
+    runs one child."""
+    cells = {name: {} for name, _ in modes}
+    for r in range(runs):
+        for col, end, server in scenarios:
+            for name, cfg in modes:
+                if cfg["sdk"] == "none" and end == timed_end:
+                    continue
+                if any(m is not None and "killed" in m for m in cells[name].get(col, [])):
+                    continue
+                log(f"run {r + 1}/{runs}, shutdown, {col}, {name}")
+                kw = dict(server=closed_port_url() if server == "down" else None, timeout=limit)
+                if server.startswith("slow"):
+                    kw["receiver_mode"] = server
+                cells[name].setdefault(col, []).append(measure({**base, "end": end, **cfg}, **kw))
+    for name, _ in modes:
+        row = []
+        for col, end, server in scenarios:
+            ms = [m for m in cells[name].get(col, []) if m is not None]
+            if not ms:
+                row.append("-" if cells[name].get(col) is None else "failed")
+                continue
+            if any("killed" in m for m in ms):
+                row.append(f"does not end (killed at {limit:.0f} s)")
+                continue
+            key = timed_key if end == timed_end else "exit"
+            t = statistics.median(m[key] for m in ms)
+            got = [m["received"]["profiles"] for m in ms if m.get("received")]
+            row.append(f"{t:.3f}" + (f" ({statistics.median(got):.0f})" if got and server == "up" else ""))
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -411,38 +451,13 @@ class Bench:
             f"\n### Shutdown and exit (1 s of the CPU-bound work in {CPU_THREADS} threads, then "
             "`shutdown()` timed around the call, or main returns and the exit is timed from its "
             "last line to the parent's `wait4`; down: a loopback port nobody listens on; hung: the "
-            f"receiver holds every request; killed after {limit:.0f} s; medians of {self.runs} runs, "
-            "in brackets the profiles the receiver got)\n"
+            f"receiver holds every request; killed after {limit:.0f} s, and then not run again; "
+            f"medians of {self.runs} runs, in brackets the profiles the receiver got)\n"
         )
         print("| profiler | " + " | ".join(s[0] for s in scenarios) + " |")
         print("|---|" + "---|" * len(scenarios))
-        cells = {name: {} for name, _ in modes}
-        for r in range(self.runs):
-            for col, end, server in scenarios:
-                for name, cfg in modes:
-                    if cfg["sdk"] == "none" and end == "shutdown":
-                        continue
-                    log(f"run {r + 1}/{self.runs}, shutdown, {col}, {name}")
-                    base = dict(work="cpu", threads=CPU_THREADS, units=units, end=end, warmup=0.1)
-                    url = closed_port_url() if server == "down" else None
-                    mode = server if server.startswith("slow") else None
-                    m = self.measure({**base, **cfg}, receiver_mode=mode, server=url, timeout=limit)
-                    cells[name].setdefault(col, []).append(m)
-        for name, _ in modes:
-            row = []
-            for col, end, server in scenarios:
-                ms = [m for m in cells[name].get(col, []) if m is not None]
-                if not ms:
-                    row.append("-" if cells[name].get(col) is None else "failed")
-                    continue
-                if any("killed" in m for m in ms):
-                    row.append(f"> {limit:.0f} (killed, {sum('killed' in m for m in ms)} of {len(ms)})")
-                    continue
-                key = "shutdown" if end == "shutdown" else "exit"
-                t = statistics.median(m[key] for m in ms)
-                got = [m["received"]["profiles"] for m in ms if m.get("received")]
-                row.append(f"{t:.3f}" + (f" ({statistics.median(got):.0f})" if got and server == "up" else ""))
-            print(f"| {name} | " + " | ".join(row) + " |")
+        base = dict(work="cpu", threads=CPU_THREADS, units=units, warmup=0.1)
+        shutdown_table(self.measure, self.runs, modes, scenarios, base, limit, "shutdown", "shutdown")
         self.peer_missing_row(len(scenarios) + 1)
 
 
