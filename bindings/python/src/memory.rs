@@ -10,6 +10,17 @@
 //! alone: it is called without the GIL, and pymalloc's own large blocks come from it (they would
 //! be counted twice).
 //!
+//! Frees: when the interpreter's allocators are pymalloc as built (`_PyMem_GetCurrentAllocatorName`
+//! says "pymalloc": no debug hooks, no tracemalloc, no other wrapper), the OBJ and MEM domains'
+//! `free` is left as pymalloc's own, and a sampled block is asked of pymalloc at 513 bytes or
+//! more, above its small-block threshold (512 bytes, 3.8-3.13), so that pymalloc takes it from
+//! the RAW domain. pymalloc hands every block it did not carve out itself to `PyMem_RawFree` (or
+//! `PyMem_RawRealloc`), where a wrapper of the RAW domain checks the core's filter: most frees
+//! (pymalloc's small blocks) then never reach the profiler. The cost is a sampled small block
+//! taking 513 bytes instead of its size (for the few hundred live samples of a typical program,
+//! tens of KiB). With any other allocator, each domain's `free` and `realloc` check the filter
+//! themselves.
+//!
 //! The bytes-until-next-sample countdown is one process-wide counter, not a thread-local: the
 //! OBJ and MEM domains are only ever called with the GIL held, so calls are serialized, and a
 //! thread-local in a `dlopen`ed extension costs a call to `__tls_get_addr` per allocation. The
@@ -24,7 +35,7 @@
 //! (no signal handler), and never calls back into Python.
 
 use std::cell::Cell;
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
@@ -42,6 +53,24 @@ struct PyMemAllocatorEx {
     free: Option<unsafe extern "C" fn(*mut c_void, *mut c_void)>,
 }
 
+impl PyMemAllocatorEx {
+    /// All null, for `PyMem_GetAllocator` to fill.
+    fn empty() -> PyMemAllocatorEx {
+        PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None }
+    }
+}
+
+impl PyMemAllocatorEx {
+    /// The same functions and context.
+    fn same(&self, other: &PyMemAllocatorEx) -> bool {
+        self.ctx == other.ctx
+            && self.malloc.map(|f| f as usize) == other.malloc.map(|f| f as usize)
+            && self.calloc.map(|f| f as usize) == other.calloc.map(|f| f as usize)
+            && self.realloc.map(|f| f as usize) == other.realloc.map(|f| f as usize)
+            && self.free.map(|f| f as usize) == other.free.map(|f| f as usize)
+    }
+}
+
 /// The allocator a wrapper forwards to (what the domain had before us).
 #[derive(Clone, Copy)]
 struct Previous {
@@ -52,6 +81,18 @@ struct Previous {
     free: unsafe extern "C" fn(*mut c_void, *mut c_void),
 }
 
+impl Previous {
+    fn new(inner: PyMemAllocatorEx) -> Option<Previous> {
+        Some(Previous {
+            inner,
+            malloc: inner.malloc?,
+            calloc: inner.calloc?,
+            realloc: inner.realloc?,
+            free: inner.free?,
+        })
+    }
+}
+
 // SAFETY: written once before the wrapper that reads it is installed, never changed; the
 // pointers are CPython's allocator functions and context, valid for the process's life.
 unsafe impl Send for Previous {}
@@ -59,12 +100,24 @@ unsafe impl Send for Previous {}
 unsafe impl Sync for Previous {}
 
 /// `PyMemAllocatorDomain` values.
+const DOMAIN_RAW: c_int = 0;
 const DOMAIN_MEM: c_int = 1;
 const DOMAIN_OBJ: c_int = 2;
 
 /// The replaced allocators; the address of each is the `ctx` of our wrapper in that domain.
 static PREVIOUS_MEM: OnceLock<Previous> = OnceLock::new();
 static PREVIOUS_OBJ: OnceLock<Previous> = OnceLock::new();
+/// The RAW domain's allocator, wrapped only when frees are routed (see the module comment). Its
+/// wrappers read it here, never through `ctx`: RAW is called without the GIL, so a thread may
+/// pair our function with the old `ctx` while `PyMem_SetAllocator` copies the struct.
+static PREVIOUS_RAW: OnceLock<Previous> = OnceLock::new();
+/// pymalloc's allocator as the OBJ domain had it when `_PyMem_GetCurrentAllocatorName` said
+/// "pymalloc"; a domain that still has exactly this one gets the routed wrappers.
+static PYMALLOC: OnceLock<Previous> = OnceLock::new();
+
+/// pymalloc's largest small block (`SMALL_REQUEST_THRESHOLD`, 512 in 3.8-3.13): a request above
+/// it goes to the RAW domain (and its free comes back there).
+const PYMALLOC_SMALL_MAX: usize = 512;
 
 /// Bytes allocated through the wrappers until the next sample is due (see the module comment).
 /// Zero at first: the first allocation draws the first interval.
@@ -96,6 +149,15 @@ pub fn install(_py: Python<'_>, mem_domain: bool) -> Result<(), String> {
         // inflate) the first allocation.
         seed_thread();
         COUNTDOWN.store(pyroscope_core::countdown_expired(std::ptr::null_mut(), 0, 0), Ordering::Relaxed);
+        if allocators_are_pymalloc() {
+            let mut obj = PyMemAllocatorEx::empty();
+            // SAFETY: fills the struct we own with the domain's allocator; the GIL is held.
+            unsafe { get(DOMAIN_OBJ, &mut obj) };
+            // The RAW wrapper first: it must be there before any block is sampled as a raw one.
+            if let (Some(obj), true) = (Previous::new(obj), wrap_raw(get, set)) {
+                let _ = PYMALLOC.set(obj);
+            }
+        }
     }
     wrap(get, set, DOMAIN_OBJ, &PREVIOUS_OBJ)?;
     if mem_domain {
@@ -109,34 +171,90 @@ pub fn installed() -> (bool, bool) {
     (PREVIOUS_OBJ.get().is_some(), PREVIOUS_MEM.get().is_some())
 }
 
+/// Whether frees of sampled blocks come back through the RAW domain: (OBJ, MEM).
+pub fn routed() -> (bool, bool) {
+    let routed =
+        |slot: &OnceLock<Previous>| slot.get().is_some_and(|p| PYMALLOC.get().is_some_and(|m| p.inner.same(&m.inner)));
+    (routed(&PREVIOUS_OBJ), routed(&PREVIOUS_MEM))
+}
+
+/// The interpreter's three domains are its allocators as built, pymalloc for OBJ and MEM (no
+/// debug hooks, nothing wrapped). False when the check is not available.
+fn allocators_are_pymalloc() -> bool {
+    let Some(name) = symbol(c"_PyMem_GetCurrentAllocatorName") else { return false };
+    // SAFETY: CPython's `const char *_PyMem_GetCurrentAllocatorName(void)` (3.8-3.13); it only
+    // compares the allocator structs. The GIL is held.
+    let name = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> *const c_char>(name)() };
+    // SAFETY: null, or a static NUL-terminated string of CPython's.
+    !name.is_null() && unsafe { CStr::from_ptr(name) } == c"pymalloc"
+}
+
+/// Wraps the RAW domain's `realloc` and `free` (not its `malloc`/`calloc`: RAW allocations are
+/// not sampled, pymalloc's own large blocks come from there). False if it could not.
+fn wrap_raw(get: GetAllocator, set: SetAllocator) -> bool {
+    if PREVIOUS_RAW.get().is_some() {
+        return true;
+    }
+    let mut current = PyMemAllocatorEx::empty();
+    // SAFETY: fills the struct we own with the domain's allocator; the GIL is held.
+    unsafe { get(DOMAIN_RAW, &mut current) };
+    let Some(previous) = Previous::new(current) else { return false };
+    if PREVIOUS_RAW.set(previous).is_err() {
+        return true;
+    }
+    let mut ours = PyMemAllocatorEx {
+        ctx: current.ctx,
+        malloc: current.malloc,
+        calloc: current.calloc,
+        realloc: Some(raw_realloc),
+        free: Some(raw_free),
+    };
+    // SAFETY: CPython copies the struct. `malloc` and `calloc` are the domain's own with its own
+    // `ctx`; ours ignore `ctx` and forward through `PREVIOUS_RAW`, set above and never changed,
+    // so any mix of old and new fields a thread without the GIL may read is a working allocator.
+    unsafe { set(DOMAIN_RAW, &mut ours) };
+    true
+}
+
 /// Replaces `domain`'s allocator with the wrappers, forwarding to the current one. The GIL is
 /// held (the caller's `py`), so no allocation of the domain runs meanwhile.
 fn wrap(get: GetAllocator, set: SetAllocator, domain: c_int, slot: &'static OnceLock<Previous>) -> Result<(), String> {
     if slot.get().is_some() {
         return Ok(());
     }
-    let mut current =
-        PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
+    let mut current = PyMemAllocatorEx::empty();
     // SAFETY: fills the struct we own with the domain's allocator; the GIL is held.
     unsafe { get(domain, &mut current) };
-    let (Some(malloc), Some(calloc), Some(realloc), Some(free)) =
-        (current.malloc, current.calloc, current.realloc, current.free)
-    else {
+    let Some(previous) = Previous::new(current) else {
         return Err(format!("the allocator of memory domain {domain} has a null function: not wrapped"));
     };
-    if slot.set(Previous { inner: current, malloc, calloc, realloc, free }).is_err() {
+    if slot.set(previous).is_err() {
         return Ok(());
     }
     let Some(previous) = slot.get() else { return Err("memory hooks: lost the saved allocator".into()) };
-    let mut ours = PyMemAllocatorEx {
-        ctx: (previous as *const Previous).cast_mut().cast(),
-        malloc: Some(hook_malloc),
-        calloc: Some(hook_calloc),
-        realloc: Some(hook_realloc),
-        free: Some(hook_free),
+    let ctx = (previous as *const Previous).cast_mut().cast();
+    // pymalloc's functions ignore their `ctx` (null in its struct), so its `free` can take ours.
+    let routed = PYMALLOC.get().is_some_and(|m| m.inner.same(&current)) && current.ctx.is_null();
+    let mut ours = if routed {
+        PyMemAllocatorEx {
+            ctx,
+            malloc: Some(hook_malloc::<true>),
+            calloc: Some(hook_calloc::<true>),
+            realloc: Some(hook_realloc_routed),
+            free: current.free,
+        }
+    } else {
+        PyMemAllocatorEx {
+            ctx,
+            malloc: Some(hook_malloc::<false>),
+            calloc: Some(hook_calloc::<false>),
+            realloc: Some(hook_realloc),
+            free: Some(hook_free),
+        }
     };
     // SAFETY: CPython copies the struct; `ctx` points at a static that lives as long as the
-    // process, and each function below matches the slot's signature. The GIL is held.
+    // process (pymalloc's `free`, when it is ours, ignores it), and each function matches the
+    // slot's signature. The GIL is held.
     unsafe { set(domain, &mut ours) };
     Ok(())
 }
@@ -206,10 +324,22 @@ fn freeing(p: *mut c_void) {
 // The fast paths decide before forwarding, so that forwarding is a tail call (no frame of ours
 // under the allocator's). The cold paths are `extern "C"` (they cannot unwind): a call to a Rust
 // function that might unwind needs a frame in the caller, which cost the fast path a push/pop.
+// `ROUTED`: the domain's frees are left to pymalloc (see the module comment), so a sampled block
+// is asked for above pymalloc's small-block threshold.
 
-unsafe extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+/// The size to ask the previous allocator for a sampled block of `size` bytes.
+#[inline(always)]
+fn sampled_request<const ROUTED: bool>(size: usize) -> usize {
+    if ROUTED {
+        size.max(PYMALLOC_SMALL_MAX + 1)
+    } else {
+        size
+    }
+}
+
+unsafe extern "C" fn hook_malloc<const ROUTED: bool>(ctx: *mut c_void, size: usize) -> *mut c_void {
     if countdown_take(size) {
-        return malloc_sampled(ctx, size);
+        return malloc_sampled::<ROUTED>(ctx, size);
     }
     // SAFETY: CPython passes the ctx we installed.
     let prev = unsafe { previous(ctx) };
@@ -219,23 +349,50 @@ unsafe extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
 
 #[cold]
 #[inline(never)]
-extern "C" fn malloc_sampled(ctx: *mut c_void, size: usize) -> *mut c_void {
+extern "C" fn malloc_sampled<const ROUTED: bool>(ctx: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: CPython passes the ctx we installed.
     let prev = unsafe { previous(ctx) };
-    // SAFETY: forwarded unchanged to the allocator we replaced.
-    let p = unsafe { (prev.malloc)(prev.inner.ctx, size) };
+    // SAFETY: forwarded to the allocator we replaced; a larger block serves the caller as well.
+    let p = unsafe { (prev.malloc)(prev.inner.ctx, sampled_request::<ROUTED>(size)) };
     if !p.is_null() {
         sampled(p, size);
     }
     p
 }
 
-unsafe extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+unsafe extern "C" fn hook_calloc<const ROUTED: bool>(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    if ROUTED {
+        if countdown_take(nelem.saturating_mul(elsize)) {
+            return calloc_sampled(ctx, nelem, elsize);
+        }
+        // SAFETY: CPython passes the ctx we installed.
+        let prev = unsafe { previous(ctx) };
+        // SAFETY: forwarded unchanged to the allocator we replaced.
+        return unsafe { (prev.calloc)(prev.inner.ctx, nelem, elsize) };
+    }
     // SAFETY: CPython passes the ctx we installed.
     let prev = unsafe { previous(ctx) };
     // SAFETY: forwarded unchanged to the allocator we replaced (which checks the overflow).
     let p = unsafe { (prev.calloc)(prev.inner.ctx, nelem, elsize) };
     allocated(p, nelem.saturating_mul(elsize));
+    p
+}
+
+/// A sampled calloc of a routed domain: one zeroed element of at least 513 bytes.
+#[cold]
+#[inline(never)]
+extern "C" fn calloc_sampled(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    // SAFETY: CPython passes the ctx we installed.
+    let prev = unsafe { previous(ctx) };
+    let Some(size) = nelem.checked_mul(elsize) else {
+        // SAFETY: forwarded unchanged (the allocator refuses the overflow).
+        return unsafe { (prev.calloc)(prev.inner.ctx, nelem, elsize) };
+    };
+    // SAFETY: forwarded to the allocator we replaced: as many zeroed bytes, or more.
+    let p = unsafe { (prev.calloc)(prev.inner.ctx, 1, sampled_request::<true>(size)) };
+    if !p.is_null() {
+        sampled(p, size);
+    }
     p
 }
 
@@ -249,6 +406,32 @@ unsafe extern "C" fn hook_realloc(ctx: *mut c_void, old: *mut c_void, size: usiz
     // SAFETY: forwarded unchanged to the allocator we replaced.
     let p = unsafe { (prev.realloc)(prev.inner.ctx, old, size) };
     allocated(p, size);
+    p
+}
+
+/// The realloc of a routed domain: a sampled block's old version ends in the RAW domain's
+/// `realloc` (pymalloc sends its raw blocks there), so only the new size is counted here.
+unsafe extern "C" fn hook_realloc_routed(ctx: *mut c_void, old: *mut c_void, size: usize) -> *mut c_void {
+    if countdown_take(size) {
+        return realloc_sampled(ctx, old, size);
+    }
+    // SAFETY: CPython passes the ctx we installed.
+    let prev = unsafe { previous(ctx) };
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.realloc)(prev.inner.ctx, old, size) }
+}
+
+#[cold]
+#[inline(never)]
+extern "C" fn realloc_sampled(ctx: *mut c_void, old: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: CPython passes the ctx we installed.
+    let prev = unsafe { previous(ctx) };
+    // SAFETY: forwarded to the allocator we replaced; pymalloc moves a small block to a raw one
+    // of the larger size, copying its contents.
+    let p = unsafe { (prev.realloc)(prev.inner.ctx, old, sampled_request::<true>(size)) };
+    if !p.is_null() {
+        sampled(p, size);
+    }
     p
 }
 
@@ -272,6 +455,37 @@ extern "C" fn free_tracked(ctx: *mut c_void, p: *mut c_void) {
     unsafe { (prev.free)(prev.inner.ctx, p) }
 }
 
+/// The RAW domain's `free` when frees are routed: pymalloc's large blocks and sampled blocks end
+/// here, and every other raw block. Called without the GIL, from any thread; `ctx` is unused
+/// (see `PREVIOUS_RAW`).
+unsafe extern "C" fn raw_free(_ctx: *mut c_void, p: *mut c_void) {
+    if pyroscope_core::free_is_tracked(p.cast()) {
+        return raw_free_tracked(p);
+    }
+    let Some(prev) = PREVIOUS_RAW.get() else { return };
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.free)(prev.inner.ctx, p) }
+}
+
+#[cold]
+#[inline(never)]
+extern "C" fn raw_free_tracked(p: *mut c_void) {
+    pyroscope_core::record_free(p.cast());
+    let Some(prev) = PREVIOUS_RAW.get() else { return };
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.free)(prev.inner.ctx, p) }
+}
+
+/// The RAW domain's `realloc` when frees are routed: the old block ends (see `hook_realloc`);
+/// the new one is not counted (RAW allocations are not sampled: the OBJ or MEM wrapper that
+/// led here counted it).
+unsafe extern "C" fn raw_realloc(_ctx: *mut c_void, old: *mut c_void, size: usize) -> *mut c_void {
+    freeing(old);
+    let Some(prev) = PREVIOUS_RAW.get() else { return std::ptr::null_mut() };
+    // SAFETY: forwarded unchanged to the allocator we replaced.
+    unsafe { (prev.realloc)(prev.inner.ctx, old, size) }
+}
+
 /// `_native._memory_install(mem_domain=True)`: installs the wrappers (what starting an agent with
 /// memory profiles does); for tests and benchmarks.
 #[pyfunction]
@@ -286,9 +500,16 @@ fn _memory_installed() -> (bool, bool) {
     installed()
 }
 
+/// `_native._memory_routed()`: (OBJ, MEM) leave their frees to pymalloc (see the module comment).
+#[pyfunction]
+fn _memory_routed() -> (bool, bool) {
+    routed()
+}
+
 /// Adds the private functions above to `pyroscope._native`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_memory_install, m)?)?;
     m.add_function(wrap_pyfunction!(_memory_installed, m)?)?;
+    m.add_function(wrap_pyfunction!(_memory_routed, m)?)?;
     Ok(())
 }

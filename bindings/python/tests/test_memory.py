@@ -278,13 +278,16 @@ def leak_allocations():
     return [(2048, LEAK["n_bytes"]), (56, LEAK["n_lists"]), (8144, LEAK["n_lists"]), (8193, LEAK["n_grown"])]
 
 
-@pytest.fixture(scope="module")
-def leaked(tmp_path_factory):
-    """A 100 MB leak kept across a window, then dropped: the profiles and the live bytes."""
+@pytest.fixture(scope="module", params=["pymalloc", "malloc"])
+def leaked(request, tmp_path_factory):
+    """A 100 MB leak kept across a window, then dropped: the profiles and the live bytes. Under
+    pymalloc (the default) frees of sampled blocks come back through the RAW domain; with
+    PYTHONMALLOC=malloc the OBJ and MEM wrappers check every free themselves."""
     folder, out = run(
         tmp_path_factory.mktemp("leak"),
         PROGRAM
         + f"""
+print("routed", _native._memory_routed())
 kept = leak_worker({LEAK["n_bytes"]}, {LEAK["n_lists"]}, {LEAK["n_grown"]})
 live = sum(sys.getsizeof(o) for o in kept)
 _native.flush()
@@ -295,8 +298,10 @@ churn_worker(100, 1000)
 pyroscope.shutdown()
 print(live)
 """,
-        env={"RATE": str(LEAK["rate"])},
+        env={"RATE": str(LEAK["rate"]), "PYTHONMALLOC": request.param},
     )
+    routed = "(True, True)" if request.param == "pymalloc" else "(False, False)"
+    assert f"routed {routed}" in out
     profiles = memory_profiles(folder)
     assert len(profiles) >= 2, f"{len(profiles)} memory windows"
     assert_none_lost(out)
@@ -325,6 +330,37 @@ def test_inuse_space_is_in_the_leaking_python_function(leaked):
     profiles, live = leaked
     inside = total(profiles[0], "inuse_space", "leak_worker")
     assert abs(inside - live) <= TOLERANCE * live, f"leak_worker: {inside} of {live} in use"
+
+
+def test_sampled_blocks_keep_pymalloc_block_count(tmp_path):
+    """Sampled small objects are taken as pymalloc's large blocks, not behind its back: after a
+    few thousand sampled and freed, `sys.getallocatedblocks()` is where it was."""
+    _, out = run(
+        tmp_path,
+        """
+import gc, sys
+import pyroscope
+from pyroscope import _native
+pyroscope.configure(application_name="memtest", upload_interval=3600, mem_heap_sample_size=64)
+print("routed", _native._memory_routed())
+def churn():
+    for _ in range(20):
+        kept = [(i, str(i)) for i in range(1000)]
+        del kept
+churn()
+gc.collect()
+before = sys.getallocatedblocks()
+churn()
+gc.collect()
+after = sys.getallocatedblocks()
+print("sample groups", (_native.stats() or {}).get("alloc_sample_groups"))
+pyroscope.shutdown()
+print("blocks", before, after)
+""",
+    )
+    assert "routed (True, True)" in out
+    before, after = (int(x) for x in out.split("blocks")[-1].split())
+    assert abs(after - before) < 200, f"allocated blocks {before} -> {after}"
 
 
 def test_mem_domain_off_leaves_out_list_storage(tmp_path):
