@@ -4,14 +4,12 @@
 // that follow async work, heap profiles from V8's sampling heap profiler, uploads from the
 // core's own thread.
 
-const v8 = require('node:v8');
 const { isMainThread } = require('node:worker_threads');
 
 const native = require('./lib/native');
 const heap = require('./lib/heap');
 const labels = require('./lib/labels');
 const workers = require('./lib/workers');
-const fallback = require('./lib/fallback');
 const { log, setLogger } = require('./lib/logger');
 const middleware = require('./lib/middleware');
 const { SourceMapper } = require('./lib/sourcemapper');
@@ -40,15 +38,11 @@ function init(config = {}) {
   settings = { processed, options, heap: heapSettings };
 }
 
-// Interpreted functions get a frame of their own (a copy of the interpreter's entry) from now
-// on; functions interpreted before keep the shared one until V8 compiles them.
-function nameInterpretedFrames() {
-  v8.setFlagsFromString('--interpreted-frames-native-stack');
-}
-
 // Fallback mode: no JIT code names in this build (or PYROSCOPE_NODE_FALLBACK=1); JavaScript
-// frames then come from V8's sampling profiler (lib/fallback.js).
+// frames then come from V8's sampling profiler (lib/fallback.js, loaded only then: it needs
+// node:inspector).
 const fallbackMode = !native.jitNamesAvailable() || process.env.PYROSCOPE_NODE_FALLBACK === '1';
+const fallback = fallbackMode ? require('./lib/fallback') : null;
 
 function onExit() {
   // The last window, with the heap as it is now, sent before the process ends (within the
@@ -89,7 +83,9 @@ function startAgent(options, cpu) {
 /** Starts CPU profiling (the agent). */
 function startCpuProfiling() {
   const { options } = requireInit('start');
-  nameInterpretedFrames();
+  // Interpreted functions get a frame of their own (a copy of the interpreter's entry) from
+  // now on; functions interpreted before keep the shared one until V8 compiles them.
+  native.nameInterpretedFrames();
   if (native.running() && !agentCpu) {
     // The agent runs for heap profiles only: restart it with CPU sampling. Its last window,
     // with the heap as it is now, is sent first (this call waits for that, within the core's

@@ -16,6 +16,7 @@ use pyroscope_core::FrameId;
 #[cfg(pyroscope_node_shim)]
 extern "C" {
     fn pyroscope_node_watch_code() -> i32;
+    fn pyroscope_node_name_interpreted_frames();
 }
 
 /// Whether the addon was built with the shim (V8's JIT code events).
@@ -44,6 +45,17 @@ pub fn watch() -> bool {
     return unsafe { pyroscope_node_watch_code() != 0 };
     #[cfg(not(pyroscope_node_shim))]
     false
+}
+
+/// Gives functions interpreted from now on a frame (and a code event) of their own; functions
+/// interpreted before keep the interpreter's shared frame until V8 compiles them. Nothing
+/// without the shim (fallback mode names frames from V8's own sampler).
+pub fn name_interpreted_frames() {
+    #[cfg(pyroscope_node_shim)]
+    // SAFETY: the shim sets one V8 flag, which V8 allows at any time after its start.
+    unsafe {
+        pyroscope_node_name_interpreted_frames()
+    };
 }
 
 /// A frame: (function, file, line).

@@ -442,6 +442,13 @@ pub fn register_thread(name_code: Option<bool>) -> bool {
     name_code != Some(false) && jit::watch()
 }
 
+/// Gives functions interpreted from now on a frame of their own, named by their code events
+/// (V8's `--interpreted-frames-native-stack`).
+#[napi]
+pub fn name_interpreted_frames() {
+    jit::name_interpreted_frames();
+}
+
 /// Leaves the calling thread out of the core's CPU and wall samples (fallback mode: V8's
 /// sampler covers the main thread's JavaScript).
 #[napi]

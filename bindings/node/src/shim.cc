@@ -69,6 +69,14 @@ int pyroscope_node_watch_code(void) {
   return 1;
 }
 
+// Gives every function interpreted from now on a frame of its own (a copy of the interpreter's
+// entry), which its code events name: what node:v8's setFlagsFromString would do, without
+// loading that module (and the streams it pulls in) into every profiled process.
+void pyroscope_node_name_interpreted_frames(void) {
+  static const char flag[] = "--interpreted-frames-native-stack";
+  v8::V8::SetFlagsFromString(flag, sizeof(flag) - 1);
+}
+
 // Stops the calling thread's isolate's code events.
 void pyroscope_node_unwatch_code(void) {
   v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
