@@ -6,6 +6,10 @@
 //   an async hook puts it back in the slot before every callback and continuation, so an
 //   async function keeps its labels across `await` and the requests running meanwhile never
 //   see them. The hook is installed at the first label call, and only then costs anything.
+//   It has no `after`: that would cost a JavaScript call per callback for a store that the
+//   next callback's `before` overwrites anyway. What runs between callbacks (the loop's own
+//   work) keeps the last callback's set, and the addon clears the slot each time the event
+//   loop is about to wait (native.clearLabelSlotWhenIdle()), so the wait carries none.
 
 const { AsyncLocalStorage, createHook } = require('node:async_hooks');
 const native = require('./native');
@@ -47,15 +51,13 @@ function current() {
 
 function ensureHook() {
   if (hook !== null || !asyncLabels) return;
-  hook = createHook({
-    before() {
-      const s = storage.getStore();
-      slot[0] = s === undefined ? 0 : s.id;
-    },
-    after() {
-      slot[0] = 0;
-    },
-  });
+  const idleClearing = native.clearLabelSlotWhenIdle(true);
+  const before = () => {
+    const s = storage.getStore();
+    slot[0] = s === undefined ? 0 : s.id;
+  };
+  // Without the addon's idle clearing (it could not start), an `after` hook does its job.
+  hook = idleClearing ? createHook({ before }) : createHook({ before, after: () => { slot[0] = 0; } });
   hook.enable();
 }
 
@@ -117,6 +119,7 @@ function configure({ async }) {
   if (!asyncLabels && hook !== null) {
     hook.disable();
     hook = null;
+    native.clearLabelSlotWhenIdle(false);
   }
 }
 

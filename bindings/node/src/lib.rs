@@ -15,6 +15,7 @@ use napi_derive::napi;
 use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
 
 mod heap;
+mod idle;
 mod jit;
 
 /// The Node module ABI (`process.versions.modules`) and version this addon was built for.
@@ -521,6 +522,13 @@ pub fn label_slot() -> Uint32Array {
     // this thread only, with plain 32-bit stores, which are atomic on x86_64; the core reads
     // it atomically.
     unsafe { Uint32Array::with_external_data(ptr, 1, move |_, _| drop(slot)) }
+}
+
+/// Starts (`on`) or stops clearing the calling thread's label slot each time its event loop
+/// is about to wait (see `idle.rs`). Whether it is on.
+#[napi]
+pub fn clear_label_slot_when_idle(env: Env, on: bool) -> bool {
+    idle::clear_slot_when_idle(env.raw(), on)
 }
 
 /// How a V8 code name reads as a frame, `[function, file, line]` (for tests of the naming).

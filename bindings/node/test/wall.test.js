@@ -26,3 +26,18 @@ test('wall time of the main thread, running and idle, beside the CPU profile', a
   const waiting = total(wall, 'wall', has(/epoll_wait|uv__io_poll/));
   assert.ok(waiting >= 400e6, `waiting in the event loop: ${waiting / 1e6} ms of about 700`);
 });
+
+test('the event loop waits without the labels of the callback that ran last', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/wall-labels.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
+  const labelled = (s) => s.labels.route === 'r1';
+  const busy = total(wall, 'wall', (s) => labelled(s) && has(/:busyLabelled:\d+$/)(s));
+  assert.ok(busy >= 200e6, `busyLabelled: ${busy / 1e6} ms of labelled wall time for 300 ms`);
+  const waiting = has(/epoll_wait|uv__io_poll/);
+  const idle = total(wall, 'wall', waiting);
+  assert.ok(idle >= 400e6, `waiting in the event loop: ${idle / 1e6} ms of about 700`);
+  assert.equal(total(wall, 'wall', (s) => labelled(s) && waiting(s)), 0, 'the wait carries route=r1');
+});
