@@ -410,6 +410,7 @@ impl Agent {
         // that ran on would write into a ring nothing drains.
         sampler::ENABLED.store(false, Ordering::SeqCst);
         crate::alloc::ENABLED.store(false, Ordering::SeqCst);
+        self.queue.stopping();
         *self.shared.stop.lock() = true;
         crate::ring::COLLECTOR_WAKE.notify_all();
         // The collector closes the last window (symbolizing every new address in it) and

@@ -67,6 +67,9 @@ pub struct ExportStats {
 struct QueueState {
     items: VecDeque<Upload>,
     closing: Option<Instant>,
+    /// Shutdown has begun: the last window is being closed (or is queued), and a server that
+    /// refuses connections is not waited for.
+    stopping: bool,
     /// The uploader holds an upload it took from `items`.
     in_flight: bool,
     /// Shutdown gave up: everything queued or in flight was counted as dropped at shutdown,
@@ -85,7 +88,13 @@ pub(crate) struct Queue {
 impl Queue {
     pub fn new(capacity: usize, stats: Arc<ExportStats>) -> Self {
         Queue {
-            state: Mutex::new(QueueState { items: VecDeque::new(), closing: None, in_flight: false, abandoned: false }),
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                closing: None,
+                stopping: false,
+                in_flight: false,
+                abandoned: false,
+            }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
             stats,
@@ -112,9 +121,19 @@ impl Queue {
         true
     }
 
+    /// Shutdown has begun (before the collector closes the last window): from here an upload
+    /// that finds nothing listening is dropped instead of retried.
+    pub fn stopping(&self) {
+        self.state.lock().stopping = true;
+        self.cv.notify_all();
+    }
+
     /// Asks the uploader to send what is queued and stop by `deadline`.
     pub fn close(&self, deadline: Instant) {
-        self.state.lock().closing = Some(deadline);
+        let mut s = self.state.lock();
+        s.closing = Some(deadline);
+        s.stopping = true;
+        drop(s);
         self.cv.notify_all();
     }
 
@@ -183,8 +202,7 @@ impl Queue {
                         let sleep = backoff / 2 + Duration::from_nanos(rng % (backoff.as_nanos() as u64 / 2 + 1));
                         // Shutting down and nothing listens: waiting for it to come back would
                         // only hold the program's exit until the deadline.
-                        let gone = s.closing.is_some()
-                            && e.kind == crate::FailureKind::HttpTransport(crate::Transport::Connect);
+                        let gone = s.stopping && e.kind == crate::FailureKind::HttpTransport(crate::Transport::Connect);
                         if !e.retryable || gone || Instant::now() + sleep >= stop_at {
                             s.in_flight = false;
                             self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
@@ -197,9 +215,9 @@ impl Queue {
                         // is re-read after the next attempt).
                         let until = Instant::now() + sleep.min(stop_at.saturating_duration_since(Instant::now()));
                         while !s.abandoned && Instant::now() < until {
-                            let closing = s.closing;
+                            let (closing, stopping) = (s.closing, s.stopping);
                             s = self.cv.wait_for(s, until.saturating_duration_since(Instant::now()));
-                            if s.closing != closing {
+                            if s.closing != closing || s.stopping != stopping {
                                 break;
                             }
                         }
