@@ -4,7 +4,7 @@
 //! sampled, never holding the GIL) wakes every 1/sample_rate s and reads every thread state of
 //! the interpreter ([`crate::cpython::wall`]); no thread is signalled, so no system call of the
 //! program is interrupted. Each thread with Python frames gives one sample, named by a
-//! [`PyResolver`] of its own, labelled with the thread's tags ([`labels_of_thread`]) under its
+//! [`PyResolver`] of its own, labelled with the thread's tags (read around its walks) under its
 //! Context's `tag_wrapper` labels, and handed to the agent's `wall` profile. A tick that starts
 //! late weighs the periods it missed, and a thread whose walks were all dropped (it kept moving:
 //! the GIL holder in a tight loop) hands its periods to its next kept sample (at most 100), so
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pyroscope_core::{labels_of_thread, FrameId, LabelSet, Resolver};
+use pyroscope_core::{FrameId, LabelSet, Resolver};
 
 use crate::cpython::{self, wall as cwall, PyResolver};
 
@@ -133,8 +133,8 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
         states.clear();
         cwall::for_each_thread(interp, rt.offsets(), |t| states.push(t));
         for &tstate in &states {
-            let (tid, n) = match cwall::walk_thread(rt, interp, tstate, &mut words) {
-                cwall::Walk::Kept(tid, n) => (tid, n),
+            let (n, labels) = match cwall::walk_thread(rt, interp, tstate, &mut words) {
+                cwall::Walk::Kept(_tid, n, labels) => (n, labels),
                 cwall::Walk::Moving => {
                     let o = owed.entry(tstate).or_insert((0, tick));
                     *o = ((o.0 + weight).min(MAX_OWED), tick);
@@ -163,7 +163,7 @@ fn run(rt: &'static cpython::Runtime, interp: usize, period: Duration, stop: &At
             if seen.frames.is_empty() {
                 continue;
             }
-            batch.push((seen.frames.clone(), labels_of_thread(tid), seen.context.clone(), weight));
+            batch.push((seen.frames.clone(), labels, seen.context.clone(), weight));
         }
         last.retain(|_, l| l.tick == tick);
         owed.retain(|_, o| o.1 == tick);

@@ -5,8 +5,8 @@
 //! and walks each thread state with the same guarded reads and frame checks as the in-handler
 //! walker ([`super::walk::walk_from`]). Those threads run meanwhile: a walk is kept only if a
 //! second walk right after reads the same words (frames, lines, context key), the thread's leaf
-//! frame, that frame's code, its Context and its identity are the same after both walks as
-//! before, and no read in between faulted or found a non-code object; otherwise it is tried
+//! frame, that frame's code, its Context, its identity and its thread tags are the same after
+//! both walks as before, and no read in between faulted or found a non-code object; otherwise it is tried
 //! again (3 times) and then dropped and counted, never guessed. (A thread that does not hold the
 //! GIL cannot change its frames: idle threads always pass. The GIL holder's stack moves; a walk
 //! torn by a thread that left and came back to the same leaf between two reads of each walk
@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyroscope_core::fault::{self, Fault};
+use pyroscope_core::{labels_of_thread, LabelSet};
 
 use super::offsets::{Offsets, TSTATE_INTERP, TSTATE_NEXT};
 use super::walk::{current_frame, walk_from};
@@ -100,8 +101,9 @@ pub(crate) fn for_each_thread(interp: usize, o: &Offsets, mut f: impl FnMut(usiz
 
 /// What [`walk_thread`] found.
 pub(crate) enum Walk {
-    /// The native thread id and the words written.
-    Kept(i32, usize),
+    /// The native thread id, the words written, and the thread's tags (read before and after
+    /// both walks: unchanged meanwhile).
+    Kept(i32, usize, LabelSet),
     /// No Python frame (or no thread id yet).
     NoFrames,
     /// The thread kept moving: every walk was dropped (counted in `torn`).
@@ -116,9 +118,9 @@ pub(crate) fn walk_thread(rt: &Runtime, interp: usize, tstate: usize, out: &mut 
             bump(&COUNTERS.retries);
         }
         match try_walk(rt, interp, tstate, out, attempt) {
-            Ok(Some((tid, n))) => {
+            Ok(Some((tid, n, labels))) => {
                 bump(&COUNTERS.samples);
-                return Walk::Kept(tid, n);
+                return Walk::Kept(tid, n, labels);
             }
             Ok(None) => {
                 bump(&COUNTERS.no_frames);
@@ -137,10 +139,14 @@ fn try_walk(
     tstate: usize,
     out: &mut [u64],
     attempt: usize,
-) -> Result<Option<(i32, usize)>, Fault> {
+) -> Result<Option<(i32, usize, LabelSet)>, Fault> {
     let o = rt.offsets;
     let word = |addr: usize| fault::read_u64(addr).map(|v| v as usize);
     let tid = word(tstate + o.tstate_native_thread_id)?;
+    // The thread's tags around both walks: a thread that changed them meanwhile (it left the
+    // function it was blocked in and removed a tag) is a moving one, its stack and tags would
+    // not belong together.
+    let labels = i32::try_from(tid).map_or_else(|_| LabelSet::default(), labels_of_thread);
     let context = word(tstate + o.tstate_context)?;
     let first = current_frame(rt, tstate)?;
     if first == 0 {
@@ -169,5 +175,8 @@ fn try_walk(
         return Err(Fault);
     }
     let tid = i32::try_from(tid).map_err(|_| Fault)?;
-    Ok((n > 0 && tid > 0).then_some((tid, n)))
+    if labels_of_thread(tid) != labels {
+        return Err(Fault);
+    }
+    Ok((n > 0 && tid > 0).then_some((tid, n, labels)))
 }
