@@ -3,8 +3,11 @@
 // Node headers at install) or PYROSCOPE_NODE_FALLBACK=1: JavaScript frames come from V8's own
 // sampling profiler (node:inspector's Profiler domain), read on this thread every few
 // seconds and handed to the core, which uploads them with the rest. Samples are V8's (taken
-// while JavaScript runs, idle time left out), without labels; the core's per-thread CPU
-// samples of native code go on as usual, unnamed inside JavaScript.
+// while JavaScript runs, idle time left out), without labels. V8 takes them by the wall
+// clock, so on a busy machine they outnumber the thread's CPU time: each batch is weighed so
+// that it adds up to the CPU time the thread used since the last one (its own CPU clock), the
+// fractions of a sample carried per stack to the next batch. The core's per-thread CPU samples
+// of native code go on as usual, unnamed inside JavaScript.
 
 const path = require('node:path');
 const { Session } = require('node:inspector');
@@ -13,6 +16,11 @@ const native = require('./native');
 const cwd = process.cwd() + path.sep;
 let session = null;
 let timer = null;
+let periodNs = 1e7;
+// The thread's CPU clock at the last batch, and per stack the fraction of a sample not yet sent.
+let lastCpu = 0;
+let carry = new Map();
+const CARRY_LIMIT = 10000;
 
 function post(method, params) {
   let result;
@@ -56,6 +64,8 @@ function collect() {
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const counts = new Map();
   for (const id of profile.samples ?? []) counts.set(id, (counts.get(id) ?? 0) + 1);
+  const stacks = [];
+  let sampled = 0;
   for (const [id, count] of counts) {
     const leaf = byId.get(id);
     if (leaf === undefined || leaf.callFrame.functionName === '(idle)' || leaf.callFrame.functionName === '(root)') continue;
@@ -68,7 +78,21 @@ function collect() {
       files.push(file);
       lines.push(line);
     }
-    native.addCpuSample(functions, files, lines, count);
+    stacks.push({ key: functions.join('\n') + '\n' + files.join('\n'), functions, files, lines, count });
+    sampled += count;
+  }
+  const cpu = native.threadCpuTime();
+  const used = cpu - lastCpu;
+  lastCpu = cpu;
+  if (sampled === 0) return;
+  // Samples' worth of CPU time per V8 sample in this batch.
+  const scale = used / periodNs / sampled;
+  if (carry.size > CARRY_LIMIT) carry = new Map();
+  for (const s of stacks) {
+    const exact = s.count * scale + (carry.get(s.key) ?? 0);
+    const whole = Math.floor(exact);
+    carry.set(s.key, exact - whole);
+    if (whole > 0) native.addCpuSample(s.functions, s.files, s.lines, whole);
   }
 }
 
@@ -77,6 +101,9 @@ function start(hz, everyMs) {
   if (session !== null) return;
   session = new Session();
   session.connect();
+  periodNs = 1e9 / hz;
+  lastCpu = native.threadCpuTime();
+  carry = new Map();
   post('Profiler.enable');
   post('Profiler.setSamplingInterval', { interval: Math.round(1e6 / hz) });
   post('Profiler.start');
