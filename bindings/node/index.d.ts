@@ -35,7 +35,7 @@ export interface PyroscopeConfig {
   serverAddress?: string | undefined;
   tags?: LabelSet | undefined;
   wall?: PyroscopeWallConfig | undefined;
-  /** Accepted for compatibility: no source map is applied (see SourceMapper). */
+  /** Frames of the files its source maps describe are named from their sources (see SourceMapper). */
   sourceMapper?: SourceMapper | undefined;
   basicAuthUser?: string | undefined;
   basicAuthPassword?: string | undefined;
@@ -132,17 +132,20 @@ export interface SourceLocation {
 }
 
 /**
- * @pyroscope/nodejs's SourceMapper, kept so code that builds one runs unchanged. It maps
- * nothing: frames keep the generated file, line and function name.
+ * @pyroscope/nodejs's SourceMapper: the source maps (`*.map` files) under some directories.
+ * Passed to `init({ sourceMapper })`, it names the frames of transpiled or bundled code after
+ * their sources: file, line, and the source's function name where the map has one.
  */
 export declare class SourceMapper {
+  /** Finds and parses the `*.map` files under `searchDirs` (node_modules skipped); rejects when a directory cannot be read. */
   static create(searchDirs: string[], debug?: boolean): Promise<SourceMapper>;
   constructor(debug?: boolean);
-  infoMap: Map<string, unknown>;
+  /** Generated file (absolute path) -> where its map is, for each map loaded. */
+  infoMap: Map<string, { mapFileDir: string }>;
   debug: boolean;
-  /** Always false. */
+  /** Whether a source map describes the generated file `inputPath`. */
   hasMappingInfo(inputPath: string): boolean;
-  /** Returns `location` as given. */
+  /** `location` (1-based line and column) mapped to its source; `location` as given when no map covers it. */
   mappingInfo(location: GeneratedLocation): SourceLocation;
 }
 

@@ -12,7 +12,7 @@ const labels = require('./lib/labels');
 const workers = require('./lib/workers');
 const { log, setLogger } = require('./lib/logger');
 const middleware = require('./lib/middleware');
-const { SourceMapper } = require('./lib/sourcemapper');
+const { SourceMapper, activate: activateSourceMapper } = require('./lib/sourcemapper');
 const { checkConfig, getEnv, processConfig, nativeOptions, heapOptions } = require('./lib/config');
 const { version } = require('./package.json');
 
@@ -35,6 +35,9 @@ function init(config = {}) {
   native.check(options);
   const heapSettings = heapOptions(processed);
   labels.configure({ async: processed.asyncLabels });
+  if (processed.sourceMapper !== undefined && processed.sourceMapper !== null && !activateSourceMapper(processed.sourceMapper)) {
+    log('warn', 'pyroscope: sourceMapper is not a SourceMapper of this package (make it with SourceMapper.create): frames are not mapped');
+  }
   settings = { processed, options, heap: heapSettings };
 }
 

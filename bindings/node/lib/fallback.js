@@ -9,11 +9,9 @@
 // fractions of a sample carried per stack to the next batch. The core's per-thread CPU samples
 // of native code go on as usual, unnamed inside JavaScript.
 
-const path = require('node:path');
 const { Session } = require('node:inspector');
 const native = require('./native');
 
-const cwd = process.cwd() + path.sep;
 let session = null;
 let timer = null;
 let periodNs = 1e7;
@@ -34,20 +32,14 @@ function post(method, params) {
   return result;
 }
 
-function shown(url) {
-  const file = url.startsWith('file://') ? new URL(url).pathname : url;
-  return { file, shown: file.startsWith(cwd) ? `./${file.slice(cwd.length)}` : file };
-}
-
-// One frame as @pyroscope/nodejs names it: `<file>:<name>:<line>`, 1-based lines.
+// One frame as @pyroscope/nodejs names it (`<file>:<name>:<line>`, 1-based lines, source maps
+// in force applied): the addon names it as it names JIT code.
 function frameOf(callFrame) {
   const name = callFrame.functionName;
   // V8's own entries ((program), (garbage collector)) and native functions have no script.
   if (callFrame.url === '') return [name === '' ? '(anonymous)' : name, '', 0];
-  const line = callFrame.lineNumber + 1;
-  const { file, shown: s } = shown(callFrame.url);
-  const fn = name === '' ? `(anonymous:L#${line}:C#${callFrame.columnNumber + 1})` : name;
-  return [`${s}:${fn}:${line}`, file, line];
+  const file = callFrame.url.startsWith('file://') ? new URL(callFrame.url).pathname : callFrame.url;
+  return native.jsFrame(name, file, callFrame.lineNumber + 1, callFrame.columnNumber + 1);
 }
 
 function collect() {

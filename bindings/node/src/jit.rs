@@ -90,8 +90,17 @@ pub fn frame_of(name: &str, cwd: &str) -> Frame {
 }
 
 /// Names JavaScript function `function` (empty when anonymous) starting at `line`:`column`
-/// (1-based) of `script`: how V8's JIT code names and its heap profiles both read.
+/// (1-based) of `script`: how V8's JIT code names and its heap profiles both read. A script
+/// with a source map in force is named from its source (see `sourcemaps.rs`).
 pub fn js_frame(function: &str, script: &str, line: u32, column: u32, cwd: &str) -> Frame {
+    if let Some(m) = crate::sourcemaps::lookup(script, line, column, function) {
+        let name = m.name.as_deref().unwrap_or(function);
+        return named(name, &m.file, m.line, m.column, cwd);
+    }
+    named(function, script, line, column, cwd)
+}
+
+fn named(function: &str, script: &str, line: u32, column: u32, cwd: &str) -> Frame {
     let function = if function.is_empty() { format!("(anonymous:L#{line}:C#{column})") } else { function.to_owned() };
     let shown = match script.strip_prefix(cwd) {
         Some(rel) if !cwd.is_empty() && cwd != "/" => format!("./{rel}"),

@@ -17,6 +17,7 @@ use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
 mod heap;
 mod idle;
 mod jit;
+mod sourcemaps;
 
 /// The Node module ABI (`process.versions.modules`) and version this addon was built for.
 pub const BUILT_FOR_ABI: &str = env!("PYROSCOPE_NODE_MODULES_ABI");
@@ -546,4 +547,13 @@ pub fn thread_cpu_time() -> f64 {
     // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+}
+
+/// Names JavaScript function `function` (empty when anonymous) at `line`:`column` (1-based) of
+/// `script` as JIT code is named, source maps in force applied: `[function, file, line]`
+/// (fallback mode names V8's own samples with it).
+#[napi]
+pub fn js_frame(function: String, script: String, line: u32, column: u32) -> (String, String, u32) {
+    let f = jit::js_frame(&function, &script, line, column, jit::cwd());
+    (f.function, f.file, f.line)
 }

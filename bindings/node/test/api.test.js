@@ -166,7 +166,7 @@ test('wrapWithLabels returns what fn returns and lets its errors through untouch
   assert.deepEqual(getLabels(), {});
 });
 
-test('SourceMapper: the peer\'s create(dirs) runs and maps nothing', async () => {
+test('SourceMapper: the peer\'s create(dirs) runs, missing directories skipped', async () => {
   const { SourceMapper } = pyroscope.default;
   const mapper = await SourceMapper.create([__dirname, '/does/not/exist']);
   assert.ok(mapper instanceof SourceMapper);
