@@ -12,7 +12,7 @@ use crate::labels::{validate_name, validate_tag_value};
 pub const MAX_SAMPLE_RATE: u32 = 10_000;
 
 /// Records of the sample ring by default: room for bursts of sampled allocations.
-pub(crate) const DEFAULT_RING_RECORDS: usize = 4096;
+pub(crate) const DEFAULT_RING_RECORDS: usize = 2048;
 
 /// Which endpoint carries the profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -111,7 +111,7 @@ pub struct Config {
     /// Seed of the allocation sampling RNG (fixed for reproducible tests).
     pub alloc_seed: Option<u64>,
     /// Records the sample ring holds between two drains of the collector (its memory is about
-    /// 1 KiB a record, resident as it fills). The ring is made once per process, by the first
+    /// 2 KiB a record, resident as it fills). The ring is made once per process, by the first
     /// agent: a later agent's setting has no effect.
     pub ring_records: usize,
 }
@@ -344,9 +344,9 @@ impl AgentBuilder {
         self
     }
 
-    /// Records the sample ring holds (default 4,096, about 4 MiB): bursts of sampled
+    /// Records the sample ring holds (default 2,048, about 4 MiB): bursts of sampled
     /// allocations need that; CPU and wall samples alone (a runtime without allocation hooks)
-    /// fit in 1,024 at 1 kHz. At least 256. The first agent of a process makes the ring.
+    /// fit in 512 at 1 kHz. At least 256. The first agent of a process makes the ring.
     pub fn ring_records(mut self, records: usize) -> Self {
         self.config.ring_records = records.max(256);
         self

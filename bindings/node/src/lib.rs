@@ -63,7 +63,7 @@ fn invalid(message: impl std::fmt::Display) -> napi::Error {
 
 fn build(o: &NativeOptions) -> Result<pyroscope_core::Config> {
     // No allocation hooks in Node (V8 reports its heap itself): a ring for CPU and wall samples.
-    let mut b = AgentBuilder::from_env().signal(libc::SIGRTMIN() + SIGNAL_OFFSET).memory(false).ring_records(1024);
+    let mut b = AgentBuilder::from_env().signal(libc::SIGRTMIN() + SIGNAL_OFFSET).memory(false).ring_records(512);
     if let Some(n) = &o.app_name {
         b = b.application_name(n.clone());
     }

@@ -1,6 +1,6 @@
 """What the pushed CPU profiles claim, checked against the threads' own clocks (issue #11): CPU
 per thread, C-extension work charged to the calling line, blocked threads costing nothing, frame
-names as pyroscope-io sends them, and deep stacks cut at the leaf-most 63 frames and marked.
+names as pyroscope-io sends them, and deep stacks cut at the leaf-most 127 frames and marked.
 
 Each test runs a program under the real agent (per-thread CPU timers, the CPython walker) in its
 own interpreter, against the strict receiver, and decodes what arrived. The programs measure
@@ -338,8 +338,8 @@ def test_frames_are_named_as_pyroscope_io_names_them(receiver, run_py, tmp_path)
 
 # --- 5. Deep stacks ------------------------------------------------------------------------------
 
-# Frames kept per sample: the core's record holds 128 words, 2 header words, 2 per frame.
-KEPT = 63
+# Frames kept per sample: the core's record holds 256 words, 2 header words, 2 per frame.
+KEPT = 127
 
 DEEP = """import sys, time, pyroscope
 sys.setrecursionlimit(10_000)
@@ -360,10 +360,10 @@ def deep():
     recurse(200, 0.4)
 
 def fits():
-    recurse(FITS, 0.4)  # <module>, fits, FITS + 1 recurse, spin: 63 frames
+    recurse(FITS, 0.4)  # <module>, fits, FITS + 1 recurse, spin: KEPT frames
 
 def cut():
-    recurse(FITS + 1, 0.4)  # 64 frames: <module> is left out
+    recurse(FITS + 1, 0.4)  # KEPT + 1 frames: <module> is left out
 
 for f in (deep, fits, cut):
     with pyroscope.tag_wrapper({"phase": f.__name__}):

@@ -187,9 +187,9 @@ def test_stress_real_agent_at_1000_hz_with_memory_hooks(receiver, run_py):
         for s in p["samples"]
         if functions(s)[-1:] == ["[truncated]"]
     ]
-    # (its 64th frame, the marker, stands for the thread's bottom frames and the rest of recurse's).
-    assert deep and all(len(functions(s)) == 64 and functions(s).count("recurse") >= 55 for s in deep), [
-        functions(s) for s in deep if functions(s).count("recurse") < 55
+    # (its 128th frame, the marker, stands for the thread's bottom frames and the rest of recurse's).
+    assert deep and all(len(functions(s)) == 128 and functions(s).count("recurse") >= 119 for s in deep), [
+        functions(s) for s in deep if len(functions(s)) != 128 or functions(s).count("recurse") < 119
     ][:1]
     names = {p["labels"]["__name__"] for p in r.profiles()}
     mem = set().union(*(seen(n) for n in names if n.startswith("memory")))

@@ -195,9 +195,9 @@ def test_deep_recursion_keeps_the_leaf_frames():
         return down(k - 1)
 
     here, want = down(300)
-    # The core's buffer is 128 words: 2 header words, then 63 frames of 2 words.
-    assert len(here[2]) == 63
-    assert here[2] == want[:63]
+    # The core's record is 256 words: 2 header words, then 127 frames of 2 words.
+    assert len(here[2]) == 127
+    assert here[2] == want[:127]
     assert n._walker_stats()["truncated"] == before + 1
 
 

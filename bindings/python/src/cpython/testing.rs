@@ -15,7 +15,8 @@ use pyroscope_core::fault;
 use super::resolve::{Named, PyResolver, DROPPED, NAMED};
 use super::walk::{self, COUNTERS};
 
-const WORDS: usize = 128;
+/// A record's words, as the core's.
+const WORDS: usize = 256;
 const SLOTS: usize = 2048;
 
 /// Samples the SIGPROF handler stored: words, and their count (0 = not written yet).

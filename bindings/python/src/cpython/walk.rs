@@ -15,7 +15,7 @@ use super::offsets::{self as off, OWNER_GENERATOR};
 use super::Runtime;
 
 /// Most frames kept per sample (more if `out` allows); deeper stacks keep their leaf-most
-/// frames. The core's 128-word buffer holds 63.
+/// frames. The core's 256-word record holds 127 (63 when native frames take their half).
 pub(crate) const MAX_FRAMES: usize = 255;
 /// Words before the frames: context label key, thread ident.
 pub(crate) const HEADER: usize = 2;
