@@ -32,11 +32,11 @@
 //! Under pymalloc (routed frees), `malloc` and `realloc` of the OBJ and MEM domains are three
 //! instructions of assembly each: subtract the size from the countdown, go to the sampled path
 //! when that made it zero or less, else jump to pymalloc's function with the caller's arguments
-//! untouched. Every object Python creates passes there; the same logic in Rust took 11
-//! instructions (it loaded the previous allocator through `ctx` and moved the arguments back
-//! into place), about two thirds of what memory profiling added to an allocation-heavy program.
-//! The routed domains keep pymalloc's own (null) `ctx`, so pymalloc gets exactly the arguments
-//! it would get without us.
+//! untouched. Every object Python creates passes there, so this path is most of what memory
+//! profiling adds to an allocation-heavy program; the same logic in Rust compiles to 11
+//! instructions (the previous allocator loaded through `ctx`, the arguments moved back into
+//! place). The routed domains keep pymalloc's own (null) `ctx`, so pymalloc gets exactly the
+//! arguments it would get without us.
 //!
 //! Installed once per domain, never uninstalled: code that runs later (tracemalloc, another
 //! profiler) may have wrapped our wrappers, so putting the old allocator back would cut it off.
@@ -126,18 +126,26 @@ static PREVIOUS_RAW: OnceLock<Previous> = OnceLock::new();
 /// "pymalloc"; a domain that still has exactly this one gets the routed wrappers, which forward
 /// to it (see [`set_pymalloc`]).
 static PYMALLOC: OnceLock<Previous> = OnceLock::new();
-/// pymalloc's `malloc` and `realloc` (from `PYMALLOC`), where the routed wrappers' assembly
-/// jumps: plain words at fixed addresses, stored before any routed wrapper is installed.
-static PYMALLOC_MALLOC: AtomicUsize = AtomicUsize::new(0);
-static PYMALLOC_REALLOC: AtomicUsize = AtomicUsize::new(0);
 
 /// pymalloc's largest small block (`SMALL_REQUEST_THRESHOLD`, 512 in 3.8-3.13): a request above
 /// it goes to the RAW domain (and its free comes back there).
 const PYMALLOC_SMALL_MAX: usize = 512;
 
-/// Bytes allocated through the wrappers until the next sample is due (see the module comment).
-/// Zero at first: the first allocation draws the first interval.
-static COUNTDOWN: AtomicI64 = AtomicI64::new(0);
+/// What every allocation of a routed domain reads, on a cache line of its own: no other
+/// variable's writes (a counter bumped by the collector thread, say) take it away from the
+/// allocating thread.
+#[repr(C, align(64))]
+struct Hot {
+    /// Bytes allocated through the wrappers until the next sample is due (see the module
+    /// comment). Zero at first: the first allocation draws the first interval.
+    countdown: AtomicI64,
+    /// pymalloc's `malloc` and `realloc` (from `PYMALLOC`), where the routed wrappers' assembly
+    /// jumps; stored before any routed wrapper is installed, never changed.
+    malloc: AtomicUsize,
+    realloc: AtomicUsize,
+}
+
+static HOT: Hot = Hot { countdown: AtomicI64::new(0), malloc: AtomicUsize::new(0), realloc: AtomicUsize::new(0) };
 
 type GetAllocator = unsafe extern "C" fn(c_int, *mut PyMemAllocatorEx);
 type SetAllocator = unsafe extern "C" fn(c_int, *mut PyMemAllocatorEx);
@@ -164,7 +172,7 @@ pub fn install(_py: Python<'_>, mem_domain: bool) -> Result<(), String> {
         // The first interval is a draw too: a countdown left at zero would sample (and
         // inflate) the first allocation.
         seed_thread();
-        COUNTDOWN.store(pyroscope_core::countdown_expired(std::ptr::null_mut(), 0, 0), Ordering::Relaxed);
+        HOT.countdown.store(pyroscope_core::countdown_expired(std::ptr::null_mut(), 0, 0), Ordering::Relaxed);
         if allocators_are_pymalloc() {
             let mut obj = PyMemAllocatorEx::empty();
             // SAFETY: fills the struct we own with the domain's allocator; the GIL is held.
@@ -185,8 +193,8 @@ pub fn install(_py: Python<'_>, mem_domain: bool) -> Result<(), String> {
 /// Keeps pymalloc's allocator for the routed wrappers: the words the assembly jumps through
 /// first, then `PYMALLOC`, whose presence lets [`wrap`] install them.
 fn set_pymalloc(pymalloc: Previous) {
-    PYMALLOC_MALLOC.store(pymalloc.malloc as usize, Ordering::Release);
-    PYMALLOC_REALLOC.store(pymalloc.realloc as usize, Ordering::Release);
+    HOT.malloc.store(pymalloc.malloc as usize, Ordering::Release);
+    HOT.realloc.store(pymalloc.realloc as usize, Ordering::Release);
     let _ = PYMALLOC.set(pymalloc);
 }
 
@@ -299,8 +307,8 @@ unsafe fn previous<'a>(ctx: *mut c_void) -> &'a Previous {
 fn countdown_take(size: usize) -> bool {
     // Load and store, not fetch_sub: calls are serialized by the GIL, and a locked instruction
     // would cost more than the rest of the fast path.
-    let left = COUNTDOWN.load(Ordering::Relaxed).wrapping_sub(size as i64);
-    COUNTDOWN.store(left, Ordering::Relaxed);
+    let left = HOT.countdown.load(Ordering::Relaxed).wrapping_sub(size as i64);
+    HOT.countdown.store(left, Ordering::Relaxed);
     left <= 0
 }
 
@@ -325,8 +333,8 @@ fn seed_thread() {
 #[inline(never)]
 fn sampled(p: *mut c_void, size: usize) {
     seed_thread();
-    let next = pyroscope_core::countdown_expired(p.cast(), size, COUNTDOWN.load(Ordering::Relaxed));
-    COUNTDOWN.store(next, Ordering::Relaxed);
+    let next = pyroscope_core::countdown_expired(p.cast(), size, HOT.countdown.load(Ordering::Relaxed));
+    HOT.countdown.store(next, Ordering::Relaxed);
 }
 
 /// Reports a new block to the sampler.
@@ -369,25 +377,26 @@ std::arch::global_asm!(
     ".hidden pyroscope_py_malloc_routed",
     ".type pyroscope_py_malloc_routed,@function",
     "pyroscope_py_malloc_routed:",
-    "    sub qword ptr [rip + {countdown}], rsi",
+    "    sub qword ptr [rip + {hot} + {countdown}], rsi",
     "    jle {malloc_sampled}",
-    "    jmp qword ptr [rip + {malloc}]",
+    "    jmp qword ptr [rip + {hot} + {malloc}]",
     ".size pyroscope_py_malloc_routed, . - pyroscope_py_malloc_routed",
     ".p2align 4",
     ".globl pyroscope_py_realloc_routed",
     ".hidden pyroscope_py_realloc_routed",
     ".type pyroscope_py_realloc_routed,@function",
     "pyroscope_py_realloc_routed:",
-    "    sub qword ptr [rip + {countdown}], rdx",
+    "    sub qword ptr [rip + {hot} + {countdown}], rdx",
     "    jle {realloc_sampled}",
-    "    jmp qword ptr [rip + {realloc}]",
+    "    jmp qword ptr [rip + {hot} + {realloc}]",
     ".size pyroscope_py_realloc_routed, . - pyroscope_py_realloc_routed",
     ".popsection",
-    countdown = sym COUNTDOWN,
+    hot = sym HOT,
+    countdown = const std::mem::offset_of!(Hot, countdown),
+    malloc = const std::mem::offset_of!(Hot, malloc),
+    realloc = const std::mem::offset_of!(Hot, realloc),
     malloc_sampled = sym malloc_routed_sampled,
-    malloc = sym PYMALLOC_MALLOC,
     realloc_sampled = sym realloc_routed_sampled,
-    realloc = sym PYMALLOC_REALLOC,
 );
 
 extern "C" {
