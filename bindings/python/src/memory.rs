@@ -369,7 +369,8 @@ fn routed_request(size: usize) -> usize {
 // countdown and sets the flags of `countdown - size` (exact, overflow included), so `jle` takes
 // the sampled path when it is zero or less; otherwise a jump to pymalloc's function, every
 // argument register as the caller set it (rdi: pymalloc's own null `ctx`). Nothing else is
-// touched: no stack, no other register.
+// touched: no stack, no other register. The CFI is the entry state throughout (the return
+// address at the stack pointer), so an unwinder that stops here finds its way out.
 std::arch::global_asm!(
     ".pushsection .text.pyroscope_py_hooks,\"ax\",@progbits",
     ".p2align 4",
@@ -377,18 +378,22 @@ std::arch::global_asm!(
     ".hidden pyroscope_py_malloc_routed",
     ".type pyroscope_py_malloc_routed,@function",
     "pyroscope_py_malloc_routed:",
+    "    .cfi_startproc",
     "    sub qword ptr [rip + {hot} + {countdown}], rsi",
     "    jle {malloc_sampled}",
     "    jmp qword ptr [rip + {hot} + {malloc}]",
+    "    .cfi_endproc",
     ".size pyroscope_py_malloc_routed, . - pyroscope_py_malloc_routed",
     ".p2align 4",
     ".globl pyroscope_py_realloc_routed",
     ".hidden pyroscope_py_realloc_routed",
     ".type pyroscope_py_realloc_routed,@function",
     "pyroscope_py_realloc_routed:",
+    "    .cfi_startproc",
     "    sub qword ptr [rip + {hot} + {countdown}], rdx",
     "    jle {realloc_sampled}",
     "    jmp qword ptr [rip + {hot} + {realloc}]",
+    "    .cfi_endproc",
     ".size pyroscope_py_realloc_routed, . - pyroscope_py_realloc_routed",
     ".popsection",
     hot = sym HOT,
