@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use pyroscope_core::fault;
 use pyroscope_core::{FrameId, LabelSet};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::linetable;
 use super::offsets as off;
@@ -54,8 +54,10 @@ struct Code {
 /// Turns walk words into frames and labels; see the module doc.
 pub struct PyResolver {
     labels: fn(u64, u64) -> Option<LabelSet>,
-    codes: HashMap<(u64, i32), Code>,
-    lines: HashMap<(u64, i32, i32), (u32, Option<FrameId>)>,
+    /// FxHash: keyed by addresses and small integers from our own walks, looked up for every
+    /// frame of every sample (SipHash was most of the cost of naming a frame).
+    codes: FxHashMap<(u64, i32), Code>,
+    lines: FxHashMap<(u64, i32, i32), (u32, Option<FrameId>)>,
     /// Scratch for [`Resolver::resolve`], which does not need the runs.
     ends: Vec<usize>,
     /// The root frame of stacks the walker cut (`[truncated]`, as the core names native ones).
@@ -65,7 +67,13 @@ pub struct PyResolver {
 impl PyResolver {
     /// `labels(context_key, thread_ident)` gives the labels of a sample (see `labels::lookup`).
     pub fn new(labels: fn(u64, u64) -> Option<LabelSet>) -> Self {
-        PyResolver { labels, codes: HashMap::new(), lines: HashMap::new(), ends: Vec::new(), truncated: None }
+        PyResolver {
+            labels,
+            codes: FxHashMap::default(),
+            lines: FxHashMap::default(),
+            ends: Vec::new(),
+            truncated: None,
+        }
     }
 
     /// Names the frames in `words` (leaf first) into `out`, dropping those that fail validation.
@@ -75,7 +83,9 @@ impl PyResolver {
         };
         for pair in words.get(HEADER..).unwrap_or(&[]).chunks_exact(2) {
             match self.frame(rt, pair[0], pair[1]) {
-                Some((named, _)) => out.push(named),
+                Some((code, &mut (line, _))) => {
+                    out.push(Named { function: code.qualname.clone(), file: code.filename.clone(), line })
+                }
                 None => {
                     DROPPED.fetch_add(1, Ordering::Relaxed);
                 }
@@ -83,8 +93,9 @@ impl PyResolver {
         }
     }
 
-    /// One frame: validates the code object, then names it from the caches.
-    fn frame(&mut self, rt: &Runtime, tagged: u64, packed: u64) -> Option<(Named, &mut Option<FrameId>)> {
+    /// One frame: validates the code object, then finds it in the caches: its code entry and its
+    /// (line, frame id) slot, the id made by the first caller that needs it.
+    fn frame(&mut self, rt: &Runtime, tagged: u64, packed: u64) -> Option<(&Code, &mut (u32, Option<FrameId>))> {
         let (lasti, firstlineno) = unpack(packed);
         let code = tagged & CODE_MASK;
         let addr = code as usize;
@@ -115,7 +126,7 @@ impl PyResolver {
         if self.lines.len() >= MAX_ENTRIES {
             self.lines.clear();
         }
-        let (line, id) = self.lines.entry((code, firstlineno, lasti)).or_insert_with(|| {
+        let slot = self.lines.entry((code, firstlineno, lasti)).or_insert_with(|| {
             // `configure(line_no=LineNo...)`: the line running, the function's first, or none.
             let line = match crate::agent::LINE_NO.load(Ordering::Relaxed) {
                 1 => u32::try_from(firstlineno).unwrap_or(0),
@@ -125,7 +136,7 @@ impl PyResolver {
             (line, None)
         });
         NAMED.fetch_add(1, Ordering::Relaxed);
-        Some((Named { function: entry.qualname.clone(), file: entry.filename.clone(), line: *line }, id))
+        Some((entry, slot))
     }
 }
 
@@ -147,9 +158,9 @@ impl Resolver for PyResolver {
                 // After this frame (named or dropped), one eval-function call's run ends.
                 let ends_run = pair[1] & RUN_END != 0;
                 match self.frame(rt, pair[0], pair[1]) {
-                    Some((named, id)) => {
+                    Some((code, (line, id))) => {
                         if id.is_none() {
-                            *id = FrameId::new(&named.function, &named.file, named.line);
+                            *id = FrameId::new(&code.qualname, &code.filename, *line);
                         }
                         if let Some(id) = *id {
                             frames.push(id);

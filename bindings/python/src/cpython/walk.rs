@@ -4,8 +4,9 @@
 //! read of interpreter memory goes through `pyroscope_core::fault` (a torn or freed frame gives
 //! an error, never a crash); the only calls are `PyGILState_GetThisThreadState` (a
 //! `pthread_getspecific`, lock-free reads in glibc, resolved by `dlsym` at init so no lazy
-//! binding runs here), two `sigaction` queries ([`fault::armed`]) and the raw `gettid` syscall.
-//! No allocation, no locks, no formatting.
+//! binding runs here), two `sigaction` queries ([`fault::armed`]) and `pthread_self` (a read of
+//! the thread pointer in glibc; the library is bound at load, `BIND_NOW`). No allocation, no
+//! locks, no formatting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,7 +38,7 @@ pub(crate) struct Counters {
     pub(crate) not_python: AtomicU64,
     /// The fault handler was not ours any more (faulthandler.enable()): nothing read.
     pub(crate) disarmed: AtomicU64,
-    /// The thread state's `native_thread_id` was not the calling thread's id.
+    /// The thread state's `thread_id` was not the calling thread's `pthread_self()`.
     pub(crate) wrong_thread: AtomicU64,
     /// Stacks cut short: deeper than the buffer.
     pub(crate) truncated: AtomicU64,
@@ -88,7 +89,7 @@ pub(crate) fn unpack(word: u64) -> (i32, i32) {
 /// None beyond the signature (`pyroscope_core::WalkFn`): every read is guarded.
 ///
 /// # Signal safety
-/// Async-signal-safe: guarded loads, atomics, `sigaction` queries, raw `gettid`, and
+/// Async-signal-safe: guarded loads, atomics, `sigaction` queries, `pthread_self`, and
 /// `PyGILState_GetThisThreadState` (a `pthread_getspecific`, lock-free in glibc).
 pub unsafe fn walk(out: &mut [u64]) -> usize {
     let Some(rt) = super::runtime() else {
@@ -127,9 +128,13 @@ pub unsafe fn walk(out: &mut [u64]) -> usize {
 /// # Signal safety
 /// As [`walk`].
 fn walk_tstate(rt: &Runtime, tstate: usize, out: &mut [u64]) -> Result<usize, Fault> {
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-    if fault::read_u64(tstate + rt.offsets.tstate_native_thread_id)? != tid {
+    // The state is this thread's: its `thread_id` is `PyThread_get_thread_ident()`, the
+    // `pthread_self()` of the thread it was bound to (set with `native_thread_id`, 3.11-3.13).
+    // `pthread_self` reads the thread pointer (one load in glibc) where the kernel's thread id
+    // would cost a system call on every sampled allocation.
+    // SAFETY: pthread_self has no arguments and cannot fail.
+    let me = unsafe { libc::pthread_self() } as u64;
+    if fault::read_u64(tstate + rt.offsets.tstate_thread_id)? != me {
         return Err(Fault);
     }
     let Ok(first) = current_frame(rt, tstate) else {
