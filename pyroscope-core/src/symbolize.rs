@@ -370,6 +370,40 @@ impl SymbolTable {
     }
 }
 
+impl SymbolTable {
+    /// The table's functions whose start is not in `known` (sorted by start), one per start
+    /// (the table's first symbol there), sorted by start. Built in one vector of the exact
+    /// size and sorted in place: a stable sort would take a scratch copy as large (Node's
+    /// `.symtab` gives 1.4 MB of entries), so the table is read once more instead, to put the
+    /// first symbol of each start that has several at the front of its run.
+    fn new_functions(&self, file: &File, known: &[Function]) -> Option<Vec<Function>> {
+        let is_new = |f: &Function| known.binary_search_by_key(&f.start, |k| k.start).is_err();
+        let mut count = 0;
+        self.each_function(file, |f| count += is_new(&f) as usize)?;
+        let mut out = Vec::with_capacity(count);
+        self.each_function(file, |f| {
+            if out.len() < count && is_new(&f) {
+                out.push(f);
+            }
+        })?;
+        out.sort_unstable_by_key(|f| f.start);
+        if out.windows(2).any(|w| w[0].start == w[1].start) {
+            // One bit per entry: set once the front of its run holds the run's first symbol.
+            let mut placed = vec![0u64; out.len().div_ceil(64)];
+            self.each_function(file, |f| {
+                let i = out.partition_point(|g| g.start < f.start);
+                let run = out.get(i + 1).is_some_and(|g| g.start == f.start);
+                if run && placed[i / 64] & (1 << (i % 64)) == 0 {
+                    placed[i / 64] |= 1 << (i % 64);
+                    out[i] = f;
+                }
+            })?;
+            out.dedup_by_key(|f| f.start);
+        }
+        Some(out)
+    }
+}
+
 /// What is kept of one module file between batches.
 struct FileIndex {
     path: Arc<str>,
@@ -425,20 +459,15 @@ impl FileIndex {
         // too), and within a table the first symbol. Later tables add only new addresses.
         let mut functions: Vec<Function> = Vec::new();
         for table in &tables {
-            let known = functions.len();
-            let is_new = |f: &Function| functions[..known].binary_search_by_key(&f.start, |k| k.start).is_err();
-            let mut count = 0;
-            table.each_function(&file, |f| count += is_new(&f) as usize)?;
-            let mut added = Vec::with_capacity(count);
-            table.each_function(&file, |f| {
-                if added.len() < count && is_new(&f) {
-                    added.push(f);
-                }
-            })?;
-            functions.reserve_exact(added.len());
-            functions.append(&mut added);
-            functions.sort_by_key(|f| f.start);
-            functions.dedup_by_key(|f| f.start);
+            let added = table.new_functions(&file, &functions)?;
+            if functions.is_empty() {
+                functions = added;
+            } else if !added.is_empty() {
+                // Every start is distinct now: an unstable sort keeps the same entries.
+                functions.reserve_exact(added.len());
+                functions.extend_from_slice(&added);
+                functions.sort_unstable_by_key(|f| f.start);
+            }
         }
         // A size-0 entry reaches to the next function.
         for i in 0..functions.len() {
@@ -447,10 +476,8 @@ impl FileIndex {
                 functions[i].size = u32::try_from(next - functions[i].start).unwrap_or(u32::MAX);
             }
         }
-        // Duplicates within a table are few: shrink only when they left much room.
-        if functions.capacity() - functions.len() > functions.len() / 8 {
-            functions.shrink_to_fit();
-        }
+        // In place: shrinking a block does not move it.
+        functions.shrink_to_fit();
         Some(FileIndex { path: path.clone(), loads, functions, has_dwarf, units: None, file: Some(file) })
     }
 
