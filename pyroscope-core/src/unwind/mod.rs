@@ -21,10 +21,10 @@ pub(crate) use framehop::x86_64::{
     CacheX86_64 as NativeCache, UnwindRegsX86_64 as NativeRegs, UnwinderX86_64 as NativeUnwinder,
 };
 
-/// Owned unwind section bytes.
-/// A module's unwind section bytes: a copy, or, for the main program (never unloaded), the
-/// loaded bytes themselves, so that a large executable's tables (Node's are 3.3 MB) cost only
-/// the pages unwinding touches instead of a copy plus every page read to make it.
+/// A module's unwind section bytes: a copy, or, for an object that is never unloaded (the main
+/// program, the object holding this code, objects linked `-z nodelete`), the loaded bytes
+/// themselves, so that a large object's tables (Node's are 3.3 MB, its addon's 0.4 MB) cost
+/// only the pages unwinding touches instead of a copy plus every page read to make it.
 #[derive(Clone)]
 pub(crate) enum SectionData {
     Copied(Arc<[u8]>),
@@ -263,13 +263,13 @@ struct Sections {
     eh: SectionData,
 }
 
-/// Copies `.eh_frame_hdr` and `.eh_frame` (refers to them, for the main program). Only inside
-/// dl_iterate_phdr's callback.
-fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
+/// Copies `.eh_frame_hdr` and `.eh_frame`, or refers to them for an object that is never
+/// unloaded (`permanent`). Only inside dl_iterate_phdr's callback.
+fn copy_sections(f: &Found, permanent: bool) -> Option<Sections> {
     let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
     // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of an object that cannot be
-    // unloaded while the loader runs our dl_iterate_phdr callback; the main program's stay
-    // mapped for the life of the process (it is never unloaded), hence 'static.
+    // unloaded while the loader runs our dl_iterate_phdr callback; a permanent object's stay
+    // mapped for the life of the process, hence 'static.
     let hdr: &'static [u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
     // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
     if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
@@ -279,10 +279,10 @@ fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
     let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
     let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
     // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of the same object, mapped for
-    // the duration of the callback (for the main program, for good) as above.
+    // the duration of the callback (for a permanent object, for good) as above.
     let eh: &'static [u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
     let data = |bytes: &'static [u8]| {
-        if main_program {
+        if permanent {
             SectionData::Loaded(bytes)
         } else {
             SectionData::Copied(Arc::from(bytes))
@@ -291,10 +291,47 @@ fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
     Some(Sections { hdr_addr, hdr: data(hdr), eh_addr, eh: data(eh) })
 }
 
-fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
+/// An address in the object that holds this code: that object is mapped as long as this code
+/// can run at all.
+fn own_code() -> u64 {
+    own_code as fn() -> u64 as usize as u64
+}
+
+/// One entry of an ELF64 dynamic section (`Elf64_Dyn`).
+#[repr(C)]
+struct ElfDyn {
+    tag: i64,
+    value: u64,
+}
+
+/// Whether a loaded object's dynamic section carries `DF_1_NODELETE` (`-z nodelete`, which
+/// rustc's cdylibs for Node get from napi-build): `dlclose` never unloads such an object.
+///
+/// # Safety
+/// `dynamic` is the runtime address of a loaded object's `PT_DYNAMIC`, which stays mapped
+/// during the call (inside dl_iterate_phdr's callback).
+unsafe fn nodelete(dynamic: *const ElfDyn) -> bool {
+    const DT_FLAGS_1: i64 = 0x6fff_fffb;
+    const DF_1_NODELETE: u64 = 0x8;
+    // Dynamic sections are short (tens of entries); the bound guards a malformed one.
+    for i in 0..4096 {
+        // SAFETY: PT_DYNAMIC is an array of entries ended by DT_NULL, mapped (caller's contract).
+        let entry = unsafe { &*dynamic.add(i) };
+        match entry.tag {
+            0 => return false,
+            DT_FLAGS_1 => return entry.value & DF_1_NODELETE != 0,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Every loaded object, its unwind sections copied (or referred to) inside the loader's lock.
+fn find_objects() -> Vec<Found> {
     unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes a valid info whose phdr array has dlpi_phnum entries,
-        // and our `data` pointer to a Vec<Found>.
+        // and our `data` pointer to a Vec<Found>; the object (its PT_DYNAMIC included) stays
+        // mapped while the callback runs.
         unsafe {
             let out = &mut *(data as *mut Vec<Found>);
             let info = &*info;
@@ -309,6 +346,7 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                 loads: Vec::new(),
                 sections: None,
             };
+            let mut dynamic = None;
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
                 let start = bias.wrapping_add(ph.p_vaddr);
@@ -321,11 +359,16 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                         }
                     }
                     libc::PT_GNU_EH_FRAME => found.eh_frame_hdr = Some((start, ph.p_memsz)),
+                    libc::PT_DYNAMIC => dynamic = Some(start as *const ElfDyn),
                     _ => {}
                 }
             }
-            // The loader reports the main program first.
-            found.sections = copy_sections(&found, out.is_empty());
+            // Never unloaded: the main program (the loader reports it first), the object
+            // holding this code, and objects marked so.
+            let permanent = out.is_empty()
+                || found.loads.iter().any(|(s, e)| (*s..*e).contains(&own_code()))
+                || dynamic.is_some_and(|d| nodelete(d));
+            found.sections = copy_sections(&found, permanent);
             out.push(found);
         }
         0
@@ -333,9 +376,12 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
     let mut found: Vec<Found> = Vec::new();
     // SAFETY: the callback matches dl_iterate_phdr's contract and `found` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(cb), (&mut found as *mut Vec<Found>).cast()) };
+    found
+}
 
+fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
     let mut out = Vec::new();
-    for (i, f) in found.into_iter().enumerate() {
+    for (i, f) in find_objects().into_iter().enumerate() {
         let (Some(first), Some(last)) = (f.texts.iter().map(|t| t.start).min(), f.texts.iter().map(|t| t.end).max())
         else {
             continue;
@@ -390,4 +436,52 @@ pub(crate) fn after_fork() {
 #[cfg(feature = "test-hooks")]
 pub(crate) fn retained() -> usize {
     RETIRED.lock().len() + RETIRED_MAPS.lock().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds `lib.c` into a shared library with `gcc` in a fresh folder and loads it (never
+    /// closed); returns its path.
+    fn load_fixture(name: &str, args: &[&str]) -> String {
+        let dir = std::env::temp_dir().join(format!("pyroscope-unwind-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("lib.c"), "int fixture_unwind(int x) { return x * 7 + 3; }\n").unwrap();
+        let path = dir.join(format!("{name}.so"));
+        let out = std::process::Command::new("gcc")
+            .args(["-O1", "-fPIC", "-shared", "-o"])
+            .arg(&path)
+            .arg(dir.join("lib.c"))
+            .args(args)
+            .output()
+            .expect("gcc must be installed to build the unwinder's fixtures");
+        assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: loads our fixture, which has no constructors; never closed.
+        assert!(!unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW) }.is_null());
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Objects that are never unloaded are read in place; any other object's tables are copied,
+    /// so that a `dlclose` cannot pull them from under a handler.
+    #[test]
+    fn only_objects_never_unloaded_are_read_in_place() {
+        let plain = load_fixture("plain", &[]);
+        let nodelete = load_fixture("nodelete", &["-Wl,-z,nodelete"]);
+        let objects = find_objects();
+        let loaded = |f: &Found| match &f.sections.as_ref().expect("unwind sections").eh {
+            SectionData::Loaded(_) => true,
+            SectionData::Copied(_) => false,
+        };
+        let by_path = |path: &str| objects.iter().find(|f| f.path == path).expect("object loaded");
+        assert!(loaded(&objects[0]), "the main program");
+        let own = objects.iter().find(|f| f.loads.iter().any(|(s, e)| (*s..*e).contains(&own_code())));
+        assert!(loaded(own.expect("the object holding this code")));
+        assert!(loaded(by_path(&nodelete)), "an object linked -z nodelete");
+        assert!(!loaded(by_path(&plain)), "an object dlclose may unload");
+        for path in [plain, nodelete] {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(&path).parent().unwrap());
+        }
+    }
 }
