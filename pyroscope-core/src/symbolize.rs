@@ -4,7 +4,9 @@
 //! - per module file, a compact index built once: its loadable segments and a sorted table of
 //!   function ranges from `.symtab` and `.dynsym` (16 bytes a function; names stay in the file
 //!   and are read on demand). The tables are read through a small buffer, never mapped: a
-//!   large binary's (Node's are 4.4 MB) would otherwise count in the resident set while read;
+//!   large binary's (Node's are 4.4 MB) would otherwise count in the resident set while read.
+//!   A module with more than [`STREAMED_ABOVE`] functions keeps no table: its symbol tables
+//!   are read once per batch of addresses instead ([`Symbolizer::prefetch`]);
 //! - a cache of resolved addresses, bounded in bytes ([`CACHE_BYTES`]), cleared when full
 //!   (profiles revisit the same hot addresses, so a clear costs one re-lookup each).
 //!
