@@ -2,7 +2,10 @@
 the same workloads, in one run, as interleaved child processes (workload.js), medians of the runs.
 
     python3 bench.py --node NODE --ours-pkg DIR --receiver PATH
-                     [--peer-pkg DIR | --peer-error WHY] [--ours-build WHAT]
+                     [--peer-pkg DIR | --peer-error WHY] [--ours-build WHAT] [--only SECTIONS]
+
+SECTIONS: overhead,await-cost,shutdown (the default), or rss: peak RSS alone, the CPU-bound
+workload of the overhead section (`BENCH_NODE_RSS_ONLY=1 benches/node/run.sh`).
 
 Every profiled child pushes to its own loopback receiver (tests/receiver, `pyroscope-receiver`),
 whose output is read back to count what arrived (the workload is measured from the child, never
@@ -279,6 +282,29 @@ class Bench:
                 + f" (the issue measured {PEER_QUOTED['added']} MiB for {PEER})"
             )
 
+    def rss_section(self):
+        """Peak RSS alone: the overhead section's CPU-bound runs (same settings, same receiver),
+        each run's peak and the median added against no profiler."""
+        units, _ = self.units_for("cpu", self.seconds)
+        modes = self.peer_modes([("none", dict(sdk="none")), (OURS, dict(sdk="ours")), (PEER, dict(sdk="peer"))])
+        res = self.interleaved([("rss", dict(work="cpu", units=units), modes)])["rss"]
+        print(
+            f"\n### Peak RSS (CPU-bound: {units:,} units, 100 Hz; the child's `ru_maxrss`; medians of "
+            f"{self.runs} interleaved runs)\n"
+        )
+        print("| profiler | peak RSS MiB | added MiB | each run's peak MiB |")
+        print("|---|---|---|---|")
+        ok, m0 = python_bench.medians(res["none"])
+        for name, _ in modes:
+            runs = [m for m in res[name] if m]
+            if not runs or m0 is None:
+                print(f"| {name} | failed | | |")
+                continue
+            rss = statistics.median(m["rss_mib"] for m in runs)
+            each = ", ".join(f"{m['rss_mib']:.1f}" for m in runs)
+            print(f"| {name} | {rss:.1f} | {rss - m0['rss_mib']:+.1f} | {each} |")
+        self.peer_missing_row([], 4)
+
     def await_cost_section(self):
         """benches/node/await-cost.js: labels' own cost per await (no agent), interleaved."""
         modes = [("none", "no profiler"), ("off", "`asyncLabels: false`"), ("on", "async labels on (the default)")]
@@ -348,6 +374,8 @@ def main():
     bench = Bench(args)
     bench.header()
     only = args.only.split(",")
+    if "rss" in only:
+        bench.rss_section()
     if "overhead" in only:
         bench.overhead_section()
     if "await-cost" in only:

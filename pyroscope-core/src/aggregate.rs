@@ -217,6 +217,8 @@ impl Window {
         let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
         b.time(start_ns, len_ns);
         let mut label_cache: HashMap<u32, Vec<labels::Label>> = HashMap::new();
+        let addresses = self.stack_list.iter().flat_map(|s| s.iter().copied()).filter(|k| k & SYMBOLIC == 0);
+        symbolizer.prefetch(addresses, snapshot);
         let mut entries: Vec<_> = self.cpu.iter().collect();
         entries.sort_unstable_by_key(|(k, _)| **k);
         for ((stack_id, label_id), weight) in entries {
@@ -357,6 +359,8 @@ impl AllocWindow {
         }
         let mut keys: Vec<_> = values.keys().copied().collect();
         keys.sort_unstable();
+        let addresses = keys.iter().filter_map(|k| self.stacks.get(&k.0)).flat_map(|s| s.iter().copied());
+        symbolizer.prefetch(addresses.filter(|pc| pc & SYMBOLIC == 0), snapshot);
         for key in keys {
             let v = values[&key];
             let stack: Arc<[u64]> =

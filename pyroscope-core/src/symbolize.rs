@@ -4,7 +4,9 @@
 //! - per module file, a compact index built once: its loadable segments and a sorted table of
 //!   function ranges from `.symtab` and `.dynsym` (16 bytes a function; names stay in the file
 //!   and are read on demand). The tables are read through a small buffer, never mapped: a
-//!   large binary's (Node's are 4.4 MB) would otherwise count in the resident set while read;
+//!   large binary's (Node's are 4.4 MB) would otherwise count in the resident set while read.
+//!   A module with more than [`STREAMED_ABOVE`] functions keeps no table: its symbol tables
+//!   are read once per batch of addresses instead ([`Symbolizer::prefetch`]);
 //! - a cache of resolved addresses, bounded in bytes ([`CACHE_BYTES`]), cleared when full
 //!   (profiles revisit the same hot addresses, so a clear costs one re-lookup each).
 //!
@@ -143,13 +145,31 @@ impl Symbolizer {
         name
     }
 
+    /// Starts a batch: notes the addresses about to be symbolized, so that each large module's
+    /// symbol tables are read once for all of them (see [`Streamed`]).
+    pub fn prefetch(&mut self, pcs: impl IntoIterator<Item = u64>, snapshot: Option<&Snapshot>) {
+        let mut seen = FxHashSet::default();
+        for pc in pcs {
+            if self.cache.contains_key(&pc) || !seen.insert(pc) {
+                continue;
+            }
+            let Some(place) = self.place(pc, snapshot) else { continue };
+            if let Some(index) = self.index(&place.path) {
+                index.note(place.probe);
+            }
+        }
+        for index in self.indexes.values_mut().flatten() {
+            index.resolve_pending();
+        }
+    }
+
     /// Ends a batch: drops the debug info parsed for it, unmaps the files and closes them.
     /// The collector calls it once a window's profiles are built.
     pub fn release(&mut self) {
         self.dwarf.clear();
         self.mappings = None;
         for index in self.indexes.values_mut().flatten() {
-            index.file = None;
+            index.release();
         }
     }
 
@@ -370,11 +390,104 @@ impl SymbolTable {
     }
 }
 
+impl SymbolTable {
+    /// The table's functions whose start is not in `known` (sorted by start), one per start
+    /// (the table's first symbol there), sorted by start. Built in one vector of the exact
+    /// size and sorted in place: a stable sort would take a scratch copy as large (Node's
+    /// `.symtab` gives 1.4 MB of entries), so the table is read once more instead, to put the
+    /// first symbol of each start that has several at the front of its run.
+    fn new_functions(&self, file: &File, known: &[Function]) -> Option<Vec<Function>> {
+        let is_new = |f: &Function| known.binary_search_by_key(&f.start, |k| k.start).is_err();
+        let mut count = 0;
+        self.each_function(file, |f| count += is_new(&f) as usize)?;
+        let mut out = Vec::with_capacity(count);
+        self.each_function(file, |f| {
+            if out.len() < count && is_new(&f) {
+                out.push(f);
+            }
+        })?;
+        out.sort_unstable_by_key(|f| f.start);
+        if out.windows(2).any(|w| w[0].start == w[1].start) {
+            // One bit per entry: set once the front of its run holds the run's first symbol.
+            let mut placed = vec![0u64; out.len().div_ceil(64)];
+            self.each_function(file, |f| {
+                let i = out.partition_point(|g| g.start < f.start);
+                let run = out.get(i + 1).is_some_and(|g| g.start == f.start);
+                if run && placed[i / 64] & (1 << (i % 64)) == 0 {
+                    placed[i / 64] |= 1 << (i % 64);
+                    out[i] = f;
+                }
+            })?;
+            out.dedup_by_key(|f| f.start);
+        }
+        Some(out)
+    }
+}
+
+/// Modules with more function symbols than this are not indexed: their tables are read
+/// again for each batch of addresses ([`Streamed`]). 32768 entries are 512 KB of index.
+const STREAMED_ABOVE: usize = 1 << 15;
+
+/// A large module's symbol tables, read once per batch of addresses instead of kept as an
+/// index (Node's would hold 1.3 MB for the life of the process): the batch's addresses are
+/// noted first ([`Symbolizer::prefetch`]), then one pass over the tables finds the function
+/// of each. An address met outside a batch costs a pass of its own.
+struct Streamed {
+    tables: Vec<SymbolTable>,
+    /// This batch's answers: the function holding each address noted, if any.
+    found: FxHashMap<u64, Option<Function>>,
+    /// Addresses noted for the next pass.
+    pending: Vec<u64>,
+}
+
+impl Streamed {
+    /// The function holding each of `probes` (sorted, distinct), as the index of the same
+    /// tables would give it: the entry with the greatest start at or below the address, the
+    /// first table's (and within it the first symbol's) for a start several have, a size-0
+    /// entry reaching to the next start. One pass over each table, remembering for each gap
+    /// between two probes the greatest start in it.
+    fn resolve(&self, file: &File, probes: &[u64]) -> Option<Vec<Option<Function>>> {
+        let mut best: Vec<Option<Function>> = vec![None; probes.len()];
+        let mut last_start = 0;
+        for table in &self.tables {
+            table.each_function(file, |f| {
+                last_start = last_start.max(f.start);
+                let i = probes.partition_point(|p| *p < f.start);
+                if let Some(slot) = best.get_mut(i) {
+                    if slot.is_none_or(|b| f.start > b.start) {
+                        *slot = Some(f);
+                    }
+                }
+            })?;
+        }
+        let mut holder: Option<Function> = None;
+        let found = probes
+            .iter()
+            .zip(best)
+            .map(|(&probe, gap)| {
+                holder = gap.or(holder);
+                let f = holder?;
+                // A size-0 entry reaches to the next start, which lies above `probe` (else it
+                // would be the holder); the last entry of all covers its start alone.
+                let size = match f.size {
+                    0 if f.start < last_start => u32::MAX,
+                    0 => 1,
+                    size => size,
+                };
+                (probe - f.start < u64::from(size)).then_some(f)
+            })
+            .collect();
+        Some(found)
+    }
+}
+
 /// What is kept of one module file between batches.
 struct FileIndex {
     path: Arc<str>,
     loads: Vec<Load>,
+    /// Sorted by start, one per start; empty when the module is `streamed`.
     functions: Vec<Function>,
+    streamed: Option<Streamed>,
     has_dwarf: bool,
     /// Which debug info unit covers which addresses, built on first use.
     units: Option<dwarf::UnitIndex>,
@@ -388,6 +501,12 @@ impl FileIndex {
     /// counting pass first: building an index adds no file pages and no spare capacity to the
     /// resident set.
     fn build(path: &Arc<str>) -> Option<FileIndex> {
+        Self::build_with(path, STREAMED_ABOVE)
+    }
+
+    /// [`FileIndex::build`], streaming the tables when they hold more than `stream_above`
+    /// function symbols.
+    fn build_with(path: &Arc<str>, stream_above: usize) -> Option<FileIndex> {
         let cache = object::read::ReadCache::new(File::open(&**path).ok()?);
         let (loads, has_dwarf, tables) = {
             let data = &cache;
@@ -421,24 +540,35 @@ impl FileIndex {
             (loads, has_dwarf, tables)
         };
         let file = cache.into_inner();
+        let mut count = 0;
+        for table in &tables {
+            table.each_function(&file, |_| count += 1)?;
+        }
+        if count > stream_above {
+            let streamed = Streamed { tables, found: FxHashMap::default(), pending: Vec::new() };
+            return Some(FileIndex {
+                path: path.clone(),
+                loads,
+                functions: Vec::new(),
+                streamed: Some(streamed),
+                has_dwarf,
+                units: None,
+                file: Some(file),
+            });
+        }
         // One entry per start address; the first table wins (.symtab names local functions
         // too), and within a table the first symbol. Later tables add only new addresses.
         let mut functions: Vec<Function> = Vec::new();
         for table in &tables {
-            let known = functions.len();
-            let is_new = |f: &Function| functions[..known].binary_search_by_key(&f.start, |k| k.start).is_err();
-            let mut count = 0;
-            table.each_function(&file, |f| count += is_new(&f) as usize)?;
-            let mut added = Vec::with_capacity(count);
-            table.each_function(&file, |f| {
-                if added.len() < count && is_new(&f) {
-                    added.push(f);
-                }
-            })?;
-            functions.reserve_exact(added.len());
-            functions.append(&mut added);
-            functions.sort_by_key(|f| f.start);
-            functions.dedup_by_key(|f| f.start);
+            let added = table.new_functions(&file, &functions)?;
+            if functions.is_empty() {
+                functions = added;
+            } else if !added.is_empty() {
+                // Every start is distinct now: an unstable sort keeps the same entries.
+                functions.reserve_exact(added.len());
+                functions.extend_from_slice(&added);
+                functions.sort_unstable_by_key(|f| f.start);
+            }
         }
         // A size-0 entry reaches to the next function.
         for i in 0..functions.len() {
@@ -447,11 +577,17 @@ impl FileIndex {
                 functions[i].size = u32::try_from(next - functions[i].start).unwrap_or(u32::MAX);
             }
         }
-        // Duplicates within a table are few: shrink only when they left much room.
-        if functions.capacity() - functions.len() > functions.len() / 8 {
-            functions.shrink_to_fit();
-        }
-        Some(FileIndex { path: path.clone(), loads, functions, has_dwarf, units: None, file: Some(file) })
+        // In place: shrinking a block does not move it.
+        functions.shrink_to_fit();
+        Some(FileIndex {
+            path: path.clone(),
+            loads,
+            functions,
+            streamed: None,
+            has_dwarf,
+            units: None,
+            file: Some(file),
+        })
     }
 
     #[cfg(test)]
@@ -468,13 +604,56 @@ impl FileIndex {
         Some(offset - l.offset + l.vaddr)
     }
 
-    /// The raw (mangled) name of the function holding `probe`.
-    fn function_name(&mut self, probe: u64) -> Option<String> {
+    /// Notes `probe` for the next pass over a streamed module's tables.
+    fn note(&mut self, probe: u64) {
+        if let Some(s) = &mut self.streamed {
+            if !s.found.contains_key(&probe) {
+                s.pending.push(probe);
+            }
+        }
+    }
+
+    /// Finds the functions of the addresses noted since the last pass (streamed modules).
+    fn resolve_pending(&mut self) {
+        let Some(s) = &mut self.streamed else { return };
+        if s.pending.is_empty() {
+            return;
+        }
+        let mut probes = std::mem::take(&mut s.pending);
+        probes.sort_unstable();
+        probes.dedup();
+        if self.file.is_none() {
+            self.file = File::open(&*self.path).ok();
+        }
+        let found = self.file.as_ref().and_then(|file| s.resolve(file, &probes));
+        let found = found.unwrap_or_else(|| vec![None; probes.len()]);
+        s.found.extend(probes.into_iter().zip(found));
+    }
+
+    /// The function holding `probe`.
+    fn function(&mut self, probe: u64) -> Option<Function> {
+        if self.streamed.is_some() {
+            self.note(probe);
+            self.resolve_pending();
+            return self.streamed.as_ref()?.found.get(&probe).copied().flatten();
+        }
         let i = self.functions.partition_point(|f| f.start <= probe).checked_sub(1)?;
         let f = self.functions[i];
-        if probe - f.start >= u64::from(f.size) {
-            return None;
+        (probe - f.start < u64::from(f.size)).then_some(f)
+    }
+
+    /// Forgets what was found for the batch (streamed modules) and closes the file.
+    fn release(&mut self) {
+        self.file = None;
+        if let Some(s) = &mut self.streamed {
+            s.found = FxHashMap::default();
+            s.pending = Vec::new();
         }
+    }
+
+    /// The raw (mangled) name of the function holding `probe`.
+    fn function_name(&mut self, probe: u64) -> Option<String> {
+        let f = self.function(probe)?;
         if self.file.is_none() {
             self.file = File::open(&*self.path).ok();
         }
@@ -836,11 +1015,53 @@ mod tests {
                 expected[i].1 = expected.get(i + 1).map_or(1, |n| n.0 - expected[i].0);
             }
         }
-        let index = FileIndex::build(&Arc::from(path.to_str().unwrap())).unwrap();
+        let index = FileIndex::build_with(&Arc::from(path.to_str().unwrap()), usize::MAX).unwrap();
         let got: Vec<(u64, u64, u64)> =
             index.functions.iter().map(|f| (f.start, u64::from(f.size), u64::from(f.name))).collect();
         assert!(expected.len() > 1000, "{}", expected.len());
         assert!(got == expected, "{} functions streamed, {} expected", got.len(), expected.len());
+    }
+
+    /// A module whose tables are read per batch names every address as its index would:
+    /// starts, insides, last bytes, the bytes past each function, batched or one at a time.
+    #[test]
+    fn streamed_tables_find_what_the_index_finds() {
+        let path: Arc<str> = Arc::from(std::env::current_exe().unwrap().to_str().unwrap());
+        let mut index = FileIndex::build_with(&path, usize::MAX).unwrap();
+        let mut streamed = FileIndex::build_with(&path, 0).unwrap();
+        assert!(index.streamed.is_none() && streamed.streamed.is_some() && streamed.functions.is_empty());
+        let mut probes: Vec<u64> = index
+            .functions
+            .iter()
+            .step_by(7)
+            .flat_map(|f| {
+                let size = u64::from(f.size);
+                [f.start, f.start + size / 2, f.start + size.saturating_sub(1), f.start + size, f.start.wrapping_sub(1)]
+            })
+            .collect();
+        probes.push(0);
+        probes.push(u64::MAX);
+        let expected: Vec<Option<(u64, String)>> =
+            probes.iter().map(|&p| index.function(p).map(|f| (f.start, index.function_name(p).unwrap()))).collect();
+        assert!(expected.iter().filter(|e| e.is_none()).count() > 2, "some probes lie outside every function");
+        // One batch.
+        for &p in &probes {
+            streamed.note(p);
+        }
+        streamed.resolve_pending();
+        let batched: Vec<_> =
+            probes.iter().map(|p| streamed.streamed.as_ref().unwrap().found.get(p).copied()).collect();
+        assert!(batched.iter().all(Option::is_some), "every noted address was looked up");
+        let got: Vec<_> = probes
+            .iter()
+            .map(|&p| streamed.function(p).map(|f| (f.start, streamed.function_name(p).unwrap())))
+            .collect();
+        assert!(got == expected, "batched answers differ from the index's");
+        // One at a time, after the batch is forgotten.
+        streamed.release();
+        for (&p, want) in probes.iter().zip(&expected).step_by(97) {
+            assert_eq!(streamed.function(p).map(|f| (f.start, streamed.function_name(p).unwrap())), *want, "{p:#x}");
+        }
     }
 
     fn function_name_of(index: &FileIndex, f: &Function) -> String {
@@ -848,6 +1069,7 @@ mod tests {
             path: index.path.clone(),
             loads: Vec::new(),
             functions: vec![*f],
+            streamed: None,
             has_dwarf: false,
             units: None,
             file: None,
@@ -862,7 +1084,7 @@ mod tests {
         let here = marker_function_for_symbolizer();
         let module = crate::unwind::current().unwrap().module_for(here).unwrap().clone();
         let path: Arc<str> = Arc::from(module.path.as_str());
-        let index = FileIndex::build(&path).unwrap();
+        let index = FileIndex::build_with(&path, usize::MAX).unwrap();
         let pcs = index
             .functions
             .iter()

@@ -148,10 +148,10 @@ impl HttpExporter {
                         samples: vec![push::RawSample { raw_profile: upload.pprof.clone(), id: String::new() }],
                     }],
                 };
-                let body = crate::pprof::gzip(&req.encode_to_vec());
-                let headers =
-                    vec![("Content-Type", "application/proto".to_owned()), ("Content-Encoding", "gzip".to_owned())];
-                Ok((format!("{}/push.v1.PusherService/Push", self.base), body, headers))
+                // Not compressed again: the profile in it is gzipped already, and the rest is a
+                // few labels (a second compressor would cost its 300 KB on this thread).
+                let headers = vec![("Content-Type", "application/proto".to_owned())];
+                Ok((format!("{}/push.v1.PusherService/Push", self.base), req.encode_to_vec(), headers))
             }
             Protocol::Ingest => {
                 let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();

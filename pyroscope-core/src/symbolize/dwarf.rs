@@ -35,6 +35,9 @@ const MAX_DEPTH: usize = 16;
 /// Where an inlined call was made: (file index, line).
 type Call = (u32, u32);
 
+/// Called with each unit and its offset in `.debug_info`.
+type RootVisitor<'a> = dyn FnMut(&gimli::Unit<R>, u32) + 'a;
+
 /// Decoding stopped at the caller's deadline.
 pub(super) struct OutOfTime;
 
@@ -57,14 +60,15 @@ struct UnitRange {
 pub(super) struct UnitIndex {
     ranges: Vec<UnitRange>,
     /// Every unit's offset in `.debug_info`, sorted: to find the unit of a reference into
-    /// another unit.
-    units: Vec<u32>,
+    /// another unit. Read on the first such reference when `.debug_aranges` made `ranges`
+    /// (reading it touches every unit header of the file).
+    units: std::cell::OnceCell<Vec<u32>>,
 }
 
 impl UnitIndex {
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
-        self.ranges.capacity() * std::mem::size_of::<UnitRange>() + self.units.capacity() * 4
+        self.ranges.capacity() * std::mem::size_of::<UnitRange>() + self.units.get().map_or(0, |u| u.capacity() * 4)
     }
 
     fn find(&self, probe: u64) -> Option<u32> {
@@ -146,7 +150,6 @@ impl DwarfFile {
     /// unit's root entry.
     pub fn index(&self) -> UnitIndex {
         let mut ranges = Vec::new();
-        let mut units = Vec::new();
         let mut aranges = self.dwarf.debug_aranges.headers();
         while let Ok(Some(header)) = aranges.next() {
             let Ok(unit) = u32::try_from(header.debug_info_offset().0) else { continue };
@@ -155,9 +158,24 @@ impl DwarfFile {
                 push_range(&mut ranges, e.address(), e.length(), unit);
             }
         }
-        // Every unit's header (and its root entry when there are no aranges): one pass over
-        // the file, its pages handed back as it goes.
-        let by_root = ranges.is_empty();
+        let units = std::cell::OnceCell::new();
+        if ranges.is_empty() {
+            let _ = units.set(self.unit_offsets(Some(&mut |unit, off| {
+                let Ok(mut it) = self.dwarf.unit_ranges(unit) else { return };
+                while let Ok(Some(r)) = it.next() {
+                    push_range(&mut ranges, r.begin, r.end.saturating_sub(r.begin), off);
+                }
+            })));
+        }
+        ranges.sort_unstable_by_key(|r| r.start);
+        ranges.shrink_to_fit();
+        UnitIndex { ranges, units }
+    }
+
+    /// Every unit's offset, sorted, from one pass over the unit headers (its pages handed back
+    /// as it goes); `root`, when given, gets each unit parsed (its root entry).
+    fn unit_offsets(&self, mut root: Option<&mut RootVisitor<'_>>) -> Vec<u32> {
+        let mut units = Vec::new();
         let mut headers = self.dwarf.units();
         while let Ok(Some(header)) = headers.next() {
             let Some(off) = header.debug_info_offset().and_then(|o| u32::try_from(o.0).ok()) else { continue };
@@ -165,22 +183,17 @@ impl DwarfFile {
             if units.len() % 16 == 0 {
                 self.drop_pages();
             }
-            if !by_root {
-                continue;
-            }
-            let Ok(unit) = self.dwarf.unit(header) else { continue };
-            let Ok(mut it) = self.dwarf.unit_ranges(&unit) else { continue };
-            while let Ok(Some(r)) = it.next() {
-                push_range(&mut ranges, r.begin, r.end.saturating_sub(r.begin), off);
+            if let Some(root) = root.as_mut() {
+                if let Ok(unit) = self.dwarf.unit(header) {
+                    root(&unit, off);
+                }
             }
         }
-        ranges.sort_unstable_by_key(|r| r.start);
-        ranges.shrink_to_fit();
         units.sort_unstable();
         units.dedup();
         units.shrink_to_fit();
         self.drop_pages();
-        UnitIndex { ranges, units }
+        units
     }
 
     /// The frames at `probe`, innermost first; empty when the debug info does not cover it;
@@ -441,12 +454,10 @@ impl DwarfFile {
                 }
                 Some(gimli::AttributeValue::DebugInfoRef(off)) => {
                     let target = u32::try_from(off.0).ok()?;
-                    let i = index.units.partition_point(|u| *u <= target).checked_sub(1)?;
-                    let header = self
-                        .dwarf
-                        .debug_info
-                        .header_from_offset(gimli::DebugInfoOffset(index.units[i] as usize))
-                        .ok()?;
+                    let units = index.units.get_or_init(|| self.unit_offsets(None));
+                    let i = units.partition_point(|u| *u <= target).checked_sub(1)?;
+                    let header =
+                        self.dwarf.debug_info.header_from_offset(gimli::DebugInfoOffset(units[i] as usize)).ok()?;
                     let other = self.dwarf.unit(header).ok()?;
                     let e = other.entry(off.to_unit_offset(&other.header)?).ok()?;
                     return self.name(index, &other, &e, depth - 1);

@@ -21,10 +21,10 @@ pub(crate) use framehop::x86_64::{
     CacheX86_64 as NativeCache, UnwindRegsX86_64 as NativeRegs, UnwinderX86_64 as NativeUnwinder,
 };
 
-/// Owned unwind section bytes.
-/// A module's unwind section bytes: a copy, or, for the main program (never unloaded), the
-/// loaded bytes themselves, so that a large executable's tables (Node's are 3.3 MB) cost only
-/// the pages unwinding touches instead of a copy plus every page read to make it.
+/// A module's unwind section bytes: a copy, or, for an object that is never unloaded (the main
+/// program and the libraries loaded with it, the object holding this code, objects linked
+/// `-z nodelete` and what they need), the loaded bytes themselves, so that a large object's tables (Node's are 3.3 MB, its addon's 0.4 MB) cost
+/// only the pages unwinding touches instead of a copy plus every page read to make it.
 #[derive(Clone)]
 pub(crate) enum SectionData {
     Copied(Arc<[u8]>),
@@ -263,13 +263,13 @@ struct Sections {
     eh: SectionData,
 }
 
-/// Copies `.eh_frame_hdr` and `.eh_frame` (refers to them, for the main program). Only inside
-/// dl_iterate_phdr's callback.
-fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
+/// Copies `.eh_frame_hdr` and `.eh_frame`, or refers to them for an object that is never
+/// unloaded (`permanent`). Only inside dl_iterate_phdr's callback.
+fn copy_sections(f: &Found, permanent: bool) -> Option<Sections> {
     let (hdr_addr, hdr_len) = f.eh_frame_hdr?;
     // SAFETY: PT_GNU_EH_FRAME describes mapped, readable bytes of an object that cannot be
-    // unloaded while the loader runs our dl_iterate_phdr callback; the main program's stay
-    // mapped for the life of the process (it is never unloaded), hence 'static.
+    // unloaded while the loader runs our dl_iterate_phdr callback; a permanent object's stay
+    // mapped for the life of the process, hence 'static.
     let hdr: &'static [u8] = unsafe { std::slice::from_raw_parts(hdr_addr as *const u8, hdr_len as usize) };
     // version 1, eh_frame_ptr encoded as pcrel|sdata4 (0x1b) in every toolchain we target.
     if hdr.len() < 8 || hdr[0] != 1 || hdr[1] != 0x1b {
@@ -279,10 +279,10 @@ fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
     let eh_addr = (hdr_addr as i64 + 4 + rel) as u64;
     let (_, seg_end) = *f.loads.iter().find(|(s, e)| *s <= eh_addr && eh_addr < *e)?;
     // SAFETY: [eh_addr, seg_end) lies inside one PT_LOAD segment of the same object, mapped for
-    // the duration of the callback (for the main program, for good) as above.
+    // the duration of the callback (for a permanent object, for good) as above.
     let eh: &'static [u8] = unsafe { std::slice::from_raw_parts(eh_addr as *const u8, (seg_end - eh_addr) as usize) };
     let data = |bytes: &'static [u8]| {
-        if main_program {
+        if permanent {
             SectionData::Loaded(bytes)
         } else {
             SectionData::Copied(Arc::from(bytes))
@@ -291,12 +291,87 @@ fn copy_sections(f: &Found, main_program: bool) -> Option<Sections> {
     Some(Sections { hdr_addr, hdr: data(hdr), eh_addr, eh: data(eh) })
 }
 
-fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
+/// An address in the object that holds this code: that object is mapped as long as this code
+/// can run at all.
+fn own_code() -> u64 {
+    own_code as fn() -> u64 as usize as u64
+}
+
+/// One entry of an ELF64 dynamic section (`Elf64_Dyn`).
+#[repr(C)]
+struct ElfDyn {
+    tag: i64,
+    value: u64,
+}
+
+/// What an object's dynamic section says about its unloading: whether it is marked
+/// `DF_1_NODELETE` (`-z nodelete`, which the Node addon gets from napi-build: `dlclose` never
+/// unloads it), its `DT_SONAME` and the names it needs (`DT_NEEDED`).
+#[derive(Default)]
+struct Dynamic {
+    nodelete: bool,
+    soname: Option<String>,
+    needed: Vec<String>,
+}
+
+/// Reads an object's dynamic section; strings outside its loaded segments are left out.
+///
+/// # Safety
+/// `dynamic` is the runtime address of a loaded object's `PT_DYNAMIC` and `loads` the runtime
+/// ranges of its `PT_LOAD` segments, all mapped during the call (inside dl_iterate_phdr's
+/// callback).
+unsafe fn read_dynamic(dynamic: *const ElfDyn, bias: u64, loads: &[(u64, u64)]) -> Dynamic {
+    const DT_NEEDED: i64 = 1;
+    const DT_STRTAB: i64 = 5;
+    const DT_SONAME: i64 = 14;
+    const DT_FLAGS_1: i64 = 0x6fff_fffb;
+    const DF_1_NODELETE: u64 = 0x8;
+    let mut out = Dynamic::default();
+    let (mut strtab, mut soname, mut needed) = (None, None, Vec::new());
+    // Dynamic sections are short (tens of entries); the bound guards a malformed one.
+    for i in 0..4096 {
+        // SAFETY: PT_DYNAMIC is an array of entries ended by DT_NULL, mapped (caller's contract).
+        let entry = unsafe { &*dynamic.add(i) };
+        match entry.tag {
+            0 => break,
+            DT_NEEDED => needed.push(entry.value),
+            DT_STRTAB => strtab = Some(entry.value),
+            DT_SONAME => soname = Some(entry.value),
+            DT_FLAGS_1 => out.nodelete = entry.value & DF_1_NODELETE != 0,
+            _ => {}
+        }
+    }
+    let Some(strtab) = strtab else { return out };
+    // The loader relocates the section's addresses in place on most targets, not on all: an
+    // address below the load bias is still the file's.
+    let strtab = if strtab < bias { strtab.wrapping_add(bias) } else { strtab };
+    let string = |offset: u64| -> Option<String> {
+        let start = strtab.checked_add(offset)?;
+        let &(_, end) = loads.iter().find(|(s, e)| *s <= start && start < *e)?;
+        let len = (end - start).min(4096) as usize;
+        // SAFETY: [start, start + len) lies inside a mapped PT_LOAD segment of the object.
+        let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
+        let name = &bytes[..bytes.iter().position(|&b| b == 0)?];
+        std::str::from_utf8(name).ok().map(str::to_owned)
+    };
+    out.soname = soname.and_then(string);
+    out.needed = needed.into_iter().filter_map(string).collect();
+    out
+}
+
+/// Every loaded object, its unwind sections copied (or referred to) inside the loader's lock.
+fn find_objects() -> Vec<Found> {
+    struct State {
+        found: Vec<Found>,
+        /// Names needed by objects that are never unloaded, not matched to an object yet.
+        needed: Vec<String>,
+    }
     unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes a valid info whose phdr array has dlpi_phnum entries,
-        // and our `data` pointer to a Vec<Found>.
+        // and our `data` pointer to a State; the object (its PT_DYNAMIC included) stays mapped
+        // while the callback runs.
         unsafe {
-            let out = &mut *(data as *mut Vec<Found>);
+            let state = &mut *(data as *mut State);
             let info = &*info;
             let name =
                 if info.dlpi_name.is_null() { "" } else { CStr::from_ptr(info.dlpi_name).to_str().unwrap_or("") };
@@ -309,6 +384,7 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                 loads: Vec::new(),
                 sections: None,
             };
+            let mut dynamic = None;
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
                 let start = bias.wrapping_add(ph.p_vaddr);
@@ -321,21 +397,41 @@ fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
                         }
                     }
                     libc::PT_GNU_EH_FRAME => found.eh_frame_hdr = Some((start, ph.p_memsz)),
+                    libc::PT_DYNAMIC => dynamic = Some(start as *const ElfDyn),
                     _ => {}
                 }
             }
-            // The loader reports the main program first.
-            found.sections = copy_sections(&found, out.is_empty());
-            out.push(found);
+            let dynamic = dynamic.map(|d| read_dynamic(d, bias, &found.loads)).unwrap_or_default();
+            // The loader reports the main program first, then the objects loaded with it, each
+            // after an object that needs it; glibc unloads only objects that dlopen loaded. An
+            // object needed by one that is never unloaded is one of those loaded with the
+            // program, or held by an object marked never to be unloaded: either way it stays.
+            let main = state.found.is_empty();
+            let base = name.rsplit('/').next().unwrap_or(name);
+            let needed = state.needed.iter().position(|n| {
+                dynamic.soname.as_deref() == Some(n.as_str()) || n == base || (n.starts_with('/') && n == name)
+            });
+            // A name stands for one object: the first one reported (a second namespace's copy
+            // of a library may be unloaded).
+            let needed = needed.map(|i| state.needed.swap_remove(i)).is_some();
+            let own = found.loads.iter().any(|(s, e)| (*s..*e).contains(&own_code()));
+            if main || needed || dynamic.nodelete {
+                state.needed.extend(dynamic.needed);
+            }
+            found.sections = copy_sections(&found, main || needed || dynamic.nodelete || own);
+            state.found.push(found);
         }
         0
     }
-    let mut found: Vec<Found> = Vec::new();
-    // SAFETY: the callback matches dl_iterate_phdr's contract and `found` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut found as *mut Vec<Found>).cast()) };
+    let mut state = State { found: Vec::new(), needed: Vec::new() };
+    // SAFETY: the callback matches dl_iterate_phdr's contract and `state` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(cb), (&mut state as *mut State).cast()) };
+    state.found
+}
 
+fn collect_modules() -> Vec<(ModuleInfo, Option<Module<SectionData>>)> {
     let mut out = Vec::new();
-    for (i, f) in found.into_iter().enumerate() {
+    for (i, f) in find_objects().into_iter().enumerate() {
         let (Some(first), Some(last)) = (f.texts.iter().map(|t| t.start).min(), f.texts.iter().map(|t| t.end).max())
         else {
             continue;
@@ -390,4 +486,88 @@ pub(crate) fn after_fork() {
 #[cfg(feature = "test-hooks")]
 pub(crate) fn retained() -> usize {
     RETIRED.lock().len() + RETIRED_MAPS.lock().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shared libraries built with `gcc` in a fresh folder, removed on drop (loaded ones stay
+    /// mapped).
+    struct Fixtures {
+        dir: std::path::PathBuf,
+    }
+
+    impl Fixtures {
+        fn new() -> Fixtures {
+            let dir = std::env::temp_dir().join(format!("pyroscope-unwind-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Fixtures { dir }
+        }
+
+        /// Builds `lib<name>.so` exporting `<name>_fn` with extra gcc arguments; returns its path.
+        fn build(&self, name: &str, args: &[&str]) -> String {
+            let src = self.dir.join(format!("{name}.c"));
+            std::fs::write(&src, format!("int {name}_fn(int x) {{ return x * 7 + 3; }}\n")).unwrap();
+            let path = self.dir.join(format!("lib{name}.so"));
+            let out = std::process::Command::new("gcc")
+                .args(["-O1", "-fPIC", "-shared", "-o"])
+                .arg(&path)
+                .arg(&src)
+                .arg(format!("-Wl,-soname,lib{name}.so"))
+                .args(["-L"])
+                .arg(&self.dir)
+                .arg(format!("-Wl,-rpath,{}", self.dir.display()))
+                .args(args)
+                .output()
+                .expect("gcc must be installed to build the unwinder's fixtures");
+            assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+            path.to_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for Fixtures {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn load(path: &str) {
+        let c = std::ffi::CString::new(path).unwrap();
+        // SAFETY: loads a fixture without constructors; never closed.
+        assert!(!unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW) }.is_null(), "dlopen {path}");
+    }
+
+    /// Objects that are never unloaded are read in place; any other object's tables are copied,
+    /// so that a `dlclose` cannot pull them from under a handler.
+    #[test]
+    fn only_objects_never_unloaded_are_read_in_place() {
+        let fx = Fixtures::new();
+        // Loaded by dlopen: `plain` and what it needs may be unloaded; `nodelete` and what it
+        // needs never are.
+        let plain_dep = fx.build("plaindep", &[]);
+        let plain = fx.build("plain", &["-Wl,--no-as-needed", "-lplaindep"]);
+        let kept_dep = fx.build("keptdep", &[]);
+        let nodelete = fx.build("nodelete", &["-Wl,--no-as-needed", "-lkeptdep", "-Wl,-z,nodelete"]);
+        load(&plain);
+        load(&nodelete);
+        let objects = find_objects();
+        let loaded = |f: &Found| match &f.sections.as_ref().expect("unwind sections").eh {
+            SectionData::Loaded(_) => true,
+            SectionData::Copied(_) => false,
+        };
+        let by_path = |path: &str| {
+            let names: Vec<&str> = objects.iter().map(|f| f.path.as_str()).collect();
+            objects.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("{path} not in {names:?}"))
+        };
+        assert!(loaded(&objects[0]), "the main program");
+        let libc = objects.iter().find(|f| f.path.rsplit('/').next() == Some("libc.so.6"));
+        assert!(loaded(libc.expect("libc")), "a library loaded with the program");
+        let own = objects.iter().find(|f| f.loads.iter().any(|(s, e)| (*s..*e).contains(&own_code())));
+        assert!(loaded(own.expect("the object holding this code")));
+        assert!(loaded(by_path(&nodelete)), "an object linked -z nodelete");
+        assert!(loaded(by_path(&kept_dep)), "an object a -z nodelete object needs");
+        assert!(!loaded(by_path(&plain)), "an object dlclose may unload");
+        assert!(!loaded(by_path(&plain_dep)), "an object needed by one dlclose may unload");
+    }
 }
