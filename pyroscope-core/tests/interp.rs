@@ -2,7 +2,7 @@
 //! sampled thread, its resolver names the words on the collector thread, and the labels it
 //! returns lie over the thread's.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pyroscope_core::{AgentBuilder, FrameId, LabelSet, Resolver};
@@ -97,4 +97,74 @@ fn walker_frames_and_context_labels_reach_cpu_and_memory_profiles() {
         assert_eq!(f.labels.get("worker").map(String::as_str), Some("w1"), "{f:?}");
     }
     drop(kept);
+}
+
+/// The thread the faulting walker answers for, and the inaccessible page it reads.
+static FAULT_TARGET: AtomicI32 = AtomicI32::new(-1);
+static FAULT_PAGE: AtomicUsize = AtomicUsize::new(0);
+/// Reads of the page that came back as errors, inside the CPU timer's handler.
+static FAULTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A walker whose every walk faults once, as a Python walk does on a torn frame chain.
+///
+/// # Safety
+/// Async-signal-safe: a raw syscall, atomics, one guarded read and two stores.
+unsafe fn faulting_walk(out: &mut [u64]) -> usize {
+    if gettid() != FAULT_TARGET.load(Ordering::Relaxed) || out.len() < 2 {
+        return 0;
+    }
+    if pyroscope_core::fault::read_u64(FAULT_PAGE.load(Ordering::Relaxed)).is_err() {
+        FAULTS_SEEN.fetch_add(1, Ordering::Relaxed);
+    }
+    out[0] = 0;
+    out[1] = 0xf00;
+    2
+}
+
+struct Leaf;
+
+impl Resolver for Leaf {
+    fn resolve(&mut self, _words: &[u64], frames: &mut Vec<FrameId>) -> Option<LabelSet> {
+        frames.extend(FrameId::new("py_leaf", "app.py", 3));
+        None
+    }
+}
+
+/// Regression (#11): the CPU timer's handler blocked every signal, SIGSEGV included, so the
+/// first guarded read that faulted inside it killed the process (about one run in a hundred of
+/// the Python benchmark) instead of coming back as an error.
+#[test]
+fn a_guarded_read_that_faults_in_the_cpu_handler_is_an_error() {
+    let _g = crate::agent_lock();
+    pyroscope_core::fault::install().unwrap();
+    // SAFETY: an anonymous inaccessible page, kept for the life of the process (never reused,
+    // so every read of it faults).
+    let page = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    FAULT_PAGE.store(page as usize, Ordering::SeqCst);
+    let faults_before = pyroscope_core::fault::faults();
+    let dir = temp_dir("interp-fault");
+    pyroscope_core::set_interpreter(faulting_walk, Box::new(Leaf));
+    let agent = AgentBuilder::new("interp-fault").export_dir(&dir).sample_rate(250).start().unwrap();
+    std::thread::spawn(|| {
+        FAULT_TARGET.store(gettid(), Ordering::SeqCst);
+        spin_cpu(Duration::from_millis(400));
+        FAULT_TARGET.store(-1, Ordering::SeqCst);
+    })
+    .join()
+    .unwrap();
+    let stats = agent.stop();
+    let seen = FAULTS_SEEN.load(Ordering::SeqCst);
+    assert!(seen > 10, "walks that faulted and went on: {seen}; {stats:?}");
+    assert!(pyroscope_core::fault::faults() - faults_before >= seen as u64);
+    let leaf: i64 = read_profiles(&dir)
+        .iter()
+        .filter(|(n, _)| n.contains(".process_cpu."))
+        .flat_map(|(_, p)| flatten(p))
+        .filter(|f| f.stack == ["py_leaf"])
+        .map(|f| f.values[0])
+        .sum();
+    assert!(leaf > 10, "samples of the faulting walks: {leaf}");
 }

@@ -226,6 +226,20 @@ fn install_handler(signal: i32, on_alt_stack: bool) -> Result<()> {
     // at the top of the alternate stack, over our frame. Blocked signals wait a microsecond.
     // SAFETY: sa_mask is a valid sigset_t to initialise.
     unsafe { libc::sigfillset(&mut action.sa_mask) };
+    if !on_alt_stack {
+        // ...except SIGSEGV and SIGBUS when the handler's frame is on the interrupted stack: an
+        // interpreter's walker reads through `crate::fault`, whose handler turns a fault into an
+        // error, and a fault while those signals are blocked kills the process instead (the
+        // kernel resets a blocked synchronous signal to its default action). The nested frame
+        // lands on the stack in use or at the top of an alternate stack, not over ours (which is
+        // on the interrupted thread's stack, unless the signal came while that thread ran
+        // another handler on its alternate stack).
+        // SAFETY: sa_mask was initialised above; both are valid signal numbers.
+        unsafe {
+            libc::sigdelset(&mut action.sa_mask, libc::SIGSEGV);
+            libc::sigdelset(&mut action.sa_mask, libc::SIGBUS);
+        }
+    }
     // SAFETY: plain C struct; all-zero is a valid value for sigaction to overwrite.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; `signal` was validated by the config.
