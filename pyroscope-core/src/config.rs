@@ -12,7 +12,7 @@ use crate::labels::{validate_name, validate_tag_value};
 pub const MAX_SAMPLE_RATE: u32 = 10_000;
 
 /// Records of the sample ring by default: room for bursts of sampled allocations.
-pub(crate) const DEFAULT_RING_RECORDS: usize = 2048;
+pub(crate) const DEFAULT_RING_RECORDS: usize = 4096;
 
 /// Which endpoint carries the profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -344,9 +344,10 @@ impl AgentBuilder {
         self
     }
 
-    /// Records the sample ring holds (default 2,048, about 4 MiB): bursts of sampled
-    /// allocations need that; CPU and wall samples alone (a runtime without allocation hooks)
-    /// fit in 512 at 1 kHz. At least 256. The first agent of a process makes the ring.
+    /// Records the sample ring holds (default 4,096, about 8 MiB, resident as it fills): bursts
+    /// of sampled allocations need that (at 2,048 the preload library's allocation test lost
+    /// most of a burst); CPU and wall samples alone (a runtime without allocation hooks) fit in
+    /// 512 at 1 kHz. At least 256. The first agent of a process makes the ring.
     pub fn ring_records(mut self, records: usize) -> Self {
         self.config.ring_records = records.max(256);
         self
