@@ -8,7 +8,7 @@
 //!
 //! The slots live in an anonymous mapping that nothing writes at creation: a page becomes
 //! resident when a writer first fills a slot in it, so a process that exits at once, or samples
-//! little, never pays for the 4 MiB (a ring written in full at start was most of the memory the
+//! little, never pays for the 8 MiB (a ring written in full at start was most of the memory the
 //! preload library added to `sqlite3 :memory: 'select 1'`). Each slot's sequence number is
 //! stored relative to its index, so a page of zeros is a page of free slots; a writer on the
 //! ring's first lap does not read the sequence of its slot (it knows the slot is free), so its
@@ -465,7 +465,7 @@ mod tests {
         vec.iter().filter(|b| **b & 1 != 0).count()
     }
 
-    /// A new ring is not resident (4 MiB for the agent's ring, paid by every process that
+    /// A new ring is not resident (8 MiB for the agent's ring, paid by every process that
     /// loads the preload library, however briefly it runs): its pages come in as writers first
     /// fill them, and a drain does not touch the pages past the last record.
     #[test]
