@@ -1,19 +1,22 @@
 //! A bounded lock-free MPSC ring of fixed-size sample records. ⚠
 //!
 //! Writers are the CPU timer's signal handler and the allocation hook, on any thread; the
-//! single reader is the collector thread. This is Dmitry Vyukov's bounded queue: every slot has a sequence number
-//! that says whether it is free for the writer holding ticket `pos` or full for the reader.
-//! A writer claims a ticket with one CAS, fills the slot and publishes it with one release
-//! store. When the ring is full the record is dropped and counted, never waited for.
+//! single reader is the collector thread. This is Dmitry Vyukov's bounded queue: every slot has
+//! a sequence number that says whether it is free for the writer holding ticket `pos` or full
+//! for the reader. A writer claims a ticket with one CAS, fills the slot and publishes it with
+//! one release store. When the ring is full the record is dropped and counted, never waited for.
 //!
-//! The slots live in an anonymous mapping that nothing writes at creation: a page becomes
-//! resident when a writer first fills a slot in it, so a process that exits at once, or samples
-//! little, never pays for the 8 MiB (a ring written in full at start was most of the memory the
-//! preload library added to `sqlite3 :memory: 'select 1'`). Each slot's sequence number is
-//! stored relative to its index, so a page of zeros is a page of free slots; a writer on the
-//! ring's first lap does not read the sequence of its slot (it knows the slot is free), so its
-//! first touch of a page is a write (one fault that maps a fresh page, not a read fault on the
-//! shared zero page followed by a copy-on-write fault and a TLB shootdown).
+//! The records live in an anonymous mapping that nothing writes at creation: a page becomes
+//! resident when a writer first fills a record in it, so a process that exits at once, or
+//! samples little, never pays for the ring (up to 8 MiB; one written in full at start was most
+//! of the memory the preload library added to `sqlite3 :memory: 'select 1'`). The sequence
+//! numbers are a small dense array of their own, so reading one never maps a record's page.
+//!
+//! A ring the reader finds empty is rewound: the writers' next ticket jumps to the start of the
+//! next lap, so the records written next are the first ones of the mapping again. The pages that
+//! stay resident are those of the largest backlog the reader has seen, not the whole ring (in a
+//! long run, tickets that only went forward wrote every record of every lane: 8 MiB resident for
+//! a few records a window).
 //!
 //! # Signal safety
 //! [`Lanes::push`] uses only atomics and plain memory writes to preallocated slots.
@@ -119,42 +122,16 @@ impl Record {
     }
 }
 
-/// A slot: all zero bytes are a valid free slot (its relative sequence number is 0 and a
-/// zeroed [`Record`] is valid).
-struct Slot {
-    /// The Vyukov sequence number minus the slot's index (wrapping).
-    seq: AtomicUsize,
-    record: UnsafeCell<Record>,
-}
-
-impl Slot {
-    /// The slot's sequence number (`index` is its position in the ring).
-    ///
-    /// # Signal safety
-    /// One atomic load.
-    #[inline(always)]
-    fn seq(&self, index: usize, order: Ordering) -> usize {
-        self.seq.load(order).wrapping_add(index)
-    }
-
-    /// # Signal safety
-    /// One atomic store.
-    #[inline(always)]
-    fn set_seq(&self, index: usize, seq: usize, order: Ordering) {
-        self.seq.store(seq.wrapping_sub(index), order);
-    }
-}
-
-/// The slots of one ring: an anonymous private mapping whose pages the kernel gives as zeros on
-/// first touch (or, when the mapping is refused, zeroed heap memory).
+/// The records of one ring: an anonymous private mapping whose pages the kernel gives as zeros
+/// on first touch (or, when the mapping is refused, zeroed heap memory).
 enum Slots {
-    Mapped { base: std::ptr::NonNull<Slot>, len: usize },
-    Heap(Box<[Slot]>),
+    Mapped { base: std::ptr::NonNull<UnsafeCell<Record>>, len: usize },
+    Heap(Box<[UnsafeCell<Record>]>),
 }
 
 impl Slots {
     fn new(len: usize) -> Self {
-        let bytes = len * std::mem::size_of::<Slot>();
+        let bytes = len * std::mem::size_of::<Record>();
         // SAFETY: an anonymous private mapping with no address hint; the result is checked.
         let p = unsafe {
             libc::mmap(
@@ -166,33 +143,29 @@ impl Slots {
                 0,
             )
         };
-        match std::ptr::NonNull::new(p.cast::<Slot>()) {
+        match std::ptr::NonNull::new(p.cast::<UnsafeCell<Record>>()) {
             Some(base) if p != libc::MAP_FAILED => Slots::Mapped { base, len },
-            _ => Slots::Heap(
-                (0..len)
-                    .map(|_| Slot { seq: AtomicUsize::new(0), record: UnsafeCell::new(Record::zeroed()) })
-                    .collect(),
-            ),
+            _ => Slots::Heap((0..len).map(|_| UnsafeCell::new(Record::zeroed())).collect()),
         }
     }
 
     /// The mapping (start, bytes), when the slots have one of their own.
     fn mapping(&self) -> Option<(*mut libc::c_void, usize)> {
         match self {
-            Slots::Mapped { base, len } => Some((base.as_ptr().cast(), len * std::mem::size_of::<Slot>())),
+            Slots::Mapped { base, len } => Some((base.as_ptr().cast(), len * std::mem::size_of::<Record>())),
             Slots::Heap(_) => None,
         }
     }
 }
 
 impl std::ops::Deref for Slots {
-    type Target = [Slot];
+    type Target = [UnsafeCell<Record>];
     #[inline(always)]
-    fn deref(&self) -> &[Slot] {
+    fn deref(&self) -> &[UnsafeCell<Record>] {
         match self {
-            // SAFETY: the mapping holds `len` slots, is page aligned (so aligned for `Slot`), is
-            // unmapped only when `self` is dropped, and all-zero bytes are valid slots; slots are
-            // only accessed through atomics and the `UnsafeCell` protocol of the ring.
+            // SAFETY: the mapping holds `len` records, is page aligned (so aligned for `Record`),
+            // is unmapped only when `self` is dropped, and all-zero bytes are a valid `Record`;
+            // records are only accessed through the `UnsafeCell` protocol of the ring.
             Slots::Mapped { base, len } => unsafe { std::slice::from_raw_parts(base.as_ptr(), *len) },
             Slots::Heap(b) => b,
         }
@@ -266,8 +239,8 @@ impl Lanes {
         for i in 0..self.lanes.len() {
             let lane = &self.lanes[key.wrapping_add(i) & mask];
             let room = match kind {
-                Kind::Cpu | Kind::Wall => lane.slots.len(),
-                Kind::Alloc => lane.slots.len() - lane.slots.len() / CPU_RESERVE_DIV,
+                Kind::Cpu | Kind::Wall => lane.capacity(),
+                Kind::Alloc => lane.capacity() - lane.capacity() / CPU_RESERVE_DIV,
             };
             match lane.try_push(room, fill) {
                 Ok(pushed) if i == 0 => return pushed,
@@ -298,6 +271,9 @@ impl Lanes {
 /// The ring. Allocated once, never resized.
 pub struct Ring {
     slots: Slots,
+    /// Each slot's Vyukov sequence number: `pos` when the slot is free for ticket `pos`, `pos + 1`
+    /// once that ticket's record is published.
+    seqs: Box<[AtomicUsize]>,
     mask: usize,
     /// Writers' ticket counter, on a cache line of its own: the collector's stores to
     /// `dequeue` must not steal it from the writers.
@@ -309,19 +285,20 @@ pub struct Ring {
 }
 
 // SAFETY: a slot's record is written only by the writer that won its ticket (CAS on
-// `enqueue`) and read only by the single reader after the writer's release store of `seq`;
-// the sequence protocol makes those accesses exclusive.
+// `enqueue`) and read only by the single reader after the writer's release store of its
+// sequence number; the sequence protocol makes those accesses exclusive.
 unsafe impl Sync for Ring {}
 // SAFETY: the ring owns its slots (their mapping); moving it between threads moves plain memory.
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// A ring of `capacity` records, rounded up to a power of two. Nothing is written here:
-    /// see the module's doc for when its pages become resident.
+    /// A ring of `capacity` records, rounded up to a power of two. No record is written here:
+    /// see the module's doc for when their pages become resident.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
         Ring {
             slots: Slots::new(capacity),
+            seqs: (0..capacity).map(AtomicUsize::new).collect(),
             mask: capacity - 1,
             enqueue: CachePadded(AtomicUsize::new(0)),
             dequeue: CachePadded(AtomicUsize::new(0)),
@@ -330,10 +307,14 @@ impl Ring {
         }
     }
 
+    fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
     /// [`Ring::try_push`], counting a drop when the ring is full (one ring on its own, in tests).
     #[cfg(test)]
     pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Pushed {
-        self.try_push(self.slots.len(), fill).unwrap_or_else(|_| {
+        self.try_push(self.capacity(), fill).unwrap_or_else(|_| {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             Pushed::Full
         })
@@ -347,32 +328,31 @@ impl Ring {
     fn try_push<F: FnOnce(&mut Record)>(&self, room: usize, fill: F) -> Result<Pushed, F> {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
         // A writer limited to part of the ring looks at the reader's position first.
-        if room < self.slots.len() && pos.wrapping_sub(self.dequeue.load(Ordering::Acquire)) >= room {
+        if room < self.capacity() && pos.wrapping_sub(self.dequeue.load(Ordering::Acquire)) >= room {
             return Err(fill);
         }
         loop {
-            let slot = &self.slots[pos & self.mask];
-            // On the first lap no ticket before `pos` used this slot: it is free, and not reading
-            // it keeps a fresh page from being mapped to the zero page before it is written.
-            let seq = if pos <= self.mask { pos } else { slot.seq(pos & self.mask, Ordering::Acquire) };
-            let diff = seq as isize - pos as isize;
+            let i = pos & self.mask;
+            let diff = self.seqs[i].load(Ordering::Acquire) as isize - pos as isize;
             if diff == 0 {
                 match self.enqueue.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: winning the CAS for ticket `pos` gives this writer exclusive
-                        // access to the slot until it stores `seq = pos + 1` below.
-                        fill(unsafe { &mut *slot.record.get() });
-                        slot.set_seq(pos & self.mask, pos + 1, Ordering::Release);
+                        // access to the record until it stores `seq = pos + 1` below.
+                        fill(unsafe { &mut *self.slots[i].get() });
+                        self.seqs[i].store(pos + 1, Ordering::Release);
                         self.prefetch(pos + 1);
                         // Every 64th record looks at the reader's position (a line the
                         // collector writes, so not on every push).
                         let filling = pos % 64 == 0
-                            && pos.wrapping_sub(self.dequeue.load(Ordering::Relaxed)) > self.slots.len() / 2;
+                            && pos.wrapping_sub(self.dequeue.load(Ordering::Relaxed)) > self.capacity() / 2;
                         return Ok(if filling { Pushed::Filling } else { Pushed::Ok });
                     }
                     Err(now) => pos = now,
                 }
             } else if diff < 0 {
+                // Not yet freed by the reader: the ring is full (or, for an instant, being
+                // rewound; see `rewind`).
                 return Err(fill);
             } else {
                 pos = self.enqueue.load(Ordering::Relaxed);
@@ -380,44 +360,63 @@ impl Ring {
         }
     }
 
-    /// Hints the caches to fetch the start of slot `pos` (its sequence word and the record's
-    /// first lines) for the next writer: the ring is larger than the caches, so an unhinted
-    /// write takes a miss on each.
+    /// Hints the caches to fetch the start of the record for ticket `pos` for the next writer:
+    /// the ring is larger than the caches, so an unhinted write takes a miss on each line.
     #[inline(always)]
     fn prefetch(&self, pos: usize) {
-        let slot = &self.slots[pos & self.mask];
-        let rec = slot.record.get() as *const u8;
-        crate::sys::prefetch(slot.seq.as_ptr());
+        let rec = self.slots[pos & self.mask].get() as *const u8;
         for line in 0..4 {
             crate::sys::prefetch(rec.wrapping_add(64 * line));
         }
     }
 
-    /// Hands every published record to `f`, in order, and frees their slots. Only one thread
-    /// may call this (the collector). Returns how many were read.
+    /// Hands every published record to `f`, in order, and frees their slots; rewinds the ring
+    /// when that leaves it empty. Only one thread may call this (the collector). Returns how
+    /// many were read.
     pub fn drain(&self, mut f: impl FnMut(&Record)) -> usize {
         let mut n = 0;
-        // Slots past the last ticket taken are not read: a read would map a page no writer has
-        // touched to the zero page (see the module's doc).
         let mut end = self.enqueue.load(Ordering::Relaxed);
         loop {
             let pos = self.dequeue.load(Ordering::Relaxed);
             if pos == end {
                 end = self.enqueue.load(Ordering::Relaxed);
                 if pos == end {
+                    self.rewind(pos);
                     return n;
                 }
             }
-            let slot = &self.slots[pos & self.mask];
-            if slot.seq(pos & self.mask, Ordering::Acquire) != pos + 1 {
+            let i = pos & self.mask;
+            if self.seqs[i].load(Ordering::Acquire) != pos + 1 {
                 return n;
             }
             // SAFETY: `seq == pos + 1` means the writer published this slot and no writer will
             // touch it until we store `seq = pos + capacity` below; we are the only reader.
-            f(unsafe { &*slot.record.get() });
+            f(unsafe { &*self.slots[i].get() });
             self.dequeue.store(pos + 1, Ordering::Relaxed);
-            slot.set_seq(pos & self.mask, pos + self.mask + 1, Ordering::Release);
+            self.seqs[i].store(pos + self.capacity(), Ordering::Release);
             n += 1;
+        }
+    }
+
+    /// Moves the writers' next ticket from `pos` (where the reader stands: the ring is empty)
+    /// to the start of the next lap, so the next records go to the first slots again. The
+    /// slots from `pos` to the end of this lap are given the sequence numbers of the next lap,
+    /// as if written and read. A writer that took a next-lap ticket and reaches one of those
+    /// slots before its store finds it taken, as in a full ring, and writes to another lane:
+    /// possible only after it and others wrote every slot before `pos` in that instant.
+    fn rewind(&self, pos: usize) {
+        let first = pos & self.mask;
+        if first == 0 {
+            return;
+        }
+        let next_lap = pos - first + self.capacity();
+        // A writer that took ticket `pos` meanwhile makes this fail: the ring is not empty.
+        if self.enqueue.compare_exchange(pos, next_lap, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        self.dequeue.store(next_lap, Ordering::Relaxed);
+        for (ticket, i) in (pos..next_lap).zip(first..) {
+            self.seqs[i].store(ticket + self.capacity(), Ordering::Release);
         }
     }
 
@@ -429,19 +428,17 @@ impl Ring {
 
     /// Empties the ring. Only valid when no writer can be running: in a forked child, where a
     /// parent thread may have claimed a slot it will never publish. The child's copy of the
-    /// mapping is given back to the kernel (its pages read as zeros again: free slots), so a
-    /// child does not keep, nor write, the pages its parent had filled.
+    /// records' mapping is given back to the kernel, so a child does not keep, nor write, the
+    /// pages its parent had filled.
     pub fn reset_after_fork(&self) {
-        let released = self.slots.mapping().is_some_and(|(p, bytes)| {
+        if let Some((p, bytes)) = self.slots.mapping() {
             // SAFETY: our own private anonymous mapping; no writer runs (see above) and no
             // reference to a record is held across this call, so dropping its pages (they read
-            // as zeros afterwards) changes nothing a reference could see.
-            unsafe { libc::madvise(p, bytes, libc::MADV_DONTNEED) == 0 }
-        });
-        if !released {
-            for (i, slot) in self.slots.iter().enumerate() {
-                slot.set_seq(i, i, Ordering::SeqCst);
-            }
+            // as zeros afterwards, a valid `Record`) changes nothing a reference could see.
+            unsafe { libc::madvise(p, bytes, libc::MADV_DONTNEED) };
+        }
+        for (i, seq) in self.seqs.iter().enumerate() {
+            seq.store(i, Ordering::SeqCst);
         }
         self.enqueue.store(0, Ordering::SeqCst);
         self.dequeue.store(0, Ordering::SeqCst);
@@ -569,29 +566,73 @@ mod tests {
         assert_eq!(all.len(), 4 * 1024, "every record that fitted is read back");
     }
 
+    /// A reader that drains often keeps the same few records in use: in a long run, the ring
+    /// stays as resident as its largest backlog, not as its capacity.
+    #[test]
+    fn a_reader_that_keeps_up_keeps_the_ring_small() {
+        let ring = Ring::new(1024);
+        let mut next = 0u64;
+        for round in 0..20_000u64 / 7 {
+            for _ in 0..7 {
+                assert!(ring.push(|r| r.weight = next).written());
+                next += 1;
+            }
+            let mut seen = Vec::new();
+            assert_eq!(ring.drain(|r| seen.push(r.weight)), 7);
+            assert_eq!(seen, (next - 7..next).collect::<Vec<_>>(), "round {round}");
+        }
+        // 7 records of about 2 KiB: 4 or 5 pages, however many laps the tickets made.
+        assert!(resident_pages(&ring) <= 5, "{} pages resident", resident_pages(&ring));
+        // A full lap's backlog after a rewind is kept whole and read back in order.
+        for i in 0..1024 {
+            assert!(ring.push(|r| r.weight = i).written(), "record {i}");
+        }
+        assert!(!ring.push(|_| {}).written());
+        let mut seen = Vec::new();
+        assert_eq!(ring.drain(|r| seen.push(r.weight)), 1024);
+        assert_eq!(seen, (0..1024).collect::<Vec<_>>());
+        assert_eq!(ring.dropped(), 1);
+    }
+
+    /// Writers racing each other and the reader's drains and rewinds (a small ring, so both
+    /// happen thousands of times): every record arrives once, each writer's in its order.
     #[test]
     fn concurrent_writers_lose_nothing_that_fits() {
-        let ring = Arc::new(Ring::new(1 << 12));
+        const PER_WRITER: u64 = 5000;
+        let ring = Arc::new(Ring::new(256));
         let writers: Vec<_> = (0..4)
             .map(|t| {
                 let ring = ring.clone();
                 std::thread::spawn(move || {
-                    for i in 0..1000u64 {
-                        ring.push(|r| {
+                    for i in 0..PER_WRITER {
+                        let mut fill = |r: &mut Record| {
                             r.weight = t * 10_000 + i;
-                            r.depth = 1;
-                        });
+                            r.tid = t as i32;
+                        };
+                        // A full ring hands the record back: wait for the reader.
+                        while let Err(back) = ring.try_push(ring.capacity(), fill) {
+                            fill = back;
+                            std::thread::yield_now();
+                        }
                     }
                 })
             })
             .collect();
-        let mut total = 0u64;
+        let mut last = [None::<u64>; 4];
         let mut count = 0;
-        while writers.iter().any(|w| !w.is_finished()) || count + ring.dropped() < 4000 {
-            count += ring.drain(|r| total += r.weight) as u64;
+        while count < 4 * PER_WRITER {
+            count += ring.drain(|r| {
+                let t = r.tid as usize;
+                assert!(last[t].is_none_or(|l| r.weight == l + 1), "writer {t}: {:?} then {}", last[t], r.weight);
+                last[t] = Some(r.weight);
+            }) as u64;
         }
-        let expected: u64 = (0..4).map(|t| (0..1000).map(|i| t * 10_000 + i).sum::<u64>()).sum();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(ring.drain(|_| {}), 0);
+        let expected: Vec<_> = (0..4).map(|t| Some(t * 10_000 + PER_WRITER - 1)).collect();
+        assert_eq!(last.to_vec(), expected);
         assert_eq!(ring.dropped(), 0);
-        assert_eq!(total, expected);
     }
 }
