@@ -444,6 +444,14 @@ pub fn register_thread(name_code: Option<bool>) -> bool {
     name_code != Some(false) && jit::watch()
 }
 
+/// Whether the calling thread is the process's first thread: the main thread of `node` (a
+/// worker never is), told without loading `node:worker_threads`.
+#[napi]
+pub fn is_main_thread() -> bool {
+    // SAFETY: getpid and gettid take no arguments and cannot fail.
+    unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) }
+}
+
 /// Gives functions interpreted from now on a frame of their own, named by their code events
 /// (V8's `--interpreted-frames-native-stack`).
 #[napi]
