@@ -8,19 +8,33 @@
 //! directory (`./app.js`) when it is under it, anonymous functions as
 //! `(anonymous:L#<line>:C#<column>)`, in file `<script>` at `<line>`.
 
+#[cfg(pyroscope_node_shim)]
+use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+#[cfg(pyroscope_node_shim)]
+use std::sync::Mutex;
 use std::sync::OnceLock;
 
+use napi::sys;
 use pyroscope_core::FrameId;
 
 #[cfg(pyroscope_node_shim)]
 extern "C" {
-    fn pyroscope_node_watch_code() -> i32;
+    fn pyroscope_node_isolate() -> *mut c_void;
+    fn pyroscope_node_watch_code(isolate: *mut c_void, existing: i32);
+    fn pyroscope_node_request_existing_code(isolate: *mut c_void);
     fn pyroscope_node_name_interpreted_frames();
 }
 
 /// Whether the addon was built with the shim (V8's JIT code events).
 pub const AVAILABLE: bool = cfg!(pyroscope_node_shim);
+
+/// The thread CPU time after which an isolate reports the code it had before it was watched.
+/// V8 walks its heap for that (a few milliseconds, and names for some 2,500 pieces of code,
+/// most of them functions of Node's own startup): a process that is short-lived or mostly
+/// idle never pays for it. Code compiled after the watch began is named as it comes.
+#[cfg(pyroscope_node_shim)]
+const EXISTING_CODE_AFTER_NS: i64 = 500_000_000;
 
 /// The working directory when code was first watched, with a trailing `/`.
 static CWD: OnceLock<String> = OnceLock::new();
@@ -35,16 +49,96 @@ pub(crate) fn cwd() -> &'static str {
     })
 }
 
-/// Starts naming the calling thread's isolate's code; false when the thread has no isolate or
-/// the addon has no shim.
-pub fn watch() -> bool {
+/// An isolate whose code events come in.
+#[cfg(pyroscope_node_shim)]
+struct Watched {
+    /// The `v8::Isolate`, alive as long as it is listed (its environment's teardown unlists it).
+    isolate: usize,
+    /// Its thread's CPU clock.
+    clock: libc::clockid_t,
+    /// Whether it was asked for the code it had before.
+    asked: bool,
+}
+
+#[cfg(pyroscope_node_shim)]
+static WATCHED: Mutex<Vec<Watched>> = Mutex::new(Vec::new());
+
+#[cfg(pyroscope_node_shim)]
+fn watched() -> std::sync::MutexGuard<'static, Vec<Watched>> {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts naming the calling thread's isolate's code (`env` is the call's environment): new
+/// code from now on, the code it has already once the thread has used
+/// [`EXISTING_CODE_AFTER_NS`] of CPU time. False when the thread has no isolate or the addon
+/// has no shim.
+pub fn watch(env: sys::napi_env) -> bool {
     cwd();
     #[cfg(pyroscope_node_shim)]
-    // SAFETY: the shim only asks V8 for the calling thread's isolate and registers a callback
-    // that lives as long as the process.
-    return unsafe { pyroscope_node_watch_code() != 0 };
+    return watch_isolate(env);
     #[cfg(not(pyroscope_node_shim))]
-    false
+    {
+        let _ = env;
+        false
+    }
+}
+
+#[cfg(pyroscope_node_shim)]
+fn watch_isolate(env: sys::napi_env) -> bool {
+    // SAFETY: asks V8 for the calling thread's isolate.
+    let isolate = unsafe { pyroscope_node_isolate() };
+    if isolate.is_null() {
+        return false;
+    }
+    let mut list = watched();
+    if list.iter().any(|w| w.isolate == isolate as usize) {
+        // Watched since an earlier start: its events never stopped.
+        return true;
+    }
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `pthread_self()` is the calling thread, alive; `clock` is written on success.
+    let have_clock = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+    // The list may hold the isolate only while it lives: its environment's teardown, which comes
+    // before the isolate's, takes it out.
+    // SAFETY: `env` is the environment of the call in progress; the hook gets the isolate's
+    // address as its argument, a plain value.
+    let hooked =
+        have_clock && unsafe { sys::napi_add_env_cleanup_hook(env, Some(unwatch), isolate) } == sys::Status::napi_ok;
+    // SAFETY: `isolate` is the calling thread's; the handler lives as long as the process.
+    unsafe { pyroscope_node_watch_code(isolate, i32::from(!hooked)) };
+    if hooked {
+        list.push(Watched { isolate: isolate as usize, clock, asked: false });
+        pyroscope_core::jit::set_poll(poll);
+    }
+    true
+}
+
+/// An environment's teardown: its isolate is no longer asked for anything.
+#[cfg(pyroscope_node_shim)]
+unsafe extern "C" fn unwatch(isolate: *mut c_void) {
+    watched().retain(|w| w.isolate != isolate as usize);
+}
+
+/// On the collector thread: asks each isolate whose thread has used enough CPU time for the
+/// code it had before it was watched (on its own thread, at its next interrupt check).
+#[cfg(pyroscope_node_shim)]
+fn poll() {
+    let _ = catch_unwind(|| {
+        for w in watched().iter_mut().filter(|w| !w.asked) {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` is a valid timespec to fill; a clock of a thread that has ended
+            // fails, and is retried until the environment's teardown unlists the isolate.
+            if unsafe { libc::clock_gettime(w.clock, &mut ts) } != 0 {
+                continue;
+            }
+            if ts.tv_sec * 1_000_000_000 + ts.tv_nsec >= EXISTING_CODE_AFTER_NS {
+                w.asked = true;
+                // SAFETY: a listed isolate is alive (its teardown unlists it under the same
+                // lock, before V8 frees it); RequestInterrupt may be called from any thread.
+                unsafe { pyroscope_node_request_existing_code(w.isolate as *mut c_void) };
+            }
+        }
+    });
 }
 
 /// Gives functions interpreted from now on a frame (and a code event) of their own; functions

@@ -69,3 +69,23 @@ test('labels follow async work across await and never leak to concurrent request
     assert.equal(wrong, 0, `route ${name} labels another route's function`);
   }
 });
+
+test('code compiled before start() is named once the thread has used half a second of CPU', async () => {
+  const r = await startReceiver();
+  const res = await run(['--allow-natives-syntax', 'test/fixtures/pre-start.js'], {
+    PYROSCOPE_SERVER_ADDRESS: r.url,
+    BURN_MS: '1500',
+  });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const { started, ended } = JSON.parse(res.stdout);
+  const cpu = cpuProfiles(r);
+  const named = total(cpu, 'cpu', has(/^\.\/test\/fixtures\/pre-start\.js:preStarted:\d+$/)) / 1e6;
+  // Named from the thread's 500th CPU millisecond on (and up to a tick later, a 50 ms
+  // collector pass, and the next interrupt check); unnamed before.
+  const expected = ended - Math.max(started, 500);
+  assert.ok(
+    named >= expected * 0.7 && named <= ended - started,
+    `preStarted: ${named} ms named of ${expected} expected (thread CPU ${started} -> ${ended} ms)`,
+  );
+});
