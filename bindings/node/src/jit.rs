@@ -10,6 +10,10 @@
 
 #[cfg(pyroscope_node_shim)]
 use std::ffi::c_void;
+#[cfg(pyroscope_node_shim)]
+use std::fs::File;
+#[cfg(pyroscope_node_shim)]
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 #[cfg(pyroscope_node_shim)]
 use std::sync::Mutex;
@@ -21,6 +25,7 @@ use pyroscope_core::FrameId;
 #[cfg(pyroscope_node_shim)]
 extern "C" {
     fn pyroscope_node_isolate() -> *mut c_void;
+    fn pyroscope_node_embedded_code(isolate: *mut c_void, start: *mut u64, len: *mut u64);
     fn pyroscope_node_watch_code(isolate: *mut c_void, existing: i32);
     fn pyroscope_node_request_existing_code(isolate: *mut c_void);
     fn pyroscope_node_name_interpreted_frames();
@@ -30,9 +35,10 @@ extern "C" {
 pub const AVAILABLE: bool = cfg!(pyroscope_node_shim);
 
 /// The thread CPU time after which an isolate reports the code it had before it was watched.
-/// V8 walks its heap for that (a few milliseconds, and names for some 2,500 pieces of code,
-/// most of them functions of Node's own startup): a process that is short-lived or mostly
-/// idle never pays for it. Code compiled after the watch began is named as it comes.
+/// V8 walks its heap for that and reports some 2,500 pieces of code (a few milliseconds): its
+/// builtins, left to the symbol table when [`EMBEDDED`] says so, and the functions of Node's
+/// startup. A process that is short-lived or mostly idle never pays for it. Code compiled after
+/// the watch began is named as it comes.
 #[cfg(pyroscope_node_shim)]
 const EXISTING_CODE_AFTER_NS: i64 = 500_000_000;
 
@@ -48,6 +54,12 @@ pub(crate) fn cwd() -> &'static str {
         d
     })
 }
+
+/// V8's embedded builtins and bytecode handlers, `[start, end)`, when the file that carries
+/// them has a symbol table: their code events are left out of the code map, and the core's
+/// symbolizer names them from the file (`Builtins_InterpreterEntryTrampoline`), as it names
+/// V8's second copy of them (which no code event reports). `None`: they are mapped as any code.
+static EMBEDDED: OnceLock<Option<(u64, u64)>> = OnceLock::new();
 
 /// An isolate whose code events come in.
 #[cfg(pyroscope_node_shim)]
@@ -90,6 +102,14 @@ fn watch_isolate(env: sys::napi_env) -> bool {
     if isolate.is_null() {
         return false;
     }
+    EMBEDDED.get_or_init(|| {
+        let (mut start, mut len) = (0u64, 0u64);
+        // SAFETY: `isolate` is the calling thread's, alive during this call; the shim writes
+        // the two words.
+        unsafe { pyroscope_node_embedded_code(isolate, &mut start, &mut len) };
+        let end = start.saturating_add(len);
+        (len > 0 && named_by_symbols(start, end)).then_some((start, end))
+    });
     let mut list = watched();
     if list.iter().any(|w| w.isolate == isolate as usize) {
         // Watched since an earlier start: its events never stopped.
@@ -139,6 +159,47 @@ fn poll() {
             }
         }
     });
+}
+
+/// Whether `[start, end)` lies in one executable mapping of a file with a symbol table
+/// (`.symtab`), which the core's symbolizer reads.
+#[cfg(pyroscope_node_shim)]
+fn named_by_symbols(start: u64, end: u64) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    for line in maps.lines() {
+        // `lo-hi perms offset dev inode path`
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let Some((lo, hi)) = range.split_once('-') else { continue };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else { continue };
+        if lo <= start && end <= hi {
+            let path = fields.nth(3).unwrap_or("");
+            return perms.contains('x') && path.starts_with('/') && has_symtab(path);
+        }
+    }
+    false
+}
+
+/// Whether the ELF file at `path` (64-bit, little-endian) has a non-empty `.symtab`.
+#[cfg(pyroscope_node_shim)]
+fn has_symtab(path: &str) -> bool {
+    const SHT_SYMTAB: u32 = 2;
+    let Ok(file) = File::open(path) else { return false };
+    let mut header = [0u8; 64];
+    if file.read_exact_at(&mut header, 0).is_err() || header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return false;
+    }
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let half = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let (offset, size, count) = (word(&header, 0x28), half(&header, 0x3a), half(&header, 0x3c));
+    if size < 64 || count == 0 {
+        return false;
+    }
+    let mut sections = vec![0u8; size * count];
+    if file.read_exact_at(&mut sections, offset).is_err() {
+        return false;
+    }
+    sections.chunks_exact(size).any(|s| u32::from_le_bytes([s[4], s[5], s[6], s[7]]) == SHT_SYMTAB && word(s, 0x20) > 0)
 }
 
 /// Gives functions interpreted from now on a frame (and a code event) of their own; functions
@@ -220,6 +281,11 @@ pub unsafe extern "C" fn pyroscope_node_code_event(
     // Never unwind into V8.
     let _ = catch_unwind(AssertUnwindSafe(|| match kind {
         0 if !name.is_null() => {
+            if let Some(Some((lo, hi))) = EMBEDDED.get() {
+                if *lo <= start && start.saturating_add(len) <= *hi {
+                    return;
+                }
+            }
             // SAFETY: the caller passes V8's name buffer and its length, valid for this call.
             let bytes = unsafe { std::slice::from_raw_parts(name, name_len) };
             let f = frame_of(&String::from_utf8_lossy(bytes), cwd());

@@ -63,6 +63,16 @@ extern "C" {
 // The calling thread's isolate, or null when the thread runs no JavaScript.
 void* pyroscope_node_isolate(void) { return v8::Isolate::TryGetCurrent(); }
 
+// The code of V8's embedded builtins (and bytecode handlers): where the executable that
+// carries them has it, named by that file's symbols (`Builtins_<name>`).
+void pyroscope_node_embedded_code(void* isolate, uint64_t* start, uint64_t* len) {
+  const void* code = nullptr;
+  size_t size = 0;
+  static_cast<v8::Isolate*>(isolate)->GetEmbeddedCodeRange(&code, &size);
+  *start = reinterpret_cast<uintptr_t>(code);
+  *len = size;
+}
+
 // Starts receiving the calling thread's isolate's code events: with `existing`, the code
 // that exists now first (V8 walks its heap for it, on this thread), else new code only.
 void pyroscope_node_watch_code(void* isolate, int existing) {

@@ -42,6 +42,12 @@ test('frames are named as @pyroscope/nodejs names them', async () => {
   const anonymous = names.findIndex((n) => /^\.\/test\/fixtures\/accuracy\.js:\(anonymous:L#\d+:C#\d+\):\d+$/.test(n));
   const measured = names.findIndex((n) => /:measured:/.test(n));
   assert.ok(work < anonymous && anonymous < measured, `no anonymous caller between: ${names.join(' < ')}`);
+  // V8's builtins, below JavaScript (the entry from C++) and between its frames, are named
+  // from node's symbol table, as the native frames are.
+  const entry = names.indexOf('Builtins_JSEntry');
+  assert.ok(entry > measured, `no Builtins_JSEntry below the JavaScript frames: ${names.join(' < ')}`);
+  const v8Named = samples.flatMap((s) => s.frames).filter((f) => f.function.startsWith('Builtin:'));
+  assert.deepEqual(v8Named, [], 'builtins named from V8 code events');
 });
 
 test('labels follow async work across await and never leak to concurrent requests', async () => {
