@@ -124,16 +124,22 @@ fn watch_isolate(env: sys::napi_env) -> bool {
     // address as its argument, a plain value.
     let hooked =
         have_clock && unsafe { sys::napi_add_env_cleanup_hook(env, Some(unwatch), isolate) } == sys::Status::napi_ok;
-    // SAFETY: `isolate` is the calling thread's; the handler lives as long as the process.
-    unsafe { pyroscope_node_watch_code(isolate, i32::from(!hooked)) };
     if hooked {
         list.push(Watched { isolate: isolate as usize, clock, asked: false });
         pyroscope_core::jit::set_poll(poll);
     }
+    drop(list);
+    // Unlisted (no teardown hook), the isolate reports its code at once.
+    // SAFETY: `isolate` is the calling thread's; the handler lives as long as the process.
+    unsafe { pyroscope_node_watch_code(isolate, i32::from(!hooked)) };
     true
 }
 
 /// An environment's teardown: its isolate is no longer asked for anything.
+///
+/// # Safety
+/// Node calls it with the argument it was registered with (the isolate's address, only
+/// compared here).
 #[cfg(pyroscope_node_shim)]
 unsafe extern "C" fn unwatch(isolate: *mut c_void) {
     watched().retain(|w| w.isolate != isolate as usize);
