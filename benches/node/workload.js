@@ -8,7 +8,8 @@
 // `units` (cpu: units of work; await: requests), `labels` (await: each request runs inside
 // the SDK's `wrapWithLabels`), `pkg` (the SDK's directory, required as users require it),
 // `server` (URL), `asyncLabels` (ours: false turns the async propagation off), `end` ("stop":
-// `await stop()` after the work, timed; "exit": the script just ends), `warmup` (seconds).
+// `await stop()` after the work, timed, and `await null` there with no profiler, so that both
+// runs end the same way; "exit": the script just ends), `warmup` (seconds).
 //
 // Prints one JSON line: `cpu` (the process's user+sys CPU seconds over the measured phase,
 // every thread included), `wall` (its seconds), `stop` (seconds inside `await stop()`, or
@@ -128,10 +129,15 @@ async function main() {
   const c1 = cpuNow();
 
   let stop = null;
-  if (sdk !== null && (cfg.end ?? 'stop') === 'stop') {
-    const s = now();
-    await sdk.stop();
-    stop = now() - s;
+  if ((cfg.end ?? 'stop') === 'stop') {
+    if (sdk !== null) {
+      const s = now();
+      await sdk.stop();
+      stop = now() - s;
+    } else {
+      // The same shape without a profiler: the rest of main() runs as a continuation.
+      await null;
+    }
   }
   const out = {
     cpu: c1 - c0,

@@ -4,8 +4,6 @@
 // that follow async work, heap profiles from V8's sampling heap profiler, uploads from the
 // core's own thread.
 
-const { isMainThread } = require('node:worker_threads');
-
 const native = require('./lib/native');
 const heap = require('./lib/heap');
 const labels = require('./lib/labels');
@@ -98,7 +96,10 @@ function startCpuProfiling() {
   }
   if (!native.running()) startAgent(options, true);
   cpuOn = true;
-  if (fallbackMode && isMainThread) {
+  // node:worker_threads loaded past our hooks (a dynamic import): its workers load the
+  // package from now on.
+  workers.wrapIfLoaded();
+  if (fallbackMode && workers.isMainThread()) {
     // V8's sampler covers this thread; the core's timers keep the other threads.
     native.excludeThread();
     fallback.start(options.sampleRate ?? 100, options.uploadIntervalMs ?? 10000);
@@ -179,8 +180,8 @@ function fastifyMiddleware() {
 
 // A worker thread that loads the package is sampled, its code named and its heap profiled,
 // like the main thread; workers started from this one while profiling runs load it first
-// (lib/workers.js).
-if (!isMainThread && native.running()) {
+// (lib/workers.js: `Worker` is wrapped once the app gets node:worker_threads).
+if (!workers.isMainThread() && native.running()) {
   native.registerThread(!fallbackMode);
   native.sampleWallTime();
   heap.follow();

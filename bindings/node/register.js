@@ -8,6 +8,9 @@ const pyroscope = require('./index.js');
 try {
   pyroscope.init();
   pyroscope.start();
+  // An ESM app links its imports after this preload, past the hooks that wrap `Worker` when
+  // the app gets node:worker_threads (lib/workers.js): wrap it now.
+  require('./lib/workers').wrapNow();
 } catch (e) {
   process.stderr.write(`pyroscope: not profiling: ${e.message}\n`);
 }

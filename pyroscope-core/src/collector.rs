@@ -318,6 +318,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             crate::alloc::make_resident();
         }
         count_lost(&mut window, &mut captures);
+        crate::jit::poll();
         for (frames, label, weight) in std::mem::take(&mut *shared.external.lock()) {
             window.add_cpu_frames(&frames, label.id(), weight);
             for c in captures.iter_mut() {

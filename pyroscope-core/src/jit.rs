@@ -8,9 +8,14 @@
 //!
 //! The compiler does not say when code is freed: a new range replaces every range it
 //! overlaps (the newest code at an address wins), and moved code is re-keyed.
+//!
+//! A binding that asks its compiler for the code that existed before it watched only once a
+//! thread has run a while (V8 walks its heap for it) checks when on the collector thread:
+//! [`set_poll`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::aggregate::FrameId;
 use crate::sync::{Mutex, MutexGuard};
@@ -50,6 +55,24 @@ pub fn code_moved(from: u64, to: u64) {
         let len = end - from;
         clear_range(&mut code, to, to.saturating_add(len));
         code.insert(to, (to.saturating_add(len), frame));
+    }
+}
+
+/// A binding's check, run on the collector thread after each drain of the ring (every 50 ms,
+/// more often while the ring is busy), while an agent runs.
+static POLL: OnceLock<fn()> = OnceLock::new();
+
+/// Runs `poll` on the collector thread after each drain of the ring from now on. Once per
+/// process: a second call is ignored. `poll` must be quick and never panic; it runs outside
+/// the code map's lock, so it may add code.
+pub fn set_poll(poll: fn()) {
+    let _ = POLL.set(poll);
+}
+
+/// Runs the binding's check, if any (the collector).
+pub(crate) fn poll() {
+    if let Some(poll) = POLL.get() {
+        poll();
     }
 }
 

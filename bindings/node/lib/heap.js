@@ -14,8 +14,8 @@
 // Worker threads follow the settings the main thread shares (native.heapShare): each samples
 // its own isolate, and reads it before each window closes and when it exits.
 
-const { isMainThread } = require('node:worker_threads');
 const native = require('./native');
+const { isMainThread } = require('./workers');
 
 let settings = null;
 let timer = null;
@@ -31,7 +31,7 @@ function schedule() {
 function tick() {
   timer = null;
   // A worker stops when the main thread has.
-  if (!isMainThread && native.heapShared() === null) {
+  if (!isMainThread() && native.heapShared() === null) {
     stop();
     return;
   }
@@ -46,7 +46,7 @@ function tick() {
 function start(options) {
   if (!native.heapStart(options.intervalBytes, options.stackDepth, options.allocations)) return false;
   settings = options;
-  if (isMainThread) native.heapShare(options);
+  if (isMainThread()) native.heapShare(options);
   if (timer === null) schedule();
   return true;
 }
@@ -64,7 +64,7 @@ function collect() {
 function stop() {
   if (timer !== null) clearTimeout(timer);
   timer = null;
-  if (isMainThread) native.heapShare(null);
+  if (isMainThread()) native.heapShare(null);
   if (settings === null) return;
   native.heapCollect();
   settings = null;

@@ -4,8 +4,8 @@
 // and are delivered on the main thread's event loop. No logger: nothing is printed, as in
 // @pyroscope/nodejs.
 
-const { isMainThread } = require('node:worker_threads');
 const native = require('./native');
+const { isMainThread } = require('./workers');
 
 let logger = null;
 
@@ -22,7 +22,7 @@ function log(level, message) {
 function setLogger(l) {
   logger = l === null || l === undefined ? null : l;
   // The core's records go to the main thread's loop (a weak handle: never keeps it alive).
-  if (isMainThread) native.setLogCallback(logger === null ? null : (level, message) => log(level, message));
+  if (isMainThread()) native.setLogCallback(logger === null ? null : (level, message) => log(level, message));
 }
 
 module.exports = { log, setLogger };

@@ -3,18 +3,47 @@
 // name. A worker started while profiling runs loads lib/worker-entry.js first (one more
 // `--require` in its execArgv), so its JavaScript frames are named and its labels work
 // without a change to the app. Workers already inherit the entry when the process was
-// started with `--require <pkg>/register` (or NODE_OPTIONS). For `require(pkg)`, the
-// `Worker` class is wrapped when the package loads: code that took `Worker` from
-// worker_threads before that keeps the original, and its workers are sampled without
+// started with `--require <pkg>/register` (or NODE_OPTIONS).
+//
+// For `require(pkg)`, the `Worker` class of node:worker_threads is wrapped, but that module
+// (and the streams and message ports it loads, 1.5 MiB) is never loaded for it: the
+// class is wrapped as soon as the app gets the module, through `require` (Module._load) or
+// `process.getBuiltinModule`, or at once when it is loaded already (a worker; an ESM app whose
+// static imports name it, linked before the package runs). Code that took `Worker` before
+// that keeps the original, and so does a first `import('node:worker_threads')` after the
+// package loaded (ESM loads builtins past Module._load): their workers are sampled without
 // JavaScript names.
 
 const path = require('node:path');
-const { syncBuiltinESMExports } = require('node:module');
-const workerThreads = require('node:worker_threads');
+const Module = require('node:module');
 const native = require('./native');
 
 const entry = path.join(__dirname, 'worker-entry.js');
-let installed = false;
+const IDS = new Set(['worker_threads', 'node:worker_threads']);
+let hooked = false;
+let wrapped = false;
+let mainThread = null;
+// The functions install() replaced, and its replacements: put back once `Worker` is wrapped
+// (unless another tool replaced ours meanwhile: ours then only passes calls on).
+let originalLoad = null;
+let ourLoad = null;
+let originalGetBuiltinModule = null;
+let ourGetBuiltinModule = null;
+
+/** Whether node:worker_threads is loaded in this thread (by anyone, CJS or ESM). */
+function loaded() {
+  return process.moduleLoadList.includes('NativeModule worker_threads');
+}
+
+/**
+ * Whether this is the main thread (not a worker), without loading node:worker_threads into a
+ * process that does not use it: a worker always has it loaded; the main thread of `node` is
+ * the process's first thread.
+ */
+function isMainThread() {
+  if (mainThread === null) mainThread = loaded() ? require('node:worker_threads').isMainThread : native.isMainThread();
+  return mainThread;
+}
 
 function withEntry(options) {
   const o = options === undefined || options === null ? {} : options;
@@ -24,9 +53,10 @@ function withEntry(options) {
   return { ...o, execArgv: [...execArgv, '--require', entry] };
 }
 
-function install() {
-  if (installed) return;
-  installed = true;
+/** Wraps `Worker` of the module `workerThreads` (once). */
+function wrap(workerThreads) {
+  if (wrapped) return;
+  wrapped = true;
   const Worker = workerThreads.Worker;
   workerThreads.Worker = new Proxy(Worker, {
     construct(target, args, newTarget) {
@@ -44,7 +74,49 @@ function install() {
     },
   });
   // ESM `import { Worker } from 'node:worker_threads'` sees the same class.
-  syncBuiltinESMExports();
+  Module.syncBuiltinESMExports();
+  if (ourLoad !== null && Module._load === ourLoad) Module._load = originalLoad;
+  if (ourGetBuiltinModule !== null && process.getBuiltinModule === ourGetBuiltinModule) {
+    process.getBuiltinModule = originalGetBuiltinModule;
+  }
 }
 
-module.exports = { install };
+/** Wraps `Worker` now if node:worker_threads is loaded; true once it is wrapped. */
+function wrapIfLoaded() {
+  if (!wrapped && loaded()) wrap(require('node:worker_threads'));
+  return wrapped;
+}
+
+/**
+ * Wraps `Worker` now (loading node:worker_threads): for `--require <pkg>/register`, which
+ * runs before an ESM app links its imports.
+ */
+function wrapNow() {
+  wrap(require('node:worker_threads'));
+}
+
+/** Wraps `Worker` when the app first gets node:worker_threads (at once if it has it). */
+function install() {
+  if (hooked || wrapIfLoaded()) return;
+  hooked = true;
+  const load = Module._load;
+  originalLoad = load;
+  ourLoad = function _load(request, ...rest) {
+    const exports = Reflect.apply(load, this, [request, ...rest]);
+    if (!wrapped && IDS.has(request)) wrap(exports);
+    return exports;
+  };
+  Module._load = ourLoad;
+  const getBuiltinModule = process.getBuiltinModule;
+  if (typeof getBuiltinModule === 'function') {
+    originalGetBuiltinModule = getBuiltinModule;
+    ourGetBuiltinModule = function getBuiltinModule_(id, ...rest) {
+      const exports = Reflect.apply(getBuiltinModule, this, [id, ...rest]);
+      if (!wrapped && IDS.has(id) && exports !== undefined) wrap(exports);
+      return exports;
+    };
+    process.getBuiltinModule = ourGetBuiltinModule;
+  }
+}
+
+module.exports = { install, wrapIfLoaded, wrapNow, isMainThread };

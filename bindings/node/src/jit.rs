@@ -8,19 +8,39 @@
 //! directory (`./app.js`) when it is under it, anonymous functions as
 //! `(anonymous:L#<line>:C#<column>)`, in file `<script>` at `<line>`.
 
+#[cfg(pyroscope_node_shim)]
+use std::ffi::c_void;
+#[cfg(pyroscope_node_shim)]
+use std::fs::File;
+#[cfg(pyroscope_node_shim)]
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+#[cfg(pyroscope_node_shim)]
+use std::sync::Mutex;
 use std::sync::OnceLock;
 
+use napi::sys;
 use pyroscope_core::FrameId;
 
 #[cfg(pyroscope_node_shim)]
 extern "C" {
-    fn pyroscope_node_watch_code() -> i32;
+    fn pyroscope_node_isolate() -> *mut c_void;
+    fn pyroscope_node_embedded_code(isolate: *mut c_void, start: *mut u64, len: *mut u64);
+    fn pyroscope_node_watch_code(isolate: *mut c_void, existing: i32);
+    fn pyroscope_node_request_existing_code(isolate: *mut c_void);
     fn pyroscope_node_name_interpreted_frames();
 }
 
 /// Whether the addon was built with the shim (V8's JIT code events).
 pub const AVAILABLE: bool = cfg!(pyroscope_node_shim);
+
+/// The thread CPU time after which an isolate reports the code it had before it was watched.
+/// V8 walks its heap for that and reports some 2,500 pieces of code (a few milliseconds): its
+/// builtins, left to the symbol table when [`EMBEDDED`] says so, and the functions of Node's
+/// startup. A process that is short-lived or mostly idle never pays for it. Code compiled after
+/// the watch began is named as it comes.
+#[cfg(pyroscope_node_shim)]
+const EXISTING_CODE_AFTER_NS: i64 = 500_000_000;
 
 /// The working directory when code was first watched, with a trailing `/`.
 static CWD: OnceLock<String> = OnceLock::new();
@@ -35,16 +55,157 @@ pub(crate) fn cwd() -> &'static str {
     })
 }
 
-/// Starts naming the calling thread's isolate's code; false when the thread has no isolate or
-/// the addon has no shim.
-pub fn watch() -> bool {
+/// V8's embedded builtins and bytecode handlers, `[start, end)`, when the file that carries
+/// them has a symbol table: their code events are left out of the code map, and the core's
+/// symbolizer names them from the file (`Builtins_InterpreterEntryTrampoline`), as it names
+/// V8's second copy of them (which no code event reports). `None`: they are mapped as any code.
+static EMBEDDED: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+
+/// An isolate whose code events come in.
+#[cfg(pyroscope_node_shim)]
+struct Watched {
+    /// The `v8::Isolate`, alive as long as it is listed (its environment's teardown unlists it).
+    isolate: usize,
+    /// Its thread's CPU clock.
+    clock: libc::clockid_t,
+    /// Whether it was asked for the code it had before.
+    asked: bool,
+}
+
+#[cfg(pyroscope_node_shim)]
+static WATCHED: Mutex<Vec<Watched>> = Mutex::new(Vec::new());
+
+#[cfg(pyroscope_node_shim)]
+fn watched() -> std::sync::MutexGuard<'static, Vec<Watched>> {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts naming the calling thread's isolate's code (`env` is the call's environment): new
+/// code from now on, the code it has already once the thread has used
+/// [`EXISTING_CODE_AFTER_NS`] of CPU time. False when the thread has no isolate or the addon
+/// has no shim.
+pub fn watch(env: sys::napi_env) -> bool {
     cwd();
     #[cfg(pyroscope_node_shim)]
-    // SAFETY: the shim only asks V8 for the calling thread's isolate and registers a callback
-    // that lives as long as the process.
-    return unsafe { pyroscope_node_watch_code() != 0 };
+    return watch_isolate(env);
     #[cfg(not(pyroscope_node_shim))]
+    {
+        let _ = env;
+        false
+    }
+}
+
+#[cfg(pyroscope_node_shim)]
+fn watch_isolate(env: sys::napi_env) -> bool {
+    // SAFETY: asks V8 for the calling thread's isolate.
+    let isolate = unsafe { pyroscope_node_isolate() };
+    if isolate.is_null() {
+        return false;
+    }
+    EMBEDDED.get_or_init(|| {
+        let (mut start, mut len) = (0u64, 0u64);
+        // SAFETY: `isolate` is the calling thread's, alive during this call; the shim writes
+        // the two words.
+        unsafe { pyroscope_node_embedded_code(isolate, &mut start, &mut len) };
+        let end = start.saturating_add(len);
+        (len > 0 && named_by_symbols(start, end)).then_some((start, end))
+    });
+    let mut list = watched();
+    if list.iter().any(|w| w.isolate == isolate as usize) {
+        // Watched since an earlier start: its events never stopped.
+        return true;
+    }
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `pthread_self()` is the calling thread, alive; `clock` is written on success.
+    let have_clock = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+    // The list may hold the isolate only while it lives: its environment's teardown, which comes
+    // before the isolate's, takes it out.
+    // SAFETY: `env` is the environment of the call in progress; the hook gets the isolate's
+    // address as its argument, a plain value.
+    let hooked =
+        have_clock && unsafe { sys::napi_add_env_cleanup_hook(env, Some(unwatch), isolate) } == sys::Status::napi_ok;
+    if hooked {
+        list.push(Watched { isolate: isolate as usize, clock, asked: false });
+        pyroscope_core::jit::set_poll(poll);
+    }
+    drop(list);
+    // Unlisted (no teardown hook), the isolate reports its code at once.
+    // SAFETY: `isolate` is the calling thread's; the handler lives as long as the process.
+    unsafe { pyroscope_node_watch_code(isolate, i32::from(!hooked)) };
+    true
+}
+
+/// An environment's teardown: its isolate is no longer asked for anything.
+///
+/// # Safety
+/// Node calls it with the argument it was registered with (the isolate's address, only
+/// compared here).
+#[cfg(pyroscope_node_shim)]
+unsafe extern "C" fn unwatch(isolate: *mut c_void) {
+    watched().retain(|w| w.isolate != isolate as usize);
+}
+
+/// On the collector thread: asks each isolate whose thread has used enough CPU time for the
+/// code it had before it was watched (on its own thread, at its next interrupt check).
+#[cfg(pyroscope_node_shim)]
+fn poll() {
+    let _ = catch_unwind(|| {
+        for w in watched().iter_mut().filter(|w| !w.asked) {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` is a valid timespec to fill; a clock of a thread that has ended
+            // fails, and is retried until the environment's teardown unlists the isolate.
+            if unsafe { libc::clock_gettime(w.clock, &mut ts) } != 0 {
+                continue;
+            }
+            if ts.tv_sec * 1_000_000_000 + ts.tv_nsec >= EXISTING_CODE_AFTER_NS {
+                w.asked = true;
+                // SAFETY: a listed isolate is alive (its teardown unlists it under the same
+                // lock, before V8 frees it); RequestInterrupt may be called from any thread.
+                unsafe { pyroscope_node_request_existing_code(w.isolate as *mut c_void) };
+            }
+        }
+    });
+}
+
+/// Whether `[start, end)` lies in one executable mapping of a file with a symbol table
+/// (`.symtab`), which the core's symbolizer reads.
+#[cfg(pyroscope_node_shim)]
+fn named_by_symbols(start: u64, end: u64) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    for line in maps.lines() {
+        // `lo-hi perms offset dev inode path`
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let Some((lo, hi)) = range.split_once('-') else { continue };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else { continue };
+        if lo <= start && end <= hi {
+            let path = fields.nth(3).unwrap_or("");
+            return perms.contains('x') && path.starts_with('/') && has_symtab(path);
+        }
+    }
     false
+}
+
+/// Whether the ELF file at `path` (64-bit, little-endian) has a non-empty `.symtab`.
+#[cfg(pyroscope_node_shim)]
+fn has_symtab(path: &str) -> bool {
+    const SHT_SYMTAB: u32 = 2;
+    let Ok(file) = File::open(path) else { return false };
+    let mut header = [0u8; 64];
+    if file.read_exact_at(&mut header, 0).is_err() || header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return false;
+    }
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let half = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let (offset, size, count) = (word(&header, 0x28), half(&header, 0x3a), half(&header, 0x3c));
+    if size < 64 || count == 0 {
+        return false;
+    }
+    let mut sections = vec![0u8; size * count];
+    if file.read_exact_at(&mut sections, offset).is_err() {
+        return false;
+    }
+    sections.chunks_exact(size).any(|s| u32::from_le_bytes([s[4], s[5], s[6], s[7]]) == SHT_SYMTAB && word(s, 0x20) > 0)
 }
 
 /// Gives functions interpreted from now on a frame (and a code event) of their own; functions
@@ -126,6 +287,11 @@ pub unsafe extern "C" fn pyroscope_node_code_event(
     // Never unwind into V8.
     let _ = catch_unwind(AssertUnwindSafe(|| match kind {
         0 if !name.is_null() => {
+            if let Some(Some((lo, hi))) = EMBEDDED.get() {
+                if *lo <= start && start.saturating_add(len) <= *hi {
+                    return;
+                }
+            }
             // SAFETY: the caller passes V8's name buffer and its length, valid for this call.
             let bytes = unsafe { std::slice::from_raw_parts(name, name_len) };
             let f = frame_of(&String::from_utf8_lossy(bytes), cwd());

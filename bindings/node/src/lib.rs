@@ -436,12 +436,21 @@ pub fn build_info() -> BuildInfo {
 }
 
 /// Samples the calling JavaScript thread (the main thread or a worker) from now on, and
-/// (unless `name_code` is false) names its isolate's JIT code: existing code at once, new code
-/// as V8 compiles it. Whether code is named.
+/// (unless `name_code` is false) names its isolate's JIT code: new code as V8 compiles it, the
+/// code it had before once the thread has used half a second of CPU time (see `jit.rs`).
+/// Whether code is named.
 #[napi]
-pub fn register_thread(name_code: Option<bool>) -> bool {
+pub fn register_thread(env: Env, name_code: Option<bool>) -> bool {
     pyroscope_core::register_thread();
-    name_code != Some(false) && jit::watch()
+    name_code != Some(false) && jit::watch(env.raw())
+}
+
+/// Whether the calling thread is the process's first thread: the main thread of `node` (a
+/// worker never is), told without loading `node:worker_threads`.
+#[napi]
+pub fn is_main_thread() -> bool {
+    // SAFETY: getpid and gettid take no arguments and cannot fail.
+    unsafe { libc::getpid() as libc::c_long == libc::syscall(libc::SYS_gettid) }
 }
 
 /// Gives functions interpreted from now on a frame of their own, named by their code events

@@ -60,13 +60,35 @@ void VisitHeapNode(v8::Isolate* isolate, void* ctx, const v8::AllocationProfile:
 
 extern "C" {
 
-// Starts receiving the calling thread's isolate's code events, the existing code first.
-// Returns 0 when the thread has no isolate.
-int pyroscope_node_watch_code(void) {
-  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
-  if (isolate == nullptr) return 0;
-  isolate->SetJitCodeEventHandler(v8::kJitCodeEventEnumExisting, OnCodeEvent);
-  return 1;
+// The calling thread's isolate, or null when the thread runs no JavaScript.
+void* pyroscope_node_isolate(void) { return v8::Isolate::TryGetCurrent(); }
+
+// The code of V8's embedded builtins (and bytecode handlers): where the executable that
+// carries them has it, named by that file's symbols (`Builtins_<name>`).
+void pyroscope_node_embedded_code(void* isolate, uint64_t* start, uint64_t* len) {
+  const void* code = nullptr;
+  size_t size = 0;
+  static_cast<v8::Isolate*>(isolate)->GetEmbeddedCodeRange(&code, &size);
+  *start = reinterpret_cast<uintptr_t>(code);
+  *len = size;
+}
+
+// Starts receiving the calling thread's isolate's code events: with `existing`, the code
+// that exists now first (V8 walks its heap for it, on this thread), else new code only.
+void pyroscope_node_watch_code(void* isolate, int existing) {
+  static_cast<v8::Isolate*>(isolate)->SetJitCodeEventHandler(
+      existing != 0 ? v8::kJitCodeEventEnumExisting : v8::kJitCodeEventDefault, OnCodeEvent);
+}
+
+// Asks `isolate`, from any thread, to report the code that exists then (and go on with new
+// code) at its next interrupt check, on its own thread: while JavaScript runs, or when it next
+// does. The isolate must be alive.
+void pyroscope_node_request_existing_code(void* isolate) {
+  static_cast<v8::Isolate*>(isolate)->RequestInterrupt(
+      [](v8::Isolate* interrupted, void*) {
+        interrupted->SetJitCodeEventHandler(v8::kJitCodeEventEnumExisting, OnCodeEvent);
+      },
+      nullptr);
 }
 
 // Gives every function interpreted from now on a frame of its own (a copy of the interpreter's

@@ -42,6 +42,12 @@ test('frames are named as @pyroscope/nodejs names them', async () => {
   const anonymous = names.findIndex((n) => /^\.\/test\/fixtures\/accuracy\.js:\(anonymous:L#\d+:C#\d+\):\d+$/.test(n));
   const measured = names.findIndex((n) => /:measured:/.test(n));
   assert.ok(work < anonymous && anonymous < measured, `no anonymous caller between: ${names.join(' < ')}`);
+  // V8's builtins, below JavaScript (the entry from C++) and between its frames, are named
+  // from node's symbol table, as the native frames are.
+  const entry = names.indexOf('Builtins_JSEntry');
+  assert.ok(entry > measured, `no Builtins_JSEntry below the JavaScript frames: ${names.join(' < ')}`);
+  const v8Named = samples.flatMap((s) => s.frames).filter((f) => f.function.startsWith('Builtin:'));
+  assert.deepEqual(v8Named, [], 'builtins named from V8 code events');
 });
 
 test('labels follow async work across await and never leak to concurrent requests', async () => {
@@ -68,4 +74,24 @@ test('labels follow async work across await and never leak to concurrent request
     const wrong = total(cpu, 'cpu', (s) => s.labels.route === name && has(new RegExp(`:burn_${name === 'r0' ? 'r1' : 'r0'}:`))(s));
     assert.equal(wrong, 0, `route ${name} labels another route's function`);
   }
+});
+
+test('code compiled before start() is named once the thread has used half a second of CPU', async () => {
+  const r = await startReceiver();
+  const res = await run(['--allow-natives-syntax', 'test/fixtures/pre-start.js'], {
+    PYROSCOPE_SERVER_ADDRESS: r.url,
+    BURN_MS: '1500',
+  });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const { started, ended } = JSON.parse(res.stdout);
+  const cpu = cpuProfiles(r);
+  const named = total(cpu, 'cpu', has(/^\.\/test\/fixtures\/pre-start\.js:preStarted:\d+$/)) / 1e6;
+  // Named from the thread's 500th CPU millisecond on (and up to a tick later, a 50 ms
+  // collector pass, and the next interrupt check); unnamed before.
+  const expected = ended - Math.max(started, 500);
+  assert.ok(
+    named >= expected * 0.7 && named <= ended - started,
+    `preStarted: ${named} ms named of ${expected} expected (thread CPU ${started} -> ${ended} ms)`,
+  );
 });

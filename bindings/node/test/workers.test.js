@@ -4,7 +4,10 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { startReceiver, run, cpuProfiles, total, has, pkg } = require('./helpers');
 
 test('workers that never load the package get named JavaScript frames', async () => {
   const r = await startReceiver();
@@ -17,5 +20,28 @@ test('workers that never load the package get named JavaScript frames', async ()
     const ns = total(cpu, 'cpu', has(new RegExp(`^\\./test/fixtures/plain-worker\\.js:${fn}:\\d+$`)));
     // 300 ms of the worker's own CPU time in the function (at /proc's 10 ms resolution).
     assert.ok(ns >= 240e6 && ns <= 380e6, `${fn}: ${ns / 1e6} ms named of 300`);
+  }
+});
+
+test('the package leaves node:worker_threads unloaded and wraps Worker however the app gets it', async () => {
+  const ask = async (args, env = {}) => {
+    const res = await run(args, env);
+    assert.equal(res.code, 0, res.stderr);
+    return JSON.parse(res.stdout);
+  };
+  const fixture = 'test/fixtures/worker-wrap.js';
+  assert.deepEqual(await ask([fixture, 'require']), { loadedByPackage: false, wrapped: true });
+  assert.deepEqual(await ask([fixture, 'getBuiltinModule']), { loadedByPackage: false, wrapped: true });
+  assert.deepEqual(await ask([fixture, 'before']), { loadedByPackage: null, wrapped: true });
+  // ESM: static imports are linked before the package runs.
+  assert.deepEqual(await ask(['test/fixtures/worker-wrap.mjs']), { api: 'function', wrapped: true });
+  // --require register runs before an ESM app links its imports: it wraps at once.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-wrap-'));
+  try {
+    const env = { PYROSCOPE_APPLICATION_NAME: 'wrap', PYROSCOPE_EXPORT_DIR: dir };
+    const register = path.join(pkg, 'register.js');
+    assert.deepEqual(await ask(['--require', register, 'test/fixtures/worker-wrap-plain.mjs'], env), { wrapped: true });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
