@@ -27,6 +27,31 @@ WORKLOAD = os.path.join(HERE, "workload.py")
 PEER = "pyroscope-io 1.4.0"
 CPU_THREADS = 3
 ALLOC_THREADS = 2
+# The instruction counts (valgrind): units per thread, the same in every configuration (about
+# 0.1 s of CPU natively for each workload), and the warm-up's units before them.
+INSTR_UNITS = dict(cpu=100, alloc=1500)
+INSTR_WARMUP = dict(cpu=20, alloc=300)
+INSTR_IDLE = 10.0
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no")
+INSTR_TEXT = (
+    "The instructions that the whole process executed, every thread (the profiler's own threads "
+    "and its signal handlers included), as `valgrind --tool=cachegrind --cache-sim=no` counts "
+    "them (its total `I refs`), on the two workloads above with a fixed number of units in every "
+    "configuration: unlike CPU time on this shared machine, they hardly vary from run to run. "
+    "Startup and exit: the same configuration with no units (the interpreter, `import pyroscope`, "
+    "the agent's start, the warm-up units, `shutdown()`); work: the rest, whose ratio to the run "
+    "without a profiler is the steady-state cost that the CPU targets are about (the "
+    '`tag_wrapper` row against "none" without any `with`). Under valgrind the process runs tens '
+    "of times slower and the profiler's timers count the simulated process's CPU time, so at "
+    "100 Hz each unit of work would get that many times its native samples: the profiled runs "
+    "sample at 100 Hz divided by that slowdown (the work's CPU time without a profiler, under "
+    "valgrind over natively), the same samples per unit of work as 100 Hz natively, and their "
+    "upload interval is stretched as much. The collector's wall-clock ticks (a drain every 50 ms, "
+    'a thread scan every 100 ms) are not: "less the extra ticks" takes out what the idle '
+    "profiler executes per second times the run's extra wall time, an upper bound of that bias. "
+    "Instructions weigh alike: cache misses, system calls and contention for the cores are not "
+    "in them."
+)
 
 
 def log(msg):
@@ -90,6 +115,19 @@ def noise_line(per_mode):
     )
 
 
+def cachegrind_total(path):
+    """The instructions counted in a cachegrind out file (its `summary:` line, every thread's
+    together), or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def closed_port_url():
     """A loopback URL nobody listens on (connection refused): a server that is down."""
     with socket.socket() as s:
@@ -98,14 +136,19 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}"
 
 
-def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end"):
-    """Runs `interpreter workload cfg` once (the Node rows use it with workload.js). Returns the
-    child's last JSON line plus rss_mib, child_cpu, elapsed (its whole life, s) and exit (from
-    its `end_key` time to its exit, s); on timeout what it printed plus killed; or None."""
+def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end", prefix=(), env=None):
+    """Runs `interpreter workload cfg` once (the Node rows use it with workload.js), after the
+    command `prefix` if given (valgrind), with `env` if given. Returns the child's last JSON line
+    plus rss_mib, child_cpu, elapsed (its whole life, s) and exit (from its `end_key` time to its
+    exit, s); on timeout what it printed plus killed; or None."""
     err = tempfile.TemporaryFile()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [interpreter, workload, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
+        [*prefix, interpreter, workload, json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        cwd=tempfile.gettempdir(),
+        env=env,
     )
     killed = []
 
@@ -195,8 +238,9 @@ class Bench:
     def python_of(self, sdk):
         return self.peer if sdk == "pyroscope-io" else self.args.ours_python
 
-    def measure(self, cfg, receiver_mode=None, server=None, timeout=None):
-        """One child run with a fresh receiver (unless `server` is given or sdk is none)."""
+    def measure(self, cfg, receiver_mode=None, server=None, timeout=None, prefix=(), env=None):
+        """One child run with a fresh receiver (unless `server` is given or sdk is none), after
+        the command `prefix` if given, with `env` if given."""
         cfg = dict(cfg)
         rec = None
         if cfg["sdk"] != "none":
@@ -206,7 +250,7 @@ class Bench:
             else:
                 cfg["server"] = server
         try:
-            m = run_child(self.python_of(cfg["sdk"]), cfg, timeout or 60 + 20 * self.seconds)
+            m = run_child(self.python_of(cfg["sdk"]), cfg, timeout or 60 + 20 * self.seconds, prefix=prefix, env=env)
         finally:
             got = rec.stop() if rec else None
         if m is not None:
@@ -460,6 +504,183 @@ class Bench:
         shutdown_table(self.measure, self.runs, modes, scenarios, base, limit, "shutdown", "shutdown")
         self.peer_missing_row(len(scenarios) + 1)
 
+    def under_valgrind(self, cfg):
+        """One child under cachegrind (with a fresh receiver when profiled): its measurement plus
+        `ir`, the instructions that all its threads executed, the profiler's included; or None."""
+        fd, out = tempfile.mkstemp(prefix="pybench-cachegrind-", suffix=".out")
+        os.close(fd)
+        # A fixed hash seed: the same dict layouts, so the same instructions, in every run.
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        try:
+            m = self.measure(cfg, timeout=1200, prefix=(*VALGRIND, f"--cachegrind-out-file={out}"), env=env)
+            if m is not None and "killed" not in m:
+                m["ir"] = cachegrind_total(out)
+        finally:
+            os.unlink(out)
+        return m if m is not None and m.get("ir") else None
+
+    def instructions_section(self):
+        runs = max(1, int(os.environ.get("BENCH_RUNS", "3")))
+        tables = [
+            (
+                "CPU-bound",
+                "cpu",
+                CPU_THREADS,
+                [
+                    ("none", dict(sdk="none")),
+                    ("ours (memory profiling on, its default)", dict(sdk="ours")),
+                    ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                    ("ours, `tag_wrapper` per unit", dict(sdk="ours", labels=True)),
+                ],
+            ),
+            (
+                "allocation-heavy",
+                "alloc",
+                ALLOC_THREADS,
+                [
+                    ("none", dict(sdk="none")),
+                    ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                    ("ours, `mem_enabled=True` (512 KiB)", dict(sdk="ours", mem=True)),
+                ],
+            ),
+        ]
+        print("\n### Instructions (valgrind)\n")
+        rows, notes, spreads = [], [], []
+        tick = None
+        for title, work, threads, modes in tables:
+            units = INSTR_UNITS[work]
+            base = dict(work=work, threads=threads, units=units, warmup_units=INSTR_WARMUP[work])
+            # How much slower the simulated process is: the work's CPU time with no profiler,
+            # natively (median of 3 runs) and under valgrind (its first run of "none").
+            native = [run_child(self.args.ours_python, {**base, "sdk": "none"}, 120) for _ in range(3)]
+            native = [m for m in native if m]
+            log(f"instructions, {title}, calibration under valgrind")
+            first = self.under_valgrind({**base, "sdk": "none"})
+            if not native or first is None:
+                rows.append(f"| {title} | none | failed | | | | | | |")
+                continue
+            native_cpu = statistics.median(m["cpu"] for m in native)
+            native_wall = statistics.median(m["wall"] for m in native)
+            slowdown = first["cpu"] / native_cpu
+            rate = max(1, round(100 / slowdown))
+            profiled = dict(
+                sample_rate=rate,
+                upload_interval=min(3600.0, 10 * slowdown),
+                shutdown_timeout=max(2.0, 2 * slowdown),
+            )
+            res = {name: [] for name, _ in modes}
+            fixed = {name: [] for name, _ in modes}
+            res["none"].append(first)
+            for r in range(runs):
+                for name, cfg in modes:
+                    for key, n in (("work", units), ("fixed", 0)):
+                        if r == 0 and name == "none" and key == "work":
+                            continue
+                        log(f"run {r + 1}/{runs}, instructions, {title}, {name}, {units if n else 0} units")
+                        c = {**base, **cfg, "units": n, **(profiled if cfg["sdk"] != "none" else {})}
+                        (res if key == "work" else fixed)[name].append(self.under_valgrind(c))
+            # The collector's wall-clock ticks, which valgrind does not slow down with the rest:
+            # the instructions of an idle profiled process per second it lives (threads alive).
+            if tick is None and work == "cpu":
+                log(f"instructions, the profiler idle for {INSTR_IDLE:.0f} s")
+                c = {**base, "sdk": "ours", "units": 0, "idle": INSTR_IDLE, **profiled}
+                idle = self.under_valgrind(c)
+                start = [m for m in fixed["ours (memory profiling on, its default)"] if m]
+                if idle and start:
+                    tick = (idle["ir"] - statistics.median(m["ir"] for m in start)) / (
+                        idle["wall"] - statistics.median(m["wall"] for m in start)
+                    )
+            ok = lambda name, d: [m for m in d[name] if m]  # noqa: E731
+            med = lambda ms: statistics.median(m["ir"] for m in ms)  # noqa: E731
+            if not ok("none", res) or not ok("none", fixed):
+                rows.append(f"| {title} | none | failed | | | | | | |")
+                continue
+            total0 = med(ok("none", res))
+            work0 = total0 - med(ok("none", fixed))
+            works = {}
+            for name, cfg in modes:
+                if not ok(name, res) or not ok(name, fixed):
+                    rows.append(f"| {title} | {name} | failed | | | | | | |")
+                    continue
+                total, start = med(ok(name, res)), med(ok(name, fixed))
+                works[name] = total - start
+                per_run = [m["ir"] - start for m in ok(name, res)]
+                if len(per_run) > 1:
+                    spreads.append((max(per_run) - min(per_run)) / statistics.median(per_run))
+                vs_off = "-"
+                if cfg["sdk"] != "none" and cfg.get("mem") is not False:
+                    off = next(
+                        (n for n, c in modes if c.get("mem") is False and c.get("labels") == cfg.get("labels")), None
+                    )
+                    if off in works:
+                        vs_off = f"{works[name] / works[off]:.4f}"
+                samples, excess = "-", ""
+                if cfg["sdk"] != "none":
+                    got = [m["received"]["cpu"] * rate for m in ok(name, res) if m.get("received")]
+                    samples = f"{statistics.median(got):.0f}" if got else "-"
+                    alloc = [m["received"]["alloc_bytes"] for m in ok(name, res) if m.get("received")]
+                    if work == "alloc" and cfg.get("mem") and not (alloc and statistics.median(alloc) > 0):
+                        samples += " (no allocation profile)"
+                    if tick is not None:
+                        wall = statistics.median(m["wall"] for m in ok(name, res))
+                        extra = tick * max(0.0, wall - native_wall)
+                        excess = f"{(works[name] - extra) / work0:.4f}"
+                rows.append(
+                    f"| {title} | {name} | {total / 1e6:,.1f} | {start / 1e6:,.1f} | {works[name] / 1e6:,.1f} "
+                    f"| {works[name] / work0:.4f} | {excess or '-'} | {total / total0:.4f} | {vs_off} | {samples} |"
+                )
+            notes.append(
+                dict(
+                    title=title,
+                    units=units,
+                    threads=threads,
+                    slowdown=slowdown,
+                    rate=rate,
+                    native=native_cpu,
+                    works=works,
+                    work0=work0,
+                )
+            )
+        print(INSTR_TEXT)
+        print()
+        print(
+            "| workload | profiler | instructions, M | startup and exit, M | work, M | work ratio "
+            "| less the extra ticks | whole-process ratio | vs memory off (work) | CPU samples received |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(row)
+        print()
+        for n in notes:
+            print(
+                f"- {n['title']} ({n['threads']} threads x {n['units']:,} units, {n['native'] * 1000:.0f} ms of CPU "
+                f"natively): valgrind {n['slowdown']:.0f}x slower, so the profiled runs sample at "
+                f"{n['rate']} Hz, {n['rate'] * n['slowdown']:.0f} Hz natively per unit of work"
+            )
+        if tick is not None:
+            print(f"- the idle profiler (threads alive, no work): {tick / 1e6:.2f} M instructions per second")
+        if spreads:
+            print(
+                f"- counts: a configuration's runs differ by up to {max(spreads) * 100:.2f}% of its work "
+                f"(medians of {runs} runs)"
+            )
+        summary = {n["title"]: n["works"] for n in notes}
+        cpu, alloc = summary.get("CPU-bound", {}), summary.get("allocation-heavy", {})
+        if "none" in cpu and "ours (memory profiling on, its default)" in cpu:
+            w0 = cpu["none"]
+            parts = [f"ours {cpu['ours (memory profiling on, its default)'] / w0:.4f}"]
+            if "ours, `tag_wrapper` per unit" in cpu:
+                parts.append(f"with a `tag_wrapper` per unit {cpu['ours, `tag_wrapper` per unit'] / w0:.4f}")
+            print(
+                "- CPU-bound, work: " + ", ".join(parts) + " of the instructions with no profiler (target at most 1.01)"
+            )
+        on, off = alloc.get("ours, `mem_enabled=True` (512 KiB)"), alloc.get("ours, `mem_enabled=False`")
+        if on and off:
+            print(
+                f"- memory profiling's cost, ours: {(on / off - 1) * 100:+.2f}% instructions of the "
+                "allocation-heavy work (memory on vs off, agent running in both; target under 3%)"
+            )
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -467,7 +688,10 @@ def main():
     ap.add_argument("--receiver", required=True)
     ap.add_argument("--peer-python")
     ap.add_argument("--peer-error", default="not given")
-    ap.add_argument("--only", default="cpu,memory,shutdown")
+    # instructions: the valgrind counts, minutes long; in the default set with
+    # BENCH_PYTHON_INSTRUCTIONS=1.
+    default = "cpu,memory,shutdown" + (",instructions" if os.environ.get("BENCH_PYTHON_INSTRUCTIONS") == "1" else "")
+    ap.add_argument("--only", default=default, help="sections: cpu,memory,shutdown,instructions")
     args = ap.parse_args()
     # The children run in the temporary folder: absolute paths (not the resolved venv symlink).
     for name in ("ours_python", "receiver", "peer_python"):
@@ -482,6 +706,8 @@ def main():
         bench.memory_section()
     if "shutdown" in only:
         bench.shutdown_section()
+    if "instructions" in only:
+        bench.instructions_section()
     print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Python rows.")
 
 
