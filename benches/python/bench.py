@@ -8,12 +8,17 @@ Every profiled child pushes to its own loopback receiver (tests/receiver, `pyros
 whose output is read back to count what arrived (the workload is measured from the child, never
 from frame names). Prints Markdown on stdout, progress on stderr. BENCH_RUNS (default 5) runs
 per configuration, BENCH_SECONDS (default 5) of work per measured run.
+
+`--only instructions` (or BENCH_PYTHON_INSTRUCTIONS=1 for the whole set) adds instruction
+counts under valgrind (cachegrind): a fixed amount of work, BENCH_RUNS (default 3) runs per
+configuration, minutes long.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -545,6 +550,9 @@ class Bench:
             ),
         ]
         print("\n### Instructions (valgrind)\n")
+        if not shutil.which(VALGRIND[0]):
+            print("Not measured: valgrind is not installed (`make valgrind` installs it).")
+            return
         rows, notes, spreads = [], [], []
         tick = None
         for title, work, threads, modes in tables:
