@@ -39,21 +39,22 @@ INSTR_WARMUP = dict(cpu=20, alloc=300)
 INSTR_IDLE = 10.0
 VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no")
 INSTR_TEXT = (
-    "The instructions that the whole process executed, every thread (the profiler's own threads "
-    "and its signal handlers included), as `valgrind --tool=cachegrind --cache-sim=no` counts "
-    "them (its total `I refs`), on the two workloads above with a fixed number of units in every "
-    "configuration: unlike CPU time on this shared machine, they hardly vary from run to run. "
-    "Startup and exit: the same configuration with no units (the interpreter, `import pyroscope`, "
-    "the agent's start, the warm-up units, `shutdown()`); work: the rest, whose ratio to the run "
-    "without a profiler is the steady-state cost that the CPU targets are about (the "
-    '`tag_wrapper` row against "none" without any `with`). Under valgrind the process runs tens '
-    "of times slower and the profiler's timers count the simulated process's CPU time, so at "
-    "100 Hz each unit of work would get that many times its native samples: the profiled runs "
-    "sample at 100 Hz divided by that slowdown (the work's CPU time without a profiler, under "
-    "valgrind over natively), the same samples per unit of work as 100 Hz natively, and their "
-    "upload interval is stretched as much. The collector's wall-clock ticks (a drain every 50 ms, "
-    'a thread scan every 100 ms) are not: "less the extra ticks" takes out what the idle '
-    "profiler executes per second times the run's extra wall time, an upper bound of that bias. "
+    "The instructions that the whole process executed, every thread's (the profiler's own "
+    "threads and its signal handlers included), as `valgrind --tool=cachegrind --cache-sim=no` "
+    "counts them (its total `I refs`), on the two workloads above with a fixed number of units in "
+    "every configuration: unlike CPU time on this shared machine, they hardly vary from run to "
+    "run. Startup and exit: the same configuration with no units (the interpreter, `import "
+    "pyroscope`, the agent's start, the warm-up units, `shutdown()`); work: the rest, whose ratio "
+    "to the run without a profiler is the steady-state cost that the CPU target is about (the "
+    '`tag_wrapper` row too is against "none", which runs no `with` at all). Under valgrind the '
+    "process runs many times slower and the profiler's CPU timers count the simulated process's "
+    "CPU time, so at 100 Hz each unit of work would get that many times its native samples: the "
+    "profiled runs sample at 100 Hz divided by the slowdown (the work's CPU time without a "
+    "profiler, under valgrind over natively), the samples per unit of work of 100 Hz natively, "
+    "and their upload interval is stretched as much. The collector's wall-clock ticks (a drain "
+    "every 50 ms, a thread scan every 100 ms) are not stretched, and a busy machine stretches a "
+    'run further: "less the extra ticks" takes from each profiled run what the idle profiler '
+    "executes per second (measured below) times the run's wall time beyond the native run's. "
     "Instructions weigh alike: cache misses, system calls and contention for the cores are not "
     "in them."
 )
@@ -520,6 +521,8 @@ class Bench:
             m = self.measure(cfg, timeout=1200, prefix=(*VALGRIND, f"--cachegrind-out-file={out}"), env=env)
             if m is not None and "killed" not in m:
                 m["ir"] = cachegrind_total(out)
+                if m["ir"]:
+                    log(f"  {m['ir'] / 1e6:,.1f} M instructions, measured phase {m['wall']:.2f} s")
         finally:
             os.unlink(out)
         return m if m is not None and m.get("ir") else None
@@ -553,7 +556,7 @@ class Bench:
         if not shutil.which(VALGRIND[0]):
             print("Not measured: valgrind is not installed (`make valgrind` installs it).")
             return
-        rows, notes, spreads = [], [], []
+        rows, notes, spreads, summary = [], [], [], {}
         tick = None
         for title, work, threads, modes in tables:
             units = INSTR_UNITS[work]
@@ -599,61 +602,57 @@ class Bench:
                         idle["wall"] - statistics.median(m["wall"] for m in start)
                     )
             ok = lambda name, d: [m for m in d[name] if m]  # noqa: E731
-            med = lambda ms: statistics.median(m["ir"] for m in ms)  # noqa: E731
             if not ok("none", res) or not ok("none", fixed):
-                rows.append(f"| {title} | none | failed | | | | | | |")
+                rows.append(f"| {title} | none | failed | | | | | | | |")
                 continue
-            total0 = med(ok("none", res))
-            work0 = total0 - med(ok("none", fixed))
-            works = {}
+            raw, net = {}, {}
             for name, cfg in modes:
                 if not ok(name, res) or not ok(name, fixed):
-                    rows.append(f"| {title} | {name} | failed | | | | | | |")
+                    rows.append(f"| {title} | {name} | failed | | | | | | | |")
                     continue
-                total, start = med(ok(name, res)), med(ok(name, fixed))
-                works[name] = total - start
+                start = statistics.median(m["ir"] for m in ok(name, fixed))
+                # Each run's work, and the same less the ticks of its wall time beyond the
+                # native run's (profiled runs only; all of them when the idle run failed).
                 per_run = [m["ir"] - start for m in ok(name, res)]
-                if len(per_run) > 1:
-                    spreads.append((max(per_run) - min(per_run)) / statistics.median(per_run))
+                per_net = [
+                    w - (tick * max(0.0, m["wall"] - native_wall) if tick is not None and cfg["sdk"] != "none" else 0)
+                    for w, m in zip(per_run, ok(name, res))
+                ]
+                raw[name], net[name] = statistics.median(per_run), statistics.median(per_net)
+                if len(per_net) > 1:
+                    spreads.append((max(per_net) - min(per_net)) / net[name])
+                total = statistics.median(m["ir"] for m in ok(name, res))
+                if name == "none":
+                    total0 = total
                 vs_off = "-"
                 if cfg["sdk"] != "none" and cfg.get("mem") is not False:
                     off = next(
                         (n for n, c in modes if c.get("mem") is False and c.get("labels") == cfg.get("labels")), None
                     )
-                    if off in works:
-                        vs_off = f"{works[name] / works[off]:.4f}"
-                samples, excess = "-", ""
+                    if off in net:
+                        vs_off = f"{net[name] / net[off]:.4f}"
+                samples = "-"
                 if cfg["sdk"] != "none":
                     got = [m["received"]["cpu"] * rate for m in ok(name, res) if m.get("received")]
                     samples = f"{statistics.median(got):.0f}" if got else "-"
                     alloc = [m["received"]["alloc_bytes"] for m in ok(name, res) if m.get("received")]
                     if work == "alloc" and cfg.get("mem") and not (alloc and statistics.median(alloc) > 0):
                         samples += " (no allocation profile)"
-                    if tick is not None:
-                        wall = statistics.median(m["wall"] for m in ok(name, res))
-                        extra = tick * max(0.0, wall - native_wall)
-                        excess = f"{(works[name] - extra) / work0:.4f}"
+                less = f"{net[name] / net['none']:.4f}" if cfg["sdk"] != "none" and tick is not None else "-"
                 rows.append(
-                    f"| {title} | {name} | {total / 1e6:,.1f} | {start / 1e6:,.1f} | {works[name] / 1e6:,.1f} "
-                    f"| {works[name] / work0:.4f} | {excess or '-'} | {total / total0:.4f} | {vs_off} | {samples} |"
+                    f"| {title} | {name} | {total / 1e6:,.1f} | {start / 1e6:,.1f} | {raw[name] / 1e6:,.1f} "
+                    f"| {raw[name] / raw['none']:.4f} | {less} | {total / total0:.4f} | {vs_off} | {samples} |"
                 )
             notes.append(
-                dict(
-                    title=title,
-                    units=units,
-                    threads=threads,
-                    slowdown=slowdown,
-                    rate=rate,
-                    native=native_cpu,
-                    works=works,
-                    work0=work0,
-                )
+                dict(title=title, units=units, threads=threads, slowdown=slowdown, rate=rate, native=native_cpu)
             )
+            summary[title] = (raw, net)
         print(INSTR_TEXT)
         print()
         print(
             "| workload | profiler | instructions, M | startup and exit, M | work, M | work ratio "
-            "| less the extra ticks | whole-process ratio | vs memory off (work) | CPU samples received |"
+            "| work ratio less the extra ticks | whole-process ratio | vs memory off (work less the extra ticks) "
+            "| CPU samples received |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for row in rows:
@@ -666,27 +665,36 @@ class Bench:
                 f"{n['rate']} Hz, {n['rate'] * n['slowdown']:.0f} Hz natively per unit of work"
             )
         if tick is not None:
-            print(f"- the idle profiler (threads alive, no work): {tick / 1e6:.2f} M instructions per second")
+            print(
+                f"- the idle profiler (threads alive, no work): {tick / 1e6:.2f} M instructions per second of its life"
+            )
+        else:
+            print("- the idle profiler's run failed: no correction for the extra ticks")
         if spreads:
             print(
-                f"- counts: a configuration's runs differ by up to {max(spreads) * 100:.2f}% of its work "
-                f"(medians of {runs} runs)"
+                f"- counts: a configuration's runs differ by up to {max(spreads) * 100:.2f}% of its work less the "
+                f"extra ticks (medians of {runs} runs)"
             )
-        summary = {n["title"]: n["works"] for n in notes}
-        cpu, alloc = summary.get("CPU-bound", {}), summary.get("allocation-heavy", {})
-        if "none" in cpu and "ours (memory profiling on, its default)" in cpu:
-            w0 = cpu["none"]
-            parts = [f"ours {cpu['ours (memory profiling on, its default)'] / w0:.4f}"]
-            if "ours, `tag_wrapper` per unit" in cpu:
-                parts.append(f"with a `tag_wrapper` per unit {cpu['ours, `tag_wrapper` per unit'] / w0:.4f}")
+        raw, net = summary.get("CPU-bound", ({}, {}))
+        default, labelled = "ours (memory profiling on, its default)", "ours, `tag_wrapper` per unit"
+        if "none" in raw and default in raw:
+            parts = [
+                f"{what} {raw[name] / raw['none']:.4f} ({net[name] / net['none']:.4f} less the extra ticks)"
+                for what, name in (("ours", default), ("with a `tag_wrapper` per unit", labelled))
+                if name in raw
+            ]
             print(
-                "- CPU-bound, work: " + ", ".join(parts) + " of the instructions with no profiler (target at most 1.01)"
+                "- CPU-bound work, instructions over those without a profiler: "
+                + ", ".join(parts)
+                + " (target at most 1.01 at 100 Hz)"
             )
-        on, off = alloc.get("ours, `mem_enabled=True` (512 KiB)"), alloc.get("ours, `mem_enabled=False`")
-        if on and off:
+        raw, net = summary.get("allocation-heavy", ({}, {}))
+        on, off = "ours, `mem_enabled=True` (512 KiB)", "ours, `mem_enabled=False`"
+        if on in raw and off in raw:
             print(
-                f"- memory profiling's cost, ours: {(on / off - 1) * 100:+.2f}% instructions of the "
-                "allocation-heavy work (memory on vs off, agent running in both; target under 3%)"
+                f"- memory profiling's cost, ours: {(net[on] / net[off] - 1) * 100:+.2f}% instructions of the "
+                f"allocation-heavy work ({(raw[on] / raw[off] - 1) * 100:+.2f}% before the tick correction; memory "
+                "on vs off, agent running in both; target under 3%)"
             )
 
 
