@@ -56,7 +56,13 @@ INSTR_TEXT = (
     'run further: "less the extra ticks" takes from each profiled run what the idle profiler '
     "executes per second (measured below) times the run's wall time beyond the native run's. "
     "Instructions weigh alike: cache misses, system calls and contention for the cores are not "
-    "in them."
+    "in them. Not in `make bench` by default (about 4 minutes on 2 cores): "
+    "`BENCH_PYTHON_INSTRUCTIONS=1 BENCH_ONLY=python make bench`, or `bench.py --only "
+    "instructions`; BENCH_RUNS runs per configuration (default 3 here)."
+)
+INSTR_SKIPPED = (
+    "Not measured in this run: instruction counts under valgrind are opt-in (about 4 minutes), "
+    "`BENCH_PYTHON_INSTRUCTIONS=1 BENCH_ONLY=python make bench`."
 )
 
 
@@ -704,10 +710,7 @@ def main():
     ap.add_argument("--receiver", required=True)
     ap.add_argument("--peer-python")
     ap.add_argument("--peer-error", default="not given")
-    # instructions: the valgrind counts, minutes long; in the default set with
-    # BENCH_PYTHON_INSTRUCTIONS=1.
-    default = "cpu,memory,shutdown" + (",instructions" if os.environ.get("BENCH_PYTHON_INSTRUCTIONS") == "1" else "")
-    ap.add_argument("--only", default=default, help="sections: cpu,memory,shutdown,instructions")
+    ap.add_argument("--only", help="sections: cpu,memory,shutdown,instructions (default: the first three)")
     args = ap.parse_args()
     # The children run in the temporary folder: absolute paths (not the resolved venv symlink).
     for name in ("ours_python", "receiver", "peer_python"):
@@ -715,7 +718,10 @@ def main():
             setattr(args, name, os.path.abspath(getattr(args, name)))
     bench = Bench(args)
     bench.header()
-    only = args.only.split(",")
+    # instructions: the valgrind counts, minutes long; in the default set with
+    # BENCH_PYTHON_INSTRUCTIONS=1.
+    instructions = os.environ.get("BENCH_PYTHON_INSTRUCTIONS") == "1"
+    only = (args.only or "cpu,memory,shutdown" + (",instructions" if instructions else "")).split(",")
     if "cpu" in only:
         bench.cpu_section()
     if "memory" in only:
@@ -724,6 +730,8 @@ def main():
         bench.shutdown_section()
     if "instructions" in only:
         bench.instructions_section()
+    elif args.only is None:
+        print(f"\n### Instructions (valgrind)\n\n{INSTR_SKIPPED}")
     print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Python rows.")
 
 
