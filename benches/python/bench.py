@@ -37,13 +37,14 @@ ALLOC_THREADS = 2
 INSTR_UNITS = dict(cpu=100, alloc=1500)
 INSTR_WARMUP = dict(cpu=20, alloc=300)
 INSTR_IDLE = 10.0
-VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no")
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--fair-sched=yes")
 INSTR_TEXT = (
     "The instructions that the whole process executed, every thread's (the profiler's own "
     "threads and its signal handlers included), as `valgrind --tool=cachegrind --cache-sim=no` "
-    "counts them (its total `I refs`), on the two workloads above with a fixed number of units in "
-    "every configuration: unlike CPU time on this shared machine, they hardly vary from run to "
-    "run. Startup and exit: the same configuration with no units (the interpreter, `import "
+    "counts them (its total `I refs`; `--fair-sched=yes`, so that the profiler's threads get "
+    "their turns), on the two workloads above with a fixed number of units in every "
+    "configuration: unlike CPU time on this shared machine, they vary little from run to run "
+    "(see the counts line). Startup and exit: the same configuration with no units (the interpreter, `import "
     "pyroscope`, the agent's start, the warm-up units, `shutdown()`); work: the rest, whose ratio "
     "to the run without a profiler is the steady-state cost that the CPU target is about (the "
     '`tag_wrapper` row too is against "none", which runs no `with` at all). Under valgrind the '
@@ -568,16 +569,17 @@ class Bench:
             units = INSTR_UNITS[work]
             base = dict(work=work, threads=threads, units=units, warmup_units=INSTR_WARMUP[work])
             # How much slower the simulated process is: the work's CPU time with no profiler,
-            # natively (median of 3 runs) and under valgrind (its first run of "none").
-            native = [run_child(self.args.ours_python, {**base, "sdk": "none"}, 120) for _ in range(3)]
+            # natively (the least of 5 runs: other processes only ever add to it) and under
+            # valgrind (its first run of "none").
+            native = [run_child(self.args.ours_python, {**base, "sdk": "none"}, 120) for _ in range(5)]
             native = [m for m in native if m]
             log(f"instructions, {title}, calibration under valgrind")
             first = self.under_valgrind({**base, "sdk": "none"})
             if not native or first is None:
                 rows.append(f"| {title} | none | failed | | | | | | |")
                 continue
-            native_cpu = statistics.median(m["cpu"] for m in native)
-            native_wall = statistics.median(m["wall"] for m in native)
+            native_cpu = min(m["cpu"] for m in native)
+            native_wall = min(m["wall"] for m in native)
             slowdown = first["cpu"] / native_cpu
             rate = max(1, round(100 / slowdown))
             profiled = dict(
