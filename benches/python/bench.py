@@ -55,7 +55,9 @@ INSTR_TEXT = (
     "and their upload interval is stretched as much. The collector's wall-clock ticks (a drain "
     "every 50 ms, a thread scan every 100 ms) are not stretched, and a busy machine stretches a "
     'run further: "less the extra ticks" takes from each profiled run what the idle profiler '
-    "executes per second (measured below) times the run's wall time beyond the native run's. "
+    "executes per second (measured below) times the run's wall time beyond the native run's. The "
+    "native cost lies between the two ratios: the first counts every extra tick, the second takes "
+    "out as many as the idle profiler runs (it falls below 1 when a busy run ticks less often). "
     "Instructions weigh alike: cache misses, system calls and contention for the cores are not "
     "in them. Not in `make bench` by default (about 4 minutes on 2 cores): "
     "`BENCH_PYTHON_INSTRUCTIONS=1 BENCH_ONLY=python make bench`, or `bench.py --only "
