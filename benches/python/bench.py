@@ -8,12 +8,17 @@ Every profiled child pushes to its own loopback receiver (tests/receiver, `pyros
 whose output is read back to count what arrived (the workload is measured from the child, never
 from frame names). Prints Markdown on stdout, progress on stderr. BENCH_RUNS (default 5) runs
 per configuration, BENCH_SECONDS (default 5) of work per measured run.
+
+`--only instructions` (or BENCH_PYTHON_INSTRUCTIONS=1 for the whole set) adds instruction
+counts under valgrind (cachegrind): a fixed amount of work, BENCH_RUNS (default 3) runs per
+configuration, minutes long.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -27,6 +32,41 @@ WORKLOAD = os.path.join(HERE, "workload.py")
 PEER = "pyroscope-io 1.4.0"
 CPU_THREADS = 3
 ALLOC_THREADS = 2
+# The instruction counts (valgrind): units per thread, the same in every configuration (about
+# 0.1 s of CPU natively for each workload), and the warm-up's units before them.
+INSTR_UNITS = dict(cpu=100, alloc=1500)
+INSTR_WARMUP = dict(cpu=20, alloc=300)
+INSTR_IDLE = 10.0
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--fair-sched=yes")
+INSTR_TEXT = (
+    "The instructions that the whole process executed, every thread's (the profiler's own "
+    "threads and its signal handlers included), as `valgrind --tool=cachegrind --cache-sim=no` "
+    "counts them (its total `I refs`; `--fair-sched=yes`, so that the profiler's threads get "
+    "their turns), on the two workloads above with a fixed number of units in every "
+    "configuration: unlike CPU time on this shared machine, they vary little from run to run "
+    "(see the counts line). Startup and exit: the same configuration with no units (the interpreter, `import "
+    "pyroscope`, the agent's start, the warm-up units, `shutdown()`); work: the rest, whose ratio "
+    "to the run without a profiler is the steady-state cost that the CPU target is about (the "
+    '`tag_wrapper` row too is against "none", which runs no `with` at all). Under valgrind the '
+    "process runs many times slower and the profiler's CPU timers count the simulated process's "
+    "CPU time, so at 100 Hz each unit of work would get that many times its native samples: the "
+    "profiled runs sample at 100 Hz divided by the slowdown (the work's CPU time without a "
+    "profiler, under valgrind over natively), the samples per unit of work of 100 Hz natively, "
+    "and their upload interval is stretched as much. The collector's wall-clock ticks (a drain "
+    "every 50 ms, a thread scan every 100 ms) are not stretched, and a busy machine stretches a "
+    'run further: "less the extra ticks" takes from each profiled run what the idle profiler '
+    "executes per second (measured below) times the run's wall time beyond the native run's. The "
+    "native cost lies between the two ratios: the first counts every extra tick, the second takes "
+    "out as many as the idle profiler runs (it falls below 1 when a busy run ticks less often). "
+    "Instructions weigh alike: cache misses, system calls and contention for the cores are not "
+    "in them. Not in `make bench` by default (about 4 minutes on 2 cores): "
+    "`BENCH_PYTHON_INSTRUCTIONS=1 BENCH_ONLY=python make bench`, or `bench.py --only "
+    "instructions`; BENCH_RUNS runs per configuration (default 3 here)."
+)
+INSTR_SKIPPED = (
+    "Not measured in this run: instruction counts under valgrind are opt-in (about 4 minutes), "
+    "`BENCH_PYTHON_INSTRUCTIONS=1 BENCH_ONLY=python make bench`."
+)
 
 
 def log(msg):
@@ -90,6 +130,19 @@ def noise_line(per_mode):
     )
 
 
+def cachegrind_total(path):
+    """The instructions counted in a cachegrind out file (its `summary:` line, every thread's
+    together), or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def closed_port_url():
     """A loopback URL nobody listens on (connection refused): a server that is down."""
     with socket.socket() as s:
@@ -98,14 +151,19 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}"
 
 
-def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end"):
-    """Runs `interpreter workload cfg` once (the Node rows use it with workload.js). Returns the
-    child's last JSON line plus rss_mib, child_cpu, elapsed (its whole life, s) and exit (from
-    its `end_key` time to its exit, s); on timeout what it printed plus killed; or None."""
+def run_child(interpreter, cfg, timeout, workload=WORKLOAD, end_key="main_end", prefix=(), env=None):
+    """Runs `interpreter workload cfg` once (the Node rows use it with workload.js), after the
+    command `prefix` if given (valgrind), with `env` if given. Returns the child's last JSON line
+    plus rss_mib, child_cpu, elapsed (its whole life, s) and exit (from its `end_key` time to its
+    exit, s); on timeout what it printed plus killed; or None."""
     err = tempfile.TemporaryFile()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [interpreter, workload, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err, cwd=tempfile.gettempdir()
+        [*prefix, interpreter, workload, json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        cwd=tempfile.gettempdir(),
+        env=env,
     )
     killed = []
 
@@ -195,8 +253,9 @@ class Bench:
     def python_of(self, sdk):
         return self.peer if sdk == "pyroscope-io" else self.args.ours_python
 
-    def measure(self, cfg, receiver_mode=None, server=None, timeout=None):
-        """One child run with a fresh receiver (unless `server` is given or sdk is none)."""
+    def measure(self, cfg, receiver_mode=None, server=None, timeout=None, prefix=(), env=None):
+        """One child run with a fresh receiver (unless `server` is given or sdk is none), after
+        the command `prefix` if given, with `env` if given."""
         cfg = dict(cfg)
         rec = None
         if cfg["sdk"] != "none":
@@ -206,7 +265,7 @@ class Bench:
             else:
                 cfg["server"] = server
         try:
-            m = run_child(self.python_of(cfg["sdk"]), cfg, timeout or 60 + 20 * self.seconds)
+            m = run_child(self.python_of(cfg["sdk"]), cfg, timeout or 60 + 20 * self.seconds, prefix=prefix, env=env)
         finally:
             got = rec.stop() if rec else None
         if m is not None:
@@ -460,6 +519,194 @@ class Bench:
         shutdown_table(self.measure, self.runs, modes, scenarios, base, limit, "shutdown", "shutdown")
         self.peer_missing_row(len(scenarios) + 1)
 
+    def under_valgrind(self, cfg):
+        """One child under cachegrind (with a fresh receiver when profiled): its measurement plus
+        `ir`, the instructions that all its threads executed, the profiler's included; or None."""
+        fd, out = tempfile.mkstemp(prefix="pybench-cachegrind-", suffix=".out")
+        os.close(fd)
+        # A fixed hash seed: the same dict layouts, so the same instructions, in every run.
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        try:
+            m = self.measure(cfg, timeout=1200, prefix=(*VALGRIND, f"--cachegrind-out-file={out}"), env=env)
+            if m is not None and "killed" not in m:
+                m["ir"] = cachegrind_total(out)
+                if m["ir"]:
+                    log(f"  {m['ir'] / 1e6:,.1f} M instructions, measured phase {m['wall']:.2f} s")
+        finally:
+            os.unlink(out)
+        return m if m is not None and m.get("ir") else None
+
+    def instructions_section(self):
+        runs = max(1, int(os.environ.get("BENCH_RUNS", "3")))
+        tables = [
+            (
+                "CPU-bound",
+                "cpu",
+                CPU_THREADS,
+                [
+                    ("none", dict(sdk="none")),
+                    ("ours (memory profiling on, its default)", dict(sdk="ours")),
+                    ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                    ("ours, `tag_wrapper` per unit", dict(sdk="ours", labels=True)),
+                ],
+            ),
+            (
+                "allocation-heavy",
+                "alloc",
+                ALLOC_THREADS,
+                [
+                    ("none", dict(sdk="none")),
+                    ("ours, `mem_enabled=False`", dict(sdk="ours", mem=False)),
+                    ("ours, `mem_enabled=True` (512 KiB)", dict(sdk="ours", mem=True)),
+                ],
+            ),
+        ]
+        print("\n### Instructions (valgrind)\n")
+        if not shutil.which(VALGRIND[0]):
+            print("Not measured: valgrind is not installed (`make valgrind` installs it).")
+            return
+        rows, notes, spreads, summary = [], [], [], {}
+        tick = None
+        for title, work, threads, modes in tables:
+            units = INSTR_UNITS[work]
+            base = dict(work=work, threads=threads, units=units, warmup_units=INSTR_WARMUP[work])
+            # How much slower the simulated process is: the work's CPU time with no profiler,
+            # natively (the least of 5 runs: other processes only ever add to it) and under
+            # valgrind (its first run of "none").
+            native = [run_child(self.args.ours_python, {**base, "sdk": "none"}, 120) for _ in range(5)]
+            native = [m for m in native if m]
+            log(f"instructions, {title}, calibration under valgrind")
+            first = self.under_valgrind({**base, "sdk": "none"})
+            if not native or first is None:
+                rows.append(f"| {title} | none | failed | | | | | | |")
+                continue
+            native_cpu = min(m["cpu"] for m in native)
+            native_wall = min(m["wall"] for m in native)
+            slowdown = first["cpu"] / native_cpu
+            rate = max(1, round(100 / slowdown))
+            profiled = dict(
+                sample_rate=rate,
+                upload_interval=min(3600.0, 10 * slowdown),
+                shutdown_timeout=max(2.0, 2 * slowdown),
+            )
+            res = {name: [] for name, _ in modes}
+            fixed = {name: [] for name, _ in modes}
+            res["none"].append(first)
+            for r in range(runs):
+                for name, cfg in modes:
+                    for key, n in (("work", units), ("fixed", 0)):
+                        if r == 0 and name == "none" and key == "work":
+                            continue
+                        log(f"run {r + 1}/{runs}, instructions, {title}, {name}, {units if n else 0} units")
+                        c = {**base, **cfg, "units": n, **(profiled if cfg["sdk"] != "none" else {})}
+                        (res if key == "work" else fixed)[name].append(self.under_valgrind(c))
+            # The collector's wall-clock ticks, which valgrind does not slow down with the rest:
+            # the instructions of an idle profiled process per second it lives (threads alive).
+            if tick is None and work == "cpu":
+                log(f"instructions, the profiler idle for {INSTR_IDLE:.0f} s")
+                c = {**base, "sdk": "ours", "units": 0, "idle": INSTR_IDLE, **profiled}
+                idle = self.under_valgrind(c)
+                start = [m for m in fixed["ours (memory profiling on, its default)"] if m]
+                if idle and start:
+                    tick = (idle["ir"] - statistics.median(m["ir"] for m in start)) / (
+                        idle["wall"] - statistics.median(m["wall"] for m in start)
+                    )
+            ok = lambda name, d: [m for m in d[name] if m]  # noqa: E731
+            if not ok("none", res) or not ok("none", fixed):
+                rows.append(f"| {title} | none | failed | | | | | | | |")
+                continue
+            raw, net = {}, {}
+            for name, cfg in modes:
+                if not ok(name, res) or not ok(name, fixed):
+                    rows.append(f"| {title} | {name} | failed | | | | | | | |")
+                    continue
+                start = statistics.median(m["ir"] for m in ok(name, fixed))
+                # Each run's work, and the same less the ticks of its wall time beyond the
+                # native run's (profiled runs only; all of them when the idle run failed).
+                per_run = [m["ir"] - start for m in ok(name, res)]
+                per_net = [
+                    w - (tick * max(0.0, m["wall"] - native_wall) if tick is not None and cfg["sdk"] != "none" else 0)
+                    for w, m in zip(per_run, ok(name, res))
+                ]
+                raw[name], net[name] = statistics.median(per_run), statistics.median(per_net)
+                if len(per_net) > 1:
+                    spreads.append((max(per_net) - min(per_net)) / net[name])
+                total = statistics.median(m["ir"] for m in ok(name, res))
+                if name == "none":
+                    total0 = total
+                vs_off = "-"
+                if cfg["sdk"] != "none" and cfg.get("mem") is not False:
+                    off = next(
+                        (n for n, c in modes if c.get("mem") is False and c.get("labels") == cfg.get("labels")), None
+                    )
+                    if off in net:
+                        vs_off = f"{net[name] / net[off]:.4f}"
+                samples = "-"
+                if cfg["sdk"] != "none":
+                    got = [m["received"]["cpu"] * rate for m in ok(name, res) if m.get("received")]
+                    samples = f"{statistics.median(got):.0f}" if got else "-"
+                    alloc = [m["received"]["alloc_bytes"] for m in ok(name, res) if m.get("received")]
+                    if work == "alloc" and cfg.get("mem") and not (alloc and statistics.median(alloc) > 0):
+                        samples += " (no allocation profile)"
+                less = f"{net[name] / net['none']:.4f}" if cfg["sdk"] != "none" and tick is not None else "-"
+                rows.append(
+                    f"| {title} | {name} | {total / 1e6:,.1f} | {start / 1e6:,.1f} | {raw[name] / 1e6:,.1f} "
+                    f"| {raw[name] / raw['none']:.4f} | {less} | {total / total0:.4f} | {vs_off} | {samples} |"
+                )
+            notes.append(
+                dict(title=title, units=units, threads=threads, slowdown=slowdown, rate=rate, native=native_cpu)
+            )
+            summary[title] = (raw, net)
+        print(INSTR_TEXT)
+        print()
+        print(
+            "| workload | profiler | instructions, M | startup and exit, M | work, M | work ratio "
+            "| work ratio less the extra ticks | whole-process ratio | vs memory off (work less the extra ticks) "
+            "| CPU samples received |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(row)
+        print()
+        for n in notes:
+            print(
+                f"- {n['title']} ({n['threads']} threads x {n['units']:,} units, {n['native'] * 1000:.0f} ms of CPU "
+                f"natively): valgrind {n['slowdown']:.0f}x slower, so the profiled runs sample at "
+                f"{n['rate']} Hz, {n['rate'] * n['slowdown']:.0f} Hz natively per unit of work"
+            )
+        if tick is not None:
+            print(
+                f"- the idle profiler (threads alive, no work): {tick / 1e6:.2f} M instructions per second of its life"
+            )
+        else:
+            print("- the idle profiler's run failed: no correction for the extra ticks")
+        if spreads:
+            print(
+                f"- counts: a configuration's runs differ by up to {max(spreads) * 100:.2f}% of its work less the "
+                f"extra ticks (medians of {runs} runs)"
+            )
+        raw, net = summary.get("CPU-bound", ({}, {}))
+        default, labelled = "ours (memory profiling on, its default)", "ours, `tag_wrapper` per unit"
+        if "none" in raw and default in raw:
+            parts = [
+                f"{what} {raw[name] / raw['none']:.4f} ({net[name] / net['none']:.4f} less the extra ticks)"
+                for what, name in (("ours", default), ("with a `tag_wrapper` per unit", labelled))
+                if name in raw
+            ]
+            print(
+                "- CPU-bound work, instructions over those without a profiler: "
+                + ", ".join(parts)
+                + " (target at most 1.01 at 100 Hz)"
+            )
+        raw, net = summary.get("allocation-heavy", ({}, {}))
+        on, off = "ours, `mem_enabled=True` (512 KiB)", "ours, `mem_enabled=False`"
+        if on in raw and off in raw:
+            print(
+                f"- memory profiling's cost, ours: {(net[on] / net[off] - 1) * 100:+.2f}% instructions of the "
+                f"allocation-heavy work ({(raw[on] / raw[off] - 1) * 100:+.2f}% before the tick correction; memory "
+                "on vs off, agent running in both; target under 3%)"
+            )
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -467,7 +714,7 @@ def main():
     ap.add_argument("--receiver", required=True)
     ap.add_argument("--peer-python")
     ap.add_argument("--peer-error", default="not given")
-    ap.add_argument("--only", default="cpu,memory,shutdown")
+    ap.add_argument("--only", help="sections: cpu,memory,shutdown,instructions (default: the first three)")
     args = ap.parse_args()
     # The children run in the temporary folder: absolute paths (not the resolved venv symlink).
     for name in ("ours_python", "receiver", "peer_python"):
@@ -475,13 +722,20 @@ def main():
             setattr(args, name, os.path.abspath(getattr(args, name)))
     bench = Bench(args)
     bench.header()
-    only = args.only.split(",")
+    # instructions: the valgrind counts, minutes long; in the default set with
+    # BENCH_PYTHON_INSTRUCTIONS=1.
+    instructions = os.environ.get("BENCH_PYTHON_INSTRUCTIONS") == "1"
+    only = (args.only or "cpu,memory,shutdown" + (",instructions" if instructions else "")).split(",")
     if "cpu" in only:
         bench.cpu_section()
     if "memory" in only:
         bench.memory_section()
     if "shutdown" in only:
         bench.shutdown_section()
+    if "instructions" in only:
+        bench.instructions_section()
+    elif args.only is None:
+        print(f"\n### Instructions (valgrind)\n\n{INSTR_SKIPPED}")
     print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Python rows.")
 
 

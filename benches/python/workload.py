@@ -7,7 +7,11 @@ Settings (a JSON object, see bench.py): ``work`` ("cpu": pure-Python calls and a
 ``units`` per thread, ``labels`` (one ``tag_wrapper`` per unit of work), ``server`` (URL),
 ``impl`` (pyroscope-io: "pyspy", "stack" at a fixed 100 Hz, "stack-adaptive" with its defaults),
 ``mem`` (mem_enabled, or null for the SDK's default), ``end`` ("shutdown": call ``shutdown()``
-and time it; "exit": return from main without it, the parent times the exit).
+and time it; "exit": return from main without it, the parent times the exit), ``warmup``
+(seconds of unmeasured work first, 0.3) or ``warmup_units`` (that many units instead),
+``sample_rate`` (Hz, 100), ``upload_interval`` (seconds, the SDK's default when absent),
+``shutdown_timeout`` (ours only: the bound of ``shutdown()``, seconds, 2 when absent),
+``idle`` (seconds each thread sleeps after its units, inside the measured phase, 0).
 
 Prints one JSON line: ``cpu`` (process CPU seconds of the measured phase, profiler threads
 included), ``wall`` (its perf_counter seconds), ``shutdown`` (seconds inside ``shutdown()``,
@@ -57,9 +61,15 @@ def main():
     if sdk != "none":
         import pyroscope
 
-        kw = dict(application_name="python-bench", server_address=cfg["server"], sample_rate=100)
+        kw = dict(
+            application_name="python-bench", server_address=cfg["server"], sample_rate=cfg.get("sample_rate", 100)
+        )
         if cfg.get("mem") is not None:
             kw["mem_enabled"] = bool(cfg["mem"])
+        if cfg.get("upload_interval") is not None:
+            kw["upload_interval"] = cfg["upload_interval"]
+        if sdk == "ours" and cfg.get("shutdown_timeout") is not None:
+            kw["_shutdown_timeout"] = cfg["shutdown_timeout"]
         impl = cfg.get("impl", "pyspy")
         if sdk == "pyroscope-io" and impl.startswith("stack"):
             if impl == "stack":
@@ -88,14 +98,21 @@ def main():
             for i in range(units):
                 with wrap({"endpoint": names[i & 3]}):
                     unit(i, live)
+        if cfg.get("idle"):
+            time.sleep(cfg["idle"])
 
-    # Warm up (not measured): the profiler's first window and the interpreter's caches.
+    # Warm up (not measured): the profiler's first window and the interpreter's caches; a fixed
+    # number of units when the run must do the same work every time (instruction counts).
     warm = [None] * 256
-    deadline = time.perf_counter() + cfg.get("warmup", 0.3)
-    i = 0
-    while time.perf_counter() < deadline:
-        unit(i, warm)
-        i += 1
+    if cfg.get("warmup_units") is not None:
+        for i in range(cfg["warmup_units"]):
+            unit(i, warm)
+    else:
+        deadline = time.perf_counter() + cfg.get("warmup", 0.3)
+        i = 0
+        while time.perf_counter() < deadline:
+            unit(i, warm)
+            i += 1
     del warm
 
     threads = [
