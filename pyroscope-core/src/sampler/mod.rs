@@ -359,7 +359,17 @@ struct Timers {
     rng: u64,
     /// Threads seen but not sampled (table full or timer_create/settime refused).
     threads_unsampled: u64,
+    /// When the maps table was last read, and the loader's generation then.
+    maps_read: Option<(Instant, (u64, u64))>,
+    /// A thread was armed since the maps table was read: its stack may be missing from it.
+    maps_stale: bool,
 }
+
+/// The longest a scan leaves the maps table unread when no thread was armed and no library
+/// loaded or unloaded since it was read: stacks that grew or moved, and file mappings the
+/// symbolizer should note, are seen within this. (Reading /proc/self/maps at every scan was
+/// most of an idle profiler's own work.)
+const MAPS_MAX_AGE: Duration = Duration::from_secs(1);
 
 // SAFETY: `timer_t` values are plain process-wide ids usable from any thread.
 unsafe impl Send for Timers {}
@@ -373,6 +383,8 @@ impl Timers {
             free_slots: (0..MAX_THREADS).rev().collect(),
             rng: seed | 1,
             threads_unsampled: 0,
+            maps_read: None,
+            maps_stale: true,
         }
     }
 
@@ -434,12 +446,26 @@ impl Timers {
                 Err(_) => self.threads_unsampled += 1,
             }
         }
-        crate::unwind::refresh_maps();
+        self.refresh_maps();
         // Forget registry entries of threads that are gone.
         thread::retain(|tid, s| {
             self.timers.contains_key(tid) || (!s.exited.load(Ordering::Relaxed) && Arc::strong_count(s) > 1)
         });
         retired
+    }
+
+    /// Re-reads the maps table when a thread was armed since it was read (a new thread's stack
+    /// must be in it for its handler to read that stack with plain loads; until then, reads go
+    /// through the kernel), when libraries were loaded or unloaded, or when it is
+    /// [`MAPS_MAX_AGE`] old.
+    fn refresh_maps(&mut self) {
+        let generation = crate::unwind::loader_generation();
+        let fresh = self.maps_read.is_some_and(|(at, g)| g == generation && at.elapsed() < MAPS_MAX_AGE);
+        if self.maps_stale || !fresh {
+            crate::unwind::refresh_maps();
+            self.maps_read = Some((Instant::now(), generation));
+            self.maps_stale = false;
+        }
     }
 
     /// Arms the calling thread `tid` unless it has a timer or is the profiler's own; true
@@ -471,6 +497,7 @@ impl Timers {
     fn arm(&mut self, tid: i32, state: Arc<ThreadState>) -> Result<Timer> {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
         state.install_caches();
+        self.maps_stale = true;
         let generation = next_generation();
         state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);
