@@ -1,13 +1,14 @@
 'use strict';
 // The cost per `await` of labels that follow async work: one million awaits inside
-// wrapWithLabels, with async propagation on (the default), off, and with no profiler loaded.
-// Usage: node await-cost.js on|off|none  -> prints ns per await (the process's CPU time).
+// wrapWithLabels, with async propagation on (the default: along promises), 'all' (promises and
+// callbacks, AsyncLocalStorage), off, and with no profiler loaded.
+// Usage: node await-cost.js on|all|off|none  -> prints ns per await (the process's CPU time).
 // `make bench` runs it (benches/node/bench.py) and reports the medians in BENCHMARKS.md.
 const mode = process.argv[2] || 'on';
 const N = 1_000_000;
 let pyroscope = null;
 if (mode !== 'none') {
-  process.env.PYROSCOPE_ASYNC_LABELS = mode === 'on' ? 'true' : 'false';
+  process.env.PYROSCOPE_ASYNC_LABELS = { on: 'true', all: 'all', off: 'false' }[mode];
   pyroscope = require('../../bindings/node');
   // Labels only: no agent, so the figure is the labels' own cost.
   pyroscope.init({ appName: 'await-cost' });

@@ -31,6 +31,7 @@ AWAIT_COST = os.path.join(HERE, "await-cost.js")
 PEER = "@pyroscope/nodejs 0.6.4"
 OURS = "ours"
 OURS_SYNC = "ours, `asyncLabels: false`"
+OURS_ALL = "ours, `asyncLabels: 'all'`"
 # The issue's figures for the peer on this machine, quoted next to what this run measures.
 PEER_QUOTED = dict(cpu_ratio="1.071", added="+45")
 
@@ -224,6 +225,7 @@ class Bench:
             [
                 ("none", dict(sdk="none")),
                 (OURS, dict(sdk="ours")),
+                (OURS_ALL, dict(sdk="ours", asyncLabels="all")),
                 (OURS_SYNC, dict(sdk="ours", asyncLabels=False)),
                 (PEER, dict(sdk="peer")),
             ]
@@ -307,7 +309,12 @@ class Bench:
 
     def await_cost_section(self):
         """benches/node/await-cost.js: labels' own cost per await (no agent), interleaved."""
-        modes = [("none", "no profiler"), ("off", "`asyncLabels: false`"), ("on", "async labels on (the default)")]
+        modes = [
+            ("none", "no profiler"),
+            ("off", "`asyncLabels: false`"),
+            ("on", "labels along promises (the default)"),
+            ("all", "`asyncLabels: 'all'`"),
+        ]
         got = {mode: [] for mode, _ in modes}
         for r in range(self.runs):
             for mode, _ in modes:
@@ -326,8 +333,10 @@ class Bench:
             f"{desc} {statistics.median(got[mode]):.0f} ns" if got[mode] else f"{desc} failed" for mode, desc in modes
         ]
         extra = ""
-        if got["on"] and got["none"]:
-            extra = f"; labels add {statistics.median(got['on']) - statistics.median(got['none']):.0f} ns per await"
+        if got["none"]:
+            none = statistics.median(got["none"])
+            added = [f"{desc} {statistics.median(got[mode]) - none:+.0f} ns" for mode, desc in modes[1:] if got[mode]]
+            extra = "; added per await: " + ", ".join(added)
         print(
             "- labels' own cost per await (`benches/node/await-cost.js`: one million awaits inside ours' "
             f"`wrapWithLabels`, no agent, process CPU time, medians of {self.runs}): " + ", ".join(cells) + extra

@@ -7,7 +7,7 @@
 // strings on the main thread; "await": concurrent async requests of many awaits each),
 // `units` (cpu: units of work; await: requests), `labels` (await: each request runs inside
 // the SDK's `wrapWithLabels`), `pkg` (the SDK's directory, required as users require it),
-// `server` (URL), `asyncLabels` (ours: false turns the async propagation off), `end` ("stop":
+// `server` (URL), `asyncLabels` (ours: false or 'all'), `end` ("stop":
 // `await stop()` after the work, timed, and `await null` there with no profiler, so that both
 // runs end the same way; "exit": the script just ends), `warmup` (seconds).
 //
@@ -32,7 +32,7 @@ if (cfg.sdk !== 'none') {
   sdk = mod.default ?? mod;
   // Both SDKs sample at 100 Hz by default (wall.samplingIntervalMicros 10000).
   const config = { appName: 'node-bench', serverAddress: cfg.server, flushIntervalMs: 10000 };
-  if (cfg.asyncLabels === false) config.asyncLabels = false;
+  if (cfg.asyncLabels !== undefined) config.asyncLabels = cfg.asyncLabels;
   sdk.init(config);
   sdk.start();
 }

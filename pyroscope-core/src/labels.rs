@@ -808,7 +808,7 @@ pub fn sample_wall_time() {
 
 /// The labels in force on this thread now.
 pub fn current() -> LabelSet {
-    let id = current_slot().label_id.load(Ordering::Relaxed);
+    let id = current_slot().label_id_now();
     if id == EMPTY {
         return LabelSet::empty();
     }
@@ -845,6 +845,17 @@ impl LabelSlot {
     /// belongs to; an id of a set no handle holds reads as no labels.
     pub fn as_ptr(&self) -> *mut u32 {
         self.state.label_id.as_ptr()
+    }
+
+    /// Makes samples of this thread take their labels from `source`, read through the
+    /// process's [`crate::LabelReadFn`] (see [`crate::set_label_reader`]), whenever it names a
+    /// set; the slot's own id otherwise. 0 removes the source.
+    ///
+    /// # Safety
+    /// Call it on the thread the slot belongs to. `source` must stay valid for the registered
+    /// reader until this thread replaces it (with 0 before it frees what `source` points at).
+    pub unsafe fn set_source(&self, source: usize) {
+        self.state.label_source.store(source, Ordering::Release);
     }
 }
 

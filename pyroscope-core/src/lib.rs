@@ -91,7 +91,7 @@ pub use labels::{
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
 pub use symbolize::Symbol;
-pub use thread::mark_own as mark_own_thread;
+pub use thread::{mark_own as mark_own_thread, set_label_reader, LabelReadFn};
 
 /// The allocation hooks the preload library calls from its `malloc`/`free`; not for programs,
 /// which use [`SamplingAllocator`].

@@ -25,6 +25,9 @@ pub struct ThreadState {
     pub(crate) tid: i32,
     /// The id of the label set in force on this thread.
     pub(crate) label_id: AtomicU32,
+    /// Where a binding keeps this thread's labels instead (0: nowhere), read through the
+    /// registered [`LabelReadFn`]; see [`ThreadState::label_id_now`].
+    pub(crate) label_source: AtomicUsize,
     /// The thread has exited (its thread-local slot was destroyed).
     pub(crate) exited: AtomicBool,
     /// The thread is sampled for wall-clock time too (see [`crate::sample_wall_time`]).
@@ -185,12 +188,36 @@ impl ThreadState {
         ThreadState {
             tid,
             label_id: AtomicU32::new(0),
+            label_source: AtomicUsize::new(0),
             exited: AtomicBool::new(false),
             wall: AtomicBool::new(false),
             timer_gen: AtomicU32::new(0),
             cache: AtomicPtr::new(std::ptr::null_mut()),
             stack: AtomicPtr::new(std::ptr::null_mut()),
         }
+    }
+
+    /// The id of the label set in force on this thread now, as a sample records it: the
+    /// binding's source's when it has one that names a set, else the slot's. Called on this
+    /// state's own thread only (the source describes that thread's runtime).
+    ///
+    /// # Signal safety
+    /// Atomic loads and the registered reader, async-signal-safe by its contract.
+    #[inline]
+    pub(crate) fn label_id_now(&self) -> u32 {
+        let source = self.label_source.load(Ordering::Acquire);
+        if source != 0 {
+            if let Some(read) = label_reader() {
+                // SAFETY: `source` was set on this thread through `LabelSlot::set_source`,
+                // whose caller keeps it valid for the reader until it is replaced; the reader
+                // is async-signal-safe by its contract, and this runs on the source's thread.
+                let id = unsafe { read(source) };
+                if id != NO_LABELS {
+                    return id;
+                }
+            }
+        }
+        self.label_id.load(Ordering::Relaxed)
     }
 
     /// A state attached to no thread (used during thread teardown).
@@ -364,6 +391,42 @@ pub(crate) fn own_threads() -> HashSet<i32> {
     OWN_THREADS.lock().clone().unwrap_or_default()
 }
 
+/// Reads the id of the label set in force on the calling thread from where a binding's runtime
+/// keeps it (a `source` the binding set with [`crate::LabelSlot::set_source`]): for runtimes
+/// whose labels follow their own continuations (V8 carries a value across `await` by itself),
+/// so that nothing needs to be stored at each switch. Returns 0 when no set is in force there;
+/// the thread's slot is read then.
+///
+/// # Safety
+/// Called from the CPU-timer signal handler and the allocation hook, on the thread whose
+/// source it is given: it must be async-signal-safe (no allocation, no locks, no formatting,
+/// no thread-locals that may allocate on first use), read memory that may be unmapped or
+/// half-written only through fault-tolerant reads ([`crate::fault`]), and never unwind. An id
+/// it returns needs no handle: an id of a reclaimed set reads as no labels.
+pub type LabelReadFn = unsafe fn(source: usize) -> u32;
+
+/// The registered reader as a function address; 0 for none.
+static LABEL_READER: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the process's [`LabelReadFn`], replacing an earlier one.
+pub fn set_label_reader(read: LabelReadFn) {
+    LABEL_READER.store(read as usize, Ordering::Release);
+}
+
+/// The registered reader.
+///
+/// # Signal safety
+/// One atomic load.
+#[inline(always)]
+fn label_reader() -> Option<LabelReadFn> {
+    match LABEL_READER.load(Ordering::Acquire) {
+        0 => None,
+        // SAFETY: a non-zero value was stored from a `LabelReadFn` by `set_label_reader`, and
+        // function pointers round-trip through usize on every target we build for.
+        f => Some(unsafe { std::mem::transmute::<usize, LabelReadFn>(f) }),
+    }
+}
+
 /// The calling thread's slot: its state, destroyed (caches freed) when the thread exits.
 struct Slot(Arc<ThreadState>);
 
@@ -371,6 +434,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // A reused tid starts clean: its new thread gets a state of its own.
         self.0.label_id.store(NO_LABELS, Ordering::Release);
+        self.0.label_source.store(0, Ordering::Release);
         self.0.exited.store(true, Ordering::SeqCst);
         self.0.release_caches();
     }
@@ -406,7 +470,7 @@ pub(crate) fn current_slot() -> Arc<ThreadState> {
 /// The label id in force on the calling thread, without creating its slot or blocking (for the
 /// allocation hook, which may run inside the slot's own creation).
 pub(crate) fn current_label_id() -> u32 {
-    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id.load(Ordering::Relaxed))))
+    SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id_now())))
         .ok()
         .flatten()
         .unwrap_or(NO_LABELS)

@@ -213,6 +213,71 @@ fn at_the_live_cap_new_sets_are_the_overflow_set_and_the_code_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[inline(never)]
+fn spin_sourced(d: Duration) -> u64 {
+    std::hint::black_box(spin_cpu(d))
+}
+
+#[inline(never)]
+fn spin_slotted(d: Duration) -> u64 {
+    std::hint::black_box(spin_cpu(d))
+}
+
+/// What the test's label source points at: the id a runtime would keep for the thread.
+static SOURCED_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A label reader as a binding registers one: reads the id where the source says it is.
+unsafe fn read_test_source(source: usize) -> u32 {
+    // SAFETY: the only source set in this test is SOURCED_ID's address, a static.
+    unsafe { (*(source as *const std::sync::atomic::AtomicU32)).load(std::sync::atomic::Ordering::Relaxed) }
+}
+
+#[test]
+fn a_label_source_names_the_samples_while_it_holds_a_set_and_the_slot_does_otherwise() {
+    use std::sync::atomic::Ordering;
+    let _g = crate::agent_lock();
+    let dir = temp_dir("label-source");
+    let agent = AgentBuilder::new("source").export_dir(&dir).memory(false).sample_rate(250).start().unwrap();
+    pyroscope_core::set_label_reader(read_test_source);
+    let sourced = LabelSet::new(&[("from", "source")]).unwrap();
+    let slotted = LabelSet::new(&[("from", "slot")]).unwrap();
+    std::thread::spawn(move || {
+        let slot = pyroscope_core::LabelSlot::current();
+        // SAFETY: this thread's slot; the source is a static, valid for the whole process.
+        unsafe { slot.set_source(&SOURCED_ID as *const _ as usize) };
+        let _in_slot = slotted.enter();
+        SOURCED_ID.store(sourced.id(), Ordering::Relaxed);
+        assert_eq!(pyroscope_core::current_labels(), sourced, "current() does not read the source");
+        spin_sourced(Duration::from_millis(400));
+        SOURCED_ID.store(0, Ordering::Relaxed);
+        assert_eq!(pyroscope_core::current_labels(), slotted);
+        spin_slotted(Duration::from_millis(400));
+        // SAFETY: as above.
+        unsafe { slot.set_source(0) };
+    })
+    .join()
+    .unwrap();
+    agent.stop();
+    let mut by_function: std::collections::BTreeMap<(&str, String), i64> = Default::default();
+    let profiles = read_profiles(&dir);
+    for (_, p) in profiles.iter().filter(|(name, _)| name.contains(".process_cpu.")) {
+        for f in flatten(p) {
+            for name in ["spin_sourced", "spin_slotted"] {
+                if f.stack.iter().any(|s| s.ends_with(name)) {
+                    let from = f.labels.get("from").cloned().unwrap_or_default();
+                    *by_function.entry((name, from)).or_default() += f.values[0];
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let total = |name: &str| by_function.iter().filter(|((n, _), _)| *n == name).map(|(_, v)| v).sum::<i64>();
+    let share = |name: &str, from: &str| by_function.get(&(name, from.to_string())).copied().unwrap_or(0);
+    assert!(total("spin_sourced") > 0 && total("spin_slotted") > 0, "no samples: {by_function:?}");
+    assert_eq!(share("spin_sourced", "source"), total("spin_sourced"), "{by_function:?}");
+    assert_eq!(share("spin_slotted", "slot"), total("spin_slotted"), "{by_function:?}");
+}
+
 extern "C" {
     fn fork() -> i32;
     fn _exit(code: i32) -> !;

@@ -67,14 +67,16 @@ function checkConfig(config) {
     errors.push("Expecting a config with stripFilenames set to 'all' or 'dependencies'");
   }
   if (!optional(config.shortenPaths, 'boolean')) errors.push('Expecting a config with boolean shortenPaths');
-  if (!optional(config.asyncLabels, 'boolean')) errors.push('Expecting a config with boolean asyncLabels');
+  if (![undefined, true, false, 'all'].includes(config.asyncLabels)) {
+    errors.push("Expecting a config with asyncLabels set to true, false or 'all'");
+  }
   if (errors.length > 0) throw new Error(`Invalid config:\n\n${errors.join('\n')}`);
 }
 
 const numeric = (v) => (v === undefined ? undefined : Number(v));
 const boolean = (v) => (v === undefined ? undefined : v === 'true' || v === '1');
 
-/** The PYROSCOPE_* variables of @pyroscope/nodejs 0.6, plus PYROSCOPE_ASYNC_LABELS and PYROSCOPE_HEAP_MODE. */
+/** The PYROSCOPE_* variables of @pyroscope/nodejs 0.6, plus PYROSCOPE_ASYNC_LABELS (true, false, all) and PYROSCOPE_HEAP_MODE. */
 function getEnv(env = process.env) {
   const strip = env.PYROSCOPE_STRIP_FILENAMES;
   return {
@@ -91,7 +93,7 @@ function getEnv(env = process.env) {
     wallCollectCpuTime: boolean(env.PYROSCOPE_WALL_COLLECT_CPU_TIME),
     stripFilenames: strip === 'all' || strip === 'dependencies' ? strip : undefined,
     shortenPaths: boolean(env.PYROSCOPE_SHORTEN_PATHS),
-    asyncLabels: boolean(env.PYROSCOPE_ASYNC_LABELS),
+    asyncLabels: env.PYROSCOPE_ASYNC_LABELS === 'all' ? 'all' : boolean(env.PYROSCOPE_ASYNC_LABELS),
   };
 }
 

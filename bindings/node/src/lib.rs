@@ -14,6 +14,8 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use pyroscope_core::{Agent, AgentBuilder, LabelSet, LabelSlot};
 
+#[cfg(pyroscope_node_shim)]
+mod cped;
 mod heap;
 mod idle;
 mod jit;
@@ -539,6 +541,50 @@ pub fn label_slot() -> Uint32Array {
 #[napi]
 pub fn clear_label_slot_when_idle(env: Env, on: bool) -> bool {
     idle::clear_slot_when_idle(env.raw(), on)
+}
+
+/// Makes the calling thread's labels ride V8's continuation-preserved embedder data, which
+/// follows `await` by itself (see `cped.rs`). True when they do; false when this build or this
+/// V8 cannot (the caller keeps labels another way).
+#[napi]
+pub fn cped_open(env: Env) -> bool {
+    #[cfg(pyroscope_node_shim)]
+    return cped::open(env.raw());
+    #[cfg(not(pyroscope_node_shim))]
+    {
+        let _ = env;
+        false
+    }
+}
+
+/// Puts label set `id` in force on the calling thread through its embedder data (0: none); it
+/// stays on the promise reactions registered meanwhile. False without `cpedOpen` on the thread.
+#[napi]
+pub fn cped_set(id: u32) -> bool {
+    #[cfg(pyroscope_node_shim)]
+    return cped::set(id);
+    #[cfg(not(pyroscope_node_shim))]
+    {
+        let _ = id;
+        false
+    }
+}
+
+/// The label set id in the calling thread's embedder data, read as the signal handler reads it
+/// (0: none).
+#[napi]
+pub fn cped_get() -> u32 {
+    #[cfg(pyroscope_node_shim)]
+    return cped::get();
+    #[cfg(not(pyroscope_node_shim))]
+    0
+}
+
+/// The id of the label set a sample of the calling thread would carry now, from wherever its
+/// labels live (for tests of what the signal handler sees).
+#[napi]
+pub fn sampled_label_id() -> u32 {
+    pyroscope_core::current_labels().id()
 }
 
 /// How a V8 code name reads as a frame, `[function, file, line]` (for tests of the naming).

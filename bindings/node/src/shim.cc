@@ -1,6 +1,8 @@
 // The part of the addon that needs V8's C++ API (not Node-API): the JIT code events of the
-// calling thread's isolate, which name the machine code V8 generates for JavaScript, and its
-// sampling heap profiler. Built against the headers of the Node that builds the addon (build.rs).
+// calling thread's isolate, which name the machine code V8 generates for JavaScript, its
+// sampling heap profiler, and the continuation-preserved embedder data that carries labels
+// across `await` (src/cped.rs). Built against the headers of the Node that builds the addon
+// (build.rs).
 
 #include <cstddef>
 #include <cstdint>
@@ -18,7 +20,13 @@ void pyroscope_node_code_event(int kind, uint64_t start, uint64_t len, uint64_t 
 void pyroscope_node_heap_node(void* ctx, int depth, const char* name, size_t name_len, const char* script,
                               size_t script_len, int line, int column,
                               const v8::AllocationProfile::Allocation* allocations, size_t count);
+// Implemented in Rust (src/cped.rs): a garbage collection of the isolate whose labels `cell`
+// reads begins (`start` 1) or ends (0), on the isolate's thread.
+void pyroscope_node_cped_gc(void* cell, int start);
 }
+
+// src/cped.rs reads a Global's handle slot: the Global is one pointer to it.
+static_assert(sizeof(v8::Global<v8::Context>) == sizeof(uintptr_t), "Global layout");
 
 // src/heap.rs reads `allocations` with this layout.
 static_assert(sizeof(v8::AllocationProfile::Allocation) == 16, "Allocation layout");
@@ -55,6 +63,17 @@ void VisitHeapNode(v8::Isolate* isolate, void* ctx, const v8::AllocationProfile:
   }
   for (const v8::AllocationProfile::Node* child : node->children) VisitHeapNode(isolate, ctx, child, depth + 1);
 }
+
+void OnGcPrologue(v8::Isolate*, v8::GCType, v8::GCCallbackFlags, void* cell) { pyroscope_node_cped_gc(cell, 1); }
+
+void OnGcEpilogue(v8::Isolate*, v8::GCType, v8::GCCallbackFlags, void* cell) { pyroscope_node_cped_gc(cell, 0); }
+
+// A word of the object at `base`, read on the object's thread outside GC (plain memory).
+uint64_t WordAt(uintptr_t base, size_t index) { return *reinterpret_cast<const uint64_t*>(base + index * 8); }
+
+// A Smi as V8 lays it out when Smis are 32-bit (no pointer compression): the value in the
+// upper half, zeros below.
+uint64_t SmiWord(int32_t value) { return static_cast<uint64_t>(static_cast<uint32_t>(value)) << 32; }
 
 }  // namespace
 
@@ -144,6 +163,91 @@ int pyroscope_node_heap_read(void* ctx, size_t* samples) {
     VisitHeapNode(isolate, ctx, child, 1);
   }
   return 1;
+}
+
+// Continuation-preserved embedder data (CPED), V8 11.x (Node 20): a field of the native context
+// that V8 copies into every promise reaction when `await` or `then` registers it and puts back
+// while the reaction runs. Labels stored there as a Smi id follow `await` with no work per
+// await; the signal handler reads them with two loads (src/cped.rs).
+
+// Takes the calling thread's current context for labels: a heap-allocated Global of it (null
+// when the thread has no isolate, when the field holds something already, someone else's, or
+// when its place in the context cannot be found), with `*handle_slot` the address of the
+// Global's handle slot (which the GC rewrites when it moves the context) and `*offset` the
+// field's byte offset in the context. The offset is found, not assumed: two sentinel Smis are
+// stored through the API and the context's first 64 words searched for them. The field is
+// left undefined.
+void* pyroscope_node_cped_open(uintptr_t* handle_slot, size_t* offset) {
+  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
+  if (isolate == nullptr) return nullptr;
+  v8::HandleScope scope(isolate);
+  v8::Local<v8::Context> context = isolate->GetCurrentContext();
+  if (context.IsEmpty() || !context->GetContinuationPreservedEmbedderData()->IsUndefined()) return nullptr;
+  auto* global = new v8::Global<v8::Context>(isolate, context);
+  const uintptr_t slot = *reinterpret_cast<const uintptr_t*>(global);
+  const uintptr_t tagged = *reinterpret_cast<const uintptr_t*>(slot);
+  size_t found = 0;
+  if ((tagged & 3) == 1) {
+    const uintptr_t base = tagged - 1;
+    constexpr int32_t kFirst = 0x50795243, kSecond = -0x2ced5a3;
+    context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, kFirst));
+    for (size_t i = 2; i < 64; i++) {
+      if (WordAt(base, i) != SmiWord(kFirst)) continue;
+      if (found != 0) {
+        found = 0;
+        break;
+      }
+      found = i;
+    }
+    if (found != 0) {
+      context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, kSecond));
+      if (WordAt(base, found) != SmiWord(kSecond)) found = 0;
+    }
+    context->SetContinuationPreservedEmbedderData(v8::Undefined(isolate));
+    if (found != 0 && WordAt(base, found) == SmiWord(kSecond)) found = 0;
+  }
+  if (found == 0) {
+    global->Reset();
+    delete global;
+    return nullptr;
+  }
+  *handle_slot = slot;
+  *offset = found * 8;
+  return global;
+}
+
+// Calls pyroscope_node_cped_gc(cell, ...) around each garbage collection of the calling
+// thread's isolate (`on` 1), or stops (0).
+void pyroscope_node_cped_watch_gc(void* cell, int on) {
+  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
+  if (isolate == nullptr) return;
+  if (on != 0) {
+    isolate->AddGCPrologueCallback(OnGcPrologue, cell);
+    isolate->AddGCEpilogueCallback(OnGcEpilogue, cell);
+  } else {
+    isolate->RemoveGCPrologueCallback(OnGcPrologue, cell);
+    isolate->RemoveGCEpilogueCallback(OnGcEpilogue, cell);
+  }
+}
+
+// Stores label id `id` (as a Smi, its bits as an int32) in the field of `global`'s context, or
+// undefined when `has_id` is 0. On the context's thread, inside a call from JavaScript.
+void pyroscope_node_cped_set(void* global, int has_id, uint32_t id) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  v8::HandleScope scope(isolate);
+  v8::Local<v8::Context> context = static_cast<v8::Global<v8::Context>*>(global)->Get(isolate);
+  if (has_id != 0) {
+    context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, static_cast<int32_t>(id)));
+  } else {
+    context->SetContinuationPreservedEmbedderData(v8::Undefined(isolate));
+  }
+}
+
+// Frees a Global that pyroscope_node_cped_open made, on its isolate's thread.
+void pyroscope_node_cped_close(void* global) {
+  auto* g = static_cast<v8::Global<v8::Context>*>(global);
+  g->Reset();
+  delete g;
 }
 
 }  // extern "C"

@@ -1,70 +1,85 @@
 'use strict';
-// The label slot itself, as the signal handler reads it, across await and callbacks: a second
-// view of this thread's slot (native.labelSlot()) is read inside continuations and callbacks.
+// Where labels hold in each mode (asyncLabels), as the signal handler reads them: a fixture
+// runs a dozen labelled requests and an unlabelled task concurrently, through promise
+// continuations and callbacks, and reports the id a sample would carry at each place
+// (test/fixtures/label-modes.js).
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
+const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
 
-for (const k of Object.keys(process.env)) if (k.startsWith('PYROSCOPE_')) delete process.env[k];
+async function checksIn(asyncLabels) {
+  const env = { PYROSCOPE_EXPORT_DIR: require('node:os').tmpdir() };
+  if (asyncLabels !== undefined) env.PYROSCOPE_ASYNC_LABELS = asyncLabels;
+  const res = await run(['test/fixtures/label-modes.js'], env);
+  assert.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout);
+  assert.equal(out.distinct, 12, 'each request has a set of its own');
+  assert.ok(out.nestedDiffer, 'a nested wrapWithLabels has a set of its own');
+  assert.ok(out.checks.length > 300, `${out.checks.length} checks`);
+  return out;
+}
 
-const pyroscope = require('pyroscope-profiler');
-const slot = require('../lib/native').labelSlot();
+function wrongChecks(checks, want) {
+  return checks.filter((c) => c.got !== want(c)).map((c) => `${c.where}: ${c.got} instead of ${want(c)}`);
+}
 
-pyroscope.init({ appName: 'node-labels-slot' });
-const { wrapWithLabels } = pyroscope;
-
-const tick = () => new Promise((r) => setImmediate(r));
-const timer = () => new Promise((r) => setTimeout(r, 1));
-
-test('the slot holds the set of each request in its continuations and callbacks, 0 elsewhere', async () => {
-  const wrong = [];
-  const expect = (where, want) => {
-    if (slot[0] !== want) wrong.push(`${where}: ${slot[0]} instead of ${want}`);
-  };
-  async function request(n) {
-    const mine = slot[0];
-    assert.notEqual(mine, 0);
-    for (let i = 0; i < 10; i++) {
-      await [tick, timer, () => fs.promises.stat(__filename)][i % 3]();
-      expect(`request ${n} after await ${i}`, mine);
-      await null;
-      expect(`request ${n} after await null`, mine);
-    }
-    await new Promise((r) => setTimeout(() => r(expect(`request ${n} in a setTimeout callback`, mine)), 1));
-    await new Promise((r) => setImmediate(() => r(expect(`request ${n} in a setImmediate callback`, mine))));
-    await new Promise((r) => fs.stat(__filename, () => r(expect(`request ${n} in an fs callback`, mine))));
-    await new Promise((r) => process.nextTick(() => r(expect(`request ${n} in a nextTick callback`, mine))));
-    const inner = await wrapWithLabels({ inner: 'yes' }, async () => {
-      const merged = slot[0];
-      await tick();
-      expect(`request ${n} nested, after await`, merged);
-      return merged;
-    });
-    assert.notEqual(inner, mine);
-    expect(`request ${n} after the nested call`, mine);
-    await timer();
-    expect(`request ${n} after the nested call and an await`, mine);
-    return mine;
-  }
-  async function unlabelled() {
-    for (let i = 0; i < 20; i++) {
-      await (i % 2 ? tick() : timer());
-      expect(`unlabelled after await ${i}`, 0);
-      await new Promise((r) => setTimeout(() => r(expect('unlabelled in a setTimeout callback', 0)), 1));
+test('by default, on Node 20, labels follow promises through V8 and callbacks run unlabelled', async () => {
+  const out = await checksIn(undefined);
+  assert.equal(out.mode, 'promises');
+  const want = (c) => (['sync', 'continuation'].includes(c.kind) ? c.own : 0);
+  assert.deepEqual(wrongChecks(out.checks, want), []);
+  // getLabels() reads the same place.
+  for (const c of out.checks) {
+    if (c.got !== 0) assert.notDeepEqual(c.labels, {}, `${c.where}: getLabels() is empty`);
+    if (c.where.startsWith('request') && c.kind === 'continuation') {
+      assert.equal(c.labels.request, `q${c.where.split(' ')[1]}`, c.where);
     }
   }
-  let ticks = 0;
-  const interval = setInterval(() => {
-    ticks++;
-    expect('an unlabelled interval callback', 0);
-  }, 1);
-  const requests = [];
-  for (let n = 0; n < 12; n++) requests.push(wrapWithLabels({ request: `q${n}` }, request, n));
-  expect('the caller after starting them', 0);
-  const [ids] = await Promise.all([Promise.all(requests), unlabelled()]);
-  clearInterval(interval);
-  assert.equal(new Set(ids).size, 12, 'each request has a set of its own');
-  assert.ok(ticks > 0);
-  assert.deepEqual(wrong, []);
+});
+
+test("asyncLabels 'all': labels follow promises and callbacks (AsyncLocalStorage)", async () => {
+  const out = await checksIn('all');
+  assert.equal(out.mode, 'all');
+  const want = (c) => (c.kind === 'outside' ? 0 : c.own);
+  assert.deepEqual(wrongChecks(out.checks, want), []);
+});
+
+test('asyncLabels false: labels hold for the synchronous call only, and are never carried to a continuation', async () => {
+  const out = await checksIn('false');
+  assert.equal(out.mode, 'sync');
+  const own = new Set(out.checks.filter((c) => c.kind === 'sync').map((c) => c.own));
+  own.delete(out.set);
+  assert.deepEqual(wrongChecks(out.checks.filter((c) => c.kind === 'sync'), (c) => c.own), []);
+  // setLabels applies everywhere in this mode (as in 0.6), so a continuation reads 0 or that set.
+  const carried = out.checks.filter((c) => c.kind !== 'sync' && own.has(c.got));
+  assert.deepEqual(carried.map((c) => c.where), []);
+  assert.ok(out.checks.some((c) => c.kind === 'continuation' && c.got === 0));
+});
+
+test('labels carried by V8 survive a moving collector, at 1 kHz, on the main thread and in workers', async () => {
+  const r = await startReceiver();
+  const res = await run(['--stress-compaction', '--expose-gc', 'test/fixtures/cped-gc.js'], { PYROSCOPE_SERVER_ADDRESS: r.url }, {
+    timeoutMs: 120000,
+  });
+  await r.close();
+  assert.equal(res.signal, null, `killed by ${res.signal}: ${res.stderr}`);
+  assert.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout);
+  assert.deepEqual(out.modes, ['promises', 'promises', 'promises']);
+  assert.equal(out.checked, 3 * 4 * 40);
+  assert.deepEqual(out.wrong, []);
+  const cpu = cpuProfiles(r);
+  let burnt = 0;
+  for (const thread of ['main', 'w1', 'w2']) {
+    for (let k = 0; k < 4; k++) {
+      const mine = has(new RegExp(`:burn_${thread}_${k}:\\d+$`));
+      const all = total(cpu, 'samples', mine);
+      assert.ok(all > 0, `no samples in burn_${thread}_${k}`);
+      const labelled = total(cpu, 'samples', (s) => mine(s) && s.labels.route === `${thread}-${k}`);
+      assert.equal(labelled, all, `burn_${thread}_${k}: ${all - labelled} of ${all} samples without their route`);
+      burnt += all;
+    }
+  }
+  assert.ok(burnt >= 300, `samples in the burn functions: ${burnt}`);
 });

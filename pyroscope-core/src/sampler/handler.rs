@@ -6,7 +6,8 @@
 //!   outside the thread's known stack mapping;
 //! - `clock_gettime(CLOCK_MONOTONIC)` (listed in signal-safety(7)) to time the handler;
 //! - the previous handler of the signal, when the signal is not one of our timers;
-//! - a binding's interpreter walker ([`crate::interp::WalkFn`]), async-signal-safe by contract.
+//! - a binding's interpreter walker ([`crate::interp::WalkFn`]) and label reader
+//!   ([`crate::thread::LabelReadFn`]), async-signal-safe by contract.
 //!
 //! Not called: malloc/free, locks (not even try-locks), formatting, thread-locals (a cdylib's
 //! TLS may allocate on first touch), `dladdr`/`dl_iterate_phdr`, libgcc's unwinder.
@@ -115,7 +116,7 @@ fn sample(state: &ThreadState, kind: Kind, weight: u64, ucontext: *mut libc::c_v
         (regs[libc::REG_RIP as usize] as u64, regs[libc::REG_RSP as usize] as u64, regs[libc::REG_RBP as usize] as u64);
     // Between sp and the end of its mapping reads are plain loads; elsewhere through the kernel.
     let stack = unwind::stack_window(sp);
-    let label_id = state.label_id.load(Ordering::Relaxed);
+    let label_id = state.label_id_now();
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
     let walker = crate::interp::walker();
