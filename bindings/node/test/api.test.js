@@ -64,6 +64,7 @@ test('init throws the messages of @pyroscope/nodejs for the options it checks', 
         wall: { samplingIntervalMicros: 0.5 },
         stripFilenames: 'some',
         shortenPaths: 'yes',
+        asyncLabels: 'callbacks',
       }),
     {
       message: [
@@ -78,6 +79,7 @@ test('init throws the messages of @pyroscope/nodejs for the options it checks', 
         'Expecting a config with valid wall options',
         "Expecting a config with stripFilenames set to 'all' or 'dependencies'",
         'Expecting a config with boolean shortenPaths',
+        "Expecting a config with asyncLabels set to true, false or 'all'",
       ].join('\n'),
     },
   );
