@@ -122,16 +122,16 @@ function checkLabels(labels) {
 /** Runs fn(...args) with `labels` added to the labels in force; returns what fn returns. */
 function wrapWithLabels(labels, fn, ...args) {
   checkLabels(labels);
-  const store = intern({ ...current().labels, ...labels });
   if (mode === 'promises' && ensureCped()) {
     const prev = native.cpedGet();
-    native.cpedSet(store.id);
+    native.cpedSet(intern({ ...ofId(prev).labels, ...labels }).id);
     try {
       return fn(...args);
     } finally {
       native.cpedSet(prev);
     }
   }
+  const store = intern({ ...current().labels, ...labels });
   if (mode === 'sync') {
     slot ??= native.labelSlot();
     const prev = syncStore;
