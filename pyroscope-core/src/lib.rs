@@ -90,7 +90,7 @@ pub use labels::{
     tag_wrapper, validate_label, LabelGuard, LabelSet, LabelSlot, WithLabels,
 };
 pub use pprof::{decode as decode_pprof, encode_gzip, proto, DecodeError, ProfileBuilder};
-pub use symbolize::Symbol;
+pub use symbolize::{named_by_file_symbols, Symbol};
 pub use thread::{mark_own as mark_own_thread, set_label_reader, LabelReadFn};
 
 /// The allocation hooks the preload library calls from its `malloc`/`free`; not for programs,

@@ -729,6 +729,23 @@ fn read_mappings() -> [Vec<Mapping>; 2] {
     [now, seen]
 }
 
+/// Whether the code at `[start, end)` lies in one executable file mapping of this process whose
+/// file has a non-empty `.symtab`: code the symbolizer names from that file's own symbols,
+/// local functions included (a binding can then leave such code out of the JIT code map).
+pub fn named_by_file_symbols(start: u64, end: u64) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    let Some(mapping) = maps.lines().filter_map(parse_mapping).find(|m| m.start <= start && end <= m.end) else {
+        return false;
+    };
+    let Ok(file) = File::open(&*mapping.path) else { return false };
+    let cache = object::read::ReadCache::new(file);
+    let data = &cache;
+    let Ok(header) = object::elf::FileHeader64::<object::Endianness>::parse(data) else { return false };
+    let Ok(endian) = header.endian() else { return false };
+    let Ok(sections) = header.sections(endian, data) else { return false };
+    sections.iter().any(|s| s.sh_type(endian) == object::elf::SHT_SYMTAB && s.sh_size(endian) > 0)
+}
+
 /// `start-end perms offset dev inode path`, kept when executable and backed by a file.
 fn parse_mapping(line: &str) -> Option<Mapping> {
     let mut fields = line.split_ascii_whitespace();
@@ -980,6 +997,21 @@ mod tests {
         let mut s = Symbolizer::unhurried();
         let frames = function_at(&mut s, addr + (f.start - vaddr) + 1);
         assert_eq!(&*frames[0].function, "fixture_in_far_segment", "{frames:?}");
+    }
+
+    /// Code of a file with a symbol table is found named by it; memory that is no file's code
+    /// is not.
+    #[test]
+    fn tells_code_named_by_its_files_symbols() {
+        let pc = marker_function_for_symbolizer();
+        assert!(named_by_file_symbols(pc, pc + 1), "the test binary has a .symtab");
+        let heap = Box::new(0u64);
+        let at = &*heap as *const u64 as u64;
+        assert!(!named_by_file_symbols(at, at + 8), "heap memory is no file's code");
+        let fx = Fixture::new("stripped");
+        let path = fx.gcc(&["-fPIC", "-shared", "-s", "-o", "stripped.so"]);
+        let (_, addr) = map_executable_segments(&path)[0];
+        assert!(!named_by_file_symbols(addr, addr + 1), "a stripped file has no .symtab");
     }
 
     /// The streamed index holds what reading both symbol tables whole gives: every defined

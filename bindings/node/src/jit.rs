@@ -10,10 +10,6 @@
 
 #[cfg(pyroscope_node_shim)]
 use std::ffi::c_void;
-#[cfg(pyroscope_node_shim)]
-use std::fs::File;
-#[cfg(pyroscope_node_shim)]
-use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 #[cfg(pyroscope_node_shim)]
 use std::sync::Mutex;
@@ -108,7 +104,7 @@ fn watch_isolate(env: sys::napi_env) -> bool {
         // the two words.
         unsafe { pyroscope_node_embedded_code(isolate, &mut start, &mut len) };
         let end = start.saturating_add(len);
-        (len > 0 && named_by_symbols(start, end)).then_some((start, end))
+        (len > 0 && pyroscope_core::named_by_file_symbols(start, end)).then_some((start, end))
     });
     let mut list = watched();
     if list.iter().any(|w| w.isolate == isolate as usize) {
@@ -165,47 +161,6 @@ fn poll() {
             }
         }
     });
-}
-
-/// Whether `[start, end)` lies in one executable mapping of a file with a symbol table
-/// (`.symtab`), which the core's symbolizer reads.
-#[cfg(pyroscope_node_shim)]
-fn named_by_symbols(start: u64, end: u64) -> bool {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
-    for line in maps.lines() {
-        // `lo-hi perms offset dev inode path`
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
-        let Some((lo, hi)) = range.split_once('-') else { continue };
-        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else { continue };
-        if lo <= start && end <= hi {
-            let path = fields.nth(3).unwrap_or("");
-            return perms.contains('x') && path.starts_with('/') && has_symtab(path);
-        }
-    }
-    false
-}
-
-/// Whether the ELF file at `path` (64-bit, little-endian) has a non-empty `.symtab`.
-#[cfg(pyroscope_node_shim)]
-fn has_symtab(path: &str) -> bool {
-    const SHT_SYMTAB: u32 = 2;
-    let Ok(file) = File::open(path) else { return false };
-    let mut header = [0u8; 64];
-    if file.read_exact_at(&mut header, 0).is_err() || header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
-        return false;
-    }
-    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-    let half = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
-    let (offset, size, count) = (word(&header, 0x28), half(&header, 0x3a), half(&header, 0x3c));
-    if size < 64 || count == 0 {
-        return false;
-    }
-    let mut sections = vec![0u8; size * count];
-    if file.read_exact_at(&mut sections, offset).is_err() {
-        return false;
-    }
-    sections.chunks_exact(size).any(|s| u32::from_le_bytes([s[4], s[5], s[6], s[7]]) == SHT_SYMTAB && word(s, 0x20) > 0)
 }
 
 /// Gives functions interpreted from now on a frame (and a code event) of their own; functions
