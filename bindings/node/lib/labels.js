@@ -216,4 +216,11 @@ function labelMode() {
   return mode;
 }
 
+// Until init() says otherwise (and in worker threads, where init() is rarely called), the mode
+// PYROSCOPE_ASYNC_LABELS gives, read as init() reads it.
+{
+  const v = process.env.PYROSCOPE_ASYNC_LABELS;
+  configure({ async: v === undefined ? true : v === 'all' ? 'all' : v === 'true' || v === '1' });
+}
+
 module.exports = { wrapWithLabels, getLabels, setLabels, configure, labelMode };

@@ -15,6 +15,7 @@ async function checksIn(asyncLabels) {
   assert.equal(res.code, 0, res.stderr);
   const out = JSON.parse(res.stdout);
   assert.equal(out.distinct, 12, 'each request has a set of its own');
+  assert.equal(out.workerMode, out.mode, 'a worker thread follows PYROSCOPE_ASYNC_LABELS');
   assert.ok(out.nestedDiffer, 'a nested wrapWithLabels has a set of its own');
   assert.ok(out.checks.length > 300, `${out.checks.length} checks`);
   return out;
