@@ -93,7 +93,7 @@ function getEnv(env = process.env) {
     wallCollectCpuTime: boolean(env.PYROSCOPE_WALL_COLLECT_CPU_TIME),
     stripFilenames: strip === 'all' || strip === 'dependencies' ? strip : undefined,
     shortenPaths: boolean(env.PYROSCOPE_SHORTEN_PATHS),
-    asyncLabels: env.PYROSCOPE_ASYNC_LABELS === 'all' ? 'all' : boolean(env.PYROSCOPE_ASYNC_LABELS),
+    asyncLabels: env.PYROSCOPE_ASYNC_LABELS === 'all' ? 'all' : boolean(env.PYROSCOPE_ASYNC_LABELS || undefined),
   };
 }
 

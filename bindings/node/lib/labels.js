@@ -2,11 +2,16 @@
 // Labels at the instant of each sample. The signal handler reads the id of the label set in
 // force on the sampled thread from one of two places, by mode (asyncLabels):
 // - 'promises' (the default where V8 allows it: V8 11, Node 20): the context's
-//   continuation-preserved embedder data (native.cpedSet / cpedGet, src/cped.rs). V8 copies it
-//   into each promise reaction when `await` or `then` registers it and puts it back while the
-//   reaction runs, so an async function keeps its labels across `await`, and the requests
-//   running meanwhile never see them, with no work of ours per await. Callbacks that are not
-//   promise reactions (timers, nextTick, I/O callbacks, event emitters) run unlabelled.
+//   continuation-preserved embedder data (native.cpedSet / cpedGet, src/cped.rs) holds the
+//   carrier of the set in force (a small object with the set's id). V8 copies it into each
+//   promise reaction when `await` or `then` registers it and puts it back while the reaction
+//   runs, so an async function keeps its labels across `await`, and the requests running
+//   meanwhile never see them, with no work of ours per await; a reaction that holds a carrier
+//   keeps its set alive. Callbacks that are not promise reactions (timers, nextTick, I/O
+//   callbacks, event emitters) run unlabelled. setLabels inside such a labelled scope changes
+//   the scope's labels (V8 or wrapWithLabels puts the previous ones back where the scope
+//   ends); outside any, it sets the thread's base labels, which the slot below holds and
+//   samples outside labelled scopes carry (everywhere, as @pyroscope/nodejs 0.6's setLabels).
 // - 'all' (asyncLabels: 'all', and the default where 'promises' is not available): a 4-byte
 //   slot per thread (native.labelSlot()) that JavaScript keeps holding the id in force. The set
 //   also lives in an AsyncLocalStorage, and an async hook puts it back in the slot before every
@@ -21,45 +26,46 @@
 const { AsyncLocalStorage, createHook } = require('node:async_hooks');
 const native = require('./native');
 
-const EMPTY = Object.freeze({ labels: Object.freeze({}), id: 0, set: null });
+// What the embedder data holds for a label set: the set's id as an int32 (always a Smi) next
+// to a magic number, in fields V8 keeps in the object itself, found by the addon at the first
+// label call (cpedOpen) from a sample carrier. Never changed after construction.
+class LabelCarrier {
+  constructor(id, store) {
+    this.magic = native.CARRIER_MAGIC;
+    this.id = id | 0;
+    this.store = store;
+  }
+}
 
-// Interned sets by content, and by id (the embedder data holds only the id). Bounded: past the
-// limit a new generation starts, and the one before is still found. Sets in neither stay valid
-// through the stores holding them; an id whose set was reclaimed reads as no labels.
+const EMPTY = Object.freeze({ labels: Object.freeze({}), id: 0, set: null, carrier: undefined });
+
+// Interned sets by content. Bounded: past the limit it starts over (sets still in use stay
+// valid through what holds them: carriers in promise reactions, AsyncLocalStorage, slots).
 const CACHE_LIMIT = 4096;
-let byKey = new Map();
-let byId = new Map();
-let oldByKey = new Map();
-let oldById = new Map();
+let cache = new Map();
 
 // The V8 that carries labels in its continuation-preserved embedder data: 11.x (Node 20 to
 // 21). From 12 on the field moved to the isolate, and Node 22.7+ / 24 keep their own
 // AsyncLocalStorage in it.
+// Electron's and NW.js's Chromium use the field too.
 const cpedPossible =
-  Number(process.versions.v8.split('.')[0]) === 11 && process.versions.electron === undefined && native.jitNamesAvailable();
+  Number(process.versions.v8.split('.')[0]) === 11 &&
+  process.versions.electron === undefined &&
+  process.versions.nw === undefined &&
+  native.jitNamesAvailable();
+// Claimed on this thread's global by the copy of the package that carries labels there (two
+// copies in one process would read each other's carriers as their own).
+const CLAIM = Symbol.for('pyroscope-profiler.labels.cped');
 
 let mode = cpedPossible ? 'promises' : 'all';
 // Whether this thread's embedder data was taken for labels (at the first label call).
 let cpedOpen = false;
-// A reset of the embedder data after setLabels is queued.
-let resetQueued = false;
 
 let slot = null;
 let storage = null;
 let hook = null;
-// The store in force in 'sync' mode.
+// The store in force in 'sync' mode, and the base labels of 'promises' mode.
 let syncStore = EMPTY;
-
-function remember(key, store) {
-  if (byKey.size >= CACHE_LIMIT) {
-    oldByKey = byKey;
-    oldById = byId;
-    byKey = new Map();
-    byId = new Map();
-  }
-  byKey.set(key, store);
-  byId.set(store.id, store);
-}
 
 function intern(labels) {
   const keys = Object.keys(labels).sort();
@@ -67,32 +73,35 @@ function intern(labels) {
   const pairs = [];
   for (const k of keys) pairs.push(k, String(labels[k]));
   const key = JSON.stringify(pairs);
-  let store = byKey.get(key);
+  let store = cache.get(key);
   if (store === undefined) {
-    store = oldByKey.get(key);
-    if (store === undefined) {
-      const set = native.labelSet(pairs);
-      store = Object.freeze({ labels: Object.freeze(Object.fromEntries(keys.map((k) => [k, labels[k]]))), id: set.id, set });
-    }
-    remember(key, store);
+    const set = native.labelSet(pairs);
+    store = { labels: Object.freeze(Object.fromEntries(keys.map((k) => [k, labels[k]]))), id: set.id, set, carrier: undefined };
+    store.carrier = new LabelCarrier(set.id, store);
+    Object.freeze(store);
+    if (cache.size >= CACHE_LIMIT) cache = new Map();
+    cache.set(key, store);
   }
   return store;
-}
-
-function ofId(id) {
-  if (id === 0) return EMPTY;
-  return byId.get(id) ?? oldById.get(id) ?? EMPTY;
 }
 
 // The 'promises' mode, once this thread's embedder data is ours; else the mode falls back to 'all'.
 function ensureCped() {
   if (cpedOpen) return true;
-  if (native.cpedOpen()) {
+  const claimed = globalThis[CLAIM];
+  if ((claimed === undefined || claimed === LabelCarrier) && native.cpedOpen(new LabelCarrier(-0x2ced5a3, EMPTY), -0x2ced5a3)) {
+    Object.defineProperty(globalThis, CLAIM, { value: LabelCarrier, configurable: true });
     cpedOpen = true;
     return true;
   }
   mode = 'all';
   return false;
+}
+
+// The carrier in this thread's embedder data, if it is one of ours.
+function carrierNow() {
+  const c = native.cpedGet();
+  return c instanceof LabelCarrier ? c : undefined;
 }
 
 function ensureHook() {
@@ -110,7 +119,7 @@ function ensureHook() {
 }
 
 function current() {
-  if (mode === 'promises') return cpedOpen ? ofId(native.cpedGet()) : EMPTY;
+  if (mode === 'promises') return (cpedOpen ? carrierNow()?.store : undefined) ?? syncStore;
   if (mode === 'sync') return syncStore;
   return storage?.getStore() ?? EMPTY;
 }
@@ -124,7 +133,8 @@ function wrapWithLabels(labels, fn, ...args) {
   checkLabels(labels);
   if (mode === 'promises' && ensureCped()) {
     const prev = native.cpedGet();
-    native.cpedSet(intern({ ...ofId(prev).labels, ...labels }).id);
+    const base = prev instanceof LabelCarrier ? prev.store : syncStore;
+    native.cpedSet(intern({ ...base.labels, ...labels }).carrier);
     try {
       return fn(...args);
     } finally {
@@ -161,30 +171,21 @@ function getLabels() {
   return { ...current().labels };
 }
 
-// In 'promises' mode the embedder data set by setLabels stays on the promise reactions
-// registered until the current run ends; then it is cleared, so that the timers and I/O
-// callbacks that run next, which V8 does not give embedder data, do not inherit it.
-function resetAfterRun() {
-  resetQueued = false;
-  native.cpedSet(0);
-}
-
 /**
- * Makes `labels` the labels in force: for the rest of this synchronous run and the async
- * work it starts (everywhere, in 'sync' mode). Never wiped by an upload.
+ * Makes `labels` the labels in force. 'all': for the rest of this synchronous run and the async
+ * work it starts. 'promises': inside a labelled scope, for the rest of the scope; outside any,
+ * everywhere outside labelled scopes (the thread's base labels). 'sync': everywhere. Never
+ * wiped by an upload.
  */
 function setLabels(labels) {
   checkLabels(labels);
   const store = intern(labels);
-  if (mode === 'promises' && ensureCped()) {
-    native.cpedSet(store.id);
-    if (!resetQueued) {
-      resetQueued = true;
-      process.nextTick(resetAfterRun);
-    }
+  if (mode === 'promises' && ensureCped() && carrierNow() !== undefined) {
+    // Inside a labelled scope, which V8 or wrapWithLabels ends.
+    native.cpedSet(store.carrier);
     return;
   }
-  if (mode === 'sync') {
+  if (mode !== 'all') {
     syncStore = store;
   } else {
     ensureHook();
@@ -200,11 +201,17 @@ function setLabels(labels) {
  * (AsyncLocalStorage); false: the synchronous call only.
  */
 function configure({ async }) {
+  const was = mode;
   if (async === false) mode = 'sync';
   else if (async === 'all' || !cpedPossible) mode = 'all';
   else mode = 'promises';
-  if (mode !== 'promises' && cpedOpen) native.cpedSet(0);
-  if (mode !== 'all' && hook !== null) {
+  if (mode === was) return;
+  // Nothing set in the mode before stays in force.
+  if (cpedOpen) native.cpedSet(undefined);
+  if (slot !== null) slot[0] = 0;
+  syncStore = EMPTY;
+  if (storage !== null) storage.disable();
+  if (hook !== null) {
     hook.disable();
     hook = null;
     native.clearLabelSlotWhenIdle(false);
@@ -220,7 +227,7 @@ function labelMode() {
 // PYROSCOPE_ASYNC_LABELS gives, read as init() reads it.
 {
   const v = process.env.PYROSCOPE_ASYNC_LABELS;
-  configure({ async: v === undefined ? true : v === 'all' ? 'all' : v === 'true' || v === '1' });
+  configure({ async: v === undefined || v === '' ? true : v === 'all' ? 'all' : v === 'true' || v === '1' });
 }
 
 module.exports = { wrapWithLabels, getLabels, setLabels, configure, labelMode };

@@ -543,39 +543,58 @@ pub fn clear_label_slot_when_idle(env: Env, on: bool) -> bool {
     idle::clear_slot_when_idle(env.raw(), on)
 }
 
+/// The magic number every label carrier holds (`lib/labels.js`), which tells the signal
+/// handler a carrier from any other object.
+#[napi]
+pub const CARRIER_MAGIC: i32 = 0x5079_4c42;
+
 /// Makes the calling thread's labels ride V8's continuation-preserved embedder data, which
-/// follows `await` by itself (see `cped.rs`). True when they do; false when this build or this
-/// V8 cannot (the caller keeps labels another way).
+/// follows `await` by itself (see `cped.rs`): `sample` is a label carrier whose id is
+/// `sentinel`, to find where carriers hold their fields. True when they do; false when this
+/// build or this V8 cannot (the caller keeps labels another way).
 #[napi]
-pub fn cped_open(env: Env) -> bool {
+pub fn cped_open(env: Env, sample: Unknown, sentinel: i32) -> bool {
     #[cfg(pyroscope_node_shim)]
-    return cped::open(env.raw());
+    return cped::open(env.raw(), sample.value().value, sentinel);
     #[cfg(not(pyroscope_node_shim))]
     {
-        let _ = env;
+        let _ = (env, sample, sentinel);
         false
     }
 }
 
-/// Puts label set `id` in force on the calling thread through its embedder data (0: none); it
-/// stays on the promise reactions registered meanwhile. False without `cpedOpen` on the thread.
+/// Puts label carrier `value` (or undefined: no labels) in force on the calling thread through
+/// its embedder data; it stays on the promise reactions registered meanwhile. False without
+/// `cpedOpen` on the thread.
 #[napi]
-pub fn cped_set(id: u32) -> bool {
+pub fn cped_set(value: Unknown) -> bool {
     #[cfg(pyroscope_node_shim)]
-    return cped::set(id);
+    return cped::set(value.value().value);
     #[cfg(not(pyroscope_node_shim))]
     {
-        let _ = id;
+        let _ = value;
         false
     }
 }
 
-/// The label set id in the calling thread's embedder data, read as the signal handler reads it
-/// (0: none).
+/// What the calling thread's embedder data holds: a label carrier or undefined; null without
+/// `cpedOpen` on the thread.
 #[napi]
-pub fn cped_get() -> u32 {
+pub fn cped_get(env: Env) -> Option<Unknown<'static>> {
     #[cfg(pyroscope_node_shim)]
-    return cped::get();
+    let value = cped::get();
+    #[cfg(not(pyroscope_node_shim))]
+    let value: sys::napi_value = std::ptr::null_mut();
+    // SAFETY: a value of this call's scope, from V8 through the shim; it is returned at once.
+    (!value.is_null()).then(|| unsafe { Unknown::from_raw_unchecked(env.raw(), value) })
+}
+
+/// The id of the label set whose carrier the calling thread's embedder data holds, read as the
+/// signal handler reads it (0: none).
+#[napi]
+pub fn cped_id() -> u32 {
+    #[cfg(pyroscope_node_shim)]
+    return cped::read_id();
     #[cfg(not(pyroscope_node_shim))]
     0
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 
 #include <v8-profiler.h>
@@ -74,6 +75,37 @@ uint64_t WordAt(uintptr_t base, size_t index) { return *reinterpret_cast<const u
 // A Smi as V8 lays it out when Smis are 32-bit (no pointer compression): the value in the
 // upper half, zeros below.
 uint64_t SmiWord(int32_t value) { return static_cast<uint64_t>(static_cast<uint32_t>(value)) << 32; }
+
+// The only index in [from, to) whose word of the object at `base` is `word`; 0 when none is, or
+// more than one.
+size_t FindWord(uintptr_t base, size_t from, size_t to, uint64_t word) {
+  size_t found = 0;
+  for (size_t i = from; i < to; i++) {
+    if (WordAt(base, i) != word) continue;
+    if (found != 0) return 0;
+    found = i;
+  }
+  return found;
+}
+
+// A napi_value is, in Node, the address of a v8::Local's handle slot (node_api.cc's
+// v8impl::JsValueFromV8LocalValue): the two convert by copying that address.
+static_assert(sizeof(v8::Local<v8::Value>) == sizeof(void*), "Local layout");
+
+v8::Local<v8::Value> LocalOf(void* napi_value) {
+  v8::Local<v8::Value> local;
+  std::memcpy(static_cast<void*>(&local), &napi_value, sizeof napi_value);
+  return local;
+}
+
+void* NapiOf(v8::Local<v8::Value> local) {
+  void* napi_value;
+  std::memcpy(&napi_value, static_cast<void*>(&local), sizeof napi_value);
+  return napi_value;
+}
+
+// The tagged value a Local holds (read on its thread, outside GC).
+uintptr_t TaggedOf(v8::Local<v8::Value> local) { return *reinterpret_cast<const uintptr_t*>(*local); }
 
 }  // namespace
 
@@ -167,22 +199,37 @@ int pyroscope_node_heap_read(void* ctx, size_t* samples) {
 
 // Continuation-preserved embedder data (CPED), V8 11.x (Node 20): a field of the native context
 // that V8 copies into every promise reaction when `await` or `then` registers it and puts back
-// while the reaction runs. Labels stored there as a Smi id follow `await` with no work per
-// await; the signal handler reads them with two loads (src/cped.rs).
+// while the reaction runs. Labels stored there, as a small JavaScript object (a carrier, see
+// lib/labels.js) that holds the label set's id as a Smi next to a magic Smi, follow `await`
+// with no work per await, and stay alive as long as a reaction holds them. The signal handler
+// reads them with four loads (src/cped.rs) at offsets found here.
 
-// Takes the calling thread's current context for labels: a heap-allocated Global of it (null
-// when the thread has no isolate, when the field holds something already, someone else's, or
-// when its place in the context cannot be found), with `*handle_slot` the address of the
-// Global's handle slot (which the GC rewrites when it moves the context) and `*offset` the
-// field's byte offset in the context. The offset is found, not assumed: two sentinel Smis are
-// stored through the API and the context's first 64 words searched for them. The field is
-// left undefined.
-void* pyroscope_node_cped_open(uintptr_t* handle_slot, size_t* offset) {
+// Where the handler reads: the Global's handle slot and three byte offsets.
+struct CpedLayout {
+  uintptr_t handle_slot;
+  size_t context_offset;
+  size_t magic_offset;
+  size_t id_offset;
+};
+
+// Takes the calling thread's current context for labels: a heap-allocated Global of it, or null
+// when the thread has no isolate, when the field holds something already (someone else's), or
+// when a place cannot be found. Fills `*layout`: the address of the Global's handle slot
+// (which the GC rewrites when it moves the context), the field's byte offset in the context,
+// and the byte offsets of the magic and the id in a carrier. The offsets are found, not
+// assumed: sentinel Smis are stored through the API and the context's first 64 words searched
+// for them; `sample` (a napi_value) is a carrier holding `magic` and `sentinel`, whose first 16
+// words are searched for them. The field is left undefined.
+void* pyroscope_node_cped_open(void* sample, int32_t magic, int32_t sentinel, CpedLayout* layout) {
   v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
   if (isolate == nullptr) return nullptr;
   v8::HandleScope scope(isolate);
   v8::Local<v8::Context> context = isolate->GetCurrentContext();
   if (context.IsEmpty() || !context->GetContinuationPreservedEmbedderData()->IsUndefined()) return nullptr;
+  const uintptr_t carrier = TaggedOf(LocalOf(sample));
+  const size_t magic_at = (carrier & 3) == 1 ? FindWord(carrier - 1, 1, 16, SmiWord(magic)) : 0;
+  const size_t id_at = (carrier & 3) == 1 ? FindWord(carrier - 1, 1, 16, SmiWord(sentinel)) : 0;
+  if (magic_at == 0 || id_at == 0) return nullptr;
   auto* global = new v8::Global<v8::Context>(isolate, context);
   const uintptr_t slot = *reinterpret_cast<const uintptr_t*>(global);
   const uintptr_t tagged = *reinterpret_cast<const uintptr_t*>(slot);
@@ -191,14 +238,7 @@ void* pyroscope_node_cped_open(uintptr_t* handle_slot, size_t* offset) {
     const uintptr_t base = tagged - 1;
     constexpr int32_t kFirst = 0x50795243, kSecond = -0x2ced5a3;
     context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, kFirst));
-    for (size_t i = 2; i < 64; i++) {
-      if (WordAt(base, i) != SmiWord(kFirst)) continue;
-      if (found != 0) {
-        found = 0;
-        break;
-      }
-      found = i;
-    }
+    found = FindWord(base, 2, 64, SmiWord(kFirst));
     if (found != 0) {
       context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, kSecond));
       if (WordAt(base, found) != SmiWord(kSecond)) found = 0;
@@ -211,36 +251,39 @@ void* pyroscope_node_cped_open(uintptr_t* handle_slot, size_t* offset) {
     delete global;
     return nullptr;
   }
-  *handle_slot = slot;
-  *offset = found * 8;
+  *layout = CpedLayout{slot, found * 8, magic_at * 8, id_at * 8};
   return global;
 }
 
-// Calls pyroscope_node_cped_gc(cell, ...) around each garbage collection of the calling
-// thread's isolate (`on` 1), or stops (0).
-void pyroscope_node_cped_watch_gc(void* cell, int on) {
-  v8::Isolate* isolate = v8::Isolate::TryGetCurrent();
-  if (isolate == nullptr) return;
+// Calls pyroscope_node_cped_gc(cell, ...) around each garbage collection of `isolate` (`on` 1),
+// or stops (0). On the isolate's thread.
+void pyroscope_node_cped_watch_gc(void* isolate, void* cell, int on) {
+  auto* i = static_cast<v8::Isolate*>(isolate);
   if (on != 0) {
-    isolate->AddGCPrologueCallback(OnGcPrologue, cell);
-    isolate->AddGCEpilogueCallback(OnGcEpilogue, cell);
+    i->AddGCPrologueCallback(OnGcPrologue, cell);
+    i->AddGCEpilogueCallback(OnGcEpilogue, cell);
   } else {
-    isolate->RemoveGCPrologueCallback(OnGcPrologue, cell);
-    isolate->RemoveGCEpilogueCallback(OnGcEpilogue, cell);
+    i->RemoveGCPrologueCallback(OnGcPrologue, cell);
+    i->RemoveGCEpilogueCallback(OnGcEpilogue, cell);
   }
 }
 
-// Stores label id `id` (as a Smi, its bits as an int32) in the field of `global`'s context, or
-// undefined when `has_id` is 0. On the context's thread, inside a call from JavaScript.
-void pyroscope_node_cped_set(void* global, int has_id, uint32_t id) {
+// Stores `value` (a napi_value: a carrier, or undefined) in the field of `global`'s context. On
+// the context's thread, inside a call from JavaScript.
+void pyroscope_node_cped_set(void* global, void* value) {
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   v8::HandleScope scope(isolate);
   v8::Local<v8::Context> context = static_cast<v8::Global<v8::Context>*>(global)->Get(isolate);
-  if (has_id != 0) {
-    context->SetContinuationPreservedEmbedderData(v8::Integer::New(isolate, static_cast<int32_t>(id)));
-  } else {
-    context->SetContinuationPreservedEmbedderData(v8::Undefined(isolate));
-  }
+  context->SetContinuationPreservedEmbedderData(LocalOf(value));
+}
+
+// The field of `global`'s context, as a napi_value of the calling JavaScript call's scope. On
+// the context's thread, inside a call from JavaScript.
+void* pyroscope_node_cped_get(void* global) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  v8::EscapableHandleScope scope(isolate);
+  v8::Local<v8::Context> context = static_cast<v8::Global<v8::Context>*>(global)->Get(isolate);
+  return NapiOf(scope.Escape(context->GetContinuationPreservedEmbedderData()));
 }
 
 // Frees a Global that pyroscope_node_cped_open made, on its isolate's thread.

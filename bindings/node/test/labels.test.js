@@ -28,7 +28,7 @@ function wrongChecks(checks, want) {
 test('by default, on Node 20, labels follow promises through V8 and callbacks run unlabelled', async () => {
   const out = await checksIn(undefined);
   assert.equal(out.mode, 'promises');
-  const want = (c) => (['sync', 'continuation'].includes(c.kind) ? c.own : 0);
+  const want = (c) => (['sync', 'continuation', 'global'].includes(c.kind) ? c.own : 0);
   assert.deepEqual(wrongChecks(out.checks, want), []);
   // getLabels() reads the same place.
   for (const c of out.checks) {
@@ -42,7 +42,7 @@ test('by default, on Node 20, labels follow promises through V8 and callbacks ru
 test("asyncLabels 'all': labels follow promises and callbacks (AsyncLocalStorage)", async () => {
   const out = await checksIn('all');
   assert.equal(out.mode, 'all');
-  const want = (c) => (c.kind === 'outside' ? 0 : c.own);
+  const want = (c) => (['outside', 'global'].includes(c.kind) ? 0 : c.own);
   assert.deepEqual(wrongChecks(out.checks, want), []);
 });
 
@@ -51,7 +51,7 @@ test('asyncLabels false: labels hold for the synchronous call only, and are neve
   assert.equal(out.mode, 'sync');
   const own = new Set(out.checks.filter((c) => c.kind === 'sync').map((c) => c.own));
   own.delete(out.set);
-  assert.deepEqual(wrongChecks(out.checks.filter((c) => c.kind === 'sync'), (c) => c.own), []);
+  assert.deepEqual(wrongChecks(out.checks.filter((c) => ['sync', 'global'].includes(c.kind)), (c) => c.own), []);
   // setLabels applies everywhere in this mode (as in 0.6), so a continuation reads 0 or that set.
   const carried = out.checks.filter((c) => c.kind !== 'sync' && own.has(c.got));
   assert.deepEqual(carried.map((c) => c.where), []);
@@ -83,4 +83,21 @@ test('labels carried by V8 survive a moving collector, at 1 kHz, on the main thr
     }
   }
   assert.ok(burnt >= 300, `samples in the burn functions: ${burnt}`);
+});
+
+test('switching the mode at init leaves nothing set in the old mode in force', async () => {
+  for (const [from, to] of [['false', true], ['all', true], ['true', false], ['true', 'all']]) {
+    const code = `
+      const pyroscope = require('.');
+      const native = require('./lib/native');
+      pyroscope.setLabels({ region: 'old' });
+      pyroscope.wrapWithLabels({ scoped: 'old' }, async () => {
+        await null;
+        pyroscope.init({ appName: 'mode-switch', asyncLabels: ${JSON.stringify(to)} });
+      }).then(() => setTimeout(() => console.log(JSON.stringify([native.sampledLabelId(), pyroscope.getLabels()])), 1));
+    `;
+    const res = await run(['-e', code], { PYROSCOPE_ASYNC_LABELS: from, PYROSCOPE_EXPORT_DIR: require('node:os').tmpdir() });
+    assert.equal(res.code, 0, res.stderr);
+    assert.deepEqual(JSON.parse(res.stdout), [0, {}], `from ${from} to ${to}`);
+  }
 });
