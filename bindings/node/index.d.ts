@@ -77,7 +77,14 @@ export declare function start(): void;
 export declare function stop(): Promise<void>;
 /** Calls fn(...args) with `labels` in force (across its awaits too); returns what fn returns. */
 export declare function wrapWithLabels<A extends unknown[], R>(labels: LabelSet, fn: (...args: A) => R, ...args: A): R;
+/** The labels in force. */
 export declare function getLabels(): LabelSet;
+/**
+ * Makes `labels` the labels in force: inside a labelled scope (wrapWithLabels, or code after a
+ * labelled await) for the rest of it; outside any, everywhere outside labelled scopes, as
+ * @pyroscope/nodejs 0.6 does. With asyncLabels 'all': the rest of the current run and the async
+ * work it starts. Never wiped by an upload.
+ */
 export declare function setLabels(labels: LabelSet): void;
 /** @deprecated use getLabels */
 export declare function getWallLabels(): LabelSet;
