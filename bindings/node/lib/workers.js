@@ -15,7 +15,10 @@
 // JavaScript names.
 
 const path = require('node:path');
-const Module = require('node:module');
+// The CommonJS loader's class, whose `_load` every `require` goes through: this module's own
+// constructor. Public `node:module` (which loads the ESM loader and source maps, about 1 MiB of
+// Node's embedded sources and heap) is loaded only when `Worker` is wrapped.
+const Module = module.constructor;
 const native = require('./native');
 
 const entry = path.join(__dirname, 'worker-entry.js');
@@ -74,7 +77,7 @@ function wrap(workerThreads) {
     },
   });
   // ESM `import { Worker } from 'node:worker_threads'` sees the same class.
-  Module.syncBuiltinESMExports();
+  require('node:module').syncBuiltinESMExports();
   if (ourLoad !== null && Module._load === ourLoad) Module._load = originalLoad;
   if (ourGetBuiltinModule !== null && process.getBuiltinModule === ourGetBuiltinModule) {
     process.getBuiltinModule = originalGetBuiltinModule;
