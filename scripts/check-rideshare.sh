@@ -87,26 +87,24 @@ pids=()
 
 requests() { grep -F "$1:" "$dir/load.txt" | sed -E 's/.*: ([0-9]+) ok.*/\1/'; }
 top() { "$bin/pyroscope" top "$prof" --tsv --where "$@"; }
-value() { awk -F'\t' -v f="$2" '$1 ~ f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$1"; }
-total() { head -1 <<<"$1" | cut -f2; }
 
 declare -A per_req
 for region in "${regions[@]}"; do
   t="$(top region=$region)"
   n="$(requests "${url[$region]}")"
   [ "${n:-0}" -gt 20 ] || fail "$region served only ${n:-0} requests"
-  per_req[$region]=$(( $(total "$t") / n ))
+  per_req[$region]=$(( $(top_total "$t") / n ))
   [ "$frames" = 1 ] || continue
-  m=$(value "$t" "$(fn $mutex)")
+  m=$(top_value "$t" "$(fn $mutex)")
   if [ "$region" = eu-north ]; then
     [ "$m" -gt 0 ] || fail "eu-north has no $mutex"
-    f=$(value "$t" "$(fn $fnv)"); c=$(value "$t" "$(fn $cda)")
+    f=$(top_value "$t" "$(fn $fnv)"); c=$(top_value "$t" "$(fn $cda)")
     [ "$c" -gt 0 ] && [ "$f" -ge "$c" ] || fail "$fnv ($f) does not contain $cda ($c)"
     labelled=0; c_labelled=0
     for v in car bike scooter; do
       tv="$(top region=$region --where vehicle=$v)"
-      labelled=$(( labelled + $(value "$tv" "$(fn $fnv)") ))
-      c_labelled=$(( c_labelled + $(value "$tv" "$(fn $cda)") ))
+      labelled=$(( labelled + $(top_value "$tv" "$(fn $fnv)") ))
+      c_labelled=$(( c_labelled + $(top_value "$tv" "$(fn $cda)") ))
     done
     echo "$fnv: $f ns, $labelled ns with a vehicle label; $cda: $c ns, $c_labelled ns labelled"
     # Inside the scope nothing sets labels: every sample of check_driver_availability is labelled.
@@ -148,13 +146,12 @@ if [ "$allocs" = 1 ]; then
 declare -A alloc
 for region in us-east eu-north ap-south; do
   t="$("$bin/pyroscope" top "$prof" --tsv --type alloc_space --where region=$region)"
-  if [ "$frames" = 1 ]; then alloc[$region]=$(value "$t" "$(fn $work)"); else alloc[$region]=$(total "$t"); fi
+  if [ "$frames" = 1 ]; then alloc[$region]=$(top_value "$t" "$(fn $work)"); else alloc[$region]=$(top_total "$t"); fi
 done
 echo "alloc_space in $work (bytes): us-east=${alloc[us-east]} eu-north=${alloc[eu-north]} ap-south=${alloc[ap-south]}"
 [ "${alloc[us-east]}" -gt "${alloc[eu-north]}" ] && [ "${alloc[us-east]}" -gt "${alloc[ap-south]}" ] \
   || fail "us-east is not the region with the most alloc_space in $work"
 fi
-source "$root/scripts/lib.sh"
 if [ "$lang" = node ]; then
   # A JS heap's in-use memory includes garbage the collector has not reached yet, which comes
   # and goes with the collector's timing (several MB of express's request garbage): the series

@@ -1,5 +1,11 @@
 # Shared shell helpers for the demo and the story check. Expects $bin (folder of `pyroscope`).
 
+# top_value TSV REGEX: the total (third column) of the first row of `pyroscope top --tsv`
+# output whose function matches REGEX (an awk ERE); 0 when none does.
+top_value() { awk -F'\t' -v f="$2" '$1 ~ f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$1"; }
+# top_total TSV: the sum of all samples (the `#total` line of `pyroscope top --tsv`).
+top_total() { head -1 <<<"$1" | cut -f2; }
+
 # inuse_series DIR REGION [FUNCTION]: in-use bytes at the end of each memory window of REGION,
 # oldest first (0 for a window of that region with nothing in use); with FUNCTION (an awk ERE
 # matched against `pyroscope top`'s function column), only the bytes allocated under the first
@@ -12,9 +18,9 @@ inuse_series() {
       || "$bin/pyroscope" top "$f" --tsv --type inuse_space --where region="$2" >/dev/null 2>&1 || continue
     t=$("$bin/pyroscope" top "$f" --tsv --type inuse_space --where region="$2" 2>/dev/null)
     if [ -n "${3:-}" ]; then
-      awk -F'\t' -v f="$3" '$1 ~ f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$t"
+      top_value "$t" "$3"
     else
-      t=$(head -1 <<<"$t" | cut -f2)
+      t=$(top_total "$t")
       echo "${t:-0}"
     fi
   done
