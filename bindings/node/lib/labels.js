@@ -89,7 +89,8 @@ function intern(labels) {
 function ensureCped() {
   if (cpedOpen) return true;
   const claimed = globalThis[CLAIM];
-  if ((claimed === undefined || claimed === LabelCarrier) && native.cpedOpen(new LabelCarrier(-0x2ced5a3, EMPTY), -0x2ced5a3)) {
+  const sentinel = -0x2ced5a3;
+  if ((claimed === undefined || claimed === LabelCarrier) && native.cpedOpen(new LabelCarrier(sentinel, EMPTY), sentinel)) {
     Object.defineProperty(globalThis, CLAIM, { value: LabelCarrier, configurable: true });
     cpedOpen = true;
     return true;

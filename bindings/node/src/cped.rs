@@ -236,15 +236,3 @@ pub fn get() -> sys::napi_value {
     // SAFETY: this thread's live record, inside a call from JavaScript on its thread.
     unsafe { pyroscope_node_cped_get((*cped).global) }
 }
-
-/// The label set id of the carrier in the calling thread's CPED, as the signal handler reads
-/// it (0: none, or no `open` on this thread).
-pub fn read_id() -> u32 {
-    let cped = CURRENT.get();
-    if cped.is_null() {
-        return 0;
-    }
-    // SAFETY: this thread's live record; no garbage collection runs during a call from
-    // JavaScript, so the slot holds the context's current address.
-    read_field(unsafe { &(*cped).layout })
-}

@@ -589,16 +589,6 @@ pub fn cped_get(env: Env) -> Option<Unknown<'static>> {
     (!value.is_null()).then(|| unsafe { Unknown::from_raw_unchecked(env.raw(), value) })
 }
 
-/// The id of the label set whose carrier the calling thread's embedder data holds, read as the
-/// signal handler reads it (0: none).
-#[napi]
-pub fn cped_id() -> u32 {
-    #[cfg(pyroscope_node_shim)]
-    return cped::read_id();
-    #[cfg(not(pyroscope_node_shim))]
-    0
-}
-
 /// The id of the label set a sample of the calling thread would carry now, from wherever its
 /// labels live (for tests of what the signal handler sees).
 #[napi]
