@@ -245,12 +245,17 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
         let mut resolver = crate::interp::resolver();
         merger.refresh();
         let jit = crate::jit::active();
+        if jit {
+            crate::jit::drain_started();
+        }
         r.drain(|rec| {
             let (stack, context) = if rec.interp == 0 && jit {
                 // JIT code: named now, before the compiler puts other code at its addresses.
                 keys.clear();
                 let code = crate::jit::lock();
-                keys.extend(rec.stack().iter().map(|&pc| crate::jit::lookup(&code, pc).map_or(pc, |f| f.key())));
+                // Samples carry the code map's generation they saw; allocations carry a hash there.
+                let seen = if rec.kind == Kind::Alloc { u64::MAX } else { rec.aux };
+                keys.extend(rec.stack().iter().map(|&pc| code.lookup(pc, seen).map_or(pc, |f| f.key())));
                 (&keys[..], None)
             } else if rec.interp == 0 {
                 (rec.stack(), None)

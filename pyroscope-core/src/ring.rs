@@ -91,7 +91,8 @@ pub struct Record {
     /// Words an interpreter's walker wrote after the native frames (`pcs[depth..depth + interp]`).
     pub interp: u16,
     pub weight: u64,
-    /// Kind-specific: the stack hash for `Alloc`.
+    /// Kind-specific: the stack hash for `Alloc`; for `Cpu` and `Wall`, the JIT code map's
+    /// generation when the sample was taken ([`crate::jit`]).
     pub aux: u64,
     pub pcs: [u64; MAX_DEPTH],
 }

@@ -71,10 +71,10 @@ test('labels carried by V8 survive a moving collector, at 1 kHz, on the main thr
   assert.equal(out.checked, 3 * 4 * 40);
   assert.deepEqual(out.wrong, []);
   // The pushed profiles: samples of each task's burn function carry its route. Under
-  // --stress-compaction V8 moves code at nearly every collection, and a sample taken just
-  // before a move and named just after it gets the name of the code now at its address (the
-  // collector names JIT frames when it drains the ring, a tick later): a few frames are
-  // misnamed, which no production collector comes close to. The exact check of the labels
+  // --stress-compaction V8 moves code at nearly every collection; the collector names each
+  // sample by the code at its addresses when it was taken, but a sample taken during a
+  // collection, after code moved and before V8 updated the stack's return addresses, can
+  // still get a frame misnamed (measured: at most 0.8% here). The exact check of the labels
   // is the fixture's own, above, which reads what the handler reads.
   const cpu = cpuProfiles(r);
   let burnt = 0;
@@ -91,7 +91,7 @@ test('labels carried by V8 survive a moving collector, at 1 kHz, on the main thr
     }
   }
   assert.ok(burnt >= 300, `samples in the burn functions: ${burnt}`);
-  assert.ok(misnamed <= 0.05 * burnt, `${misnamed} of ${burnt} samples in a burn function without its route`);
+  assert.ok(misnamed <= 0.02 * burnt, `${misnamed} of ${burnt} samples in a burn function without its route`);
 });
 
 test('switching the mode at init leaves nothing set in the old mode in force', async () => {

@@ -117,6 +117,8 @@ fn sample(state: &ThreadState, kind: Kind, weight: u64, ucontext: *mut libc::c_v
     // Between sp and the end of its mapping reads are plain loads; elsewhere through the kernel.
     let stack = unwind::stack_window(sp);
     let label_id = state.label_id_now();
+    // Read before the stack: its JIT frames are named by the code that was where they point now.
+    let jit_generation = crate::jit::generation();
     let Some(cache) = state.cache() else { return };
     let snapshot = unwind::current();
     let walker = crate::interp::walker();
@@ -126,6 +128,7 @@ fn sample(state: &ThreadState, kind: Kind, weight: u64, ucontext: *mut libc::c_v
         rec.tid = state.tid;
         rec.label_id = label_id;
         rec.weight = weight;
+        rec.aux = jit_generation;
         rec.truncated = false;
         rec.interp = 0;
         if let Some(walk) = walker.filter(|_| !native) {
