@@ -2,7 +2,8 @@
 // Labels at the instant of each sample. The signal handler reads the id of the label set in
 // force on the sampled thread from one of two places, by mode (asyncLabels):
 // - 'promises' (the default where V8 allows it: V8 11, Node 20): the context's
-//   continuation-preserved embedder data (native.cpedSet / cpedGet, src/cped.rs) holds the
+//   continuation-preserved embedder data (src/cped.rs; read and written by cpedGet / cpedSet,
+//   plain V8 functions the addon makes, ten times cheaper than Node-API calls) holds the
 //   carrier of the set in force (a small object with the set's id). V8 copies it into each
 //   promise reaction when `await` or `then` registers it and puts it back while the reaction
 //   runs, so an async function keeps its labels across `await`, and the requests running
@@ -37,7 +38,18 @@ class LabelCarrier {
   }
 }
 
-const EMPTY = Object.freeze({ labels: Object.freeze({}), id: 0, set: null, carrier: undefined });
+// A store: an interned label set, its carrier, and the stores made from it by adding labels
+// (`merged`), at most ADDED_LIMIT of them.
+const ADDED_LIMIT = 1024;
+// A node of a store's tree of added labels.
+const node = () => ({ store: null, next: null });
+const EMPTY = Object.freeze({
+  labels: Object.freeze({}),
+  id: 0,
+  set: null,
+  carrier: undefined,
+  added: { root: node(), nodes: 0 },
+});
 
 // Interned sets by content. Bounded: past the limit it starts over (sets still in use stay
 // valid through what holds them: carriers in promise reactions, AsyncLocalStorage, slots).
@@ -60,6 +72,9 @@ const CLAIM = Symbol.for('pyroscope-profiler.labels.cped');
 let mode = cpedPossible ? 'promises' : 'all';
 // Whether this thread's embedder data was taken for labels (at the first label call).
 let cpedOpen = false;
+// The embedder data's accessors, once open.
+let cpedGet = null;
+let cpedSet = null;
 
 let slot = null;
 let storage = null;
@@ -76,7 +91,13 @@ function intern(labels) {
   let store = cache.get(key);
   if (store === undefined) {
     const set = native.labelSet(pairs);
-    store = { labels: Object.freeze(Object.fromEntries(keys.map((k) => [k, labels[k]]))), id: set.id, set, carrier: undefined };
+    store = {
+      labels: Object.freeze(Object.fromEntries(keys.map((k) => [k, labels[k]]))),
+      id: set.id,
+      set,
+      carrier: undefined,
+      added: { root: node(), nodes: 0 },
+    };
     store.carrier = new LabelCarrier(set.id, store);
     Object.freeze(store);
     if (cache.size >= CACHE_LIMIT) cache = new Map();
@@ -85,15 +106,47 @@ function intern(labels) {
   return store;
 }
 
+// The store of `base` with `labels` added (later keys win). The stores made this way hang in
+// `base.added`, a tree by key then value in the order `labels` has them, so that a labelled call
+// costs two Map lookups per label; values other than strings and numbers take the long way.
+function merged(base, labels) {
+  const tree = base.added;
+  let at = tree.root;
+  for (const k of Object.keys(labels)) {
+    const v = labels[k];
+    if (typeof v !== 'string' && typeof v !== 'number') return intern({ ...base.labels, ...labels });
+    at.next ??= new Map();
+    let values = at.next.get(k);
+    if (values === undefined) at.next.set(k, (values = new Map()));
+    let child = values.get(v);
+    if (child === undefined) {
+      if (tree.nodes >= ADDED_LIMIT) {
+        tree.root = node();
+        tree.nodes = 0;
+        return merged(base, labels);
+      }
+      values.set(v, (child = node()));
+      tree.nodes++;
+    }
+    at = child;
+  }
+  at.store ??= intern({ ...base.labels, ...labels });
+  return at.store;
+}
+
 // The 'promises' mode, once this thread's embedder data is ours; else the mode falls back to 'all'.
 function ensureCped() {
   if (cpedOpen) return true;
   const claimed = globalThis[CLAIM];
   const sentinel = -0x2ced5a3;
   if ((claimed === undefined || claimed === LabelCarrier) && native.cpedOpen(new LabelCarrier(sentinel, EMPTY), sentinel)) {
-    Object.defineProperty(globalThis, CLAIM, { value: LabelCarrier, configurable: true });
-    cpedOpen = true;
-    return true;
+    const accessors = native.cpedAccessors();
+    if (accessors !== null) {
+      [cpedGet, cpedSet] = accessors;
+      Object.defineProperty(globalThis, CLAIM, { value: LabelCarrier, configurable: true });
+      cpedOpen = true;
+      return true;
+    }
   }
   mode = 'all';
   return false;
@@ -101,7 +154,7 @@ function ensureCped() {
 
 // The carrier in this thread's embedder data, if it is one of ours.
 function carrierNow() {
-  const c = native.cpedGet();
+  const c = cpedGet();
   return c instanceof LabelCarrier ? c : undefined;
 }
 
@@ -133,16 +186,15 @@ function checkLabels(labels) {
 function wrapWithLabels(labels, fn, ...args) {
   checkLabels(labels);
   if (mode === 'promises' && ensureCped()) {
-    const prev = native.cpedGet();
-    const base = prev instanceof LabelCarrier ? prev.store : syncStore;
-    native.cpedSet(intern({ ...base.labels, ...labels }).carrier);
+    const prev = cpedGet();
+    cpedSet(merged(prev instanceof LabelCarrier ? prev.store : syncStore, labels).carrier);
     try {
       return fn(...args);
     } finally {
-      native.cpedSet(prev);
+      cpedSet(prev);
     }
   }
-  const store = intern({ ...current().labels, ...labels });
+  const store = merged(current(), labels);
   if (mode === 'sync') {
     slot ??= native.labelSlot();
     const prev = syncStore;
@@ -183,7 +235,7 @@ function setLabels(labels) {
   const store = intern(labels);
   if (mode === 'promises' && ensureCped() && carrierNow() !== undefined) {
     // Inside a labelled scope, which V8 or wrapWithLabels ends.
-    native.cpedSet(store.carrier);
+    cpedSet(store.carrier);
     return;
   }
   if (mode !== 'all') {
@@ -208,7 +260,7 @@ function configure({ async }) {
   else mode = 'promises';
   if (mode === was) return;
   // Nothing set in the mode before stays in force.
-  if (cpedOpen) native.cpedSet(undefined);
+  if (cpedOpen) cpedSet(undefined);
   if (slot !== null) slot[0] = 0;
   syncStore = EMPTY;
   if (storage !== null) storage.disable();

@@ -50,8 +50,7 @@ extern "C" {
     fn pyroscope_node_cped_open(sample: sys::napi_value, magic: i32, sentinel: i32, layout: *mut Layout)
         -> *mut c_void;
     fn pyroscope_node_cped_watch_gc(isolate: *mut c_void, cell: *mut c_void, on: i32);
-    fn pyroscope_node_cped_set(global: *mut c_void, value: sys::napi_value);
-    fn pyroscope_node_cped_get(global: *mut c_void) -> sys::napi_value;
+    fn pyroscope_node_cped_accessors() -> sys::napi_value;
     fn pyroscope_node_cped_close(global: *mut c_void);
 }
 
@@ -213,26 +212,12 @@ unsafe extern "C" fn close(cell: *mut c_void) {
     }
 }
 
-/// Stores `value` (a carrier, or undefined: no labels) in the calling thread's CPED. False when
-/// the thread's labels do not live there (no `open`).
-pub fn set(value: sys::napi_value) -> bool {
-    let cped = CURRENT.get();
-    if cped.is_null() {
-        return false;
-    }
-    // SAFETY: this thread's live record, inside a call from JavaScript on its thread, `value`
-    // one of the call's arguments.
-    unsafe { pyroscope_node_cped_set((*cped).global, value) };
-    true
-}
-
-/// What the calling thread's CPED holds (a napi_value of the current call's scope), or null
-/// without `open` on this thread.
-pub fn get() -> sys::napi_value {
-    let cped = CURRENT.get();
-    if cped.is_null() {
+/// The functions that read and write the calling thread's CPED, `[get, set]` (a napi_value of
+/// the current call's scope), or null without `open` on this thread.
+pub fn accessors() -> sys::napi_value {
+    if CURRENT.get().is_null() {
         return ptr::null_mut();
     }
-    // SAFETY: this thread's live record, inside a call from JavaScript on its thread.
-    unsafe { pyroscope_node_cped_get((*cped).global) }
+    // SAFETY: inside a call from JavaScript on a thread whose CPED `open` took.
+    unsafe { pyroscope_node_cped_accessors() }
 }

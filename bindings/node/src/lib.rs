@@ -563,26 +563,14 @@ pub fn cped_open(env: Env, sample: Unknown, sentinel: i32) -> bool {
     }
 }
 
-/// Puts label carrier `value` (or undefined: no labels) in force on the calling thread through
-/// its embedder data; it stays on the promise reactions registered meanwhile. False without
-/// `cpedOpen` on the thread.
+/// The functions that read and write the calling thread's embedder data, `[get, set]`: `get()`
+/// returns a label carrier or undefined, `set(carrier)` puts a carrier (or undefined: no labels)
+/// in force, and it stays on the promise reactions registered meanwhile. Plain V8 functions,
+/// for their cost; null without `cpedOpen` on the thread.
 #[napi]
-pub fn cped_set(value: Unknown) -> bool {
+pub fn cped_accessors(env: Env) -> Option<Unknown<'static>> {
     #[cfg(pyroscope_node_shim)]
-    return cped::set(value.value().value);
-    #[cfg(not(pyroscope_node_shim))]
-    {
-        let _ = value;
-        false
-    }
-}
-
-/// What the calling thread's embedder data holds: a label carrier or undefined; null without
-/// `cpedOpen` on the thread.
-#[napi]
-pub fn cped_get(env: Env) -> Option<Unknown<'static>> {
-    #[cfg(pyroscope_node_shim)]
-    let value = cped::get();
+    let value = cped::accessors();
     #[cfg(not(pyroscope_node_shim))]
     let value: sys::napi_value = std::ptr::null_mut();
     // SAFETY: a value of this call's scope, from V8 through the shim; it is returned at once.
