@@ -168,6 +168,32 @@ test('wrapWithLabels returns what fn returns and lets its errors through untouch
   assert.deepEqual(getLabels(), {});
 });
 
+test('wrapWithLabels: nested labels add up; one set whatever their order, type or how many sets came before', () => {
+  const { wrapWithLabels, getLabels } = pyroscope.default;
+  const native = require('../lib/native');
+  // The id a sample taken inside would carry, and the labels getLabels gives there.
+  const inside = (labels) => wrapWithLabels(labels, () => [native.sampledLabelId(), getLabels()]);
+  const [id, labels] = inside({ region: 'eu', vehicle: 'car' });
+  assert.notEqual(id, 0);
+  assert.deepEqual(labels, { region: 'eu', vehicle: 'car' });
+  assert.equal(inside({ vehicle: 'car', region: 'eu' })[0], id);
+  const nested = wrapWithLabels({ region: 'eu' }, () => wrapWithLabels({ vehicle: 'bike' }, () => inside({ vehicle: 'car' })));
+  assert.deepEqual(nested, [id, { region: 'eu', vehicle: 'car' }]);
+  assert.equal(native.sampledLabelId(), 0, 'labels left in force');
+  // Numbers read as their strings; other values by their string too.
+  assert.equal(inside({ n: 7 })[0], inside({ n: '7' })[0]);
+  assert.equal(inside({ o: { toString: () => 'x' } })[0], inside({ o: 'x' })[0]);
+  // A value that could read as a key and a value elsewhere is still its own set.
+  assert.notEqual(inside({ a: 'b' })[0], inside({ a: 'b', c: 'd' })[0]);
+  // Thousands of distinct sets (past the bound of the sets kept per set in force): each right.
+  for (let i = 0; i < 3000; i++) {
+    const [got, seen] = wrapWithLabels({ region: 'us' }, () => inside({ req: `r${i}` }));
+    assert.notEqual(got, 0);
+    assert.deepEqual(seen, { region: 'us', req: `r${i}` });
+  }
+  assert.equal(inside({ region: 'eu', vehicle: 'car' })[0], id);
+});
+
 test('SourceMapper: the peer\'s create(dirs) runs, missing directories skipped', async () => {
   const { SourceMapper } = pyroscope.default;
   const mapper = await SourceMapper.create([__dirname, '/does/not/exist']);
