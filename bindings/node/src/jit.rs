@@ -163,6 +163,25 @@ fn poll() {
     });
 }
 
+/// Called by the shim around V8's walk for the code an isolate had before it was watched, on
+/// that isolate's thread (`begins` 1, then 0): the pages of node's own file that the walk read
+/// are given back after it (see `pages.rs`).
+#[cfg(pyroscope_node_shim)]
+#[no_mangle]
+pub extern "C" fn pyroscope_node_existing_code_walk(begins: i32) {
+    thread_local! {
+        static BEFORE: std::cell::RefCell<Option<crate::pages::Resident>> = const { std::cell::RefCell::new(None) };
+    }
+    // Never unwind into V8.
+    let _ = catch_unwind(|| {
+        if begins != 0 {
+            BEFORE.set(crate::pages::resident());
+        } else if let Some(before) = BEFORE.take() {
+            crate::pages::release_new(before);
+        }
+    });
+}
+
 /// Gives functions interpreted from now on a frame (and a code event) of their own; functions
 /// interpreted before keep the interpreter's shared frame until V8 compiles them. Nothing
 /// without the shim (fallback mode names frames from V8's own sampler).

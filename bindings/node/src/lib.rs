@@ -19,6 +19,8 @@ mod cped;
 mod heap;
 mod idle;
 mod jit;
+#[cfg(any(pyroscope_node_shim, test))]
+mod pages;
 mod sourcemaps;
 
 /// The Node module ABI (`process.versions.modules`) and version this addon was built for.

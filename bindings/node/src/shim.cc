@@ -21,6 +21,9 @@ void pyroscope_node_code_event(int kind, uint64_t start, uint64_t len, uint64_t 
 void pyroscope_node_heap_node(void* ctx, int depth, const char* name, size_t name_len, const char* script,
                               size_t script_len, int line, int column,
                               const v8::AllocationProfile::Allocation* allocations, size_t count);
+// Implemented in Rust (src/jit.rs): V8's walk for the code that exists begins (1) or ends (0),
+// on the walking isolate's thread.
+void pyroscope_node_existing_code_walk(int begins);
 // Implemented in Rust (src/cped.rs): a garbage collection of the isolate whose labels `cell`
 // reads begins (`start` 1) or ends (0), on the isolate's thread.
 void pyroscope_node_cped_gc(void* cell, int start);
@@ -146,7 +149,9 @@ void pyroscope_node_watch_code(void* isolate, int existing) {
 void pyroscope_node_request_existing_code(void* isolate) {
   static_cast<v8::Isolate*>(isolate)->RequestInterrupt(
       [](v8::Isolate* interrupted, void*) {
+        pyroscope_node_existing_code_walk(1);
         interrupted->SetJitCodeEventHandler(v8::kJitCodeEventEnumExisting, OnCodeEvent);
+        pyroscope_node_existing_code_walk(0);
       },
       nullptr);
 }
