@@ -10,7 +10,7 @@
 //! overlaps (the newest code at an address wins), and moved code is re-keyed. Code events
 //! can still come between a sample and its drain (a compacting collection moves code and puts
 //! other code where it was): every change of the map takes a new generation, each sample
-//! records the generation it saw ([`generation`], in its record's `aux`), and the ranges a
+//! records the generation it saw (`generation()`, in its record's `aux`), and the ranges a
 //! change replaced stay, retired, until no sample can need them (two drains later). A sample
 //! is named by the code that was at its address in its generation.
 //! A sample taken while a compacting collection runs on its thread, after code moved and
