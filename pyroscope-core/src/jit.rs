@@ -43,10 +43,11 @@ struct Retired {
     born: u64,
 }
 
-/// At most this many retired ranges are kept. Past it (code events with no collector draining,
-/// or a collection moving more code than this between two drains) they are all forgotten, and
-/// samples are named by the code at their address now, as without generations.
-const RETIRED_LIMIT: usize = 1 << 16;
+/// At most this many retired ranges are kept (about half a MiB). Past it (code events with no
+/// collector draining, as between a binding's stop and start, or a collection moving more code
+/// than this between two drains) they are all forgotten, and samples are named by the code at
+/// their address now, as without generations.
+const RETIRED_LIMIT: usize = 1 << 13;
 
 /// The code map: live ranges by start, retired ones by (start, generation of their end).
 pub struct Code {
