@@ -175,9 +175,10 @@ pub extern "C" fn pyroscope_node_existing_code_walk(begins: i32) {
     // Never unwind into V8.
     let _ = catch_unwind(|| {
         if begins != 0 {
-            BEFORE.set(crate::pages::resident());
+            BEFORE.set(crate::pages::Resident::executable());
         } else if let Some(before) = BEFORE.take() {
-            crate::pages::release_new(before);
+            before.release_new();
+            crate::pages::release_own_pages();
         }
     });
 }

@@ -471,6 +471,30 @@ pub fn exclude_thread() {
     pyroscope_core::mark_own_thread();
 }
 
+/// One read-only mapping of the node executable as JavaScript read it before loading the
+/// addon: its start and its pages' `/proc/self/pagemap` entries (8 bytes each, native order).
+#[napi(object)]
+pub struct MappingPages {
+    pub start: f64,
+    pub entries: Buffer,
+}
+
+/// Gives back the file pages that loading the addon mapped and will not read again (see
+/// `pages.rs`): node's that became present since `before`, and the addon's own. The bytes
+/// given back.
+#[napi]
+pub fn release_load_pages(before: Vec<MappingPages>) -> f64 {
+    let taken = before
+        .iter()
+        .map(|m| {
+            let entries = m.entries.chunks_exact(8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()));
+            (m.start as usize, entries.collect())
+        })
+        .collect();
+    let node = pages::Resident::from_entries(taken).map_or(0, pages::Resident::release_new);
+    (node + pages::release_own_pages()) as f64
+}
+
 /// Whether the addon was built with V8's JIT code names (the C++ shim); without them the
 /// package names JavaScript frames from V8's own sampling profiler (fallback mode).
 #[napi]
