@@ -4,8 +4,11 @@ the same workloads, in one run, as interleaved child processes (workload.js), me
     python3 bench.py --node NODE --ours-pkg DIR --receiver PATH
                      [--peer-pkg DIR | --peer-error WHY] [--ours-build WHAT] [--only SECTIONS]
 
-SECTIONS: overhead,await-cost,shutdown (the default), or rss: peak RSS alone, the CPU-bound
-workload of the overhead section (`BENCH_NODE_RSS_ONLY=1 benches/node/run.sh`).
+SECTIONS: overhead,await-cost,attribution,shutdown (the default), or rss: peak RSS alone, the
+CPU-bound workload of the overhead section (`BENCH_NODE_RSS_ONLY=1 benches/node/run.sh`).
+attribution: where the profiler's CPU goes, the overhead section's CPU-bound workload under
+`perf record` (Debian's linux-perf, installed when missing and run as root), BENCH_PERF_RUNS
+(default 3) rounds of no profiler and ours.
 
 Every profiled child pushes to its own loopback receiver (tests/receiver, `pyroscope-receiver`),
 whose output is read back to count what arrived (the workload is measured from the child, never
@@ -19,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +38,32 @@ OURS_SYNC = "ours, `asyncLabels: false`"
 OURS_ALL = "ours, `asyncLabels: 'all'`"
 # The issue's figures for the peer on this machine, quoted next to what this run measures.
 PEER_QUOTED = dict(cpu_ratio="1.071", added="+45")
+APT_NEED = os.path.join(HERE, "..", "..", "scripts", "apt-need.sh")
+# The attribution section: perf's sampling (frame pointers: V8's JIT frames keep them, DWARF
+# unwinding does not get through them) and what it sorts samples into, first match wins.
+PERF_RECORD = ["perf", "record", "-F", "1999", "-e", "cpu-clock", "--call-graph", "fp", "-k", "CLOCK_MONOTONIC"]
+OUR_THREADS = "pyroscope-"  # pyroscope-collect, -upload, -capture (perf shows 15 characters)
+OUR_ADDON = "/index.node"
+# The kernel, the C and C++ runtimes, the dynamic loader: a sample whose leaf is in one of them
+# belongs to the first frame outside them.
+SYSTEM_DSOS = ("[kernel", "[vdso]", "libc.so", "libm.so", "libstdc++.so", "libgcc_s.so", "ld-linux", "libpthread")
+HEAP_SAMPLER = ("v8::internal::SamplingHeapProfiler::",)
+CODE_EVENTS = (
+    "v8::internal::ExistingCodeLogger::",
+    "v8::internal::CodeEventLogger::",
+    "v8::internal::JitLogger::",
+    "v8::internal::V8FileLogger::SetCodeEventHandler",
+    "pyroscope_node_request_existing_code",
+    "v8::internal::String::ToCString",
+    "CalculateLineEnds",
+)
+# (key, row): the attribution table's rows, in the order samples are sorted into them.
+WHERE = [
+    ("ours", f"our addon and threads (leaf in `index.node`, or threads `{OUR_THREADS}*`)"),
+    ("heap", "V8's sampling heap profiler (`SamplingHeapProfiler::*` on the stack)"),
+    ("code", "code events (`ExistingCodeLogger::*`, `String::ToCString`, `CalculateLineEnds`, ... on the stack)"),
+    ("kernel", "the kernel, outside the rows above (signal delivery, page faults, ...)"),
+]
 
 _spec = importlib.util.spec_from_file_location("python_bench", os.path.join(HERE, "..", "python", "bench.py"))
 python_bench = importlib.util.module_from_spec(_spec)
@@ -77,9 +107,83 @@ class Receiver(python_bench.Receiver):
         return got
 
 
-def run_child(node, cfg, timeout):
-    """Runs workload.js once (see the Python rows' run_child)."""
-    return python_bench.run_child(node, cfg, timeout, workload=WORKLOAD, end_key="work_end")
+def run_child(node, cfg, timeout, prefix=()):
+    """Runs workload.js once, after the command `prefix` if given (see the Python rows' run_child)."""
+    return python_bench.run_child(node, cfg, timeout, workload=WORKLOAD, end_key="work_end", prefix=prefix)
+
+
+def perf_samples(path):
+    """The samples of a `perf record` file as (comm, time, frames), frames leaf first as
+    (ip, symbol, dso); None when `perf script` fails."""
+    proc = subprocess.Popen(
+        ["perf", "script", "-i", path, "-F", "comm,tid,time,ip,sym,dso", "--ns"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    )
+    samples, head, frames = [], None, []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("\t"):
+            # "\t    7fb8e401cfdb v8::internal::Foo(int, int) (/usr/bin/node)": symbols have spaces.
+            ip, _, rest = line.strip().partition(" ")
+            sym, _, dso = rest.rpartition(" (")
+            frames.append((int(ip, 16), sym, dso.rstrip(")")))
+        elif line.strip():
+            # "node  8468 30076.256355518: ": a thread name may have spaces too.
+            if head is not None:
+                samples.append((*head, frames))
+            words = line.split()
+            head, frames = (" ".join(words[:-2]), float(words[-1].rstrip(":"))), []
+    if head is not None:
+        samples.append((*head, frames))
+    return samples if proc.wait() == 0 else None
+
+
+def is_kernel(frame):
+    return frame[2].startswith("[kernel") or frame[0] >= 0xFFFF800000000000
+
+
+def where(comm, frames):
+    """The WHERE key a sample goes to, or None (the program's own work)."""
+    if comm.startswith(OUR_THREADS):
+        return "ours"
+    # Whose code the leaf is: the first frame outside the system's libraries (frames perf could
+    # not name skipped; our addon has no frame pointers, so its callers are often lost).
+    owner = next((f for f in frames if f[2] != "[unknown]" and not f[2].startswith(SYSTEM_DSOS)), None)
+    if owner is not None and owner[2].endswith(OUR_ADDON):
+        return "ours"
+    if any(f[1].startswith(HEAP_SAMPLER) for f in frames):
+        return "heap"
+    if any(key in f[1] for f in frames for key in CODE_EVENTS):
+        return "code"
+    if frames and is_kernel(frames[0]):
+        return "kernel"
+    return None
+
+
+def perf_shares(path, phase):
+    """Each WHERE key's share of a `perf record` file's samples, over the process's life and over
+    `phase` (its CLOCK_MONOTONIC start and end), plus the sample count; None when perf fails."""
+    samples = perf_samples(path)
+    if not samples:
+        return None
+    keys = [key for key, _ in WHERE]
+    life, inside = dict.fromkeys(keys, 0), dict.fromkeys(keys, 0)
+    in_phase = 0
+    for comm, t, frames in samples:
+        key = where(comm, frames)
+        within = phase[0] <= t <= phase[1]
+        in_phase += within
+        if key is not None:
+            life[key] += 1
+            inside[key] += within
+    return dict(
+        samples=len(samples),
+        life={k: v / len(samples) for k, v in life.items()},
+        phase={k: v / max(1, in_phase) for k, v in inside.items()},
+    )
 
 
 class Bench:
@@ -89,8 +193,9 @@ class Bench:
         self.seconds = float(os.environ.get("BENCH_SECONDS", "5"))
         self.peer = args.peer_pkg
 
-    def measure(self, cfg, server=None, timeout=None):
-        """One child run with a fresh receiver (unless `server` is given or sdk is none)."""
+    def measure(self, cfg, server=None, timeout=None, prefix=()):
+        """One child run with a fresh receiver (unless `server` is given or sdk is none), after the
+        command `prefix` if given."""
         cfg = dict(cfg)
         rec = None
         if cfg["sdk"] != "none":
@@ -101,7 +206,7 @@ class Bench:
             else:
                 cfg["server"] = server
         try:
-            m = run_child(self.args.node, cfg, timeout or 60 + 20 * self.seconds)
+            m = run_child(self.args.node, cfg, timeout or 60 + 20 * self.seconds, prefix)
         finally:
             got = rec.stop() if rec else None
         if m is not None:
@@ -342,6 +447,109 @@ class Bench:
             f"`wrapWithLabels`, no agent, process CPU time, medians of {self.runs}): " + ", ".join(cells) + extra
         )
 
+    def perf_unavailable(self):
+        """None when `perf record` works here, else why not; installs Debian's linux-perf when
+        perf is missing and this runs as root (scripts/apt-need.sh, as `make test`'s tools)."""
+        if shutil.which("perf") is None:
+            if os.geteuid() != 0 or shutil.which("apt-get") is None:
+                return "perf is missing: install Debian's linux-perf (this section does, as root with apt-get)"
+            p = subprocess.run(
+                [APT_NEED, "perf", "linux-perf", "the Node rows' CPU attribution"], capture_output=True, text=True
+            )
+            said = (p.stdout + p.stderr).strip().splitlines()
+            log("\n".join(said))
+            if p.returncode != 0:
+                return f"perf is missing and could not be installed ({said[-1] if said else f'exit {p.returncode}'})"
+        fd, path = tempfile.mkstemp(prefix="nodebench-perf-", suffix=".data")
+        os.close(fd)
+        try:
+            p = subprocess.run([*PERF_RECORD, "-o", path, "--", "true"], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return "`perf record` did not end in 60 s on `true`"
+        finally:
+            os.unlink(path)
+        if p.returncode != 0:
+            why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+            return f"`perf record` fails here ({why.strip()})"
+        return None
+
+    def perf_run(self, cfg):
+        """One child run under PERF_RECORD: perf_shares of its samples, the measured phase being
+        the workload's timed one; None when the run or perf failed."""
+        fd, path = tempfile.mkstemp(prefix="nodebench-perf-", suffix=".data")
+        os.close(fd)
+        try:
+            m = self.measure(cfg, prefix=[*PERF_RECORD, "-q", "-o", path, "--"])
+            if m is None or "killed" in m:
+                return None
+            return perf_shares(path, (m["work_end"] - m["wall"], m["work_end"]))
+        finally:
+            os.unlink(path)
+
+    def attribution_section(self):
+        """Where the profiler's CPU goes: the overhead section's CPU-bound workload under perf's
+        sampling, no profiler and ours interleaved, each sample sorted into WHERE."""
+        rounds = max(1, int(os.environ.get("BENCH_PERF_RUNS", "3")))
+        why = self.perf_unavailable()
+        if why:
+            log(f"warning: the CPU attribution could not run: {why}")
+            print(f"\n### Where the profiler's CPU goes\n\nNot measured: {why}.")
+            return
+        units, _ = self.units_for("cpu", self.seconds)
+        got = {"none": [], OURS: []}
+        for r in range(rounds):
+            for name, cfg in (("none", dict(sdk="none")), (OURS, dict(sdk="ours"))):
+                log(f"run {r + 1}/{rounds}, attribution (perf), {name}")
+                got[name].append(self.perf_run(dict(work="cpu", units=units, **cfg)))
+        pairs = [(b, m) for b, m in zip(got["none"], got[OURS]) if b and m]
+        print(
+            f"\n### Where the profiler's CPU goes (CPU-bound: {units:,} units, 100 Hz; the whole process under "
+            f"`{' '.join(PERF_RECORD)}`; medians of {rounds} interleaved rounds)\n"
+        )
+        print(
+            "Every sample of the process (each thread, the kernel's part included; in the measured phase: "
+            "the overhead section's timed work alone, without start-up, warm-up and `stop()`) goes to the "
+            "first of these rows that it fits, else to the program's own work: our addon and threads; "
+            "V8's sampling heap profiler, which ours starts for heap profiles; V8's code events, the "
+            "walk over existing code that names JavaScript frames at `start()` and the events for new "
+            "code; the kernel, whose share without a profiler is subtracted (what ours adds there: the "
+            "timer signals' delivery, page faults). A share of the profiled process's samples is the "
+            "profiler's part of its CPU time, read from one run's own samples, so the run-to-run noise "
+            "of the overhead section's timed ratios does not enter it; perf's own sampling adds the same to both runs."
+        )
+        print()
+        if not pairs:
+            print(f"Not measured: no round gave both runs' samples ({rounds} rounds; see the log).")
+            return
+        print(
+            "| where | no profiler, % of samples | ours, % of samples | added, points: median (each round) "
+            "| added in the measured phase, points |"
+        )
+        print("|---|---|---|---|---|")
+        totals, phase_totals = [0.0] * len(pairs), [0.0] * len(pairs)
+        for key, row in WHERE:
+            added = [(m["life"][key] - b["life"][key]) * 100 for b, m in pairs]
+            phase = [(m["phase"][key] - b["phase"][key]) * 100 for b, m in pairs]
+            totals = [t + a for t, a in zip(totals, added)]
+            phase_totals = [t + a for t, a in zip(phase_totals, phase)]
+            none = statistics.median(b["life"][key] for b, _ in pairs) * 100
+            ours = statistics.median(m["life"][key] for _, m in pairs) * 100
+            each = ", ".join(f"{a:+.2f}" for a in added)
+            print(
+                f"| {row} | {none:.2f} | {ours:.2f} | {statistics.median(added):+.2f} ({each}) "
+                f"| {statistics.median(phase):+.2f} |"
+            )
+        each = ", ".join(f"{t:+.2f}" for t in totals)
+        total, phase_total = statistics.median(totals), statistics.median(phase_totals)
+        print(f"| total | | | {total:+.2f} ({each}) | {phase_total:+.2f} |")
+        samples = statistics.median(m["samples"] for _, m in pairs)
+        print()
+        print(
+            f"- where ours' CPU goes (CPU-bound, perf): {total:.2f}% of the process's samples over its life, "
+            f"{phase_total:.2f}% over the measured phase (the target, a CPU ratio of at most 1.01, is about "
+            f"1 point); medians of {len(pairs)} rounds of about {samples:,.0f} samples a run"
+        )
+
     def shutdown_section(self):
         units, _ = self.units_for("cpu", 1.0)
         modes = self.peer_modes([("none", dict(sdk="none")), (OURS, dict(sdk="ours")), (PEER, dict(sdk="peer"))])
@@ -374,7 +582,7 @@ def main():
     ap.add_argument("--receiver", required=True)
     ap.add_argument("--peer-pkg")
     ap.add_argument("--peer-error", default="not given")
-    ap.add_argument("--only", default="overhead,await-cost,shutdown")
+    ap.add_argument("--only", default="overhead,await-cost,attribution,shutdown")
     args = ap.parse_args()
     # The children run in the temporary folder: absolute paths.
     for name in ("node", "ours_pkg", "receiver", "peer_pkg"):
@@ -391,6 +599,8 @@ def main():
         if "overhead" not in only:
             print()
         bench.await_cost_section()
+    if "attribution" in only:
+        bench.attribution_section()
     if "shutdown" in only:
         bench.shutdown_section()
     print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end of the Node rows.")

@@ -2,6 +2,7 @@
 # The Node rows of `make bench` (Markdown on stdout, progress on stderr):
 #   benches/node/run.sh
 #   BENCH_NODE_RSS_ONLY=1 benches/node/run.sh   # peak RSS alone (CPU-bound workload), printed
+#   BENCH_NODE_ONLY=attribution benches/node/run.sh   # some sections (bench.py's --only)
 # Makes what they need first, each step bounded: our package installed as users install it
 # (`npm install` in bindings/node, whose install script builds the addon, release),
 # @pyroscope/nodejs 0.6.4 from npm in target/node-bench/peer (for the benchmark only: nothing
@@ -70,5 +71,8 @@ timeout 1800 cargo build --release -q -p pyroscope-receiver
 # BENCH_NODE_RSS_ONLY=1: peak RSS alone (the CPU-bound workload), printed, for quick looks.
 only=()
 [ -n "${BENCH_NODE_RSS_ONLY:-}" ] && only=(--only rss)
+# BENCH_NODE_ONLY=SECTIONS: those of bench.py's sections alone (e.g. attribution: where the
+# profiler's CPU goes, under perf).
+[ -n "${BENCH_NODE_ONLY:-}" ] && only=(--only "$BENCH_NODE_ONLY")
 python3 benches/node/bench.py --node "$node" --ours-pkg "$root/bindings/node" --ours-build "$ours_build" \
   --receiver "$root/target/release/pyroscope-receiver" "${peer_args[@]}" "${only[@]}"
