@@ -9,7 +9,7 @@
 // the SDK's `wrapWithLabels`), `pkg` (the SDK's directory, required as users require it),
 // `server` (URL), `asyncLabels` (ours: false or 'all'), `end` ("stop":
 // `await stop()` after the work, timed, and `await null` there with no profiler, so that both
-// runs end the same way; "exit": the script just ends), `warmup` (seconds).
+// runs end the same way; "exit": the script just ends), `warmup` (seconds, default 1).
 //
 // Prints one JSON line: `cpu` (the process's user+sys CPU seconds over the measured phase,
 // every thread included), `wall` (its seconds), `stop` (seconds inside `await stop()`, or
@@ -114,8 +114,9 @@ let sink = 0;
 
 async function main() {
   const cpuWork = cfg.work === 'cpu';
-  // Warm up (not measured): the JIT, and the profiler's first moments.
-  const deadline = now() + (cfg.warmup ?? 0.3);
+  // Warm up (not measured): the JIT, and the profilers' start-up work (ours names the code V8
+  // compiled before its start once the main thread has used 0.5 s of CPU time).
+  const deadline = now() + (cfg.warmup ?? 1.0);
   for (let i = 0; now() < deadline; i++) sink += cpuWork ? cpuUnit(i) : await awaitWork(CONCURRENCY);
 
   const c0 = cpuNow();
