@@ -34,6 +34,10 @@ WORKLOAD = os.path.join(HERE, "workload.js")
 AWAIT_COST = os.path.join(HERE, "await-cost.js")
 PEER = "@pyroscope/nodejs 0.6.4"
 OURS = "ours"
+# Seconds of the same work before each measured phase (unless a section sets its own): past the
+# JIT's warm-up and ours' one-time naming of the code compiled before `start()`, which comes
+# once the main thread has used 0.5 s of CPU time (bindings/node/src/jit.rs).
+WARMUP = 1.0
 OURS_SYNC = "ours, `asyncLabels: false`"
 OURS_ALL = "ours, `asyncLabels: 'all'`"
 # The issue's figures for the peer on this machine, quoted next to what this run measures.
@@ -197,6 +201,7 @@ class Bench:
         """One child run with a fresh receiver (unless `server` is given or sdk is none), after the
         command `prefix` if given."""
         cfg = dict(cfg)
+        cfg.setdefault("warmup", WARMUP)
         rec = None
         if cfg["sdk"] != "none":
             cfg["pkg"] = self.peer if cfg["sdk"] == "peer" else self.args.ours_pkg
@@ -248,9 +253,9 @@ class Bench:
             "(installed in target/ for the benchmark only), each loaded with `require`, then "
             "`init({appName, serverAddress, flushIntervalMs: 10000})` and `start()` (both sample at "
             "100 Hz by default), pushing to the loopback test receiver; the measured phase follows "
-            "1 s of the same work (the warm-up: the JIT's, and the profilers' start-up work, ours' "
-            "one-time naming of the code V8 compiled before `start()` included, about 6 ms, done once "
-            "the main thread has used 0.5 s of CPU time); medians of "
+            f"{WARMUP:g} s of the same work (the warm-up: the JIT's, and the profilers' start-up work, "
+            "ours' one-time naming of the code V8 compiled before `start()` included, done once the "
+            "main thread has used 0.5 s of CPU time); medians of "
             f"{self.runs} interleaved runs, every configuration in the same run; each ratio is "
             "against the no-profiler row of its own workload (ratio of medians), and per run against "
             "the no-profiler run of the same round (median, lowest and highest: the spread). CPU: the "

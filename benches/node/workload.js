@@ -9,7 +9,7 @@
 // the SDK's `wrapWithLabels`), `pkg` (the SDK's directory, required as users require it),
 // `server` (URL), `asyncLabels` (ours: false or 'all'), `end` ("stop":
 // `await stop()` after the work, timed, and `await null` there with no profiler, so that both
-// runs end the same way; "exit": the script just ends), `warmup` (seconds, default 1).
+// runs end the same way; "exit": the script just ends), `warmup` (seconds; bench.py sets it).
 //
 // Prints one JSON line: `cpu` (the process's user+sys CPU seconds over the measured phase,
 // every thread included), `wall` (its seconds), `stop` (seconds inside `await stop()`, or
