@@ -85,9 +85,9 @@ fn symbolic(key: u64) -> Symbol {
 /// The samples of one window.
 pub(crate) struct Window {
     pub start: SystemTime,
-    stacks: HashMap<Arc<[u64]>, u32>,
+    stacks: FxHashMap<Arc<[u64]>, u32>,
     stack_list: Vec<Arc<[u64]>>,
-    cpu: HashMap<(u32, u32), u64>,
+    cpu: FxHashMap<(u32, u32), u64>,
     /// Samples put on the overflow stack because the stack table was full.
     pub overflowed: u64,
     /// Samples whose stack was cut short.
@@ -100,9 +100,9 @@ impl Window {
     pub fn new(start: SystemTime) -> Self {
         Window {
             start,
-            stacks: HashMap::new(),
+            stacks: FxHashMap::default(),
             stack_list: Vec::new(),
-            cpu: HashMap::new(),
+            cpu: FxHashMap::default(),
             overflowed: 0,
             truncated: 0,
             total_weight: 0,
@@ -126,6 +126,12 @@ impl Window {
         self.stack_list.push(stack.clone());
         self.stacks.insert(stack, id);
         id
+    }
+
+    /// The code addresses of this window's stacks, for [`Symbolizer::prefetch`] (the
+    /// collector notes a window's CPU and wall addresses in one batch).
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stack_list.iter().flat_map(|s| s.iter().copied()).filter(|k| k & SYMBOLIC == 0)
     }
 
     /// Adds a CPU sample: `stack` leaf first, `weight` in timer periods.
@@ -217,8 +223,7 @@ impl Window {
         let len_ns = end.duration_since(self.start).unwrap_or_default().as_nanos() as i64;
         b.time(start_ns, len_ns);
         let mut label_cache: HashMap<u32, Vec<labels::Label>> = HashMap::new();
-        let addresses = self.stack_list.iter().flat_map(|s| s.iter().copied()).filter(|k| k & SYMBOLIC == 0);
-        symbolizer.prefetch(addresses, snapshot);
+        symbolizer.prefetch(self.addresses(), snapshot);
         let mut entries: Vec<_> = self.cpu.iter().collect();
         entries.sort_unstable_by_key(|(k, _)| **k);
         for ((stack_id, label_id), weight) in entries {

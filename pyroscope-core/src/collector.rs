@@ -381,6 +381,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 .chain(allocs.label_ids())
                 .chain(captures.iter().flat_map(|c| c.window.label_ids()))
                 .collect();
+            // One batch for both profiles: a large module's symbol tables are read once.
+            symbolizer.prefetch(closed.addresses().chain(closed_wall.addresses()), unwind::current());
             if !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 #[cfg(feature = "test-hooks")]

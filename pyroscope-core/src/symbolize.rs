@@ -23,7 +23,7 @@
 mod dwarf;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -244,8 +244,19 @@ impl Symbolizer {
 
     /// The symbol table's name for the function holding `place`, demangled.
     fn symbol_name(&mut self, place: &Place) -> Option<Arc<str>> {
-        let raw = self.index(&place.path)?.function_name(place.probe)?;
-        Some(self.intern(&clean(&addr2line::demangle_auto(Cow::Owned(raw), None))))
+        let index = self.index(&place.path)?;
+        let f = index.function(place.probe)?;
+        if let Some(name) = index.names.get(&f.name) {
+            return Some(name.clone());
+        }
+        let raw = index.name_of(f)?;
+        let name = self.intern(&clean(&addr2line::demangle_auto(Cow::Owned(raw), None)));
+        let index = self.index(&place.path)?;
+        if index.names.len() >= MAX_NAMES {
+            index.names.clear();
+        }
+        index.names.insert(f.name, name.clone());
+        Some(name)
     }
 
     /// A symbolizer with all the time it needs for debug info.
@@ -431,28 +442,70 @@ const STREAMED_ABOVE: usize = 1 << 15;
 /// A large module's symbol tables, read once per batch of addresses instead of kept as an
 /// index (Node's would hold 1.3 MB for the life of the process): the batch's addresses are
 /// noted first ([`Symbolizer::prefetch`]), then one pass over the tables finds the function
-/// of each. An address met outside a batch costs a pass of its own.
+/// of each. A pass also tells, for each address, how far its answer holds (up to the next
+/// symbol's start): those spans are kept across batches, so an address in a function met
+/// before needs no pass, and a long-running program's windows, whose new addresses mostly
+/// lie in functions already seen, seldom read the tables again. An address met outside a
+/// batch and outside every span costs a pass of its own.
 struct Streamed {
     tables: Vec<SymbolTable>,
     /// This batch's answers: the function holding each address noted, if any.
     found: FxHashMap<u64, Option<Function>>,
     /// Addresses noted for the next pass.
     pending: Vec<u64>,
+    /// What earlier passes found, by the start of each span (see [`Span`]); at most
+    /// `span_limit` ([`MAX_SPANS`]), emptied when full.
+    spans: BTreeMap<u64, Span>,
+    span_limit: usize,
+    /// Passes over the tables so far.
+    passes: u64,
 }
 
+/// Addresses from a span's start (its function's start, or 0 below every symbol) up to `end`
+/// (the next symbol's start) all have the same greatest symbol start at or below them, so
+/// one answer serves them all: `function` if the address lies within its size, else none.
+#[derive(Clone, Copy)]
+struct Span {
+    end: u64,
+    /// The symbol with the greatest start at or below the span's addresses, its size as the
+    /// index reads it (a size-0 entry reaches to the next start).
+    function: Option<Function>,
+}
+
+impl Span {
+    fn answer(&self, probe: u64) -> Option<Function> {
+        self.function.filter(|f| probe - f.start < u64::from(f.size))
+    }
+}
+
+/// Spans kept per streamed module: 4096 are about 200 KB, more than the functions a
+/// program's hot paths touch.
+const MAX_SPANS: usize = 4096;
+
 impl Streamed {
-    /// The function holding each of `probes` (sorted, distinct), as the index of the same
-    /// tables would give it: the entry with the greatest start at or below the address, the
-    /// first table's (and within it the first symbol's) for a start several have, a size-0
-    /// entry reaching to the next start. One pass over each table, remembering for each gap
-    /// between two probes the greatest start in it.
-    fn resolve(&self, file: &File, probes: &[u64]) -> Option<Vec<Option<Function>>> {
-        let mut best: Vec<Option<Function>> = vec![None; probes.len()];
+    /// The answer an earlier pass gives for `probe`, if a kept span covers it.
+    fn known(&self, probe: u64) -> Option<Option<Function>> {
+        let (_, span) = self.spans.range(..=probe).next_back()?;
+        (probe < span.end).then(|| span.answer(probe))
+    }
+
+    /// The span of each of `probes` (sorted, distinct): the symbol holding it as the index of
+    /// the same tables would give it (the entry with the greatest start at or below the
+    /// address, the first table's, and within it the first symbol's, for a start several
+    /// have; a size-0 entry reaching to the next start), and the next start above it. One
+    /// pass over each table, remembering for each gap between two probes the greatest and
+    /// the least start in it.
+    fn resolve(&self, file: &File, probes: &[u64]) -> Option<Vec<(u64, Span)>> {
+        let n = probes.len();
+        // Gap i holds the starts in (probes[i - 1], probes[i]]; gap n those above the last.
+        let mut best: Vec<Option<Function>> = vec![None; n];
+        let mut least = vec![u64::MAX; n + 1];
         let mut last_start = 0;
         for table in &self.tables {
             table.each_function(file, |f| {
                 last_start = last_start.max(f.start);
                 let i = probes.partition_point(|p| *p < f.start);
+                least[i] = least[i].min(f.start);
                 if let Some(slot) = best.get_mut(i) {
                     if slot.is_none_or(|b| f.start > b.start) {
                         *slot = Some(f);
@@ -460,24 +513,33 @@ impl Streamed {
                 }
             })?;
         }
+        // The least start above probes[k] is the least of gaps k + 1 ..= n.
+        let mut next_above = vec![u64::MAX; n];
+        let mut m = u64::MAX;
+        for k in (0..n).rev() {
+            m = m.min(least[k + 1]);
+            next_above[k] = m;
+        }
         let mut holder: Option<Function> = None;
-        let found = probes
-            .iter()
-            .zip(best)
-            .map(|(&probe, gap)| {
+        let spans = best
+            .into_iter()
+            .zip(next_above)
+            .map(|(gap, end)| {
                 holder = gap.or(holder);
-                let f = holder?;
-                // A size-0 entry reaches to the next start, which lies above `probe` (else it
-                // would be the holder); the last entry of all covers its start alone.
-                let size = match f.size {
-                    0 if f.start < last_start => u32::MAX,
-                    0 => 1,
-                    size => size,
-                };
-                (probe - f.start < u64::from(size)).then_some(f)
+                let function = holder.map(|f| Function {
+                    // A size-0 entry reaches to the next start, which lies above the span's
+                    // addresses; the last entry of all covers its start alone.
+                    size: match f.size {
+                        0 if f.start < last_start => u32::MAX,
+                        0 => 1,
+                        size => size,
+                    },
+                    ..f
+                });
+                (function.map_or(0, |f| f.start), Span { end, function })
             })
             .collect();
-        Some(found)
+        Some(spans)
     }
 }
 
@@ -493,7 +555,14 @@ struct FileIndex {
     units: Option<dwarf::UnitIndex>,
     /// Open during a batch, to read names; closed by [`Symbolizer::release`].
     file: Option<File>,
+    /// Demangled names by their offset in the file (every address of a function met again
+    /// is named without reading and demangling its name again); at most [`MAX_NAMES`],
+    /// emptied when full.
+    names: FxHashMap<u32, Arc<str>>,
 }
+
+/// Demangled names kept per module: 8192 are about 200 KB with their table.
+const MAX_NAMES: usize = 8192;
 
 impl FileIndex {
     /// Reads the file's headers and its function symbols. The symbol tables are streamed
@@ -545,7 +614,14 @@ impl FileIndex {
             table.each_function(&file, |_| count += 1)?;
         }
         if count > stream_above {
-            let streamed = Streamed { tables, found: FxHashMap::default(), pending: Vec::new() };
+            let streamed = Streamed {
+                tables,
+                found: FxHashMap::default(),
+                pending: Vec::new(),
+                spans: BTreeMap::new(),
+                span_limit: MAX_SPANS,
+                passes: 0,
+            };
             return Some(FileIndex {
                 path: path.clone(),
                 loads,
@@ -554,6 +630,7 @@ impl FileIndex {
                 has_dwarf,
                 units: None,
                 file: Some(file),
+                names: FxHashMap::default(),
             });
         }
         // One entry per start address; the first table wins (.symtab names local functions
@@ -587,6 +664,7 @@ impl FileIndex {
             has_dwarf,
             units: None,
             file: Some(file),
+            names: FxHashMap::default(),
         })
     }
 
@@ -596,6 +674,8 @@ impl FileIndex {
             + self.loads.capacity() * std::mem::size_of::<Load>()
             + self.functions.capacity() * std::mem::size_of::<Function>()
             + self.units.as_ref().map_or(0, dwarf::UnitIndex::bytes)
+            + self.streamed.as_ref().map_or(0, |s| s.spans.len() * (8 + std::mem::size_of::<Span>()))
+            + self.names.capacity() * (4 + std::mem::size_of::<Arc<str>>())
     }
 
     /// The file address of a file offset, through the segment that loads it.
@@ -604,10 +684,11 @@ impl FileIndex {
         Some(offset - l.offset + l.vaddr)
     }
 
-    /// Notes `probe` for the next pass over a streamed module's tables.
+    /// Notes `probe` for the next pass over a streamed module's tables, unless a kept span
+    /// answers it.
     fn note(&mut self, probe: u64) {
         if let Some(s) = &mut self.streamed {
-            if !s.found.contains_key(&probe) {
+            if !s.found.contains_key(&probe) && s.known(probe).is_none() {
                 s.pending.push(probe);
             }
         }
@@ -625,9 +706,20 @@ impl FileIndex {
         if self.file.is_none() {
             self.file = File::open(&*self.path).ok();
         }
-        let found = self.file.as_ref().and_then(|file| s.resolve(file, &probes));
-        let found = found.unwrap_or_else(|| vec![None; probes.len()]);
-        s.found.extend(probes.into_iter().zip(found));
+        s.passes += 1;
+        let Some(spans) = self.file.as_ref().and_then(|file| s.resolve(file, &probes)) else {
+            s.found.extend(probes.into_iter().map(|p| (p, None)));
+            return;
+        };
+        if s.spans.len() + spans.len() > s.span_limit {
+            s.spans.clear();
+        }
+        for (probe, (start, span)) in probes.into_iter().zip(spans) {
+            s.found.insert(probe, span.answer(probe));
+            if s.spans.len() < s.span_limit {
+                s.spans.insert(start, span);
+            }
+        }
     }
 
     /// The function holding `probe`.
@@ -635,14 +727,16 @@ impl FileIndex {
         if self.streamed.is_some() {
             self.note(probe);
             self.resolve_pending();
-            return self.streamed.as_ref()?.found.get(&probe).copied().flatten();
+            let s = self.streamed.as_ref()?;
+            return s.found.get(&probe).copied().or_else(|| s.known(probe)).flatten();
         }
         let i = self.functions.partition_point(|f| f.start <= probe).checked_sub(1)?;
         let f = self.functions[i];
         (probe - f.start < u64::from(f.size)).then_some(f)
     }
 
-    /// Forgets what was found for the batch (streamed modules) and closes the file.
+    /// Forgets what was found for the batch (streamed modules; the spans stay) and closes the
+    /// file.
     fn release(&mut self) {
         self.file = None;
         if let Some(s) = &mut self.streamed {
@@ -652,8 +746,14 @@ impl FileIndex {
     }
 
     /// The raw (mangled) name of the function holding `probe`.
+    #[cfg(test)]
     fn function_name(&mut self, probe: u64) -> Option<String> {
         let f = self.function(probe)?;
+        self.name_of(f)
+    }
+
+    /// The raw (mangled) name of `f`, read from the file.
+    fn name_of(&mut self, f: Function) -> Option<String> {
         if self.file.is_none() {
             self.file = File::open(&*self.path).ok();
         }
@@ -1076,7 +1176,8 @@ mod tests {
         let expected: Vec<Option<(u64, String)>> =
             probes.iter().map(|&p| index.function(p).map(|f| (f.start, index.function_name(p).unwrap()))).collect();
         assert!(expected.iter().filter(|e| e.is_none()).count() > 2, "some probes lie outside every function");
-        // One batch.
+        // One batch, all its spans kept.
+        streamed.streamed.as_mut().unwrap().span_limit = usize::MAX;
         for &p in &probes {
             streamed.note(p);
         }
@@ -1089,10 +1190,46 @@ mod tests {
             .map(|&p| streamed.function(p).map(|f| (f.start, streamed.function_name(p).unwrap())))
             .collect();
         assert!(got == expected, "batched answers differ from the index's");
-        // One at a time, after the batch is forgotten.
+        // One at a time, after the batch is forgotten: the spans kept answer them, and other
+        // addresses of the same functions, without another pass.
         streamed.release();
+        let passes = |s: &FileIndex| s.streamed.as_ref().unwrap().passes;
+        assert_eq!(passes(&streamed), 1);
         for (&p, want) in probes.iter().zip(&expected).step_by(97) {
             assert_eq!(streamed.function(p).map(|f| (f.start, streamed.function_name(p).unwrap())), *want, "{p:#x}");
+        }
+        let insides: Vec<u64> = index.functions.iter().step_by(7).map(|f| f.start + u64::from(f.size) / 3).collect();
+        for &p in &insides {
+            let want = index.function(p).map(|f| f.start);
+            assert_eq!(streamed.function(p).map(|f| f.start), want, "{p:#x}");
+        }
+        assert_eq!(passes(&streamed), 1, "addresses inside functions found before need no pass");
+        // A function no probe came near needs a pass, and is named as the index names it.
+        let far = index.functions.iter().skip(3).step_by(7).find(|f| f.size > 2).unwrap();
+        let p = far.start + 1;
+        assert_eq!(streamed.function(p).map(|f| f.start), Some(far.start));
+        assert_eq!(passes(&streamed), 2);
+    }
+
+    /// Kept spans stay within their limit, and what a full set forgets is found again.
+    #[test]
+    fn kept_spans_are_bounded() {
+        let path: Arc<str> = Arc::from(std::env::current_exe().unwrap().to_str().unwrap());
+        let index = FileIndex::build_with(&path, usize::MAX).unwrap();
+        let mut streamed = FileIndex::build_with(&path, 0).unwrap();
+        streamed.streamed.as_mut().unwrap().span_limit = 8;
+        let probes: Vec<u64> = index.functions.iter().step_by(11).take(100).map(|f| f.start).collect();
+        for batch in probes.chunks(5) {
+            for &p in batch {
+                streamed.note(p);
+            }
+            streamed.resolve_pending();
+            streamed.release();
+            assert!(streamed.streamed.as_ref().unwrap().spans.len() <= 8);
+        }
+        for &p in &probes {
+            assert_eq!(streamed.function(p).map(|f| f.start), Some(p), "{p:#x}");
+            streamed.release();
         }
     }
 
@@ -1105,6 +1242,7 @@ mod tests {
             has_dwarf: false,
             units: None,
             file: None,
+            names: FxHashMap::default(),
         };
         index.function_name(f.start).unwrap()
     }

@@ -61,6 +61,14 @@ impl Drop for ErrnoGuard {
     }
 }
 
+/// The link count of `/proc/self/task`: the kernel reports it as 2 plus the process's thread
+/// count, so one `stat` tells whether threads came or went without reading the directory
+/// (which instantiates an entry per thread).
+pub(crate) fn task_links() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/task").ok().map(|m| m.nlink())
+}
+
 /// Thread ids of this process, from `/proc/self/task`.
 pub(crate) fn list_threads() -> io::Result<Vec<i32>> {
     let mut tids = Vec::new();

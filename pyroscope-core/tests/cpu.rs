@@ -267,3 +267,46 @@ fn accuracy_run(attempt: usize) -> Vec<(Clock, String)> {
     }
     errors
 }
+
+#[inline(never)]
+fn exiting_worker(d: Duration) -> u64 {
+    spin_cpu(d)
+}
+
+#[inline(never)]
+fn replacing_worker(d: Duration) -> u64 {
+    spin_cpu(d)
+}
+
+/// A thread that starts as a sampled one exits leaves the thread count as it was: the scan
+/// must still list the threads (the exited thread's timer is dead), not wait for its backstop.
+#[test]
+fn a_thread_started_as_another_exits_is_sampled() {
+    let _g = crate::agent_lock();
+    for attempt in 1..=ACCURACY_ATTEMPTS {
+        let dir = temp_dir(&format!("replacing-{attempt}"));
+        let agent = AgentBuilder::new("replacing").export_dir(&dir).sample_rate(1000).memory(false).start().unwrap();
+        // Neither thread registers itself (no labels): only a scan finds it.
+        std::thread::spawn(|| exiting_worker(Duration::from_millis(300))).join().unwrap();
+        let clock = std::thread::spawn(|| {
+            let start = Clock::now();
+            replacing_worker(Duration::from_millis(400));
+            start.elapsed()
+        })
+        .join()
+        .unwrap();
+        agent.stop();
+        let flat: Vec<Flat> = read_profiles(&dir).iter().flat_map(|(_, p)| flatten(p)).collect();
+        let cpu_of = |name: &str| -> i64 {
+            flat.iter().filter(|f| f.stack.iter().any(|s| s.contains(name))).map(|f| f.values[1]).sum()
+        };
+        assert!(cpu_of("exiting_worker") > 0, "the first thread was never sampled");
+        // Found by the first scan after the first thread exits (every 100 ms); the backstop
+        // would find it after a second, when it is done.
+        match cpu_within("replacing thread", cpu_of("replacing_worker"), clock, Duration::from_millis(1), 0.5, 1.1) {
+            Ok(()) => return,
+            Err(e) if clock.overloaded() && attempt < ACCURACY_ATTEMPTS => eprintln!("overloaded, again: {e}"),
+            Err(e) => panic!("attempt {attempt}: {e}"),
+        }
+    }
+}

@@ -284,6 +284,10 @@ pub struct NativeStats {
     pub uploads_sent: f64,
     pub uploads_failed: f64,
     pub jit_ranges: f64,
+    /// Time spent in the sampling signal handler, every thread, nanoseconds.
+    pub handler_ns: f64,
+    /// Sampling signals handled.
+    pub handler_runs: f64,
 }
 
 #[napi]
@@ -299,6 +303,8 @@ pub fn stats() -> Option<NativeStats> {
         uploads_sent: s.uploads_sent as f64,
         uploads_failed: s.uploads_failed as f64,
         jit_ranges: pyroscope_core::jit::len() as f64,
+        handler_ns: s.handler_ns as f64,
+        handler_runs: s.handler_runs as f64,
     })
 }
 

@@ -363,7 +363,30 @@ struct Timers {
     maps_read: Option<(Instant, (u64, u64))>,
     /// A thread was armed since the maps table was read: its stack may be missing from it.
     maps_stale: bool,
+    /// What the last listing of `/proc/self/task` found (see [`Listing`]).
+    listing: Option<Listing>,
 }
+
+/// What a scan's listing of `/proc/self/task` found. The next scan lists the threads again
+/// only when they may have changed: the task directory's link count moved (a thread started or
+/// exited), a sampled thread exited, the profiler's own threads changed, a listed thread could
+/// not be sampled, or the listing is [`LISTING_MAX_AGE`] old. A thread that exits and another
+/// that starts between two scans leave the count as it was, but the exited thread's timer
+/// reads as dead.
+struct Listing {
+    /// [`sys::task_links`] before the listing (read first: a thread started during the
+    /// listing moves the count the next scan compares).
+    links: u64,
+    /// How many of the profiler's own threads there were.
+    own: usize,
+    /// Every thread listed was sampled or is the profiler's own.
+    complete: bool,
+    at: Instant,
+}
+
+/// The longest a scan trusts the last listing of `/proc/self/task` (a backstop: the checks of
+/// [`Listing`] catch every change first).
+const LISTING_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The longest a scan leaves the maps table unread when no thread was armed and no library
 /// loaded or unloaded since it was read: stacks that grew or moved, and file mappings the
@@ -385,6 +408,7 @@ impl Timers {
             threads_unsampled: 0,
             maps_read: None,
             maps_stale: true,
+            listing: None,
         }
     }
 
@@ -419,6 +443,7 @@ impl Timers {
         let dead: Vec<i32> =
             disarmed.into_iter().filter(|&(_, id)| self.set_time(id).is_err()).map(|(tid, _)| tid).collect();
         let mut retired = Vec::new();
+        let someone_exited = !dead.is_empty();
         for tid in dead {
             if let Some(t) = self.timers.remove(&tid) {
                 // A new thread reusing this tid must get a fresh state (stack, labels).
@@ -426,7 +451,6 @@ impl Timers {
                 retired.push(self.delete(t));
             }
         }
-        let tids = sys::list_threads().unwrap_or_default();
         let own = thread::own_threads();
         // A profiler thread may have been armed before it marked itself as ours.
         for tid in own.iter() {
@@ -434,17 +458,27 @@ impl Timers {
                 retired.push(self.delete(t));
             }
         }
-        for tid in tids {
-            if own.contains(&tid) || self.timers.contains_key(&tid) {
-                continue;
-            }
-            let state = thread::state_for(tid);
-            match self.arm(tid, state) {
-                Ok(t) => {
-                    self.timers.insert(tid, t);
+        let links = sys::task_links();
+        let unchanged = !someone_exited
+            && self.listing.as_ref().is_some_and(|l| {
+                l.complete && Some(l.links) == links && l.own == own.len() && l.at.elapsed() < LISTING_MAX_AGE
+            });
+        if !unchanged {
+            let tids = sys::list_threads().unwrap_or_default();
+            for &tid in &tids {
+                if own.contains(&tid) || self.timers.contains_key(&tid) {
+                    continue;
                 }
-                Err(_) => self.threads_unsampled += 1,
+                let state = thread::state_for(tid);
+                match self.arm(tid, state) {
+                    Ok(t) => {
+                        self.timers.insert(tid, t);
+                    }
+                    Err(_) => self.threads_unsampled += 1,
+                }
             }
+            let complete = !tids.is_empty() && tids.iter().all(|t| own.contains(t) || self.timers.contains_key(t));
+            self.listing = links.map(|links| Listing { links, own: own.len(), complete, at: Instant::now() });
         }
         self.refresh_maps();
         // Forget registry entries of threads that are gone.
