@@ -359,8 +359,9 @@ struct Timers {
     rng: u64,
     /// Threads seen but not sampled (table full or timer_create/settime refused).
     threads_unsampled: u64,
-    /// When the maps table was last read, and the loader's generation then.
-    maps_read: Option<(Instant, (u64, u64))>,
+    /// When the maps table was last read, and the loader's generation and
+    /// [`crate::unwind::STACKS_UNKNOWN`] then.
+    maps_read: Option<(Instant, (u64, u64), u64)>,
     /// A thread was armed since the maps table was read: its stack may be missing from it.
     maps_stale: bool,
     /// What the last listing of `/proc/self/task` found (see [`Listing`]).
@@ -388,11 +389,15 @@ struct Listing {
 /// [`Listing`] catch every change first).
 const LISTING_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// The longest a scan leaves the maps table unread when no thread was armed and no library
-/// loaded or unloaded since it was read: stacks that grew or moved, and file mappings the
-/// symbolizer should note, are seen within this. (Reading /proc/self/maps at every scan was
-/// most of an idle profiler's own work.)
-const MAPS_MAX_AGE: Duration = Duration::from_secs(1);
+/// The longest a scan leaves the maps table unread when no thread was armed, no library
+/// loaded or unloaded and no handler met a stack outside the table since it was read: other
+/// file mappings the symbolizer should remember are seen within this. (Reading
+/// /proc/self/maps at every scan was most of an idle profiler's own work, and once a second
+/// a tenth of a busy one's.)
+const MAPS_MAX_AGE: Duration = Duration::from_secs(10);
+/// A table read for stacks outside it is at least this old (a program that keeps making new
+/// stacks, coroutines for one, would otherwise have it read at every scan).
+const MAPS_MIN_AGE: Duration = Duration::from_secs(1);
 
 // SAFETY: `timer_t` values are plain process-wide ids usable from any thread.
 unsafe impl Send for Timers {}
@@ -490,14 +495,19 @@ impl Timers {
 
     /// Re-reads the maps table when a thread was armed since it was read (a new thread's stack
     /// must be in it for its handler to read that stack with plain loads; until then, reads go
-    /// through the kernel), when libraries were loaded or unloaded, or when it is
-    /// [`MAPS_MAX_AGE`] old.
+    /// through the kernel), when a handler met a stack outside it (a stack that grew or moved;
+    /// at most once per [`MAPS_MIN_AGE`]), when libraries were loaded or unloaded, or when it
+    /// is [`MAPS_MAX_AGE`] old.
     fn refresh_maps(&mut self) {
         let generation = crate::unwind::loader_generation();
-        let fresh = self.maps_read.is_some_and(|(at, g)| g == generation && at.elapsed() < MAPS_MAX_AGE);
+        let unknown = crate::unwind::STACKS_UNKNOWN.load(Ordering::Relaxed);
+        let fresh = self.maps_read.is_some_and(|(at, g, u)| {
+            let age = at.elapsed();
+            g == generation && age < MAPS_MAX_AGE && (u == unknown || age < MAPS_MIN_AGE)
+        });
         if self.maps_stale || !fresh {
             crate::unwind::refresh_maps();
-            self.maps_read = Some((Instant::now(), generation));
+            self.maps_read = Some((Instant::now(), generation, unknown));
             self.maps_stale = false;
         }
     }

@@ -148,9 +148,16 @@ pub(crate) fn stack_window(sp: u64) -> (u64, u64) {
     let i = maps.ranges.partition_point(|(start, _)| *start <= sp);
     match i.checked_sub(1).map(|i| maps.ranges[i]) {
         Some((start, end)) if start <= sp && sp < end => (sp, end),
-        _ => (0, 0),
+        _ => {
+            STACKS_UNKNOWN.fetch_add(1, Ordering::Relaxed);
+            (0, 0)
+        }
     }
 }
+
+/// Stack pointers [`stack_window`] found outside every mapping of the last maps table (a
+/// stack that grew or moved since): the collector reads the table again when this moves.
+pub(crate) static STACKS_UNKNOWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Re-reads /proc/self/maps and publishes it. Collector thread only.
 pub(crate) fn refresh_maps() {
