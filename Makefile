@@ -25,6 +25,8 @@ lint:
 	cargo fmt --all -- --check
 	./scripts/check-links.sh
 	cargo clippy --workspace --all-targets -q -- -D warnings
+	@# The Node addon's fallback build (no C++ shim: no V8 headers or no C++ compiler) compiles too.
+	PYROSCOPE_NODE_NO_SHIM=1 cargo clippy -p pyroscope-node --all-targets -q -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pyroscope-core -p pyroscope-pprof
 	@# The report command reads profiles with the pprof codec alone: no sampler, unwinder or HTTP client.
 	@deps=$$(cargo tree -q -p pyroscope-cli -e normal --prefix none | grep -E '^(pyroscope-core|framehop|ureq|addr2line) ' || true); \

@@ -48,7 +48,7 @@ export interface PyroscopeConfig {
    *   the requests running meanwhile never see them. On Node 20 (V8 11) V8 carries them,
    *   with no cost per await; timer, nextTick and I/O callbacks run unlabelled. Elsewhere as
    *   `'all'`.
-   * - `'all'`: along promises and callbacks (AsyncLocalStorage), at about 0.3 µs per await.
+   * - `'all'`: along promises and callbacks (AsyncLocalStorage), at about 0.2-0.35 µs per await (BENCHMARKS.md).
    * - `false`: the synchronous call only, as @pyroscope/nodejs 0.6 does.
    */
   asyncLabels?: boolean | 'all' | undefined;

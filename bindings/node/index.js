@@ -33,6 +33,7 @@ function init(config = {}) {
   native.check(options);
   const heapSettings = heapOptions(processed);
   labels.configure({ async: processed.asyncLabels });
+  native.setPaths(processed.stripFilenames ?? null, processed.shortenPaths === true);
   if (processed.sourceMapper !== undefined && processed.sourceMapper !== null && !activateSourceMapper(processed.sourceMapper)) {
     log('warn', 'pyroscope: sourceMapper is not a SourceMapper of this package (make it with SourceMapper.create): frames are not mapped');
   }

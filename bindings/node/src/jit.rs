@@ -6,11 +6,14 @@
 //! functions) and other code `<Kind>:<name>` (`Builtin:`, `RegExp:`, `Stub:`, ...). A
 //! function's frame is `<file>:<name>:<line>` with the file relative to the working
 //! directory (`./app.js`) when it is under it, anonymous functions as
-//! `(anonymous:L#<line>:C#<column>)`, in file `<script>` at `<line>`.
+//! `(anonymous:L#<line>:C#<column>)`, in file `<script>` at `<line>`. @pyroscope/nodejs's
+//! `shortenPaths` and `stripFilenames` change that for files under `node_modules/` (see
+//! [`set_paths`]).
 
 #[cfg(pyroscope_node_shim)]
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
 #[cfg(pyroscope_node_shim)]
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -49,6 +52,33 @@ pub(crate) fn cwd() -> &'static str {
         }
         d
     })
+}
+
+/// How frames show their scripts: [`SHORTEN_PATHS`], [`STRIP_ALL`], [`STRIP_DEPENDENCIES`].
+static PATHS: AtomicU8 = AtomicU8::new(0);
+/// A script under `node_modules/` shows as its path in its package (`express/lib/router.js`).
+const SHORTEN_PATHS: u8 = 1;
+/// No frame carries its script as its file (the function's name keeps it).
+const STRIP_ALL: u8 = 2;
+/// Frames of scripts under `node_modules/` carry no file.
+const STRIP_DEPENDENCIES: u8 = 4;
+
+/// Where a dependency's own path starts in `script`: after its last `node_modules/`.
+fn dependency_path(script: &str) -> Option<usize> {
+    const DIR: &str = "node_modules/";
+    script.rfind(DIR).map(|i| i + DIR.len())
+}
+
+/// Sets @pyroscope/nodejs's `stripFilenames` (`"all"`, `"dependencies"` or none) and
+/// `shortenPaths`, which make profiles smaller: they apply to the code named from now on, in
+/// every thread (code named before keeps its names).
+pub fn set_paths(strip: Option<&str>, shorten: bool) {
+    let strip = match strip {
+        Some("all") => STRIP_ALL,
+        Some("dependencies") => STRIP_DEPENDENCIES,
+        _ => 0,
+    };
+    PATHS.store(strip | if shorten { SHORTEN_PATHS } else { 0 }, Ordering::Relaxed);
 }
 
 /// V8's embedded builtins and bytecode handlers, `[start, end)`, when the file that carries
@@ -238,11 +268,16 @@ pub fn js_frame(function: &str, script: &str, line: u32, column: u32, cwd: &str)
 
 fn named(function: &str, script: &str, line: u32, column: u32, cwd: &str) -> Frame {
     let function = if function.is_empty() { format!("(anonymous:L#{line}:C#{column})") } else { function.to_owned() };
-    let shown = match script.strip_prefix(cwd) {
-        Some(rel) if !cwd.is_empty() && cwd != "/" => format!("./{rel}"),
+    let paths = PATHS.load(Ordering::Relaxed);
+    let dependency = dependency_path(script);
+    let shown = match (dependency.filter(|_| paths & SHORTEN_PATHS != 0), script.strip_prefix(cwd)) {
+        (Some(start), _) => script[start..].to_owned(),
+        (None, Some(rel)) if !cwd.is_empty() && cwd != "/" => format!("./{rel}"),
         _ => script.to_owned(),
     };
-    Frame { function: format!("{shown}:{function}:{line}"), file: script.to_owned(), line }
+    let strip = paths & STRIP_ALL != 0 || (paths & STRIP_DEPENDENCIES != 0 && dependency.is_some());
+    let file = if strip { String::new() } else { script.to_owned() };
+    Frame { function: format!("{shown}:{function}:{line}"), file, line }
 }
 
 /// Called by the shim for each code event of a watched isolate, on that isolate's thread.

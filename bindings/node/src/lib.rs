@@ -19,7 +19,6 @@ mod cped;
 mod heap;
 mod idle;
 mod jit;
-#[cfg(any(pyroscope_node_shim, test))]
 mod pages;
 mod sourcemaps;
 
@@ -614,6 +613,13 @@ pub fn cped_accessors(env: Env) -> Option<Unknown<'static>> {
 #[napi]
 pub fn sampled_label_id() -> u32 {
     pyroscope_core::current_labels().id()
+}
+
+/// Sets how frames show their scripts: `strip` is @pyroscope/nodejs's `stripFilenames`
+/// (`"all"`, `"dependencies"`, or null), `shorten` its `shortenPaths` (see `jit::set_paths`).
+#[napi]
+pub fn set_paths(strip: Option<String>, shorten: bool) {
+    jit::set_paths(strip.as_deref(), shorten);
 }
 
 /// How a V8 code name reads as a frame, `[function, file, line]` (for tests of the naming).

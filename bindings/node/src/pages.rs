@@ -32,6 +32,7 @@ struct Mapping {
     perms: String,
     /// Device and inode: the file, however its path reads.
     file: (String, String),
+    #[cfg_attr(not(any(pyroscope_node_shim, test)), allow(dead_code))]
     path: String,
 }
 
@@ -66,12 +67,14 @@ pub struct Resident {
 
 impl Resident {
     /// The executable's read-only private mappings now; None when that cannot be read (the
-    /// pages read then stay mapped).
+    /// pages read then stay mapped). (The walk that needs it is the shim's.)
+    #[cfg(pyroscope_node_shim)]
     pub fn executable() -> Option<Resident> {
         let exe = std::fs::read_link("/proc/self/exe").ok()?;
         Self::of_path(&exe.to_string_lossy())
     }
 
+    #[cfg(any(pyroscope_node_shim, test))]
     fn of_path(path: &str) -> Option<Resident> {
         let pagemap = File::open("/proc/self/pagemap").ok()?;
         let mappings = mappings()

@@ -214,3 +214,21 @@ test('SourceMapper: the peer\'s create(dirs) runs, missing directories skipped',
   await assert.rejects(SourceMapper.create('dist'), TypeError);
   assert.doesNotThrow(() => init({ appName: 'mapped', sourceMapper: mapper }));
 });
+
+test('an addon built for another Node, or not built, is refused with what to run', () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-abi-'));
+  try {
+    fs.mkdirSync(path.join(dir, 'lib'));
+    fs.copyFileSync(path.join(__dirname, '..', 'lib', 'native.js'), path.join(dir, 'lib', 'native.js'));
+    const loader = path.join(dir, 'lib', 'native.js');
+    assert.throws(() => require(loader), /the native addon is not built .*index\.node is missing.*scripts\/build\.js/);
+    fs.writeFileSync(path.join(dir, 'index.node'), '');
+    fs.writeFileSync(path.join(dir, 'build-info.json'), JSON.stringify({ modules: '1', node: 'v0.1.0' }));
+    const message = `built for Node v0.1.0 (module ABI 1) and this is Node ${process.version} (module ABI ${process.versions.modules})`;
+    assert.throws(() => require(loader), (e) => e.message.includes(message) && e.message.includes('scripts/build.js'));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

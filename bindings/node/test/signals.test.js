@@ -14,10 +14,20 @@ test('SIGTERM: the last window is sent and the process dies by the signal', asyn
     env: { ...process.env, PYROSCOPE_SERVER_ADDRESS: r.url },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  await new Promise((resolve) => child.stdout.once('data', resolve));
-  // Let it burn for a while (the profile must hold samples), then kill it.
-  await new Promise((resolve) => setTimeout(resolve, 700));
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  // Once it has burnt 300 ms of CPU time (the profile must hold samples), kill it.
+  let out = '';
+  await new Promise((resolve) => {
+    const seen = (d) => {
+      out += d;
+      if (out.includes('burnt\n')) {
+        child.stdout.off('data', seen);
+        resolve();
+      }
+    };
+    child.stdout.on('data', seen);
+    exited.then(resolve);
+  });
   child.kill('SIGTERM');
   const { code, signal } = await exited;
   await r.close();

@@ -364,6 +364,10 @@ struct Timers {
     maps_read: Option<(Instant, (u64, u64), u64)>,
     /// A thread was armed since the maps table was read: its stack may be missing from it.
     maps_stale: bool,
+    /// When to read the maps table again for the mappings a thread armed lately made once it
+    /// ran a while (a Node worker's isolate maps its own copy of V8's builtins, which the
+    /// symbolizer must remember should the worker end before its window does).
+    maps_recheck: Option<Instant>,
     /// What the last listing of `/proc/self/task` found (see [`Listing`]).
     listing: Option<Listing>,
 }
@@ -391,9 +395,9 @@ const LISTING_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The longest a scan leaves the maps table unread when no thread was armed, no library
 /// loaded or unloaded and no handler met a stack outside the table since it was read: other
-/// file mappings the symbolizer should remember are seen within this. (Reading
-/// /proc/self/maps at every scan was most of an idle profiler's own work, and once a second
-/// a tenth of a busy one's.)
+/// file mappings the symbolizer should remember (see [`Timers::maps_recheck`]) are seen
+/// within this. (Reading /proc/self/maps at every scan was most of an idle profiler's own
+/// work, and once a second a tenth of a busy one's.)
 const MAPS_MAX_AGE: Duration = Duration::from_secs(10);
 /// A table read for stacks outside it is at least this old (a program that keeps making new
 /// stacks, coroutines for one, would otherwise have it read at every scan).
@@ -413,6 +417,7 @@ impl Timers {
             threads_unsampled: 0,
             maps_read: None,
             maps_stale: true,
+            maps_recheck: None,
             listing: None,
         }
     }
@@ -495,9 +500,9 @@ impl Timers {
 
     /// Re-reads the maps table when a thread was armed since it was read (a new thread's stack
     /// must be in it for its handler to read that stack with plain loads; until then, reads go
-    /// through the kernel), when a handler met a stack outside it (a stack that grew or moved;
-    /// at most once per [`MAPS_MIN_AGE`]), when libraries were loaded or unloaded, or when it
-    /// is [`MAPS_MAX_AGE`] old.
+    /// through the kernel) and again [`MAPS_MIN_AGE`] later, when a handler met a stack outside
+    /// it (a stack that grew or moved; at most once per [`MAPS_MIN_AGE`]), when libraries were
+    /// loaded or unloaded, or when it is [`MAPS_MAX_AGE`] old.
     fn refresh_maps(&mut self) {
         let generation = crate::unwind::loader_generation();
         let unknown = crate::unwind::STACKS_UNKNOWN.load(Ordering::Relaxed);
@@ -505,10 +510,15 @@ impl Timers {
             let age = at.elapsed();
             g == generation && age < MAPS_MAX_AGE && (u == unknown || age < MAPS_MIN_AGE)
         });
-        if self.maps_stale || !fresh {
+        let now = Instant::now();
+        let recheck = self.maps_recheck.is_some_and(|at| now >= at);
+        if self.maps_stale || recheck || !fresh {
             crate::unwind::refresh_maps();
-            self.maps_read = Some((Instant::now(), generation, unknown));
+            self.maps_read = Some((now, generation, unknown));
             self.maps_stale = false;
+            if recheck {
+                self.maps_recheck = None;
+            }
         }
     }
 
@@ -542,6 +552,7 @@ impl Timers {
         let slot = self.free_slots.pop().ok_or(Error::Os { what: "thread table", errno: "full".into() })?;
         state.install_caches();
         self.maps_stale = true;
+        self.maps_recheck = Some(Instant::now() + MAPS_MIN_AGE);
         let generation = next_generation();
         state.timer_gen.store(generation, Ordering::SeqCst);
         SLOTS[slot].store(Arc::as_ptr(&state) as *mut ThreadState, Ordering::SeqCst);

@@ -4,7 +4,8 @@
 //! per line (to stdout, or appended to `--out FILE`):
 //! - per accepted profile: `{"endpoint", "labels" (series), "sample_types" [[type, unit]],
 //!   "period_type", "period", "time_nanos", "duration_nanos", "samples": [{"frames": [{"function",
-//!   "file", "line"}] leaf first, "labels": {..}, "values": [..]}]}`;
+//!   "file", "line"}] leaf first, "labels": {..}, "values": [..]}], "headers": {"authorization",
+//!   "x-scope-orgid"} (those sent)}`;
 //! - per refused request: `{"rejected": status, "message": ...}`.
 //!
 //! `--mode status:CODE | slow:MS | garbage` answers every request that way. Stops at end of
@@ -38,8 +39,15 @@ fn string(p: &Profile, i: i64) -> String {
     usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).cloned().unwrap_or_default()
 }
 
+/// The request headers that carry who sends: the credentials and the tenant.
+const IDENTITY_HEADERS: [&str; 2] = ["authorization", "x-scope-orgid"];
+
 fn profile_json(r: &Received) -> Value {
-    file_json(r.endpoint, &r.labels, &r.profile)
+    let mut v = file_json(r.endpoint, &r.labels, &r.profile);
+    let headers: BTreeMap<&str, &String> =
+        IDENTITY_HEADERS.iter().filter_map(|&h| r.headers.get(h).map(|v| (h, v))).collect();
+    v["headers"] = json!(headers);
+    v
 }
 
 fn file_json(endpoint: &str, labels: &BTreeMap<String, String>, p: &Profile) -> Value {

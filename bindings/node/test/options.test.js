@@ -1,0 +1,116 @@
+'use strict';
+// init() options and PYROSCOPE_* variables as the server sees them: credentials and tenant in
+// the request, tags on the series, the heap's sampling interval, and @pyroscope/nodejs's
+// shortenPaths and stripFilenames on the frames of an app and of a dependency in node_modules.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { startReceiver, run, cpuProfiles, total, pkg } = require('./helpers');
+
+async function profiles(env, options = {}) {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/options-app.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, OPTIONS: JSON.stringify(options), ...env });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  assert.ok(r.profiles.length > 0, 'no profile received');
+  return r.profiles;
+}
+
+test('authToken and tenantID reach every request; tags and runtime labels every series', async () => {
+  const got = await profiles({}, { appName: 'opts', authToken: 'tok-1', tenantID: 'team-a', tags: { region: 'eu-north', shard: 3 } });
+  for (const p of got) {
+    assert.equal(p.headers.authorization, 'Bearer tok-1');
+    assert.equal(p.headers['x-scope-orgid'], 'team-a');
+    assert.equal(p.labels.service_name, 'opts');
+    assert.equal(p.labels.region, 'eu-north');
+    assert.equal(p.labels.shard, '3');
+    assert.equal(p.labels['otel.scope.name'], 'com.grafana.pyroscope/nodejs');
+    assert.equal(p.labels['process.runtime.name'], 'nodejs');
+    assert.equal(p.labels['process.runtime.version'], process.versions.node);
+  }
+});
+
+test('basicAuthUser/basicAuthPassword send Basic credentials; PYROSCOPE_AUTH_TOKEN a bearer token', async () => {
+  const basic = await profiles({}, { appName: 'opts', basicAuthUser: 'ann', basicAuthPassword: 's3cret' });
+  const expected = `Basic ${Buffer.from('ann:s3cret').toString('base64')}`;
+  for (const p of basic) assert.equal(p.headers.authorization, expected);
+  const bearer = await profiles({ PYROSCOPE_AUTH_TOKEN: 'tok-env' }, { appName: 'opts' });
+  for (const p of bearer) {
+    assert.equal(p.headers.authorization, 'Bearer tok-env');
+    assert.equal(p.headers['x-scope-orgid'], undefined);
+  }
+});
+
+test('heap.samplingIntervalBytes, or PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES, is the heap profile period', async () => {
+  const heapPeriods = (got) => got.filter((p) => p.sample_types.some(([t]) => t === 'inuse_space')).map((p) => p.period);
+  const fromConfig = await profiles({}, { appName: 'opts', heap: { samplingIntervalBytes: 65536 } });
+  assert.ok(heapPeriods(fromConfig).length > 0, 'no heap profile');
+  for (const period of heapPeriods(fromConfig)) assert.equal(period, 65536);
+  const fromEnv = await profiles({ PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES: '131072' }, { appName: 'opts' });
+  assert.ok(heapPeriods(fromEnv).length > 0, 'no heap profile');
+  for (const period of heapPeriods(fromEnv)) assert.equal(period, 131072);
+});
+
+// An app with a dependency: app.js's spinApp and node_modules/dep/index.js's spinDep each burn
+// CPU for 400 ms.
+function appWithDependency() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-paths-'));
+  const dep = path.join(dir, 'node_modules', 'dep');
+  fs.mkdirSync(dep, { recursive: true });
+  const spin = (name) =>
+    `function ${name}(ms) {\n  const end = Date.now() + ms;\n  let x = 0;\n  while (Date.now() < end) x += Math.sqrt(x + 1);\n  return x;\n}\n`;
+  fs.writeFileSync(path.join(dep, 'index.js'), `'use strict';\n${spin('spinDep')}module.exports = { spinDep };\n`);
+  fs.writeFileSync(
+    path.join(dir, 'app.js'),
+    `'use strict';\nconst pyroscope = require(${JSON.stringify(pkg)});\n` +
+      "const { spinDep } = require('dep');\n" +
+      `${spin('spinApp')}pyroscope.init(JSON.parse(process.env.OPTIONS || '{}'));\npyroscope.start();\n` +
+      'spinApp(400);\nspinDep(400);\n',
+  );
+  return { dir, app: path.join(dir, 'app.js'), dep: path.join(dep, 'index.js') };
+}
+
+/** The (function, file) of the frames named spinApp and spinDep in an app's CPU profiles. */
+async function pathsOf(env, options) {
+  const { dir, app, dep } = appWithDependency();
+  try {
+    const r = await startReceiver();
+    const res = await run([app], { PYROSCOPE_SERVER_ADDRESS: r.url, OPTIONS: JSON.stringify({ appName: 'paths', ...options }), ...env }, { cwd: dir });
+    await r.close();
+    assert.equal(res.code, 0, res.stderr);
+    const cpu = cpuProfiles(r);
+    const frames = (name) => {
+      const seen = new Map();
+      for (const p of cpu) for (const s of p.samples) for (const f of s.frames) if (new RegExp(`:${name}:\\d+$`).test(f.function)) seen.set(`${f.function}|${f.file}`, f);
+      return [...seen.values()];
+    };
+    const inFn = (name) => total(cpu, 'cpu', (s) => s.frames.some((f) => new RegExp(`:${name}:\\d+$`).test(f.function)));
+    assert.ok(inFn('spinApp') > 0 && inFn('spinDep') > 0, `samples in spinApp ${inFn('spinApp')} ns, spinDep ${inFn('spinDep')} ns`);
+    return { app, dep, spinApp: frames('spinApp'), spinDep: frames('spinDep') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('frames name files relative to the working directory, with their full path as the file', async () => {
+  const got = await pathsOf({}, {});
+  assert.deepEqual(got.spinApp.map((f) => [f.function, f.file]), [['./app.js:spinApp:4', got.app]]);
+  assert.deepEqual(got.spinDep.map((f) => [f.function, f.file]), [['./node_modules/dep/index.js:spinDep:2', got.dep]]);
+});
+
+test("shortenPaths names a dependency's frames by its path in its package; stripFilenames 'dependencies' drops their file", async () => {
+  const got = await pathsOf({}, { shortenPaths: true, stripFilenames: 'dependencies' });
+  assert.deepEqual(got.spinApp.map((f) => [f.function, f.file]), [['./app.js:spinApp:4', got.app]]);
+  assert.deepEqual(got.spinDep.map((f) => [f.function, f.file]), [['dep/index.js:spinDep:2', '']]);
+});
+
+test("PYROSCOPE_STRIP_FILENAMES=all drops every frame's file and keeps the names", async () => {
+  const got = await pathsOf({ PYROSCOPE_STRIP_FILENAMES: 'all' }, {});
+  assert.deepEqual(got.spinApp.map((f) => [f.function, f.file]), [['./app.js:spinApp:4', '']]);
+  assert.deepEqual(got.spinDep.map((f) => [f.function, f.file]), [['./node_modules/dep/index.js:spinDep:2', '']]);
+  const shortened = await pathsOf({ PYROSCOPE_SHORTEN_PATHS: 'true' }, {});
+  assert.deepEqual(shortened.spinDep.map((f) => [f.function, f.file]), [['dep/index.js:spinDep:2', shortened.dep]]);
+});
