@@ -122,7 +122,8 @@ export type PyroscopeFastifyPlugin = (
  * Pull mode: `GET /debug/pprof/profile?seconds=N` answers a gzipped pprof of the CPU samples
  * of the next N seconds (30 by default, at most 3600), taken by the running agent beside its
  * uploads; `GET /debug/pprof/heap` the heap profile where available (else 501). Other
- * requests go on to next(). Needs profiling started (else 503).
+ * requests go on to next(). Without start(), the first request starts profiling that uploads
+ * nothing (pull mode alone, as @pyroscope/nodejs); before init() the routes answer 503.
  */
 export declare function expressMiddleware(): PyroscopeRequestHandler;
 /** The same two routes as a Fastify plugin. */

@@ -72,19 +72,60 @@ function hookExit() {
   }
 }
 
+// Pull mode without start(): @pyroscope/nodejs's middleware profiles on its own, so an app
+// that only serves /debug/pprof/* gets profiles. The routes' first request starts profiling
+// that uploads nothing (CPU, and the heap from the first heap request on), which runs until
+// stop(); start(), startCpuProfiling() or startHeapProfiling() replace it with the configured
+// profiling.
+let pullOnly = false;
+
 // Starts the agent: with CPU sampling, or for heap profiles alone.
 function startAgent(options, cpu) {
-  const started = native.start(cpu ? options : { ...options, cpu: false });
+  const o = { ...options };
+  if (!cpu) o.cpu = false;
+  if (pullOnly) o.pullOnly = true;
+  const started = native.start(o);
   if (started) {
     agentCpu = cpu;
-    log('debug', `pyroscope: profiling ${options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME}`);
+    const name = options.appName ?? process.env.PYROSCOPE_APPLICATION_NAME;
+    log('debug', `pyroscope: profiling ${name}${pullOnly ? ' for pull mode only (no uploads)' : ''}`);
   }
   hookExit();
 }
 
+/** Ends pull-only profiling, before the app's own start. */
+function leavePullOnly() {
+  if (!pullOnly) return;
+  pullOnly = false;
+  cpuOn = false;
+  if (fallbackMode) fallback.stop();
+  heap.stop();
+  native.stopNow();
+}
+
+/**
+ * Before a pull-mode request is answered: profiling that uploads nothing, unless some runs
+ * (heap profiling too when `heapToo`). False before init().
+ */
+function runForPull(heapToo) {
+  if (settings === null) return false;
+  if (!native.running()) {
+    pullOnly = true;
+    startCpu();
+  }
+  if (heapToo && pullOnly && !heap.running()) startHeap();
+  return native.running();
+}
+
 /** Starts CPU profiling (the agent). */
 function startCpuProfiling() {
-  const { options } = requireInit('start');
+  requireInit('start');
+  leavePullOnly();
+  startCpu();
+}
+
+function startCpu() {
+  const { options } = settings;
   // Interpreted functions get a frame of their own (a copy of the interpreter's entry) from
   // now on; functions interpreted before keep the shared one until V8 compiles them.
   native.nameInterpretedFrames();
@@ -129,7 +170,13 @@ async function stopCpuProfiling() {
  * allocations with heap.mode 'alloc'. Starts the agent without CPU sampling if none runs.
  */
 function startHeapProfiling() {
-  const { options, heap: heapSettings } = requireInit('startHeapProfiling');
+  requireInit('startHeapProfiling');
+  leavePullOnly();
+  startHeap();
+}
+
+function startHeap() {
+  const { options, heap: heapSettings } = settings;
   if (!native.running()) startAgent(options, false);
   if (!native.jitNamesAvailable()) {
     log('warn', 'pyroscope: no heap profiles: the addon was built without its C++ part (fallback mode)');
@@ -151,32 +198,34 @@ function start() {
 
 /** Stops profiling; the last window, with the heap as it is now, is sent. */
 async function stop() {
+  pullOnly = false;
   cpuOn = false;
   if (fallbackMode) fallback.stop();
   heap.stop();
   await native.stop();
 }
 
-// Pull mode: the routes answer from the running agent. The heap route needs a function
-// resolving to a gzipped heap pprof; without one it answers 501.
-// /debug/pprof/heap: the main thread's heap as it is now (heap profiling on: 503 otherwise;
-// 501 in fallback builds, which have no heap profiler).
+// Pull mode: the routes answer from the running agent, or from pull-only profiling they start
+// (runForPull). The heap route needs a function resolving to a gzipped heap pprof; without
+// one it answers 501.
+// /debug/pprof/heap: the main thread's heap as it is now (503 when heap profiling cannot run
+// here; 501 in fallback builds, which have no heap profiler).
 const heapProfile = native.jitNamesAvailable()
   ? () => {
       const pprof = native.heapPprof();
       if (pprof !== null) return Promise.resolve(pprof);
-      const e = new Error('pyroscope: heap profiling is not running: call init() and start() first');
+      const e = new Error('pyroscope: heap profiling is not running: call init() first');
       e.status = 503;
       return Promise.reject(e);
     }
   : null;
 
 function expressMiddleware() {
-  return middleware.expressMiddleware(heapProfile);
+  return middleware.expressMiddleware(heapProfile, runForPull);
 }
 
 function fastifyMiddleware() {
-  return middleware.fastifyMiddleware(heapProfile);
+  return middleware.fastifyMiddleware(heapProfile, runForPull);
 }
 
 // A worker thread that loads the package is sampled, its code named and its heap profiled,

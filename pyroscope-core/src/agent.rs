@@ -143,6 +143,7 @@ impl Agent {
                     .map_err(|e| Error::ExportDir { path: dir.display().to_string(), reason: e.to_string() })?;
                 Box::new(FileExporter { dir: dir.clone() })
             }
+            Destination::Nowhere => Box::new(crate::export::Discard),
         };
         let stats = Arc::new(ExportStats::default());
         let queue = Arc::new(Queue::new(config.queue_capacity, stats.clone()));

@@ -191,6 +191,8 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     // Every sample carries the process's sample labels; files are standalone, so they carry the
     // static tags on every sample too.
     let mut extra: Vec<(String, String)> = config.sample_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // Pull mode without uploads builds no window's profiles: captures alone read the samples.
+    let export = config.destination != Destination::Nowhere;
     if let Destination::Directory(_) = config.destination {
         extra.extend(config.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
@@ -382,8 +384,10 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 .chain(captures.iter().flat_map(|c| c.window.label_ids()))
                 .collect();
             // One batch for both profiles: a large module's symbol tables are read once.
-            symbolizer.prefetch(closed.addresses().chain(closed_wall.addresses()), unwind::current());
-            if !closed.is_empty() {
+            if export {
+                symbolizer.prefetch(closed.addresses().chain(closed_wall.addresses()), unwind::current());
+            }
+            if export && !closed.is_empty() {
                 let profile = closed.cpu_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 #[cfg(feature = "test-hooks")]
                 sampler::test_hooks::hold_collector_here();
@@ -394,12 +398,14 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             }
             if !closed_wall.is_empty() {
                 shared.wall_samples.fetch_add(closed_wall.total_weight, Ordering::Relaxed);
+            }
+            if export && !closed_wall.is_empty() {
                 let profile = closed_wall.wall_profile(&mut symbolizer, unwind::current(), period, end, &extra);
                 if !queue.push(upload("wall", &profile, closed.start, end)) {
                     return;
                 }
             }
-            if config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
+            if export && config.memory && crate::alloc::HOOKED.load(Ordering::Relaxed) {
                 let live = crate::alloc::live_snapshot();
                 label_ids.extend(live.keys().map(|(_, label)| *label));
                 if !allocs.is_empty() || !live.is_empty() {
@@ -422,7 +428,7 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
             }
             // A runtime's own heap profile (V8's sampling heap profiler), as it reported it.
             let heap = std::mem::take(&mut *shared.heap.lock());
-            if !heap.is_empty() {
+            if export && !heap.is_empty() {
                 let profile = heap.memory_profile(closed.start, end, &extra);
                 if !queue.push(upload("memory", &profile, closed.start, end)) {
                     return;

@@ -31,6 +31,10 @@ pub enum Destination {
     Server(url::Url),
     /// The embedded default: gzipped pprof files in a folder.
     Directory(PathBuf),
+    /// Nowhere: windows are closed and dropped unbuilt, and only captures
+    /// ([`Agent::capture_cpu`](crate::Agent::capture_cpu)) read the samples. Pull mode without
+    /// uploads ([`AgentBuilder::pull_only`]).
+    Nowhere,
 }
 
 /// HTTP authentication.
@@ -125,6 +129,7 @@ pub struct AgentBuilder {
     config: Config,
     server_address: Option<String>,
     export_dir: Option<PathBuf>,
+    pull_only: bool,
     env_error: Option<Error>,
 }
 
@@ -156,6 +161,7 @@ impl AgentBuilder {
             },
             server_address: None,
             export_dir: None,
+            pull_only: false,
             env_error: None,
         }
     }
@@ -238,6 +244,12 @@ impl AgentBuilder {
     /// Pyroscope server base URL (`http://localhost:4040`). Without it, profiles go to files.
     pub fn server_address(mut self, url: impl Into<String>) -> Self {
         self.server_address = Some(url.into());
+        self
+    }
+    /// Uploads nothing and writes no files, whatever the server address or folder: profiles
+    /// are only pulled, through captures ([`Destination::Nowhere`]).
+    pub fn pull_only(mut self) -> Self {
+        self.pull_only = true;
         self
     }
     /// Folder for the embedded default (used when no server address is set).
@@ -364,6 +376,9 @@ impl AgentBuilder {
             Some(s) => Destination::Server(parse_server_address(&s)?),
             None => Destination::Directory(self.export_dir.unwrap_or_else(|| PathBuf::from("./profiles"))),
         };
+        if self.pull_only {
+            config.destination = Destination::Nowhere;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -462,6 +477,7 @@ impl std::fmt::Debug for Destination {
         match self {
             Destination::Server(url) => f.debug_tuple("Server").field(&redact_url(url.as_str())).finish(),
             Destination::Directory(dir) => f.debug_tuple("Directory").field(dir).finish(),
+            Destination::Nowhere => f.write_str("Nowhere"),
         }
     }
 }

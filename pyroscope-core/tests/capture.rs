@@ -117,3 +117,33 @@ fn captures_are_bounded_and_end_with_the_agent() {
         assert_eq!(weight_of(&flatten(&p), "in_long_capture"), 1);
     }
 }
+
+#[test]
+fn a_pull_only_agent_sends_and_writes_nothing_and_its_captures_get_the_samples() {
+    let _g = crate::agent_lock();
+    let dir = temp_dir("capture-pull-only");
+    let agent = AgentBuilder::new("pull")
+        .export_dir(&dir)
+        .pull_only()
+        .memory(false)
+        .upload_interval(Duration::from_secs(1))
+        .shutdown_timeout(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    assert_eq!(agent.config().destination, pyroscope_core::Destination::Nowhere);
+    let frame = FrameId::new("pulled", "capture.js", 4).unwrap();
+    let capture = agent.capture_cpu(Duration::from_secs(3600)).unwrap();
+    // A window closed after the capture was asked for: the collector has begun it.
+    let windows = agent.stats().windows;
+    agent.flush();
+    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows > windows), "{:?}", agent.stats());
+    agent.add_cpu_sample(&[frame], &LabelSet::empty(), 3);
+    let windows = agent.stats().windows;
+    agent.flush();
+    assert!(wait_until(Duration::from_secs(30), || agent.stats().windows > windows), "{:?}", agent.stats());
+    let stats = agent.stop();
+    assert_eq!(weight_of(&flatten(&decode_pprof(&capture.wait().unwrap()).unwrap()), "pulled"), 3);
+    assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");
+    assert!(stats.samples >= 3, "{stats:?}");
+    assert!(read_profiles(&dir).is_empty(), "a pull-only agent wrote files");
+}

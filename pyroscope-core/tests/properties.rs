@@ -97,6 +97,7 @@ proptest! {
                     prop_assert!(url.host_str().is_some_and(|h| !h.is_empty()), "{}", url);
                 }
                 Destination::Directory(d) => prop_assert!(false, "{:?} became a folder {:?}", s, d),
+                Destination::Nowhere => prop_assert!(false, "{:?} became Nowhere", s),
             },
             Err(e) => prop_assert!(matches!(e, Error::InvalidServerAddress { .. }), "{:?}: {:?}", s, e),
         }

@@ -4,7 +4,8 @@
 //                                       seconds (30 by default, as Go's net/http/pprof), taken
 //                                       by the running agent beside its uploads, which go on;
 //   GET /debug/pprof/heap               the heap profile, where heap profiling is available.
-// The capture runs off the event loop; the response waits for it.
+// Without start(), the first request starts profiling that uploads nothing (index.js,
+// runForPull). The capture runs off the event loop; the response waits for it.
 
 const native = require('./native');
 const { log } = require('./logger');
@@ -30,16 +31,26 @@ function statusOf(e) {
   return /too many CPU captures/.test(e.message) ? 429 : 500;
 }
 
+/** The answer of a route asked before init(). */
+function notInitialized(route) {
+  const message = 'profiling is not configured: call init() first';
+  log('error', `pyroscope: ${route}: ${message}`);
+  return { status: 503, type: 'text/plain; charset=utf-8', body: `pyroscope: ${message}\n` };
+}
+
 /**
  * The two handlers over plain values, for both frameworks: each resolves to
  * { status, type, body }.
  * `heapProfile`: () => Promise<Buffer> of a gzipped heap pprof, or null where heap profiles
  * are not available (then 501).
+ * `ready(heapToo)`: makes sure profiling runs (heap profiling too when `heapToo`); false
+ * before init().
  */
-function handlers(heapProfile) {
+function handlers(heapProfile, ready) {
   async function profile(rawSeconds) {
     const bad = badSeconds(rawSeconds);
     if (bad !== null) return { status: bad[0], type: 'text/plain; charset=utf-8', body: bad[1] };
+    if (!ready(false)) return notInitialized('/debug/pprof/profile');
     const s = seconds(rawSeconds);
     log('debug', `pyroscope: capturing a ${s} s CPU profile for /debug/pprof/profile`);
     try {
@@ -59,6 +70,7 @@ function handlers(heapProfile) {
         body: 'pyroscope: heap profiles are not available in this build of the package\n',
       };
     }
+    if (!ready(true)) return notInitialized('/debug/pprof/heap');
     try {
       return { status: 200, type: 'application/octet-stream', body: await heapProfile() };
     } catch (e) {
@@ -76,8 +88,8 @@ function pathAndQuery(req) {
 }
 
 /** Express (and connect-style) middleware; other requests go on to next(). */
-function expressMiddleware(heapProfile) {
-  const h = handlers(heapProfile);
+function expressMiddleware(heapProfile, ready) {
+  const h = handlers(heapProfile, ready);
   return function pyroscopeMiddleware(req, res, next) {
     if (req.method !== 'GET') return next();
     const { path, seconds: raw } = pathAndQuery(req);
@@ -98,8 +110,8 @@ function expressMiddleware(heapProfile) {
 }
 
 /** A Fastify plugin with the two routes. */
-function fastifyMiddleware(heapProfile) {
-  const h = handlers(heapProfile);
+function fastifyMiddleware(heapProfile, ready) {
+  const h = handlers(heapProfile, ready);
   const reply = (r, { status, type, body }) => r.code(status).type(type).send(body);
   return function pyroscopePlugin(fastify, _options, done) {
     fastify.get('/debug/pprof/profile', async (request, r) => reply(r, await h.profile(request.query?.seconds)));

@@ -58,6 +58,8 @@ pub struct NativeOptions {
     pub sample_rate: Option<u32>,
     pub cpu: Option<bool>,
     pub shutdown_timeout_ms: Option<u32>,
+    /// Upload nothing: profiles are only pulled (pull mode without `start()`).
+    pub pull_only: Option<bool>,
 }
 
 fn invalid(message: impl std::fmt::Display) -> napi::Error {
@@ -104,6 +106,9 @@ fn build(o: &NativeOptions) -> Result<pyroscope_core::Config> {
     }
     if let Some(ms) = o.shutdown_timeout_ms {
         b = b.shutdown_timeout(Duration::from_millis(ms.into()));
+    }
+    if o.pull_only == Some(true) {
+        b = b.pull_only();
     }
     let mut config = b.build().map_err(|e| match e {
         pyroscope_core::Error::EmptyApplicationName => {

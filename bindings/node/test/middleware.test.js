@@ -12,7 +12,7 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const express = require('express');
 const Fastify = require('fastify');
-const { startReceiver, decodePprof, total, has } = require('./helpers');
+const { startReceiver, run, decodePprof, total, has } = require('./helpers');
 
 for (const k of Object.keys(process.env)) if (k.startsWith('PYROSCOPE_')) delete process.env[k];
 const pyroscope = require('pyroscope-profiler').default;
@@ -75,7 +75,7 @@ test.after(async () => {
   await receiver.close();
 });
 
-test('express: profile, heap, pass-through, bad seconds, and 503 before start()', async (t) => {
+test('express: profile, heap, pass-through, bad seconds, and pull-only profiling before start()', async (t) => {
   const app = express();
   app.use(pyroscope.expressMiddleware());
   app.get('/hello', (req, res) => res.send('hello'));
@@ -83,9 +83,10 @@ test('express: profile, heap, pass-through, bad seconds, and 503 before start()'
   await new Promise((r) => server.once('listening', r));
   const base = `http://127.0.0.1:${server.address().port}`;
   try {
-    const before = await get(base, '/debug/pprof/profile?seconds=1');
-    assert.equal(before.status, 503);
-    assert.match(before.body.toString(), /profiling is not running: call init\(\) and start\(\) first/);
+    // Before start(): pull-only profiling, which start() replaces.
+    const before = await get(base, '/debug/pprof/profile?seconds=0');
+    assert.equal(before.status, 200, before.body.toString());
+    assert.deepEqual(decodePprof(before.body).sample_types, [['samples', 'count'], ['cpu', 'nanoseconds']]);
     pyroscope.start();
 
     assert.deepEqual([(await get(base, '/hello')).status, (await get(base, '/hello')).body.toString()], [200, 'hello']);
@@ -157,5 +158,36 @@ test('fastify: profile (two at once), heap, and its own routes', async () => {
     }
   } finally {
     await app.close();
+  }
+});
+
+test('pull mode without start(): the routes profile on their own and nothing is uploaded', async () => {
+  const r = await startReceiver();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-pull-only-'));
+  try {
+    const res = await run(['test/fixtures/pull-only.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, OUT_DIR: dir });
+    await r.close();
+    assert.equal(res.code, 0, res.stderr);
+    const out = JSON.parse(res.stdout);
+    assert.equal(out.beforeInit[0], 503);
+    assert.match(out.beforeInit[1], /call init\(\) first/);
+    assert.equal(out.runningAfterInit, false, 'init() alone started profiling');
+    assert.deepEqual(out.statuses, [200, 200, 200]);
+    const p = decodePprof(fs.readFileSync(path.join(dir, 'profile.pb.gz')));
+    const pulled = has(/^\.\/test\/fixtures\/pull-only\.js:burnPulled:\d+$/);
+    const ns = total([p], 'cpu', pulled);
+    assert.ok(ns > 0.5e9, `burnPulled: ${ns} ns in a 2 s capture`);
+    assert.equal(total([p], 'cpu', (s) => pulled(s) && s.labels.route === 'pull'), ns, 'a sample lost its label');
+    const heap = decodePprof(fs.readFileSync(path.join(dir, 'heap.pb.gz')));
+    assert.deepEqual(heap.sample_types, [['inuse_objects', 'count'], ['inuse_space', 'bytes']]);
+    const bytes = total([heap], 'inuse_space', has(/:retainPulled:\d+$/));
+    assert.ok(bytes > 1 << 20, `retainPulled holds ${bytes} bytes in the served heap`);
+    // Windows closed all along (1 s each), and none of them went anywhere.
+    assert.ok(out.stats.windows >= 2, `windows closed: ${out.stats.windows}`);
+    assert.equal(out.stats.uploadsSent, 0);
+    assert.deepEqual([r.profiles.length, r.rejected.length], [0, 0], 'a pull-only process uploaded');
+    assert.equal(out.runningAfterStop, false);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -31,12 +31,12 @@ async function runApp(env, what) {
   return res.exitedAt - Number(m[1]);
 }
 
-test('a server down, slow or failing never reaches the app, and it still exits promptly', async (t) => {
+test('a server down, slow, failing or refusing never reaches the app, and it still exits promptly', async (t) => {
   const latency = {};
   latency.none = await runApp({}, 'no profiler');
   const down = `http://127.0.0.1:${await closedPort()}`;
   latency.down = await runApp({ PROFILE: '1', SERVER: down, FLUSH_MS: '1000' }, 'server down');
-  for (const mode of ['slow:5000', 'status:500']) {
+  for (const mode of ['slow:5000', 'status:500', 'status:403']) {
     const r = await startReceiver(mode);
     latency[mode] = await runApp({ PROFILE: '1', SERVER: r.url, FLUSH_MS: '1000' }, mode);
     await r.close();
@@ -48,6 +48,8 @@ test('a server down, slow or failing never reaches the app, and it still exits p
   // A hanging or failing server: the last upload is given up at the shutdown bound (2 s).
   assert.ok(latency['slow:5000'] < latency.none + 3000, `slow: ${latency['slow:5000']} ms`);
   assert.ok(latency['status:500'] < latency.none + 3000, `status 500: ${latency['status:500']} ms`);
+  // A refusal (403: bad credentials) is not retried.
+  assert.ok(latency['status:403'] < latency.none + 1000, `status 403: ${latency['status:403']} ms`);
 });
 
 test('the last window is sent at exit, without stop()', async (t) => {

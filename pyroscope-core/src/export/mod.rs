@@ -47,6 +47,16 @@ pub trait Exporter: Send + Sync {
     fn export(&self, upload: &Upload) -> Result<(), ExportError>;
 }
 
+/// The exporter of [`Destination::Nowhere`](crate::Destination::Nowhere), whose collector
+/// queues nothing: delivers nothing.
+pub(crate) struct Discard;
+
+impl Exporter for Discard {
+    fn export(&self, _upload: &Upload) -> Result<(), ExportError> {
+        Ok(())
+    }
+}
+
 /// Counters of the delivery path.
 #[derive(Debug, Default)]
 pub struct ExportStats {
