@@ -18,7 +18,7 @@ not_measured() {
   echo "## Node"
   echo
   echo "Not measured: $1"
-  exit 0
+  exit 1
 }
 
 command -v node >/dev/null || not_measured "node is missing (Node.js 20 or later)."

@@ -40,7 +40,15 @@ export interface PyroscopeConfig {
   basicAuthUser?: string | undefined;
   basicAuthPassword?: string | undefined;
   tenantID?: string | undefined;
+  /**
+   * Smaller profiles: 'all' leaves every frame without its file, 'dependencies' the frames of
+   * files under node_modules/ (the function's name keeps the path). Also PYROSCOPE_STRIP_FILENAMES.
+   */
   stripFilenames?: 'all' | 'dependencies' | undefined;
+  /**
+   * Frames of files under node_modules/ named by their path in their package
+   * (`express/lib/router/index.js:handle:42`). Also PYROSCOPE_SHORTEN_PATHS.
+   */
   shortenPaths?: boolean | undefined;
   /**
    * How labels follow async work; also PYROSCOPE_ASYNC_LABELS (true, false, all).

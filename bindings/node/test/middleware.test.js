@@ -75,7 +75,7 @@ test.after(async () => {
   await receiver.close();
 });
 
-test('express: profile, heap, pass-through, bad seconds, and pull-only profiling before start()', async (t) => {
+test('express: profile, heap, pass-through, bad seconds, and pull-only profiling before start()', async () => {
   const app = express();
   app.use(pyroscope.expressMiddleware());
   app.get('/hello', (req, res) => res.send('hello'));
@@ -116,11 +116,7 @@ test('express: profile, heap, pass-through, bad seconds, and pull-only profiling
     assert.ok(uploaded.some((p) => total([p], 'cpu', captured) > 0), 'the uploads miss the captured work');
 
     // Once, the same bytes through go tool pprof.
-    const go = spawnSync('go', ['version']);
-    if (go.status !== 0) {
-      t.diagnostic('go not found: go tool pprof cross-check skipped');
-      return;
-    }
+    assert.equal(spawnSync('go', ['version']).status, 0, 'go not found: the cross-check needs go tool pprof');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pyroscope-go-'));
     fs.writeFileSync(path.join(dir, 'cpu.pb.gz'), res.body);
     const raw = spawnSync('go', ['tool', 'pprof', '-raw', path.join(dir, 'cpu.pb.gz')], { encoding: 'utf8', timeout: 60000 });
@@ -189,5 +185,36 @@ test('pull mode without start(): the routes profile on their own and nothing is 
     assert.equal(out.runningAfterStop, false);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a ninth capture at once gets 429; stop() ends the eight with what they have', async () => {
+  pyroscope.start();
+  const app = express();
+  // The middleware asks for a capture before its first await: once it has seen a request, that
+  // capture is under way.
+  let begun = 0;
+  app.use((req, res, next) => {
+    const seen = pyroscope.expressMiddleware();
+    seen(req, res, next);
+    begun++;
+  });
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const long = Array.from({ length: 8 }, () => get(base, '/debug/pprof/profile?seconds=3600'));
+    for (let i = 0; i < 1000 && begun < 8; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(begun, 8, 'the eight captures did not all reach the server');
+    const ninth = await get(base, '/debug/pprof/profile?seconds=0');
+    assert.equal(ninth.status, 429, ninth.body.toString());
+    assert.match(ninth.body.toString(), /too many CPU captures/);
+    await pyroscope.stop();
+    for (const res of await Promise.all(long)) {
+      assert.equal(res.status, 200, res.body.toString());
+      assert.ok(decodePprof(res.body).duration_nanos < 3600e9);
+    }
+  } finally {
+    await new Promise((r) => server.close(r));
   }
 });

@@ -18,7 +18,7 @@ test('wall time of the main thread, running and idle, beside the CPU profile', a
     ['wall', 'nanoseconds'],
   ]);
   const all = total(wall, 'wall');
-  // Only the main thread is sampled for wall time: its samples add up to the time it lived
+  // Only the main thread runs here: its wall samples add up to the time it lived
   // through (timer expiries are exact; 25% covers a busy machine).
   assert.ok(all >= 0.75 * elapsed && all <= 1.25 * elapsed, `wall ${all / 1e6} ms of ${elapsed / 1e6} ms`);
   const busy = total(wall, 'wall', has(/:busyWall:\d+$/));
@@ -40,4 +40,14 @@ test('the event loop waits without the labels of the callback that ran last', as
   const idle = total(wall, 'wall', waiting);
   assert.ok(idle >= 400e6, `waiting in the event loop: ${idle / 1e6} ms of about 700`);
   assert.equal(total(wall, 'wall', (s) => labelled(s) && waiting(s)), 0, 'the wait carries route=r1');
+});
+
+test('wall time of a worker thread', async () => {
+  const r = await startReceiver();
+  const res = await run(['test/fixtures/wall-worker.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
+  await r.close();
+  assert.equal(res.code, 0, res.stderr);
+  const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
+  const busy = total(wall, 'wall', has(/:busyWorkerWall:\d+$/));
+  assert.ok(busy >= 200e6 && busy <= 400e6, `busyWorkerWall: ${busy / 1e6} ms of wall time for 300 ms`);
 });
