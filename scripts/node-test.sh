@@ -15,3 +15,15 @@ echo "== node addon built in $(( $(date +%s) - start )) s"
 start=$(date +%s)
 (cd bindings/node && node --test --test-concurrency=1 ${NODE_TEST_ARGS:-} test/*.test.js)
 echo "== node tests: $(( $(date +%s) - start )) s"
+# The fallback build, as a machine without a C++ compiler or Node's headers gets it: the addon
+# without its C++ part, and the fallback test against it; then the regular build again (also
+# when that test fails: the rideshare links this package).
+start=$(date +%s)
+cd bindings/node
+status=0
+PYROSCOPE_NODE_NO_SHIM=1 node scripts/build.js
+PYROSCOPE_NODE_TEST_NO_SHIM=1 node --test test/fallback.test.js || status=$?
+node scripts/build.js
+cd ../..
+echo "== node fallback build tested: $(( $(date +%s) - start )) s"
+exit "$status"

@@ -1,14 +1,20 @@
 'use strict';
-// Fallback mode (an addon built without V8's JIT code names, forced here with
-// PYROSCOPE_NODE_FALLBACK=1): JavaScript frames still named, from V8's sampling profiler.
+// Fallback mode (an addon built without V8's JIT code names): JavaScript frames still named,
+// from V8's sampling profiler. Forced with PYROSCOPE_NODE_FALLBACK=1 on the regular build; with
+// PYROSCOPE_NODE_TEST_NO_SHIM=1, run against an addon built without its C++ part
+// (scripts/node-test.sh builds one), which must choose it by itself.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
 
-test('fallback mode still names JavaScript frames in the CPU profile', async () => {
+const noShimBuild = process.env.PYROSCOPE_NODE_TEST_NO_SHIM === '1';
+
+test(`fallback mode still names JavaScript frames in the CPU profile${noShimBuild ? ' (a build without the C++ part)' : ''}`, async () => {
+  if (noShimBuild) assert.equal(require('../lib/native').jitNamesAvailable(), false, 'this addon has its C++ part');
   const r = await startReceiver();
-  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, PYROSCOPE_NODE_FALLBACK: '1' });
+  const env = noShimBuild ? {} : { PYROSCOPE_NODE_FALLBACK: '1' };
+  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, ...env });
   await r.close();
   assert.equal(res.code, 0, res.stderr);
   const truth = JSON.parse(res.stdout);
