@@ -4,13 +4,10 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+const { cpuProfiles, total, has, runProfiled } = require('./helpers');
 
 test('profiles arrive while the event loop is busy, and setLabels outlives the uploads', async (t) => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/busy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['test/fixtures/busy.js']);
   const out = JSON.parse(res.stdout);
   assert.deepEqual(out.labels, { tenant: 'a' });
   assert.ok(out.windowsAfter >= 2, `windows after the loop: ${out.windowsAfter}`);

@@ -3,7 +3,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+const { startReceiver, run, cpuProfiles, total, has, runProfiled } = require('./helpers');
 
 // The bound holds on a busy machine because the fixture burns CPU in plain computation and
 // reads the thread's CPU clock (a system call) only every 5 to 10 ms. The kernel checks CPU
@@ -16,10 +16,7 @@ const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
 // 30 runs outside 10%; a bare C loop doing the same saw expiries up to 1.1 s late); reading it
 // every 5 to 10 ms, weights of at most 3 and errors within 1.6 periods (at most 3%).
 test('each function gets its own CPU time, main thread and worker, within 10%', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['test/fixtures/accuracy.js']);
   const truth = JSON.parse(res.stdout);
   const cpu = cpuProfiles(r);
   assert.ok(cpu.length >= 2, `profiles: ${cpu.length}`);
@@ -31,10 +28,7 @@ test('each function gets its own CPU time, main thread and worker, within 10%', 
 });
 
 test('frames are named as @pyroscope/nodejs names them', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/accuracy.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/accuracy.js']);
   const samples = cpuProfiles(r).flatMap((p) => p.samples);
   // A sample inside burnFor (one taken in a builtin between the two has no burnFor frame).
   const alpha = samples.find((s) => has(/:alphaWork:/)(s) && has(/:burnFor:/)(s));
@@ -61,10 +55,7 @@ test('frames are named as @pyroscope/nodejs names them', async () => {
 });
 
 test('labels follow async work across await and never leak to concurrent requests (36 at once)', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/cpu-labels.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/cpu-labels.js']);
   const cpu = cpuProfiles(r);
   const routes = Array.from({ length: 36 }, (_, i) => `r${i}`);
   const labelled = has(/:burnLabelled:/);
@@ -109,10 +100,7 @@ test('code compiled before start() is named once the thread has used half a seco
 });
 
 test("native frames where they burn CPU: crypto on libuv's threadpool, V8's garbage collector", async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/native-frames.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['test/fixtures/native-frames.js']);
   const phases = JSON.parse(res.stdout);
   const cpu = cpuProfiles(r);
   const ms = (keep) => total(cpu, 'cpu', keep) / 1e6;

@@ -6,7 +6,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { startReceiver, run, cpuProfiles, total } = require('./helpers');
+const { cpuProfiles, total, runProfiled } = require('./helpers');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'heap.js');
 const INTERVAL = 524288;
@@ -32,10 +32,7 @@ function lineOf(text) {
 }
 
 async function runFixture(env) {
-  const r = await startReceiver();
-  const res = await run(['--expose-gc', 'test/fixtures/heap.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, ...env });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['--expose-gc', 'test/fixtures/heap.js'], env);
   return { r, truth: JSON.parse(res.stdout) };
 }
 
@@ -114,10 +111,7 @@ test('the heap as it is at exit is sent without stop()', async () => {
 });
 
 test('heap profiling alone: read before each window closes, nothing after stopHeapProfiling, no CPU', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/heap-only.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/heap-only.js']);
   assert.deepEqual(
     r.profiles.filter((p) => p.labels.__name__ !== 'memory').map((p) => p.labels.__name__),
     [],
@@ -137,10 +131,7 @@ test('heap profiling alone: read before each window closes, nothing after stopHe
 });
 
 test("a worker's heap: sampled in its own isolate, read when it exits, beside the main thread's", async () => {
-  const r = await startReceiver();
-  const res = await run(['--expose-gc', 'test/fixtures/heap-worker.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['--expose-gc', 'test/fixtures/heap-worker.js']);
   const memory = memoryProfiles(r);
   assert.equal(memory.length, 1);
   const kept = total(memory, 'inuse_space', leafIs('workerRetain', 'heap-worker-thread'));
@@ -148,10 +139,7 @@ test("a worker's heap: sampled in its own isolate, read when it exits, beside th
 });
 
 test('heap profiling goes on while CPU profiling is switched on and off', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/heap-switch.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/heap-switch.js']);
   // Three agents in turn (heap only, with CPU, heap only): each ends with the heap as it is.
   const memory = memoryProfiles(r);
   assert.equal(memory.length, 3, `series: ${r.profiles.map((p) => p.labels.__name__)}`);

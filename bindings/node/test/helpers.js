@@ -3,6 +3,7 @@
 // (tests/receiver, `pyroscope-receiver`), which decodes every pprof it accepts; the tests
 // read the decoded profiles.
 
+const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -67,6 +68,19 @@ function run(args, env = {}, { timeoutMs = 60000, cwd = pkg } = {}) {
 }
 
 /**
+ * Runs `node <args>` against a receiver of its own (PYROSCOPE_SERVER_ADDRESS, `env` added) and
+ * checks that it exited 0; resolves to { res (as run's), receiver } once the receiver has
+ * printed all it got.
+ */
+async function runProfiled(args, env = {}, options = {}) {
+  const receiver = await startReceiver();
+  const res = await run(args, { PYROSCOPE_SERVER_ADDRESS: receiver.url, ...env }, options);
+  await receiver.close();
+  assert.equal(res.code, 0, res.stderr);
+  return { res, receiver };
+}
+
+/**
  * Decodes a pprof (gzipped or not) with the receiver's decoder (`--decode`), which checks
  * the pprof as strictly as it checks uploads: the profile as the receiver prints profiles.
  */
@@ -103,4 +117,4 @@ function total(profiles, type, keep = () => true) {
 /** Whether a sample's stack has a frame whose function matches `re`. */
 const has = (re) => (s) => s.frames.some((f) => re.test(f.function));
 
-module.exports = { startReceiver, run, decodePprof, cpuProfiles, total, has, pkg, repo };
+module.exports = { startReceiver, run, runProfiled, decodePprof, cpuProfiles, total, has, pkg, repo };

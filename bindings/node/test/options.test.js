@@ -8,13 +8,10 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { startReceiver, run, cpuProfiles, total, pkg } = require('./helpers');
+const { startReceiver, run, cpuProfiles, total, pkg, runProfiled } = require('./helpers');
 
 async function profiles(env, options = {}) {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/options-app.js'], { PYROSCOPE_SERVER_ADDRESS: r.url, OPTIONS: JSON.stringify(options), ...env });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/options-app.js'], { OPTIONS: JSON.stringify(options), ...env });
   assert.ok(r.profiles.length > 0, 'no profile received');
   return r.profiles;
 }

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { startReceiver, run, cpuProfiles, total, has, pkg } = require('./helpers');
+const { cpuProfiles, total, has, pkg, runProfiled } = require('./helpers');
 const { SourceMapper } = require('..');
 
 const dir = path.join(pkg, 'test', 'fixtures', 'sourcemap');
@@ -16,10 +16,7 @@ const source = fs.readFileSync(path.join(dir, 'src', 'app.ts'), 'utf8').split('\
 const lineOf = (text) => source.findIndex((l) => l.includes(text)) + 1;
 
 async function profile(script, env = {}) {
-  const r = await startReceiver();
-  const res = await run([path.join(dir, script)], { PYROSCOPE_SERVER_ADDRESS: r.url, ...env });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled([path.join(dir, script)], env);
   return cpuProfiles(r);
 }
 

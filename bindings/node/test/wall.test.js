@@ -3,13 +3,10 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, total, has } = require('./helpers');
+const { total, has, runProfiled } = require('./helpers');
 
 test('wall time of the main thread, running and idle, beside the CPU profile', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/wall.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['test/fixtures/wall.js']);
   const elapsed = Number(res.stdout);
   const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
   assert.ok(wall.length >= 1, `series: ${r.profiles.map((p) => p.labels.__name__)}`);
@@ -28,10 +25,7 @@ test('wall time of the main thread, running and idle, beside the CPU profile', a
 });
 
 test('the event loop waits without the labels of the callback that ran last', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/wall-labels.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/wall-labels.js']);
   const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
   const labelled = (s) => s.labels.route === 'r1';
   const busy = total(wall, 'wall', (s) => labelled(s) && has(/:busyLabelled:\d+$/)(s));
@@ -43,10 +37,7 @@ test('the event loop waits without the labels of the callback that ran last', as
 });
 
 test('wall time of a worker thread', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/wall-worker.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { receiver: r } = await runProfiled(['test/fixtures/wall-worker.js']);
   const wall = r.profiles.filter((p) => p.labels.__name__ === 'wall');
   const busy = total(wall, 'wall', has(/:busyWorkerWall:\d+$/));
   assert.ok(busy >= 200e6 && busy <= 400e6, `busyWorkerWall: ${busy / 1e6} ms of wall time for 300 ms`);

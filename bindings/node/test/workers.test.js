@@ -7,13 +7,10 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { startReceiver, run, cpuProfiles, total, has, pkg } = require('./helpers');
+const { run, cpuProfiles, total, has, pkg, runProfiled } = require('./helpers');
 
 test('workers that never load the package get named JavaScript frames', async () => {
-  const r = await startReceiver();
-  const res = await run(['test/fixtures/workers.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
-  await r.close();
-  assert.equal(res.code, 0, res.stderr);
+  const { res, receiver: r } = await runProfiled(['test/fixtures/workers.js']);
   assert.equal(res.stdout, '[true,true]\n');
   const cpu = cpuProfiles(r);
   for (const fn of ['workerAlpha', 'workerBeta']) {
