@@ -141,6 +141,7 @@ function startCpu() {
   // node:worker_threads loaded past our hooks (a dynamic import): its workers load the
   // package from now on.
   workers.wrapIfLoaded();
+  if (!fallbackMode && workers.isMainThread()) workers.warnUnwrapped((message) => log('warn', message));
   if (fallbackMode && workers.isMainThread()) {
     // V8's sampler covers this thread; the core's timers keep the other threads.
     native.excludeThread();

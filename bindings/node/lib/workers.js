@@ -25,6 +25,9 @@ const entry = path.join(__dirname, 'worker-entry.js');
 const IDS = new Set(['worker_threads', 'node:worker_threads']);
 let hooked = false;
 let wrapped = false;
+// Workers started through the wrapped class (the 'worker' event comes after its constructor).
+const throughWrapped = new WeakSet();
+let watching = false;
 let mainThread = null;
 // The functions install() replaced, and its replacements: put back once `Worker` is wrapped
 // (unless another tool replaced ours meanwhile: ours then only passes calls on).
@@ -64,16 +67,19 @@ function wrap(workerThreads) {
   workerThreads.Worker = new Proxy(Worker, {
     construct(target, args, newTarget) {
       const options = native.running() ? withEntry(args[1]) : undefined;
+      let worker = null;
       if (options !== undefined) {
         try {
-          return Reflect.construct(target, [args[0], options, ...args.slice(2)], newTarget);
+          worker = Reflect.construct(target, [args[0], options, ...args.slice(2)], newTarget);
         } catch (e) {
           // An execArgv the worker refuses (e.g. an inherited process-only flag): the worker
           // starts exactly as the app asked, only sampled without JIT names.
           if (e === null || typeof e !== 'object' || e.code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
         }
       }
-      return Reflect.construct(target, args, newTarget);
+      if (worker === null) worker = Reflect.construct(target, args, newTarget);
+      throughWrapped.add(worker);
+      return worker;
     },
   });
   // ESM `import { Worker } from 'node:worker_threads'` sees the same class.
@@ -122,4 +128,25 @@ function install() {
   }
 }
 
-module.exports = { install, wrapIfLoaded, wrapNow, isMainThread };
+/**
+ * Calls `warn(message)` once, the first time a worker starts while profiling runs from a
+ * `Worker` class that is not the wrapped one (taken from node:worker_threads before the package
+ * was loaded): its JavaScript frames are not named.
+ */
+function warnUnwrapped(warn) {
+  if (watching) return;
+  watching = true;
+  const onWorker = (worker) => {
+    if (throughWrapped.has(worker) || !native.running()) return;
+    process.removeListener('worker', onWorker);
+    warn(
+      'pyroscope: a worker was started from a Worker class taken from node:worker_threads before ' +
+        'pyroscope-profiler was loaded: its CPU time is profiled, its JavaScript frames are not ' +
+        'named (unless it loads pyroscope-profiler itself). Require pyroscope-profiler first, or ' +
+        'start node with --require pyroscope-profiler/register.',
+    );
+  };
+  process.on('worker', onWorker);
+}
+
+module.exports = { install, wrapIfLoaded, wrapNow, isMainThread, warnUnwrapped };

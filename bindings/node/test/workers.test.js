@@ -42,3 +42,15 @@ test('the package leaves node:worker_threads unloaded and wraps Worker however t
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a Worker class taken before the package was loaded: unnamed frames, and one warning that says why', async () => {
+  const named = has(/:workerAlpha:\d+$/);
+  const warning = /Worker class taken from node:worker_threads before pyroscope-profiler was loaded/;
+  const before = await runProfiled(['test/fixtures/worker-unwrapped.js'], { ORDER: 'before' });
+  const warned = JSON.parse(before.res.stdout);
+  assert.equal(warned.filter((m) => warning.test(m)).length, 1, JSON.stringify(warned));
+  assert.equal(total(cpuProfiles(before.receiver), 'cpu', named), 0, 'the early class named its worker');
+  const after = await runProfiled(['test/fixtures/worker-unwrapped.js'], { ORDER: 'after' });
+  assert.deepEqual(JSON.parse(after.res.stdout).filter((m) => warning.test(m)), []);
+  assert.ok(total(cpuProfiles(after.receiver), 'cpu', named) > 0, 'the wrapped class did not name its worker');
+});
