@@ -1,6 +1,6 @@
 'use strict';
 // init() options and PYROSCOPE_* variables as the server sees them: credentials and tenant in
-// the request, tags on the series, the heap's sampling interval, and @pyroscope/nodejs's
+// the request, tags on the series, the sampling, heap sampling and upload periods, and @pyroscope/nodejs's
 // shortenPaths and stripFilenames on the frames of an app and of a dependency in node_modules.
 
 const test = require('node:test');
@@ -9,6 +9,8 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { startReceiver, run, cpuProfiles, total, pkg, runProfiled } = require('./helpers');
+
+const cpuProfilesOf = (got) => got.filter((p) => p.sample_types.some(([t]) => t === 'cpu'));
 
 async function profiles(env, options = {}) {
   const { receiver: r } = await runProfiled(['test/fixtures/options-app.js'], { OPTIONS: JSON.stringify(options), ...env });
@@ -49,6 +51,22 @@ test('heap.samplingIntervalBytes, or PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES, is 
   const fromEnv = await profiles({ PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES: '131072' }, { appName: 'opts' });
   assert.ok(heapPeriods(fromEnv).length > 0, 'no heap profile');
   for (const period of heapPeriods(fromEnv)) assert.equal(period, 131072);
+});
+
+test('wall.samplingIntervalMicros, or PYROSCOPE_WALL_SAMPLING_INTERVAL_MICROS, is the sampling period', async () => {
+  const periods = (got) => [...new Set(cpuProfilesOf(got).map((p) => p.period))];
+  assert.deepEqual(periods(await profiles({}, { appName: 'opts', wall: { samplingIntervalMicros: 20000 } })), [20e6]);
+  assert.deepEqual(periods(await profiles({ PYROSCOPE_WALL_SAMPLING_INTERVAL_MICROS: '5000' }, { appName: 'opts' })), [5e6]);
+  assert.deepEqual(periods(await profiles({}, { appName: 'opts' })), [10e6]);
+});
+
+test('flushIntervalMs, or PYROSCOPE_FLUSH_INTERVAL_MS, is the upload period', async () => {
+  // 2.5 s of work: windows of 1 s close at least twice before the last one at exit; one
+  // window of 60 s (the default) only at exit.
+  const windows = (got) => cpuProfilesOf(got).length;
+  assert.ok(windows(await profiles({ WORK_MS: '2500' }, { appName: 'opts', flushIntervalMs: 1000 })) >= 3);
+  assert.ok(windows(await profiles({ WORK_MS: '2500', PYROSCOPE_FLUSH_INTERVAL_MS: '1000' }, { appName: 'opts' })) >= 3);
+  assert.equal(windows(await profiles({ WORK_MS: '2500' }, { appName: 'opts' })), 1);
 });
 
 // An app with a dependency: app.js's spinApp and node_modules/dep/index.js's spinDep each burn
