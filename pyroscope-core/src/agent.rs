@@ -344,15 +344,25 @@ impl Agent {
     /// sampler (V8's sampling heap profiler: live sampled objects, unbiased by V8), sampled
     /// every `interval_bytes` on average. `heap` tells heaps apart (one per isolate): the
     /// window open now reports the latest state of each heap, summed, as `inuse_objects` and
-    /// `inuse_space` in its `memory` profile (period `space`/bytes = `interval_bytes`). A state
-    /// is reported once, in the window it was given in: the binding gives it again before
-    /// each window closes ([`Agent::window_remaining`]) and before [`Agent::stop`].
+    /// `inuse_space` in its `memory` profile (period `space`/bytes = `interval_bytes`). The
+    /// binding gives it again before each window closes ([`Agent::window_remaining`]) and
+    /// before [`Agent::stop`]; a heap not given again in a window keeps its last state there,
+    /// until [`Agent::end_heap`].
     ///
     /// This profile is separate from the allocator hook's (the `memory` option): with both on,
     /// a window sends two `memory` profiles. Ignored in a forked child.
     pub fn set_heap_inuse(&self, heap: u64, interval_bytes: u64, samples: Vec<HeapSample>) {
         if sys::getpid() == self.pid {
             self.shared.heap.lock().set_inuse(heap, interval_bytes, samples);
+        }
+    }
+
+    /// Ends heap `heap` (its sampler stopped, or its isolate is gone): a state given in the
+    /// window open now is reported there, and none in later windows (unless the heap is
+    /// reported again). Ignored in a forked child.
+    pub fn end_heap(&self, heap: u64) {
+        if sys::getpid() == self.pid {
+            self.shared.heap.lock().end(heap);
         }
     }
 

@@ -442,9 +442,19 @@ pub struct HeapSample {
 pub(crate) struct HeapWindow {
     /// In-use memory per heap: the latest report of this window.
     inuse: HashMap<u64, Vec<HeapSample>>,
+    /// Heaps that ended in this window (see [`Agent::end_heap`](crate::Agent::end_heap)).
+    ended: Vec<u64>,
     /// Allocations: [objects, bytes] summed per stack (frame keys, leaf first).
     alloc: HashMap<Vec<u64>, [u64; 2]>,
     /// The sampling interval of the latest report: the profile's period.
+    interval: u64,
+}
+
+/// The in-use states of the heaps a window reported, for the next one
+/// ([`HeapWindow::carry_inuse`]).
+#[derive(Default)]
+pub(crate) struct HeapCarry {
+    inuse: HashMap<u64, Vec<HeapSample>>,
     interval: u64,
 }
 
@@ -452,6 +462,34 @@ impl HeapWindow {
     pub fn set_inuse(&mut self, heap: u64, interval: u64, samples: Vec<HeapSample>) {
         self.interval = interval;
         self.inuse.insert(heap, samples);
+        // A heap reported again after it ended (its sampler restarted) goes on.
+        self.ended.retain(|h| *h != heap);
+    }
+
+    pub fn end(&mut self, heap: u64) {
+        if !self.ended.contains(&heap) {
+            self.ended.push(heap);
+        }
+    }
+
+    /// Completes this window's in-use memory with the last state of each heap that was not
+    /// reported in it and has not ended (a heap's state stands until it is reported again or
+    /// ends: a thread too busy to report before the window closed still shows), and keeps this
+    /// window's states for the next one.
+    pub fn carry_inuse(&mut self, last: &mut HeapCarry) {
+        for heap in &self.ended {
+            last.inuse.remove(heap);
+        }
+        for (heap, samples) in last.inuse.drain() {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.inuse.entry(heap) {
+                e.insert(samples);
+                if self.interval == 0 {
+                    self.interval = last.interval;
+                }
+            }
+        }
+        last.interval = self.interval;
+        last.inuse = self.inuse.iter().filter(|(h, _)| !self.ended.contains(h)).map(|(h, s)| (*h, s.clone())).collect();
     }
 
     pub fn add_alloc(&mut self, interval: u64, samples: &[HeapSample]) {

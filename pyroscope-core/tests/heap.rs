@@ -75,32 +75,53 @@ fn heap_reports_make_the_windows_memory_profile() {
 }
 
 #[test]
-fn an_inuse_state_is_reported_in_its_own_window_only() {
+fn an_inuse_state_stands_until_reported_again_or_ended() {
     let _g = crate::agent_lock();
-    let dir = temp_dir("heap-once");
-    let agent = AgentBuilder::new("heap-once").export_dir(&dir).cpu(false).memory(false).start().unwrap();
+    let dir = temp_dir("heap-carry");
+    let agent = AgentBuilder::new("heap-carry").export_dir(&dir).cpu(false).memory(false).start().unwrap();
     let keep = FrameId::new("./app.js:keep:5", "/srv/app.js", 5).unwrap();
+    let work = FrameId::new("./worker.js:work:3", "/srv/worker.js", 3).unwrap();
+    let close_window = || {
+        let before = agent.stats().windows;
+        agent.flush();
+        assert!(wait_until(Duration::from_secs(20), || agent.stats().windows > before), "{:?}", agent.stats());
+    };
+    // Window 1: heap 7's state. Window 2: no report, the same state (a thread too busy to
+    // report before the window closed still shows).
     agent.set_heap_inuse(7, 4096, vec![sample(&[keep], 3, 3_000)]);
-    agent.flush();
-    assert!(wait_until(Duration::from_secs(20), || agent.stats().windows >= 1));
-    // A window with no report sends no heap profile (nothing stale is repeated), and an
-    // empty state sends none either.
-    agent.flush();
-    assert!(wait_until(Duration::from_secs(20), || agent.stats().windows >= 2));
+    close_window();
+    close_window();
+    // Window 3: heap 7 reports nothing in use, and heap 8 a state and then its end.
     agent.set_heap_inuse(7, 4096, Vec::new());
+    agent.set_heap_inuse(8, 4096, vec![sample(&[work], 2, 200)]);
+    agent.end_heap(8);
+    close_window();
+    // Window 4: heap 7 is still empty, heap 8 has ended: no heap profile.
+    close_window();
+    // Window 5: heap 8 ended, then reported again (its sampler restarted): it goes on.
+    agent.end_heap(8);
+    agent.set_heap_inuse(8, 4096, vec![sample(&[work], 1, 100)]);
+    close_window();
     agent.stop();
 
-    let profiles = read_profiles(&dir);
-    let memory: Vec<_> = profiles.iter().filter(|(name, _)| name.contains("memory")).collect();
-    assert_eq!(memory.len(), 1, "{:?}", profiles.iter().map(|p| &p.0).collect::<Vec<_>>());
-    let p = &memory[0].1;
+    let mut memory: Vec<_> = read_profiles(&dir).into_iter().filter(|(name, _)| name.contains("memory")).collect();
+    memory.sort_by_key(|(_, p)| p.time_nanos);
     let pairs: Vec<(String, String)> = [("inuse_objects", "count"), ("inuse_space", "bytes")]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-    assert_eq!(types(p), pairs, "only the types the runtime gave");
-    assert_eq!(p.period, 4096);
-    let flat = flatten(p);
-    assert_eq!(flat.len(), 1);
-    assert_eq!((flat[0].stack.clone(), flat[0].values.clone()), (vec!["./app.js:keep:5".to_string()], vec![3, 3_000]));
+    let got: Vec<Vec<(Vec<String>, Vec<i64>)>> = memory
+        .iter()
+        .map(|(_, p)| {
+            assert_eq!(types(p), pairs, "only the types the runtime gave");
+            assert_eq!(p.period, 4096);
+            let mut flat: Vec<_> = flatten(p).into_iter().map(|f| (f.stack, f.values)).collect();
+            flat.sort();
+            flat
+        })
+        .collect();
+    let keep = (vec!["./app.js:keep:5".to_string()], vec![3, 3_000]);
+    let work = |o: i64, b: i64| (vec!["./worker.js:work:3".to_string()], vec![o, b]);
+    // Windows 1, 2, 3, 5 and the one stop() closes, where heap 8's state stands.
+    assert_eq!(got, vec![vec![keep.clone()], vec![keep], vec![work(2, 200)], vec![work(1, 100)], vec![work(1, 100)]]);
 }

@@ -317,12 +317,15 @@ pub fn stats() -> Option<NativeStats> {
 /// profiles allocations (samples of collected objects kept) instead of in-use memory. `false`
 /// when another tool (the inspector's `HeapProfiler.startSampling`) runs it already.
 #[napi]
-pub fn heap_start(interval_bytes: f64, stack_depth: u32, allocations: bool) -> Result<bool> {
+pub fn heap_start(env: Env, interval_bytes: f64, stack_depth: u32, allocations: bool) -> Result<bool> {
     if !(interval_bytes >= 1.0 && interval_bytes <= u32::MAX as f64) {
         return Err(invalid(format!("heap.samplingIntervalBytes {interval_bytes} must be between 1 and 4294967295")));
     }
     match heap::start(interval_bytes as u64, stack_depth, allocations) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            end_heap_at_teardown(&env);
+            Ok(true)
+        }
         Err(heap::StartError::Busy) => Ok(false),
         Err(heap::StartError::NoIsolate) => Err(napi::Error::from_reason("pyroscope: this thread runs no JavaScript")),
     }
@@ -362,10 +365,7 @@ pub fn heap_collect() -> Option<HeapRead> {
             true
         }
         Some(a) => {
-            // The isolate's thread tells heaps apart.
-            // SAFETY: gettid takes no arguments and cannot fail.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-            a.set_heap_inuse(tid, read.interval, read.samples);
+            a.set_heap_inuse(heap_id(), read.interval, read.samples);
             true
         }
         None => false,
@@ -385,9 +385,7 @@ pub fn heap_pprof() -> Option<Buffer> {
     if read.allocations {
         a.add_heap_allocations(read.interval, &read.samples);
     } else {
-        // SAFETY: gettid takes no arguments and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-        a.set_heap_inuse(tid, read.interval, read.samples);
+        a.set_heap_inuse(heap_id(), read.interval, read.samples);
     }
     Some(pprof.into())
 }
@@ -417,10 +415,48 @@ pub fn heap_shared() -> Option<HeapSettings> {
     HEAP_SHARED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Stops the calling thread's isolate's heap sampling; whether it ran.
+/// Stops the calling thread's isolate's heap sampling; whether it ran. Its in-use state is
+/// reported no more after the window open now.
 #[napi]
 pub fn heap_stop() -> bool {
+    end_heap();
     heap::stop()
+}
+
+/// The calling thread's id: what tells its isolate's heap apart from the others.
+fn heap_id() -> u64 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+}
+
+/// Ends the calling thread's heap in the agent's windows (see `Agent::end_heap`).
+fn end_heap() {
+    if let Some(a) = agent().as_ref() {
+        a.end_heap(heap_id());
+    }
+}
+
+thread_local! {
+    /// Whether this thread's environment ends its heap at its teardown.
+    static TEARDOWN_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Ends the thread's heap when its environment is torn down (a worker that ends, or is
+/// terminated, without stopping its heap sampling): its last state stands no longer.
+fn end_heap_at_teardown(env: &Env) {
+    if TEARDOWN_HOOKED.with(|h| h.replace(true)) {
+        return;
+    }
+    unsafe extern "C" fn at_teardown(_arg: *mut std::ffi::c_void) {
+        // Never unwind into Node.
+        let _ = std::panic::catch_unwind(end_heap);
+    }
+    // SAFETY: a cleanup hook of this environment, added once per thread (Node refuses the same
+    // hook and argument twice); the function takes no data.
+    let status = unsafe { sys::napi_add_env_cleanup_hook(env.raw(), Some(at_teardown), std::ptr::null_mut()) };
+    if status != sys::Status::napi_ok {
+        TEARDOWN_HOOKED.with(|h| h.set(false));
+    }
 }
 
 /// Milliseconds until the next heap read is due: shortly before the agent's open window closes

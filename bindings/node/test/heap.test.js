@@ -6,7 +6,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { cpuProfiles, total, runProfiled } = require('./helpers');
+const { startReceiver, cpuProfiles, total, runProfiled, pkg } = require('./helpers');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'heap.js');
 const INTERVAL = 524288;
@@ -148,4 +148,36 @@ test('heap profiling goes on while CPU profiling is switched on and off', async 
   const burnt = (fn) => total(cpu, 'cpu', (s) => s.frames.some((f) => f.function.includes(`:${fn}:`)));
   assert.ok(burnt('burnWithCpu') > 0, 'no CPU sample in burnWithCpu');
   assert.equal(burnt('burnWithoutCpu'), 0);
+});
+
+test("a worker's heap stands in the windows that close while its event loop is blocked", async () => {
+  const { spawn } = require('node:child_process');
+  const readline = require('node:readline');
+  const r = await startReceiver();
+  const child = spawn(process.execPath, ['test/fixtures/heap-busy-worker.js'], {
+    cwd: pkg,
+    env: { ...process.env, PYROSCOPE_SERVER_ADDRESS: r.url },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const times = {};
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    const [what, ms] = line.split(' ');
+    times[what] = Number(ms);
+  });
+  const kept = (p) => total([p], 'inuse_space', leafIs('workerKeep', 'heap-busy-worker-thread'));
+  // Once a window holds the worker's heap (read by the worker before it closed), block it.
+  const end = Date.now() + 30000;
+  while (!memoryProfiles(r).some((p) => kept(p) > 8 << 20) && Date.now() < end) await new Promise((res) => setTimeout(res, 50));
+  child.stdin.write('block\n');
+  child.stdin.end();
+  assert.equal(await exited, 0);
+  await r.close();
+  assert.ok(times.blocked > 0 && times.done > times.blocked, JSON.stringify(times));
+  // Windows wholly inside the block: the worker read nothing in them; its last state stands.
+  const inside = memoryProfiles(r).filter(
+    (p) => p.time_nanos / 1e6 >= times.blocked && (p.time_nanos + p.duration_nanos) / 1e6 <= times.done,
+  );
+  assert.ok(inside.length >= 1, `no window inside the 3.5 s block: ${JSON.stringify(times)}`);
+  for (const p of inside) assert.ok(kept(p) > 8 << 20, `workerKeep: ${kept(p)} bytes in a window of the block`);
 });
