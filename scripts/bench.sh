@@ -13,9 +13,15 @@ out="$root/BENCHMARKS.md"
 # it was.
 if [ "${BENCH_ONLY:-}" = python ] || [ "${BENCH_ONLY:-}" = node ]; then
   lang="$BENCH_ONLY"
-  # A section that could not be measured says so in BENCHMARKS.md, and make bench fails.
+  # A section that could not be measured (exit 3) says so in BENCHMARKS.md, and make bench
+  # fails; a run that failed otherwise leaves BENCHMARKS.md as it was.
   status=0
   benches/"$lang"/run.sh > "$out.$lang" || status=$?
+  if [ "$status" != 0 ] && [ "$status" != 3 ]; then
+    rm -f "$out.$lang"
+    echo "make bench: the $lang rows failed (exit $status); BENCHMARKS.md is unchanged" >&2
+    exit "$status"
+  fi
   [ -f "$out" ] || printf '# Benchmarks\n' > "$out"
   python3 - "$out" "$out.$lang" <<'PY'
 import re, sys

@@ -20,10 +20,7 @@ echo "== node tests: $(( $(date +%s) - start )) s"
 # when that test fails: the rideshare links this package).
 start=$(date +%s)
 cd bindings/node
-status=0
+trap 'node scripts/build.js' EXIT
 PYROSCOPE_NODE_NO_SHIM=1 node scripts/build.js
-PYROSCOPE_NODE_TEST_NO_SHIM=1 node --test test/fallback.test.js || status=$?
-node scripts/build.js
-cd ../..
+PYROSCOPE_NODE_TEST_NO_SHIM=1 node --test test/fallback.test.js
 echo "== node fallback build tested: $(( $(date +%s) - start )) s"
-exit "$status"

@@ -18,7 +18,7 @@ not_measured() {
   echo "## Node"
   echo
   echo "Not measured: $1"
-  exit 1
+  exit 3
 }
 
 command -v node >/dev/null || not_measured "node is missing (Node.js 20 or later)."

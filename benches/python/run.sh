@@ -17,7 +17,7 @@ if ! make -s PY_VERSIONS="$PY" "target/py/$PY/.installed" >&2; then
   echo "## Python"
   echo
   echo "Not measured: our package could not be built or installed for CPython $PY (see the output of \`make python-env\`)."
-  exit 1
+  exit 3
 fi
 ours="$root/target/py/$PY/bin/python"
 

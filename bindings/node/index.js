@@ -75,9 +75,11 @@ function hookExit() {
 // Pull mode without start(): @pyroscope/nodejs's middleware profiles on its own, so an app
 // that only serves /debug/pprof/* gets profiles. The routes' first request starts profiling
 // that uploads nothing (CPU, and the heap from the first heap request on), which runs until
-// stop(); start(), startCpuProfiling() or startHeapProfiling() replace it with the configured
-// profiling.
+// stop() (a later request starts it again); start(), startCpuProfiling() or
+// startHeapProfiling() replace it with the configured profiling.
 let pullOnly = false;
+// Whether the warning that another tool holds V8's heap sampler was given.
+let heapBusyWarned = false;
 
 // Starts the agent: with CPU sampling, or for heap profiles alone.
 function startAgent(options, cpu) {
@@ -104,17 +106,21 @@ function leavePullOnly() {
 }
 
 /**
- * Before a pull-mode request is answered: profiling that uploads nothing, unless some runs
- * (heap profiling too when `heapToo`). False before init().
+ * Before a pull-mode request is answered: makes sure profiling runs, starting profiling that
+ * uploads nothing when the app's own does not (heap profiling too when `heapToo`). Null when
+ * the route can answer, else why it cannot.
  */
 function runForPull(heapToo) {
-  if (settings === null) return false;
-  if (!native.running()) {
+  if (settings === null) return 'profiling is not configured: call init() first';
+  // No agent, or pull-only profiling left without CPU sampling by stopCpuProfiling().
+  if (!native.running() || (pullOnly && !cpuOn)) {
     pullOnly = true;
     startCpu();
   }
+  if (!native.running()) return 'profiling could not start (a stop() may still be finishing): try again';
+  if (!heapToo && !cpuOn) return 'CPU profiling is off: start() or startCpuProfiling() turns it on';
   if (heapToo && pullOnly && !heap.running()) startHeap();
-  return native.running();
+  return null;
 }
 
 /** Starts CPU profiling (the agent). */
@@ -149,7 +155,8 @@ function startCpu() {
     log('warn', "pyroscope: fallback mode: JavaScript frames from V8's sampling profiler, without labels");
   } else {
     native.registerThread(!fallbackMode);
-    native.sampleWallTime();
+    // Captures are CPU profiles: pull-only profiling samples no wall time.
+    if (!pullOnly) native.sampleWallTime();
   }
 }
 
@@ -181,7 +188,8 @@ function startHeap() {
   if (!native.running()) startAgent(options, false);
   if (!native.jitNamesAvailable()) {
     log('warn', 'pyroscope: no heap profiles: the addon was built without its C++ part (fallback mode)');
-  } else if (!heap.start(heapSettings)) {
+  } else if (!heap.start(heapSettings) && !heapBusyWarned) {
+    heapBusyWarned = true;
     log('warn', "pyroscope: no heap profiles: this isolate's sampling heap profiler is in use by another tool");
   }
 }

@@ -247,7 +247,8 @@ impl AgentBuilder {
         self
     }
     /// Uploads nothing and writes no files, whatever the server address or folder: profiles
-    /// are only pulled, through captures ([`Destination::Nowhere`]).
+    /// are only pulled, through captures ([`Destination::Nowhere`]), which are CPU profiles, so
+    /// allocations are not sampled (`memory` is off).
     pub fn pull_only(mut self) -> Self {
         self.pull_only = true;
         self
@@ -378,6 +379,7 @@ impl AgentBuilder {
         };
         if self.pull_only {
             config.destination = Destination::Nowhere;
+            config.memory = false;
         }
         config.validate()?;
         Ok(config)

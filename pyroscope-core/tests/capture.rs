@@ -125,12 +125,12 @@ fn a_pull_only_agent_sends_and_writes_nothing_and_its_captures_get_the_samples()
     let agent = AgentBuilder::new("pull")
         .export_dir(&dir)
         .pull_only()
-        .memory(false)
         .upload_interval(Duration::from_secs(1))
         .shutdown_timeout(Duration::from_secs(30))
         .start()
         .unwrap();
     assert_eq!(agent.config().destination, pyroscope_core::Destination::Nowhere);
+    assert!(!agent.config().memory, "a pull-only agent samples allocations no capture reads");
     let frame = FrameId::new("pulled", "capture.js", 4).unwrap();
     let capture = agent.capture_cpu(Duration::from_secs(3600)).unwrap();
     // A window closed after the capture was asked for: the collector has begun it.

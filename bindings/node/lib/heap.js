@@ -35,7 +35,9 @@ function tick() {
     stop();
     return;
   }
-  collect();
+  // Pull mode alone sends no windows (`heapDelayMs()` is null): in-use memory is read when the
+  // route asks; allocations still are read on time, which bounds V8's session.
+  if (settings !== null && (native.heapDelayMs() !== null || settings.allocations)) collect();
   if (settings !== null) schedule();
 }
 

@@ -31,11 +31,10 @@ function statusOf(e) {
   return /too many CPU captures/.test(e.message) ? 429 : 500;
 }
 
-/** The answer of a route asked before init(). */
-function notInitialized(route) {
-  const message = 'profiling is not configured: call init() first';
-  log('error', `pyroscope: ${route}: ${message}`);
-  return { status: 503, type: 'text/plain; charset=utf-8', body: `pyroscope: ${message}\n` };
+/** The answer of a route that cannot answer now, and why. */
+function unavailable(route, why) {
+  log('error', `pyroscope: ${route}: ${why}`);
+  return { status: 503, type: 'text/plain; charset=utf-8', body: `pyroscope: ${why}\n` };
 }
 
 /**
@@ -43,14 +42,15 @@ function notInitialized(route) {
  * { status, type, body }.
  * `heapProfile`: () => Promise<Buffer> of a gzipped heap pprof, or null where heap profiles
  * are not available (then 501).
- * `ready(heapToo)`: makes sure profiling runs (heap profiling too when `heapToo`); false
- * before init().
+ * `ready(heapToo)`: makes sure profiling runs (heap profiling too when `heapToo`); null when
+ * the route can answer, else why it cannot (then 503).
  */
 function handlers(heapProfile, ready) {
   async function profile(rawSeconds) {
     const bad = badSeconds(rawSeconds);
     if (bad !== null) return { status: bad[0], type: 'text/plain; charset=utf-8', body: bad[1] };
-    if (!ready(false)) return notInitialized('/debug/pprof/profile');
+    const why = ready(false);
+    if (why !== null) return unavailable('/debug/pprof/profile', why);
     const s = seconds(rawSeconds);
     log('debug', `pyroscope: capturing a ${s} s CPU profile for /debug/pprof/profile`);
     try {
@@ -70,7 +70,8 @@ function handlers(heapProfile, ready) {
         body: 'pyroscope: heap profiles are not available in this build of the package\n',
       };
     }
-    if (!ready(true)) return notInitialized('/debug/pprof/heap');
+    const why = ready(true);
+    if (why !== null) return unavailable('/debug/pprof/heap', why);
     try {
       return { status: 200, type: 'application/octet-stream', body: await heapProfile() };
     } catch (e) {

@@ -137,7 +137,8 @@ function warnUnwrapped(warn) {
   if (watching) return;
   watching = true;
   const onWorker = (worker) => {
-    if (throughWrapped.has(worker) || !native.running()) return;
+    // Node's own workers (module.register()'s loader hooks thread) are not the app's.
+    if (throughWrapped.has(worker) || !native.running() || worker.constructor.name === 'InternalWorker') return;
     process.removeListener('worker', onWorker);
     warn(
       'pyroscope: a worker was started from a Worker class taken from node:worker_threads before ' +

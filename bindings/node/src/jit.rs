@@ -63,10 +63,13 @@ const STRIP_ALL: u8 = 2;
 /// Frames of scripts under `node_modules/` carry no file.
 const STRIP_DEPENDENCIES: u8 = 4;
 
-/// Where a dependency's own path starts in `script`: after its last `node_modules/`.
+/// Where a dependency's own path starts in `script`: after its last `node_modules/` directory.
 fn dependency_path(script: &str) -> Option<usize> {
     const DIR: &str = "node_modules/";
-    script.rfind(DIR).map(|i| i + DIR.len())
+    match script.rfind("/node_modules/") {
+        Some(i) => Some(i + 1 + DIR.len()),
+        None => script.starts_with(DIR).then_some(DIR.len()),
+    }
 }
 
 /// Sets @pyroscope/nodejs's `stripFilenames` (`"all"`, `"dependencies"` or none) and
@@ -312,4 +315,21 @@ pub unsafe extern "C" fn pyroscope_node_code_event(
         1 => pyroscope_core::jit::code_moved(start, new_start),
         _ => {}
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dependency_path;
+
+    #[test]
+    fn a_dependency_is_a_file_under_a_node_modules_directory() {
+        fn of(script: &str) -> Option<&str> {
+            dependency_path(script).map(|i| &script[i..])
+        }
+        assert_eq!(of("/srv/app/node_modules/express/lib/router.js"), Some("express/lib/router.js"));
+        assert_eq!(of("/srv/node_modules/a/node_modules/b/index.js"), Some("b/index.js"));
+        assert_eq!(of("node_modules/dep/index.js"), Some("dep/index.js"));
+        assert_eq!(of("/srv/my_node_modules/x.js"), None);
+        assert_eq!(of("/srv/app/routes/car.js"), None);
+    }
 }

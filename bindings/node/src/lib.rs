@@ -437,7 +437,7 @@ fn end_heap() {
 }
 
 thread_local! {
-    /// Whether this thread's environment ends its heap at its teardown.
+    /// Whether this thread's environment ends its heap at its teardown (its hook is added).
     static TEARDOWN_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -450,9 +450,11 @@ fn end_heap_at_teardown(env: &Env) {
     unsafe extern "C" fn at_teardown(_arg: *mut std::ffi::c_void) {
         // Never unwind into Node.
         let _ = std::panic::catch_unwind(end_heap);
+        // Another environment on this thread (an embedder's) hooks its own teardown.
+        TEARDOWN_HOOKED.with(|h| h.set(false));
     }
-    // SAFETY: a cleanup hook of this environment, added once per thread (Node refuses the same
-    // hook and argument twice); the function takes no data.
+    // SAFETY: a cleanup hook of this environment, added once per environment (Node aborts on
+    // the same hook and argument twice); the function takes no data.
     let status = unsafe { sys::napi_add_env_cleanup_hook(env.raw(), Some(at_teardown), std::ptr::null_mut()) };
     if status != sys::Status::napi_ok {
         TEARDOWN_HOOKED.with(|h| h.set(false));
@@ -461,11 +463,11 @@ fn end_heap_at_teardown(env: &Env) {
 
 /// Milliseconds until the next heap read is due: shortly before the agent's open window closes
 /// (a tenth of the upload interval, at most 1 s, before), or before the next one when that is
-/// too close. `null` without an agent.
+/// too close. `null` without an agent, or for one that sends no windows (pull mode alone).
 #[napi]
 pub fn heap_delay_ms() -> Option<f64> {
     let guard = agent();
-    let a = guard.as_ref()?;
+    let a = guard.as_ref().filter(|a| a.config().destination != pyroscope_core::Destination::Nowhere)?;
     let interval = a.config().upload_interval;
     let lead = (interval / 10).min(Duration::from_secs(1));
     let left = a.window_remaining();

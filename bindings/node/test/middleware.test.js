@@ -168,7 +168,7 @@ test('pull mode without start(): the routes profile on their own and nothing is 
     assert.equal(out.beforeInit[0], 503);
     assert.match(out.beforeInit[1], /call init\(\) first/);
     assert.equal(out.runningAfterInit, false, 'init() alone started profiling');
-    assert.deepEqual(out.statuses, [200, 200, 200]);
+    assert.deepEqual(out.statuses, [200, 200, 200, 200]);
     const p = decodePprof(fs.readFileSync(path.join(dir, 'profile.pb.gz')));
     const pulled = has(/^\.\/test\/fixtures\/pull-only\.js:burnPulled:\d+$/);
     const ns = total([p], 'cpu', pulled);
@@ -176,6 +176,8 @@ test('pull mode without start(): the routes profile on their own and nothing is 
     assert.equal(total([p], 'cpu', (s) => pulled(s) && s.labels.route === 'pull'), ns, 'a sample lost its label');
     const heap = decodePprof(fs.readFileSync(path.join(dir, 'heap.pb.gz')));
     assert.deepEqual(heap.sample_types, [['inuse_objects', 'count'], ['inuse_space', 'bytes']]);
+    const again = decodePprof(fs.readFileSync(path.join(dir, 'after-stop.pb.gz')));
+    assert.ok(total([again], 'cpu', pulled) > 0, 'no CPU samples in a capture after stopCpuProfiling()');
     const bytes = total([heap], 'inuse_space', has(/:retainPulled:\d+$/));
     assert.ok(bytes > 1 << 20, `retainPulled holds ${bytes} bytes in the served heap`);
     // Windows closed all along (1 s each), and none of them went anywhere.
