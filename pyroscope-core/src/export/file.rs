@@ -38,8 +38,9 @@ impl Exporter for FileExporter {
             .find(|name| !self.dir.join(name).exists())
             .unwrap_or_else(|| Self::file_name(upload, 1000));
         let path = self.dir.join(&name);
-        // Write to a temporary name and rename, so readers never see half a file.
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        // Write to a temporary name (this process's) and rename, so readers never see half a
+        // file.
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let io = |e: std::io::Error| ExportError {
             retryable: true,
             kind: crate::FailureKind::FileWrite,
