@@ -450,14 +450,6 @@ pub(crate) struct HeapWindow {
     interval: u64,
 }
 
-/// The in-use states of the heaps a window reported, for the next one
-/// ([`HeapWindow::carry_inuse`]).
-#[derive(Default)]
-pub(crate) struct HeapCarry {
-    inuse: HashMap<u64, Vec<HeapSample>>,
-    interval: u64,
-}
-
 impl HeapWindow {
     pub fn set_inuse(&mut self, heap: u64, interval: u64, samples: Vec<HeapSample>) {
         self.interval = interval;
@@ -472,24 +464,19 @@ impl HeapWindow {
         }
     }
 
-    /// Completes this window's in-use memory with the last state of each heap that was not
-    /// reported in it and has not ended (a heap's state stands until it is reported again or
-    /// ends: a thread too busy to report before the window closed still shows), and keeps this
-    /// window's states for the next one.
-    pub fn carry_inuse(&mut self, last: &mut HeapCarry) {
-        for heap in &self.ended {
-            last.inuse.remove(heap);
-        }
-        for (heap, samples) in last.inuse.drain() {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.inuse.entry(heap) {
-                e.insert(samples);
-                if self.interval == 0 {
-                    self.interval = last.interval;
-                }
+    /// Takes back the in-use states of `closed` (the window before this one, whose profile is
+    /// built) of the heaps not reported again since and not ended: a heap's state stands until
+    /// it is reported again or ends, so a thread too busy to report before a window closes
+    /// still shows there.
+    pub fn keep_inuse(&mut self, closed: HeapWindow) {
+        for (heap, samples) in closed.inuse {
+            if !closed.ended.contains(&heap) && !self.ended.contains(&heap) {
+                self.inuse.entry(heap).or_insert(samples);
             }
         }
-        last.interval = self.interval;
-        last.inuse = self.inuse.iter().filter(|(h, _)| !self.ended.contains(h)).map(|(h, s)| (*h, s.clone())).collect();
+        if self.interval == 0 {
+            self.interval = closed.interval;
+        }
     }
 
     pub fn add_alloc(&mut self, interval: u64, samples: &[HeapSample]) {

@@ -214,8 +214,6 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
     // Wall-clock samples (`Agent::add_wall_sample`): closed with the CPU window.
     let mut wall = Window::new(window.start);
     let mut allocs = AllocWindow::default();
-    // The runtime heaps' in-use states of the last window (see `HeapWindow::carry_inuse`).
-    let mut heap_carry = crate::aggregate::HeapCarry::default();
     let mut window_end = Instant::now() + config.upload_interval;
     shared.set_window_end(window_end);
     let mut last_scan = Instant::now();
@@ -429,14 +427,14 @@ pub(crate) fn collect(config: Config, mut sampler: Sampler, shared: Arc<Shared>,
                 }
             }
             // A runtime's own heap profile (V8's sampling heap profiler), as it reported it.
-            let mut heap = std::mem::take(&mut *shared.heap.lock());
-            heap.carry_inuse(&mut heap_carry);
+            let heap = std::mem::take(&mut *shared.heap.lock());
             if export && !heap.is_empty() {
                 let profile = heap.memory_profile(closed.start, end, &extra);
                 if !queue.push(upload("memory", &profile, closed.start, end)) {
                     return;
                 }
             }
+            shared.heap.lock().keep_inuse(heap);
             // The window's new addresses are named: drop the debug info parsed for them.
             symbolizer.release();
             crate::labels::reclaim(label_ids);
