@@ -120,6 +120,11 @@ function runForPull(heapToo) {
   if (!native.running()) return 'profiling could not start (a stop() may still be finishing): try again';
   if (!heapToo && !cpuOn) return 'CPU profiling is off: start() or startCpuProfiling() turns it on';
   if (heapToo && pullOnly && !heap.running()) startHeap();
+  if (heapToo && !heap.running()) {
+    return pullOnly
+      ? "this thread's sampling heap profiler is in use by another tool"
+      : 'heap profiling is off: start() or startHeapProfiling() turns it on';
+  }
   return null;
 }
 
@@ -223,7 +228,7 @@ const heapProfile = native.jitNamesAvailable()
   ? () => {
       const pprof = native.heapPprof();
       if (pprof !== null) return Promise.resolve(pprof);
-      const e = new Error('pyroscope: heap profiling is not running: call init() first');
+      const e = new Error('pyroscope: heap profiling is not running');
       e.status = 503;
       return Promise.reject(e);
     }

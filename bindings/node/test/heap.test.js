@@ -6,7 +6,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { startReceiver, cpuProfiles, total, runProfiled, pkg } = require('./helpers');
+const { startReceiver, spawnFixture, cpuProfiles, total, runProfiled } = require('./helpers');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'heap.js');
 const INTERVAL = 524288;
@@ -151,28 +151,17 @@ test('heap profiling goes on while CPU profiling is switched on and off', async 
 });
 
 test("a worker's heap stands in the windows that close while its event loop is blocked", async () => {
-  const { spawn } = require('node:child_process');
-  const readline = require('node:readline');
   const r = await startReceiver();
-  const child = spawn(process.execPath, ['test/fixtures/heap-busy-worker.js'], {
-    cwd: pkg,
-    env: { ...process.env, PYROSCOPE_SERVER_ADDRESS: r.url },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  const times = {};
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    const [what, ms] = line.split(' ');
-    times[what] = Number(ms);
-  });
+  const fixture = spawnFixture(['test/fixtures/heap-busy-worker.js'], { PYROSCOPE_SERVER_ADDRESS: r.url });
   const kept = (p) => total([p], 'inuse_space', leafIs('workerKeep', 'heap-busy-worker-thread'));
   // Once a window holds the worker's heap (read by the worker before it closed), block it.
   const end = Date.now() + 30000;
   while (!memoryProfiles(r).some((p) => kept(p) > 8 << 20) && Date.now() < end) await new Promise((res) => setTimeout(res, 50));
-  child.stdin.write('block\n');
-  child.stdin.end();
-  assert.equal(await exited, 0);
+  fixture.child.stdin.write('block\n');
+  fixture.child.stdin.end();
+  assert.equal((await fixture.exited).code, 0);
   await r.close();
+  const times = Object.fromEntries(fixture.lines.map((l) => l.split(' ')).map(([what, ms]) => [what, Number(ms)]));
   assert.ok(times.blocked > 0 && times.done > times.blocked, JSON.stringify(times));
   // Windows wholly inside the block: the worker read nothing in them; its last state stands.
   const inside = memoryProfiles(r).filter(

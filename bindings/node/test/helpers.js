@@ -68,6 +68,30 @@ function run(args, env = {}, { timeoutMs = 60000, cwd = pkg } = {}) {
 }
 
 /**
+ * Starts `node <args>` in the package's folder (`env` added, stdin piped, stderr shown) for a
+ * test that talks with it: { child, exited (resolves to { code, signal } once its output is
+ * read), lines (its stdout lines so far), line(re) (resolves to its first stdout line that
+ * matches `re`, or null if it ends without one) }.
+ */
+function spawnFixture(args, env = {}) {
+  const child = spawn(process.execPath, args, { cwd: pkg, env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  const lines = [];
+  let waiting = [];
+  readline.createInterface({ input: child.stdout }).on('line', (l) => {
+    lines.push(l);
+    waiting = waiting.filter((w) => !(w.re.test(l) && (w.resolve(l), true)));
+  });
+  const line = (re) => {
+    const seen = lines.find((l) => re.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    const found = new Promise((resolve) => waiting.push({ re, resolve }));
+    return Promise.race([found, exited.then(() => lines.find((l) => re.test(l)) ?? null)]);
+  };
+  return { child, exited, lines, line };
+}
+
+/**
  * Runs `node <args>` against a receiver of its own (PYROSCOPE_SERVER_ADDRESS, `env` added) and
  * checks that it exited 0; resolves to { res (as run's), receiver } once the receiver has
  * printed all it got.
@@ -117,4 +141,4 @@ function total(profiles, type, keep = () => true) {
 /** Whether a sample's stack has a frame whose function matches `re`. */
 const has = (re) => (s) => s.frames.some((f) => re.test(f.function));
 
-module.exports = { startReceiver, run, runProfiled, decodePprof, cpuProfiles, total, has, pkg, repo };
+module.exports = { startReceiver, run, runProfiled, spawnFixture, decodePprof, cpuProfiles, total, has, pkg, repo };

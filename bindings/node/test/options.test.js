@@ -8,7 +8,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { startReceiver, run, cpuProfiles, total, pkg, runProfiled } = require('./helpers');
+const { cpuProfiles, total, pkg, runProfiled } = require('./helpers');
 
 const cpuProfilesOf = (got) => got.filter((p) => p.sample_types.some(([t]) => t === 'cpu'));
 
@@ -92,11 +92,8 @@ function appWithDependency() {
 async function pathsOf(env, options) {
   const { dir, app, dep } = appWithDependency();
   try {
-    const r = await startReceiver();
-    const res = await run([app], { PYROSCOPE_SERVER_ADDRESS: r.url, OPTIONS: JSON.stringify({ appName: 'paths', ...options }), ...env }, { cwd: dir });
-    await r.close();
-    assert.equal(res.code, 0, res.stderr);
-    const cpu = cpuProfiles(r);
+    const { receiver } = await runProfiled([app], { OPTIONS: JSON.stringify({ appName: 'paths', ...options }), ...env }, { cwd: dir });
+    const cpu = cpuProfiles(receiver);
     const frames = (name) => {
       const seen = new Map();
       for (const p of cpu) for (const s of p.samples) for (const f of s.frames) if (new RegExp(`:${name}:\\d+$`).test(f.function)) seen.set(`${f.function}|${f.file}`, f);
