@@ -43,8 +43,11 @@ test('basicAuthUser/basicAuthPassword send Basic credentials; PYROSCOPE_AUTH_TOK
   }
 });
 
-test('heap.samplingIntervalBytes, or PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES, is the heap profile period', async () => {
+test('heap.samplingIntervalBytes, or PYROSCOPE_HEAP_SAMPLING_INTERVAL_BYTES, is the heap profile period (512 KiB by default)', async () => {
   const heapPeriods = (got) => got.filter((p) => p.sample_types.some(([t]) => t === 'inuse_space')).map((p) => p.period);
+  const byDefault = await profiles({}, { appName: 'opts' });
+  assert.ok(heapPeriods(byDefault).length > 0, 'no heap profile');
+  for (const period of heapPeriods(byDefault)) assert.equal(period, 524288);
   const fromConfig = await profiles({}, { appName: 'opts', heap: { samplingIntervalBytes: 65536 } });
   assert.ok(heapPeriods(fromConfig).length > 0, 'no heap profile');
   for (const period of heapPeriods(fromConfig)) assert.equal(period, 65536);
