@@ -106,7 +106,8 @@ fn cpu_profile_on_disk_has_functions_values_and_labels() {
 fn labels_switch_without_losing_samples() {
     let _g = crate::agent_lock();
     let dir = temp_dir("switch");
-    let agent = AgentBuilder::new("switch").export_dir(&dir).start().unwrap();
+    // At 1 kHz: each set's share rests on about 200 samples, not 20.
+    let agent = AgentBuilder::new("switch").export_dir(&dir).sample_rate(1000).start().unwrap();
     let sets: Vec<LabelSet> = (0..4).map(|i| LabelSet::new(&[("endpoint", format!("e{i}"))]).unwrap()).collect();
     let clock = Clock::now();
     let start = cpu_time();
@@ -127,9 +128,9 @@ fn labels_switch_without_losing_samples() {
     }
     assert_eq!(per.len(), 4, "{per:?}");
     let total: i64 = per.values().sum();
-    // 0.8 s at 100 Hz: about 80 samples, spread evenly over the four sets.
+    // 0.8 s at 1 kHz: about 800 samples, spread evenly over the four sets.
     eprintln!("{per:?}");
-    check_cpu("labelled", total * 10_000_000, truth, Duration::from_millis(10), 0.75, 1.1);
+    check_cpu("labelled", total * 1_000_000, truth, Duration::from_millis(1), 0.75, 1.1);
     for v in per.values() {
         assert!(*v as f64 > total as f64 / 4.0 * 0.4, "{per:?}");
     }

@@ -22,7 +22,7 @@ within() { awk -v e="$1" -v t="$2" 'BEGIN { d = (e - t) / t; if (d < 0) d = -d; 
 # (docs/signals-and-stacks.md); a profiler that loses samples itself fails every run.
 for attempt in 1 2 3; do
   rm -rf "$dir/p"
-  LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=32768 \
+  LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=16384 \
     PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" || fail "the program failed under the preload library"
   grep -q "cprog done" "$dir/out.txt" || fail "no output"
   ls "$dir/p"/cprog.process_cpu.*.pb.gz >/dev/null 2>&1 || fail "no CPU profile (app name should default to cprog)"

@@ -3,7 +3,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, cpuProfiles, total, has, runProfiled } = require('./helpers');
+const { startReceiver, run, cpuProfiles, total, cpuWithin, has, runProfiled } = require('./helpers');
 
 // The bound holds on a busy machine because the fixture burns CPU in plain computation and
 // reads the thread's CPU clock (a system call) only every 5 to 10 ms. The kernel checks CPU
@@ -14,16 +14,16 @@ const { startReceiver, run, cpuProfiles, total, has, runProfiled } = require('./
 // Measured with 3 extra busy processes on 2 cores, 30 runs each: reading the clock every few
 // microseconds, as the fixture did, gave weights up to 13 and errors of -9 to +7 periods (10 of
 // 30 runs outside 10%; a bare C loop doing the same saw expiries up to 1.1 s late); reading it
-// every 5 to 10 ms, weights of at most 3 and errors within 1.6 periods (at most 3%).
-test('each function gets its own CPU time, main thread and worker, within 10%', async () => {
+// every 5 to 10 ms, weights of at most 3 and errors within 1.6 periods (at most 3%). The bound
+// allows two periods beside the 10%, as the core's and the Python package's accuracy tests do.
+test('each function gets its own CPU time, main thread and worker, within 10% and two periods', async () => {
   const { res, receiver: r } = await runProfiled(['test/fixtures/accuracy.js']);
   const truth = JSON.parse(res.stdout);
   const cpu = cpuProfiles(r);
   assert.ok(cpu.length >= 2, `profiles: ${cpu.length}`);
   for (const [fn, ns] of Object.entries(truth)) {
     const got = total(cpu, 'cpu', has(new RegExp(`^\\./test/fixtures/accuracy\\.js:${fn}:\\d+$`)));
-    const ratio = got / ns;
-    assert.ok(ratio > 0.9 && ratio < 1.1, `${fn}: profiled ${got / 1e6} ms of ${ns / 1e6} ms (ratio ${ratio.toFixed(3)})`);
+    cpuWithin(fn, got, ns, 0.9, 1.1);
   }
 });
 
@@ -55,7 +55,9 @@ test('frames are named as @pyroscope/nodejs names them', async () => {
 });
 
 test('labels follow async work across await and never leak to concurrent requests (36 at once)', async () => {
-  const { receiver: r } = await runProfiled(['test/fixtures/cpu-labels.js']);
+  // At 1 kHz: each route's 100 ms of CPU time, in 4 and 6 ms bursts between the other routes',
+  // is about 100 samples, not 10.
+  const { receiver: r } = await runProfiled(['test/fixtures/cpu-labels.js'], { PYROSCOPE_WALL_SAMPLING_INTERVAL_MICROS: '1000' });
   const cpu = cpuProfiles(r);
   const routes = Array.from({ length: 36 }, (_, i) => `r${i}`);
   const labelled = has(/:burnLabelled:/);

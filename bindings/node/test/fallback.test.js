@@ -6,7 +6,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { startReceiver, run, cpuProfiles, total, has } = require('./helpers');
+const { startReceiver, run, cpuProfiles, total, cpuWithin, has } = require('./helpers');
 
 const noShimBuild = process.env.PYROSCOPE_NODE_TEST_NO_SHIM === '1';
 
@@ -27,8 +27,7 @@ test(`fallback mode still names JavaScript frames in the CPU profile${noShimBuil
     // that waited for a core more than the others gets more than its CPU share and they less
     // (gammaWork got 0.67 of its CPU time once at load average 4.5). Never counted twice with
     // the core's own samples: at most 2x, and each function's share is there.
-    const ratio = got / truth[fn];
-    assert.ok(ratio > 0.5 && ratio < 2, `${fn}: ${got / 1e6} ms of ${truth[fn] / 1e6} ms`);
+    cpuWithin(fn, got, truth[fn], 0.5, 2);
   }
   const stack = cpu.flatMap((p) => p.samples).find(has(/:betaWork:/));
   const names = stack.frames.map((f) => f.function);

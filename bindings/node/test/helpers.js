@@ -141,4 +141,18 @@ function total(profiles, type, keep = () => true) {
 /** Whether a sample's stack has a frame whose function matches `re`. */
 const has = (re) => (s) => s.frames.some((f) => re.test(f.function));
 
-module.exports = { startReceiver, run, runProfiled, spawnFixture, decodePprof, cpuProfiles, total, has, pkg, repo };
+/**
+ * Asserts that `sampled` CPU nanoseconds are within `low`..`high` times the thread's own CPU
+ * clock `truth`, give or take two sampling periods (`periodNs`, 10 ms at the default 100 Hz):
+ * the sample that falls due as a function ends goes to what runs next, and a timer that expires
+ * while its thread waits for a core comes late, in the next function. The same bound as the
+ * core's and the Python package's accuracy tests.
+ */
+function cpuWithin(what, sampled, truth, low, high, periodNs = 1e7) {
+  const ms = (ns) => (ns / 1e6).toFixed(1);
+  const detail = `${what}: sampled ${ms(sampled)} ms of ${ms(truth)} ms of CPU (ratio ${(sampled / truth).toFixed(3)})`;
+  assert.ok(sampled >= truth * low - 2 * periodNs, `${detail}: less than ${low}x`);
+  assert.ok(sampled <= truth * high + 2 * periodNs, `${detail}: more than ${high}x`);
+}
+
+module.exports = { startReceiver, run, runProfiled, spawnFixture, decodePprof, cpuProfiles, total, cpuWithin, has, pkg, repo };

@@ -12,7 +12,7 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const express = require('express');
 const Fastify = require('fastify');
-const { startReceiver, run, decodePprof, total, has } = require('./helpers');
+const { startReceiver, run, decodePprof, total, cpuWithin, has } = require('./helpers');
 
 for (const k of Object.keys(process.env)) if (k.startsWith('PYROSCOPE_')) delete process.env[k];
 const pyroscope = require('pyroscope-profiler').default;
@@ -172,7 +172,9 @@ test('pull mode without start(): the routes profile on their own and nothing is 
     const p = decodePprof(fs.readFileSync(path.join(dir, 'profile.pb.gz')));
     const pulled = has(/^\.\/test\/fixtures\/pull-only\.js:burnPulled:\d+$/);
     const ns = total([p], 'cpu', pulled);
-    assert.ok(ns > 0.5e9, `burnPulled: ${ns} ns in a 2 s capture`);
+    // What burnPulled burnt while the app waited for the capture; a few of its 15 ms runs may
+    // fall just before the route began or after it ended.
+    cpuWithin('burnPulled in a 2 s capture', ns, out.burntNs, 0.7, 1);
     assert.equal(total([p], 'cpu', (s) => pulled(s) && s.labels.route === 'pull'), ns, 'a sample lost its label');
     const heap = decodePprof(fs.readFileSync(path.join(dir, 'heap.pb.gz')));
     assert.deepEqual(heap.sample_types, [['inuse_objects', 'count'], ['inuse_space', 'bytes']]);

@@ -269,7 +269,7 @@ def test_alloc_space_is_in_the_allocating_python_function(churned):
     assert abs(inside - truth) <= TOLERANCE * truth, f"churn_worker: {inside} of {truth}"
 
 
-LEAK = dict(rate=16 * 1024, n_bytes=20_000, n_lists=5_000, n_grown=1_000)
+LEAK = dict(rate=32 * 1024, n_bytes=20_000, n_lists=5_000, n_grown=1_000)
 
 
 def leak_allocations():
