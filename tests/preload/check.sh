@@ -11,28 +11,37 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 passed=0
 fail() { echo "preload: FAIL: $*"; echo "$passed passed, 1 failed"; exit 1; }
-cargo build -q -p pyroscope-preload -p pyroscope-cli
+cargo build -q -p pyroscope-cli
+# Programs run under the release library, as users run it (the debug library's thread start
+# also needs more stack than Node's 32 KiB inspector thread has: framehop's unwind cache is
+# built in a 33 KiB frame without optimisation).
+cargo build -q --release -p pyroscope-preload
 bin=target/debug
+lib="$root/target/release/libpyroscope_preload.so"
 cc -O2 -g -fomit-frame-pointer -fno-inline -pthread -o "$dir/cprog" tests/preload/cprog.c
 value() { awk -F'\t' -v f="$2" '$1 == f { print $3; found=1; exit } END { if (!found) print 0 }' <<<"$1"; }
 within() { awk -v e="$1" -v t="$2" 'BEGIN { d = (e - t) / t; if (d < 0) d = -d; exit !(d <= 0.10) }'; }
 # The worker thread starts after the agent: it is sampled from its start (pthread_create is
-# interposed), so both threads' CPU is there. CPU short of the truth is run again, up to three
-# times: on an overloaded machine the kernel loses CPU timer expirations in some runs
-# (docs/signals-and-stacks.md); a profiler that loses samples itself fails every run.
+# interposed), so both threads' CPU is there. A run is made again, up to three times, when the
+# machine cost it samples: CPU short of the truth (on an overloaded machine the kernel loses CPU
+# timer expirations, docs/signals-and-stacks.md), or allocation samples the library says it
+# dropped because its collector was not scheduled before the ring filled. A profiler that loses
+# samples itself fails every run.
 for attempt in 1 2 3; do
   rm -rf "$dir/p"
-  LD_PRELOAD="$root/$bin/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=16384 \
-    PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" || fail "the program failed under the preload library"
+  LD_PRELOAD="$lib" PYROSCOPE_EXPORT_DIR="$dir/p" PYROSCOPE_ALLOC_SAMPLE_BYTES=16384 \
+    PYROSCOPE_TAGS=region=lab "$dir/cprog" > "$dir/out.txt" 2> "$dir/err.txt" ||
+    { cat "$dir/err.txt"; fail "the program failed under the preload library"; }
   grep -q "cprog done" "$dir/out.txt" || fail "no output"
   ls "$dir/p"/cprog.process_cpu.*.pb.gz >/dev/null 2>&1 || fail "no CPU profile (app name should default to cprog)"
   cpu="$("$bin/pyroscope" top "$dir/p" --tsv --type cpu --where region=lab)"
   spin=$(value "$cpu" c_spin)
   echo "cpu in c_spin: $spin ns (truth 600000000 ns over two threads)"
-  within "$spin" 600000000 && break
-  [ "$spin" -lt 600000000 ] || fail "c_spin CPU more than 10% above the threads' clocks"
-  [ "$attempt" -lt 3 ] || fail "c_spin CPU more than 10% short in three runs"
-  echo "short: lost timer expirations under load? running again"
+  [ "$spin" -le 660000000 ] || fail "c_spin CPU more than 10% above the threads' clocks"
+  dropped="$(grep "sampled allocations were dropped" "$dir/err.txt" || true)"
+  [ -z "$dropped" ] && within "$spin" 600000000 && break
+  [ "$attempt" -lt 3 ] || fail "samples lost in three runs: ${dropped:-c_spin CPU more than 10% short}"
+  echo "short: ${dropped:-lost timer expirations under load?}; running again"
 done
 alloc="$("$bin/pyroscope" top "$dir/p" --tsv --type alloc_space)"
 inuse="$("$bin/pyroscope" top "$dir/p" --tsv --type inuse_space)"
@@ -48,13 +57,9 @@ within "$leak_inuse" 33554432 || fail "c_leak inuse_space off by more than 10%"
 passed=1
 echo "ok: an unmodified C program profiled through LD_PRELOAD"
 
-# Node runs under the release library, as users run it: the debug library's thread start needs
-# more stack than Node's 32 KiB inspector thread has (framehop's unwind cache, built in a 33 KiB
-# frame when compiled without optimisation), and crashes it.
 node_bin="$(command -v node)" || fail "node not found (Node 20 is a requirement of the project)"
 node_bin="$(readlink -f "$node_bin")"
-cargo build -q --release -p pyroscope-preload
-LD_PRELOAD="$root/target/release/libpyroscope_preload.so" PYROSCOPE_EXPORT_DIR="$dir/n" PYROSCOPE_APPLICATION_NAME=nodebusy \
+LD_PRELOAD="$lib" PYROSCOPE_EXPORT_DIR="$dir/n" PYROSCOPE_APPLICATION_NAME=nodebusy \
   "$node_bin" tests/preload/busy.js "$dir/node-maps.txt" > "$dir/node-out.txt" || fail "node failed under the preload library"
 grep -q "node busy done" "$dir/node-out.txt" || fail "no output from node"
 ncpu="$("$bin/pyroscope" top "$dir/n" --tsv --type cpu)"

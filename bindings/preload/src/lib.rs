@@ -12,7 +12,8 @@
 //! from the collector's next thread scan. glibc only.
 //!
 //! Bad settings never break the host: the error is printed once to stderr and the program runs
-//! unprofiled.
+//! unprofiled. Sampled allocations dropped because the sample ring was full are counted on
+//! stderr at exit, when there were any.
 //!
 //! The library also exports the whole C API of `libpyroscope.so` (`pyroscope.h`): a program
 //! linked against it and run with this library preloaded calls into this copy, so its labels
@@ -305,14 +306,28 @@ extern "C" fn start() {
             // SAFETY: `stop` is a plain extern "C" function that lives as long as the process.
             unsafe { libc::atexit(stop) };
         }
-        Err(e) => eprintln!("pyroscope-preload: profiling disabled: {e}"),
+        Err(e) => warn(format_args!("profiling disabled: {e}")),
     }
 }
 
 extern "C" fn stop() {
-    if let Some(agent) = AGENT.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        agent.stop();
+    let Some(agent) = AGENT.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    // Lost CPU samples show in the CPU profile as `[lost samples]`; lost allocation samples
+    // are memory no profile shows, so the program's stderr says so.
+    let lost = agent.stop().alloc_samples_lost;
+    if lost > 0 {
+        warn(format_args!(
+            "{lost} sampled allocations were dropped (the sample ring was full): the memory profiles are short of them"
+        ));
     }
+}
+
+/// One line on the program's stderr. A closed or broken stderr is not the program's problem.
+fn warn(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "pyroscope-preload: {message}");
 }
 
 /// Runs `start` when the library is loaded, before the program's `main`.
