@@ -305,6 +305,13 @@ static ON_NEW_THREAD: OnceLock<fn(i32, &Arc<ThreadState>)> = OnceLock::new();
 
 thread_local! {
     static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
+    /// `SLOT` holds this thread's slot (set once it is stored, cleared as it is dropped). The
+    /// allocation hook reads this destructor-less flag before it touches `SLOT`: a first touch
+    /// of `SLOT` registers its destructor with `__cxa_thread_atexit_impl`, whose `calloc` can be
+    /// sampled, and a hook that then touched `SLOT` (still uninitialized) registered it a second
+    /// time: the slot was dropped twice at thread exit, freeing its `ThreadState` under the
+    /// registry's and the timer's references.
+    static SLOT_SET: Cell<bool> = const { Cell::new(false) };
     /// One of the profiler's own threads: its allocations are never sampled (its frees are
     /// still looked up, so blocks it frees leave the live set).
     static OWN: Cell<bool> = const { Cell::new(false) };
@@ -432,6 +439,7 @@ struct Slot(Arc<ThreadState>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let _ = SLOT_SET.try_with(|f| f.set(false));
         // A reused tid starts clean: its new thread gets a state of its own.
         self.0.label_id.store(NO_LABELS, Ordering::Release);
         self.0.label_source.store(0, Ordering::Release);
@@ -452,16 +460,19 @@ pub(crate) fn announce(state: &Arc<ThreadState>) {
 pub(crate) fn current_slot() -> Arc<ThreadState> {
     SLOT.try_with(|s| {
         let mut s = s.borrow_mut();
-        s.get_or_insert_with(|| {
-            let tid = sys::gettid();
-            let state = state_for(tid);
-            if let Some(f) = ON_NEW_THREAD.get() {
-                f(tid, &state);
-            }
-            Slot(state)
-        })
-        .0
-        .clone()
+        let state = s
+            .get_or_insert_with(|| {
+                let tid = sys::gettid();
+                let state = state_for(tid);
+                if let Some(f) = ON_NEW_THREAD.get() {
+                    f(tid, &state);
+                }
+                Slot(state)
+            })
+            .0
+            .clone();
+        let _ = SLOT_SET.try_with(|f| f.set(true));
+        state
     })
     // During thread teardown the TLS is gone: hand out a detached slot nobody samples.
     .unwrap_or_else(|_| Arc::new(ThreadState::detached()))
@@ -470,6 +481,9 @@ pub(crate) fn current_slot() -> Arc<ThreadState> {
 /// The label id in force on the calling thread, without creating its slot or blocking (for the
 /// allocation hook, which may run inside the slot's own creation).
 pub(crate) fn current_label_id() -> u32 {
+    if !SLOT_SET.try_with(Cell::get).unwrap_or(false) {
+        return NO_LABELS;
+    }
     SLOT.try_with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(|slot| slot.0.label_id_now())))
         .ok()
         .flatten()
@@ -535,7 +549,8 @@ impl Drop for ThreadCache {
             // SAFETY: `p` came from Box::into_raw in `thread_cache` and is freed only here, once:
             // the thread is exiting, its thread-local is being destroyed, and a sample taken
             // later on this thread finds the thread-local gone and takes no cache. The free goes
-            // through the global allocator's hooks, which use only destructor-less thread-locals.
+            // through the global allocator's hooks, whose free path uses only destructor-less
+            // thread-locals (and the hooks first touch one with a destructor only under the guard).
             drop(unsafe { Box::from_raw(p) });
         }
     }
