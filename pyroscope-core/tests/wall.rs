@@ -44,7 +44,7 @@ fn wall_samples_make_a_wall_profile_beside_the_cpu_one() {
     assert_eq!((stats.wall_samples, stats.wall_samples_lost), (5, 0));
 
     let profiles = read_profiles(&dir);
-    let wall: Vec<_> = profiles.iter().filter(|(name, _)| name.contains("wall")).collect();
+    let wall: Vec<_> = profiles.iter().filter(|(name, _)| name.contains(".wall.")).collect();
     assert_eq!(wall.len(), 1, "{:?}", profiles.iter().map(|p| &p.0).collect::<Vec<_>>());
     let p = &wall[0].1;
     let s = |i: i64| p.string_table[i as usize].as_str();
@@ -135,7 +135,7 @@ fn a_thread_marked_for_wall_time_is_sampled_idle_or_busy() {
 
     let profiles = read_profiles(&dir);
     let flat: Vec<Flat> =
-        profiles.iter().filter(|(name, _)| name.contains("wall")).flat_map(|(_, p)| flatten(p)).collect();
+        profiles.iter().filter(|(name, _)| name.contains(".wall.")).flat_map(|(_, p)| flatten(p)).collect();
     let sum = |f: &dyn Fn(&Flat) -> bool| flat.iter().filter(|x| f(x)).map(|x| x.values[1]).sum::<i64>();
     let waiting = sum(&|x| x.stack.iter().any(|n| n.ends_with("wait_on_channel")) && x.labels.contains_key("loop"));
     let spinning = sum(&|x| x.stack.iter().any(|n| n.ends_with("spin_in_marked_thread")));
