@@ -308,8 +308,8 @@ thread_local! {
     /// `SLOT` holds this thread's slot (set once it is stored, cleared as it is dropped). The
     /// allocation hook reads this destructor-less flag before it touches `SLOT`: a first touch
     /// of `SLOT` registers its destructor with `__cxa_thread_atexit_impl`, whose `calloc` can be
-    /// sampled, and a hook that then touched `SLOT` (still uninitialized) registered it a second
-    /// time: the slot was dropped twice at thread exit, freeing its `ThreadState` under the
+    /// sampled, and a hook that touched `SLOT` in that instant would register it a second time,
+    /// so the slot would be dropped twice at thread exit and its `ThreadState` freed under the
     /// registry's and the timer's references.
     static SLOT_SET: Cell<bool> = const { Cell::new(false) };
     /// One of the profiler's own threads: its allocations are never sampled (its frees are
