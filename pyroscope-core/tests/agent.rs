@@ -58,7 +58,8 @@ fn stop_returns_within_the_timeout_while_the_last_window_is_built() {
     let took = t.elapsed();
     assert!(test_hooks::collector_held(), "stop returned before the collector built the last window: {stats:?}");
     eprintln!("stop took {took:?}: {stats:?}");
-    let bound = timeout + Duration::from_millis(1000);
+    // 3 s for a busy machine beside the timeout: the collector is held until released.
+    let bound = timeout + Duration::from_secs(3);
     assert!(took < bound, "stop took {took:?}");
     assert_eq!(stats.windows_abandoned, 1, "{stats:?}");
     assert_eq!((stats.profiles, stats.uploads_sent), (0, 0), "{stats:?}");

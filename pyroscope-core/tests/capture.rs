@@ -38,7 +38,7 @@ fn a_capture_gets_the_samples_of_its_time_while_windows_go_on() {
     assert!(wait_until(Duration::from_secs(30), || agent.stats().windows >= 1), "{:?}", agent.stats());
     let windows_before = agent.stats().windows;
 
-    let capture = agent.capture_cpu(Duration::from_millis(1500)).unwrap();
+    let capture = agent.capture_cpu(Duration::from_millis(2500)).unwrap();
     let done = AtomicBool::new(false);
     let mut pushed = 0u64;
     let bytes = std::thread::scope(|s| {
@@ -56,15 +56,15 @@ fn a_capture_gets_the_samples_of_its_time_while_windows_go_on() {
         waiter.join().unwrap()
     })
     .unwrap();
-    let windows_during = agent.stats().windows - windows_before;
 
     let profile = decode_pprof(&bytes).unwrap();
     let s = |i: i64| profile.string_table[i as usize].as_str();
     let types: Vec<(&str, &str)> = profile.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
     assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
     assert_eq!(profile.period, 10_000_000);
+    // Ended by the collector's first pass after 2.5 s: later by what a busy machine delays it.
     let took = Duration::from_nanos(profile.duration_nanos as u64);
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(3000), "lasted {took:?}");
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_millis(5500), "lasted {took:?}");
     let flat = flatten(&profile);
     assert_eq!(weight_of(&flat, "before_capture"), 0, "a sample of before the capture is in it");
     let got = weight_of(&flat, "during_capture");
@@ -74,14 +74,17 @@ fn a_capture_gets_the_samples_of_its_time_while_windows_go_on() {
         "a sample lost its labels: {flat:?}"
     );
 
-    // The regular windows went on meanwhile, with the same samples.
-    assert!(windows_during >= 1, "no window closed during a 1.5 s capture at 1 s windows");
+    // The regular windows went on meanwhile, with the same samples: one closed during the
+    // capture (by its own end time), which 1 s windows do unless the collector is held 1.5 s.
     let stats = agent.stop();
-    let written: i64 = read_profiles(&dir)
-        .iter()
-        .filter(|(name, _)| name.contains(".process_cpu."))
-        .map(|(_, p)| weight_of(&flatten(p), "during_capture"))
-        .sum();
+    let cpu: Vec<_> = read_profiles(&dir).into_iter().filter(|(name, _)| name.contains(".process_cpu.")).collect();
+    let capture_span = profile.time_nanos..profile.time_nanos + profile.duration_nanos;
+    assert!(
+        cpu.iter().any(|(_, p)| capture_span.contains(&(p.time_nanos + p.duration_nanos))),
+        "no window closed during a 2.5 s capture at 1 s windows, {} after {windows_before}: {stats:?}",
+        stats.windows
+    );
+    let written: i64 = cpu.iter().map(|(_, p)| weight_of(&flatten(p), "during_capture")).sum();
     assert_eq!(written as u64, pushed, "{stats:?}");
 }
 
@@ -98,7 +101,7 @@ fn captures_are_bounded_and_end_with_the_agent() {
     // Zero-length captures end at once and give their place back.
     for _ in 0..10 {
         let p = decode_pprof(&agent.capture_cpu(Duration::ZERO).unwrap().wait().unwrap()).unwrap();
-        assert!(p.duration_nanos < 1_000_000_000, "{}", p.duration_nanos);
+        assert!(p.duration_nanos < 3_000_000_000, "{}", p.duration_nanos);
     }
     let long: Vec<_> = (0..8).map(|_| agent.capture_cpu(hour).unwrap()).collect();
     assert_eq!(agent.capture_cpu(hour).unwrap_err(), Error::CaptureLimit { limit: 8 });

@@ -163,8 +163,8 @@ fn stop_is_bounded_when_server_is_down_slow_or_broken() {
     let slow = Receiver::start(Mode::Slow(Duration::from_secs(8)));
     let garbage = Receiver::start(Mode::Garbage);
     let busy = Receiver::start(Mode::Status(429, "push rate limit exceeded"));
-    // The bound is the shutdown timeout, plus a second for a busy machine (other tests of this
-    // binary run meanwhile).
+    // The bound is the shutdown timeout, plus 3 s for a busy machine (other tests of this binary
+    // run meanwhile): well short of the slow server's 8 s.
     let timeout = Duration::from_millis(500);
     for server in [url, slow.url(), garbage.url(), busy.url()] {
         let agent =
@@ -173,7 +173,7 @@ fn stop_is_bounded_when_server_is_down_slow_or_broken() {
         let t = Instant::now();
         let stats = agent.stop();
         let took = t.elapsed();
-        assert!(took < timeout + Duration::from_secs(1), "{server}: stop took {took:?}");
+        assert!(took < timeout + Duration::from_secs(3), "{server}: stop took {took:?}");
         assert_eq!(stats.uploads_sent, 0, "{server}");
     }
 }
@@ -262,7 +262,8 @@ fn stop_counts_what_a_hanging_server_did_not_take() {
     let stats = agent.stop();
     let took = t.elapsed();
     eprintln!("stop took {took:?} (timeout {timeout:?}): {stats:?}");
-    assert!(took < timeout + Duration::from_millis(1000), "stop took {took:?}");
+    // 3 s for a busy machine beside the timeout: the server would hold it 60 s.
+    assert!(took < timeout + Duration::from_secs(3), "stop took {took:?}");
     assert!(stats.profiles >= 3, "{stats:?}");
     assert_eq!(stats.uploads_sent, 0, "{stats:?}");
     assert_eq!(stats.uploads_dropped, stats.profiles, "everything not sent is counted when stop returns: {stats:?}");

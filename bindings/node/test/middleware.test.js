@@ -42,7 +42,8 @@ function checkProfile(body, seconds) {
   assert.deepEqual([...body.subarray(0, 2)], [0x1f, 0x8b], 'not gzipped');
   const p = decodePprof(body);
   assert.deepEqual(p.sample_types, [['samples', 'count'], ['cpu', 'nanoseconds']]);
-  assert.ok(p.duration_nanos >= seconds * 1e9 && p.duration_nanos < (seconds + 1.5) * 1e9, `lasted ${p.duration_nanos} ns`);
+  // Ended by the collector's first pass after the N seconds: later by what a busy machine delays it.
+  assert.ok(p.duration_nanos >= seconds * 1e9 && p.duration_nanos < (seconds + 3) * 1e9, `lasted ${p.duration_nanos} ns`);
   const ns = total([p], 'cpu', captured);
   assert.ok(ns > 0, 'no burnForCapture in the capture');
   assert.equal(total([p], 'cpu', (s) => captured(s) && s.labels.route === 'capture'), ns, 'a sample lost its label');
@@ -104,16 +105,21 @@ test('express: profile, heap, pass-through, bad seconds, and pull-only profiling
 
     const stop = burning();
     const asked = Date.now();
-    const res = await get(base, '/debug/pprof/profile?seconds=2');
+    const res = await get(base, '/debug/pprof/profile?seconds=3');
     const answered = Date.now();
     stop();
     assert.equal(res.status, 200, res.body.toString());
     assert.equal(res.type, 'application/octet-stream');
-    checkProfile(res.body, 2);
-    // The continuous uploads went on meanwhile.
-    const uploaded = receiver.profiles.filter((p) => p.receivedAt > asked && p.receivedAt < answered);
-    assert.ok(uploaded.length >= 1, 'no upload during the capture');
-    assert.ok(uploaded.some((p) => total([p], 'cpu', captured) > 0), 'the uploads miss the captured work');
+    checkProfile(res.body, 3);
+    // The continuous uploads went on meanwhile: a window that closed during the capture (by its
+    // own end time) with the captured work in it arrives (waited for: at most 10 s).
+    const closedDuring = (p) => {
+      const end = (p.time_nanos + p.duration_nanos) / 1e6;
+      return end > asked && end < answered && total([p], 'cpu', captured) > 0;
+    };
+    const deadline = Date.now() + 10000;
+    while (!receiver.profiles.some(closedDuring) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(receiver.profiles.some(closedDuring), 'no upload of a window that closed during the capture, with its work');
 
     // Once, the same bytes through go tool pprof.
     assert.equal(spawnSync('go', ['version']).status, 0, 'go not found: the cross-check needs go tool pprof');
@@ -173,8 +179,9 @@ test('pull mode without start(): the routes profile on their own and nothing is 
     const pulled = has(/^\.\/test\/fixtures\/pull-only\.js:burnPulled:\d+$/);
     const ns = total([p], 'cpu', pulled);
     // What burnPulled burnt while the app waited for the capture; a few of its 15 ms runs may
-    // fall just before the route began or after it ended.
-    cpuWithin('burnPulled in a 2 s capture', ns, out.burntNs, 0.7, 1);
+    // fall just before the route began or after it ended, so less is allowed than elsewhere;
+    // more, as elsewhere, by the sampling's own error.
+    cpuWithin('burnPulled in a 2 s capture', ns, out.burntNs, 0.7, 1.1);
     assert.equal(total([p], 'cpu', (s) => pulled(s) && s.labels.route === 'pull'), ns, 'a sample lost its label');
     const heap = decodePprof(fs.readFileSync(path.join(dir, 'heap.pb.gz')));
     assert.deepEqual(heap.sample_types, [['inuse_objects', 'count'], ['inuse_space', 'bytes']]);

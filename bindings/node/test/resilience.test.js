@@ -43,13 +43,14 @@ test('a server down, slow, failing or refusing never reaches the app, and it sti
     assert.equal(r.profiles.length, 0, `${mode}: the receiver accepted a profile`);
   }
   t.diagnostic(`ms from the end of the work to exit: ${JSON.stringify(latency)}`);
-  // Refused at once: nothing to wait for (2 s of slack: one run of each, on a busy machine).
-  assert.ok(latency.down < latency.none + 2000, `server down: ${latency.down} ms vs ${latency.none} ms`);
+  // Refused at once: nothing to wait for; 3 s of slack (one run of each, on a busy machine),
+  // which a process held past the shutdown bound (2 s) by more than a second would not pass.
+  assert.ok(latency.down < latency.none + 3000, `server down: ${latency.down} ms vs ${latency.none} ms`);
   // A hanging or failing server: the last upload is given up at the shutdown bound (2 s).
   assert.ok(latency['slow:5000'] < latency.none + 4000, `slow: ${latency['slow:5000']} ms`);
   assert.ok(latency['status:500'] < latency.none + 4000, `status 500: ${latency['status:500']} ms`);
   // A refusal (403: bad credentials) is not retried.
-  assert.ok(latency['status:403'] < latency.none + 2000, `status 403: ${latency['status:403']} ms`);
+  assert.ok(latency['status:403'] < latency.none + 3000, `status 403: ${latency['status:403']} ms`);
 });
 
 test('the last window is sent at exit, without stop()', async (t) => {

@@ -88,6 +88,13 @@ class Receiver:
             self.proc.kill()
             self.proc.wait()
 
+    def drain(self):
+        """Stops the receiver once it has printed all it got, and reads it all: `profiles()` is
+        then complete (for sums over every window a finished program sent)."""
+        self.close()
+        self.reader.join(timeout=10)
+        assert not self.reader.is_alive(), "the receiver's output was not read to its end"
+
 
 @pytest.fixture
 def receiver():

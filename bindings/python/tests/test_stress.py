@@ -168,6 +168,8 @@ def test_stress_real_agent_at_1000_hz_with_memory_hooks(receiver, run_py):
     assert stats["stats"]["samples"] > 0 and stats["walker"]["stacks"] > 0
     # Bounded: SECONDS of work, then shutdown's own bound.
     assert out.elapsed < SECONDS + 30, out.elapsed
+    # Everything the program sent, its last windows included.
+    r.drain()
 
     def seen(name):
         found = set()
