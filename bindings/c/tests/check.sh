@@ -35,8 +35,16 @@ valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definit
 echo "valgrind memcheck: 0 errors"
 t="$(target/debug/pyroscope top "$dir/p" --tsv --where region=lab --where vehicle=scooter)"
 grep -q "^c_labelled_work" <<<"$t" || fail "c_labelled_work missing under vehicle=scooter"
-t="$(target/debug/pyroscope top "$dir/p" --tsv --where worker=w3)"
-grep -q "^c_labelled_work" <<<"$t" || fail "thread labels missing"
+# Labels pushed on threads: each of 8 threads burns 40 ms in c_labelled_work under worker=w<id>
+# and w<id+4>, about 4 samples a value at 100 Hz, so one value may get none on a busy machine;
+# all eight get none only if thread labels are lost.
+seen=0
+for w in w0 w1 w2 w3 w4 w5 w6 w7; do
+  t="$(target/debug/pyroscope top "$dir/p" --tsv --where worker=$w 2>/dev/null)" || t=""
+  if grep -q "^c_labelled_work" <<<"$t"; then seen=$((seen + 1)); fi
+done
+[ "$seen" -ge 1 ] || fail "thread labels missing: c_labelled_work under none of the worker values"
+echo "thread labels: c_labelled_work under $seen of 8 worker values"
 # 150 ms of CPU on a thread that called pyroscope_thread_register first: sampled from its start
 # (unregistered, the agent's thread scan would find it up to 100 ms late).
 reg=$(awk -F'\t' '$1 == "c_registered_work" { print $3; exit }' <<<"$(target/debug/pyroscope top "$dir/p" --tsv --type cpu)")
