@@ -335,7 +335,9 @@ def test_keywords_win_over_environment_which_wins_over_defaults(receiver, run_py
 def test_no_server_address_writes_profiles_to_the_default_folder(run_py, tmp_path):
     out = run_py(
         "import pyroscope\nassert pyroscope.configure(application_name='files', upload_interval=1)\n"
-        "x = 0\nfor i in range(3_000_000): x += i\npyroscope.shutdown()\n"
+        # 0.3 s of the thread's CPU time: about 30 samples at 100 Hz.
+        "import time\nend = time.thread_time() + 0.3\nx = 0\nwhile time.thread_time() < end: x += 1\n"
+        "pyroscope.shutdown()\n"
     )
     assert out.returncode == 0, out.stderr
     files = sorted((tmp_path / "profiles").glob("*.pb.gz"))
